@@ -1,0 +1,144 @@
+//! Command line, environment (`GEMBA_*`) and optional TOML config file, merged in that order
+//! of precedence into one `ServeConfig`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "gemba", version, about = "A measured MCP server for spreadsheets")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP over stdio (default) or streamable HTTP.
+    Serve(ServeArgs),
+    /// Generate the benchmark workloads and measure the read tools against them.
+    Bench(crate::bench::BenchArgs),
+    /// Write the example or benchmark workbooks into a directory.
+    Workloads(crate::bench::WorkloadArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Serve over stdio (the default when --http is not given).
+    #[arg(long)]
+    pub stdio: bool,
+    /// Serve streamable HTTP on this address; MCP is at /mcp.
+    #[arg(long, env = "GEMBA_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// The directory of workbooks to serve.
+    #[arg(long, env = "GEMBA_WORKSPACE", value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// A TOML file with any of these settings (flags and GEMBA_* variables win).
+    #[arg(long, env = "GEMBA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on HTTP.
+    #[arg(long, env = "GEMBA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Extra Host values accepted on HTTP (loopback names are always accepted).
+    #[arg(long = "allowed-host", env = "GEMBA_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Extra browser origins accepted on HTTP (loopback origins are always accepted).
+    #[arg(long = "allowed-origin", env = "GEMBA_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "GEMBA_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Workbook cache bound, in MiB.
+    #[arg(long, env = "GEMBA_CACHE_MB")]
+    pub cache_mb: Option<usize>,
+    /// Time budget of one tool call, in milliseconds.
+    #[arg(long, env = "GEMBA_TIMEOUT_MS")]
+    pub timeout_ms: Option<u64>,
+    /// Largest workbook file accepted, in MiB.
+    #[arg(long, env = "GEMBA_MAX_FILE_MB")]
+    pub max_file_mb: Option<u64>,
+    /// Most non-empty cells loaded from one sheet.
+    #[arg(long, env = "GEMBA_MAX_CELLS")]
+    pub max_cells: Option<usize>,
+}
+
+/// The same settings as a config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub http: Option<SocketAddr>,
+    pub workspace: Option<PathBuf>,
+    pub token: Option<String>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    pub max_body_bytes: Option<usize>,
+    pub cache_mb: Option<usize>,
+    pub timeout_ms: Option<u64>,
+    pub max_file_mb: Option<u64>,
+    pub max_cells: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub http: Option<SocketAddr>,
+    pub workspace: PathBuf,
+    pub token: Option<String>,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub cache_bytes: usize,
+    pub timeout_ms: u64,
+    pub max_file_bytes: u64,
+    pub max_cells: usize,
+}
+
+fn load_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<ServeConfig> {
+        let file = match &self.config {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        if self.stdio && self.http.is_some() {
+            bail!("choose one transport: --stdio or --http ADDR");
+        }
+        let workspace = self
+            .workspace
+            .or(file.workspace)
+            .context("no workspace: pass --workspace DIR (or set GEMBA_WORKSPACE, or `workspace` in the config file)")?;
+        let mut allowed_hosts = file.allowed_hosts;
+        allowed_hosts.extend(self.allowed_hosts);
+        let mut allowed_origins = file.allowed_origins;
+        allowed_origins.extend(self.allowed_origins);
+        let defaults = sheets::Limits::default();
+        let cfg = ServeConfig {
+            http: if self.stdio { None } else { self.http.or(file.http) },
+            workspace,
+            token: self.token.or(file.token).filter(|t| !t.is_empty()),
+            allowed_hosts,
+            allowed_origins,
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024),
+            cache_bytes: self.cache_mb.or(file.cache_mb).unwrap_or(512) * 1024 * 1024,
+            timeout_ms: self.timeout_ms.or(file.timeout_ms).unwrap_or(30_000),
+            max_file_bytes: self
+                .max_file_mb
+                .or(file.max_file_mb)
+                .map(|m| m * 1024 * 1024)
+                .unwrap_or(defaults.max_file_bytes),
+            max_cells: self.max_cells.or(file.max_cells).unwrap_or(defaults.max_cells_per_sheet),
+        };
+        if cfg.timeout_ms == 0 {
+            bail!("timeout_ms must be at least 1");
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,100 @@
+//! Streamable HTTP: rmcp's service at /mcp behind a bearer-token check, with Host/Origin
+//! allowlists (DNS-rebinding protection, loopback by default) and a request body limit.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::server::GembaServer;
+
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
+
+fn tokens_match(expected: &[u8], given: &[u8]) -> bool {
+    // Constant time in the token's length: no early exit on the first differing byte.
+    expected.len() == given.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn require_token(token: Arc<str>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| tokens_match(token.as_bytes(), t.trim().as_bytes()));
+    if ok {
+        return next.run(req).await;
+    }
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token: send `Authorization: Bearer <token>` (the server's --token / GEMBA_TOKEN)\n",
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gemba\""));
+    r
+}
+
+pub fn router(server: GembaServer, cfg: &ServeConfig, ct: CancellationToken) -> Router {
+    let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|s| s.to_string()).collect();
+    hosts.extend(cfg.allowed_hosts.iter().cloned());
+    let mut origins: Vec<String> = LOOPBACK_ORIGINS.iter().map(|s| s.to_string()).collect();
+    origins.extend(cfg.allowed_origins.iter().cloned());
+    let http_cfg = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(origins)
+        .with_max_request_body_bytes(cfg.max_body_bytes)
+        .with_cancellation_token(ct);
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        http_cfg,
+    );
+    let mut app = Router::new().nest_service("/mcp", service);
+    if let Some(t) = &cfg.token {
+        let token: Arc<str> = Arc::from(t.as_str());
+        app = app.layer(middleware::from_fn(move |req, next| require_token(token.clone(), req, next)));
+    }
+    app
+}
+
+pub async fn serve(server: GembaServer, cfg: &ServeConfig) -> Result<()> {
+    let addr = cfg.http.context("no HTTP address")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let ct = CancellationToken::new();
+    let app = router(server, cfg, ct.clone());
+    tracing::info!("gemba listening on http://{local}/mcp (workspace {})", cfg.workspace.display());
+    // A line on stderr that scripts can wait for, with the real port (for --http 127.0.0.1:0).
+    eprintln!("gemba: listening on http://{local}/mcp");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            crate::shutdown_signal().await;
+            ct.cancel();
+        })
+        .await
+        .context("HTTP server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+
+    #[test]
+    fn token_comparison() {
+        assert!(tokens_match(b"secret", b"secret"));
+        assert!(!tokens_match(b"secret", b"secreT"));
+        assert!(!tokens_match(b"secret", b"secret2"));
+    }
+}

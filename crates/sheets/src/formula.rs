@@ -1,0 +1,317 @@
+//! A small formula scanner: enough of Excel's grammar to find references (cells, ranges, whole
+//! rows/columns, sheet-qualified), defined names and function calls, and to rewrite references
+//! in relative (R1C1-like) form so copies of one formula group together.
+
+use crate::address::{MAX_COLS, MAX_ROWS, Rect, parse_col};
+
+/// One end of a reference; `None` means "whole" (a column ref has no row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefEnd {
+    pub row: Option<(u32, bool)>,
+    pub col: Option<(u32, bool)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Token<'a> {
+    Function(&'a str),
+    Ref {
+        span: (usize, usize),
+        sheet: Option<String>,
+        a: RefEnd,
+        b: Option<RefEnd>,
+    },
+    Name(&'a str),
+}
+
+impl Token<'_> {
+    /// The rectangle a reference covers (whole rows/columns span the grid).
+    pub fn rect(&self) -> Option<Rect> {
+        let Token::Ref { a, b, .. } = self else { return None };
+        let b = b.unwrap_or(*a);
+        let (r0, r1) = match (a.row, b.row) {
+            (Some((x, _)), Some((y, _))) => (x, y),
+            _ => (0, MAX_ROWS - 1),
+        };
+        let (c0, c1) = match (a.col, b.col) {
+            (Some((x, _)), Some((y, _))) => (x, y),
+            _ => (0, MAX_COLS - 1),
+        };
+        Some(Rect::new(r0, c0, r1, c1))
+    }
+}
+
+fn parse_end(word: &str) -> Option<RefEnd> {
+    let b = word.as_bytes();
+    let mut i = 0;
+    let col_abs = b.first() == Some(&b'$');
+    if col_abs {
+        i += 1;
+    }
+    let cs = i;
+    while i < b.len() && b[i].is_ascii_alphabetic() {
+        i += 1;
+    }
+    let letters = &word[cs..i];
+    let row_abs = b.get(i) == Some(&b'$');
+    if row_abs {
+        i += 1;
+    }
+    let ds = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i != b.len() {
+        return None;
+    }
+    let digits = &word[ds..i];
+    let col = if letters.is_empty() { None } else { Some((parse_col(letters)?, col_abs)) };
+    let row = if digits.is_empty() {
+        None
+    } else {
+        let n: u32 = digits.parse().ok()?;
+        if n == 0 || n > MAX_ROWS {
+            return None;
+        }
+        Some((n - 1, if letters.is_empty() { col_abs } else { row_abs }))
+    };
+    if col.is_none() && row.is_none() {
+        return None;
+    }
+    Some(RefEnd { row, col })
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$' | b'.' | b'\\') || c >= 0x80
+}
+
+/// Scan a formula (without the leading '='), calling `f` for each function, reference and name.
+pub fn scan<'a>(formula: &'a str, mut f: impl FnMut(Token<'a>)) {
+    let b = formula.as_bytes();
+    let mut i = 0;
+    let mut sheet: Option<String> = None;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'"' {
+                        if b.get(i + 1) == Some(&b'"') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'\'' => {
+                let start = i + 1;
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\'' {
+                        if b.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                let name = formula.get(start..i.min(b.len())).unwrap_or("").replace("''", "'");
+                i += 1;
+                if b.get(i) == Some(&b'!') {
+                    i += 1;
+                    sheet = Some(name);
+                }
+                continue;
+            }
+            b'[' => {
+                // External workbook or structured reference: skip the bracketed part.
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == b'[' {
+                        depth += 1;
+                    } else if b[i] == b']' {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            _ if is_word(c) => {
+                let start = i;
+                while i < b.len() && is_word(b[i]) {
+                    i += 1;
+                }
+                let word = &formula[start..i];
+                if b.get(i) == Some(&b'!') {
+                    sheet = Some(word.to_string());
+                    i += 1;
+                    continue;
+                }
+                if b.get(i) == Some(&b'(') {
+                    f(Token::Function(word));
+                    sheet = None;
+                    continue;
+                }
+                let starts_digit = c.is_ascii_digit();
+                if let Some(a) = parse_end(word) {
+                    // A range "A1:B2", "A:C" or "1:3".
+                    let mut end = None;
+                    let mut span_end = i;
+                    if b.get(i) == Some(&b':') {
+                        let s2 = i + 1;
+                        let mut j = s2;
+                        while j < b.len() && is_word(b[j]) {
+                            j += 1;
+                        }
+                        if let Some(e) = parse_end(&formula[s2..j]) {
+                            end = Some(e);
+                            span_end = j;
+                            i = j;
+                        }
+                    }
+                    let whole_ok = end.is_some_and(|e| {
+                        (a.row.is_none() && e.row.is_none()) || (a.col.is_none() && e.col.is_none())
+                    });
+                    let is_cell = a.row.is_some() && a.col.is_some();
+                    if is_cell || whole_ok {
+                        f(Token::Ref {
+                            span: (start, span_end),
+                            sheet: sheet.take(),
+                            a,
+                            b: end,
+                        });
+                        continue;
+                    }
+                    if starts_digit {
+                        sheet = None;
+                        continue;
+                    }
+                }
+                if !starts_digit && !word.eq_ignore_ascii_case("TRUE") && !word.eq_ignore_ascii_case("FALSE") {
+                    f(Token::Name(word));
+                }
+                sheet = None;
+            }
+            _ => {
+                i += 1;
+                sheet = None;
+            }
+        }
+    }
+}
+
+/// Functions whose result changes on every recalculation, or that defeat dependency tracking.
+pub const VOLATILE: [&str; 8] = ["NOW", "TODAY", "RAND", "RANDBETWEEN", "RANDARRAY", "OFFSET", "INDIRECT", "CELL"];
+
+/// Volatile functions a formula calls (upper-case, de-duplicated).
+pub fn volatile_calls(formula: &str) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    scan(formula, |t| {
+        if let Token::Function(name) = t {
+            let n = name.trim_start_matches("_xlfn.");
+            if let Some(v) = VOLATILE.iter().find(|v| v.eq_ignore_ascii_case(n))
+                && !out.contains(v)
+            {
+                out.push(*v);
+            }
+        }
+    });
+    out
+}
+
+/// The formula with its relative references rewritten relative to (row, col): copies of one
+/// formula down a column map to the same text.
+pub fn relative_form(formula: &str, row: u32, col: u32) -> String {
+    let mut out = String::with_capacity(formula.len() + 8);
+    let mut last = 0;
+    let rel = |e: &RefEnd| {
+        let mut s = String::new();
+        if let Some((r, abs)) = e.row {
+            if abs {
+                s.push_str(&format!("R{}", r + 1));
+            } else {
+                s.push_str(&format!("R[{}]", i64::from(r) - i64::from(row)));
+            }
+        }
+        if let Some((c, abs)) = e.col {
+            if abs {
+                s.push_str(&format!("C{}", c + 1));
+            } else {
+                s.push_str(&format!("C[{}]", i64::from(c) - i64::from(col)));
+            }
+        }
+        s
+    };
+    scan(formula, |t| {
+        if let Token::Ref { span, a, b, .. } = t {
+            out.push_str(&formula[last..span.0]);
+            out.push_str(&rel(&a));
+            if let Some(b) = b {
+                out.push(':');
+                out.push_str(&rel(&b));
+            }
+            last = span.1;
+        }
+    });
+    out.push_str(&formula[last..]);
+    out.to_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(f: &str) -> Vec<(Option<String>, String)> {
+        let mut v = Vec::new();
+        scan(f, |t| {
+            if let Token::Ref { sheet, .. } = &t {
+                v.push((sheet.clone(), t.rect().unwrap().to_string()));
+            }
+        });
+        v
+    }
+
+    #[test]
+    fn finds_references() {
+        assert_eq!(
+            refs("SUM(A1:B2)+'My Sheet'!$C$3*Data!D4"),
+            vec![
+                (None, "A1:B2".into()),
+                (Some("My Sheet".into()), "C3".into()),
+                (Some("Data".into()), "D4".into())
+            ]
+        );
+        assert_eq!(refs("SUM(A:A)")[0].1, "A1:A1048576");
+        assert_eq!(refs("SUM(2:3)")[0].1, "A2:XFD3");
+        assert!(refs("\"A1\"&LOG10(5)+1.5").is_empty(), "{:?}", refs("\"A1\"&LOG10(5)"));
+        assert!(refs("Table1[Amount]").is_empty());
+    }
+
+    #[test]
+    fn finds_names_and_functions() {
+        let mut names = Vec::new();
+        let mut funcs = Vec::new();
+        scan("IF(TaxRate>0,NOW(),TRUE)", |t| match t {
+            Token::Name(n) => names.push(n),
+            Token::Function(n) => funcs.push(n),
+            _ => {}
+        });
+        assert_eq!(names, vec!["TaxRate"]);
+        assert_eq!(funcs, vec!["IF", "NOW"]);
+        assert_eq!(volatile_calls("A1+RAND()*OFFSET(A1,1,1)+now()"), vec!["RAND", "OFFSET", "NOW"]);
+    }
+
+    #[test]
+    fn relative_forms_group_copies() {
+        assert_eq!(relative_form("B2*C2", 1, 3), relative_form("B3*C3", 2, 3));
+        assert_ne!(relative_form("B2*$C$2", 1, 3), relative_form("B3*$C$3", 2, 3));
+        assert_eq!(relative_form("SUM(A1:A9)", 9, 0), "SUM(R[-9]C[0]:R[-1]C[0])");
+    }
+}

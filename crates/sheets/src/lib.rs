@@ -1,0 +1,111 @@
+//! Gemba's spreadsheet domain: the workspace, loading with limits, the workbook cache, region
+//! detection and the read tools as plain functions with typed parameters, results and errors.
+//! Nothing here knows about MCP; the `gemba` binary adapts these functions to the protocol.
+
+pub mod address;
+pub mod cache;
+pub mod error;
+pub mod formula;
+pub mod limits;
+pub mod load;
+pub mod regions;
+pub mod sheet;
+pub mod tools;
+pub mod value;
+pub mod workbook;
+pub mod workspace;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use error::{ErrorClass, Result, SheetsError};
+pub use limits::{Budget, Limits};
+
+use cache::{Lookup, WorkbookCache};
+use sheet::Sheet;
+use workbook::Workbook;
+use workspace::Workspace;
+
+/// Caps on what one response may carry; a capped response says `truncated` and how to go on.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    /// Most cell values in one response.
+    pub max_cells: usize,
+    /// Most list items (matches, nodes, workbooks) in one response.
+    pub max_items: usize,
+    /// Most bytes of text (csv) in one response.
+    pub max_bytes: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            max_cells: 10_000,
+            max_items: 500,
+            max_bytes: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub cache_bytes: usize,
+    pub limits: Limits,
+    pub caps: Caps,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 512 * 1024 * 1024,
+            limits: Limits::default(),
+            caps: Caps::default(),
+        }
+    }
+}
+
+/// Everything the tools need: the workspace, the cache, the limits.
+pub struct Engine {
+    pub workspace: Workspace,
+    pub cache: WorkbookCache,
+    pub limits: Limits,
+    pub caps: Caps,
+}
+
+impl Engine {
+    pub fn new(root: &Path, config: EngineConfig) -> Result<Self> {
+        Ok(Self {
+            workspace: Workspace::open(root)?,
+            cache: WorkbookCache::new(config.cache_bytes),
+            limits: config.limits,
+            caps: config.caps,
+        })
+    }
+
+    /// The workbook with this id, from the cache or loaded now.
+    pub fn workbook(&self, id: &str) -> Result<Arc<Workbook>> {
+        self.workbook_lookup(id).map(|(w, _)| w)
+    }
+
+    pub fn workbook_lookup(&self, id: &str) -> Result<(Arc<Workbook>, Lookup)> {
+        if id.trim().is_empty() {
+            return Err(SheetsError::invalid(
+                "workbook_id",
+                "is empty; call list_workbooks to get an id",
+            ));
+        }
+        let entry = self.workspace.resolve(id)?;
+        self.cache.get(&entry, &self.limits)
+    }
+
+    /// A loaded sheet; keeps the cache within its byte bound after a sheet load.
+    pub fn sheet(&self, wb: &Workbook, name: Option<&str>, budget: &Budget) -> Result<Arc<Sheet>> {
+        let i = wb.sheet_index(name)?;
+        let fresh = !wb.is_loaded(i);
+        let s = wb.sheet_at(i, budget)?;
+        if fresh {
+            self.cache.enforce(wb.id());
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,109 @@
+//! Explicit limits, and the time budget a call runs under.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Result, SheetsError};
+
+/// Limits applied to every workbook before and while it loads.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest file accepted, in bytes.
+    pub max_file_bytes: u64,
+    /// Most non-empty cells one sheet may hold once loaded.
+    pub max_cells_per_sheet: usize,
+    /// Largest total uncompressed size of a zip-based workbook.
+    pub max_uncompressed_bytes: u64,
+    /// Largest single part (XML stream) inside a zip-based workbook.
+    pub max_part_bytes: u64,
+    /// Highest compression ratio accepted for a part larger than 1 MiB (zip bombs).
+    pub max_compression_ratio: u64,
+    /// Most sheets a workbook may have.
+    pub max_sheets: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 256 * 1024 * 1024,
+            max_cells_per_sheet: 20_000_000,
+            max_uncompressed_bytes: 2 * 1024 * 1024 * 1024,
+            max_part_bytes: 1024 * 1024 * 1024,
+            max_compression_ratio: 250,
+            max_sheets: 2_000,
+        }
+    }
+}
+
+/// The time a call may take, and a flag the caller can raise to cancel it. Long loops check it
+/// every few thousand steps, so a timeout actually stops the work.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    deadline: Option<Instant>,
+    total: Duration,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::unlimited()
+    }
+}
+
+impl Budget {
+    pub fn unlimited() -> Self {
+        Self {
+            deadline: None,
+            total: Duration::MAX,
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn with_timeout(total: Duration) -> Self {
+        Self {
+            deadline: Instant::now().checked_add(total),
+            total,
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A handle that cancels this budget's work when `cancel()` is called on it.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancelled.clone())
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(SheetsError::Cancelled);
+        }
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(SheetsError::Timeout { budget: self.total }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_times_out_and_cancels() {
+        let b = Budget::with_timeout(Duration::from_millis(0));
+        assert!(matches!(b.check(), Err(SheetsError::Timeout { .. })));
+        let b = Budget::unlimited();
+        assert!(b.check().is_ok());
+        b.canceller().cancel();
+        assert!(matches!(b.check(), Err(SheetsError::Cancelled)));
+    }
+}

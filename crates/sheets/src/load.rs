@@ -1,0 +1,487 @@
+//! Reading workbook files with calamine, behind the limits: format sniffing by content,
+//! zip-bomb checks before parsing, streaming sheets into the compact model, and turning
+//! every reader failure (including a panic inside the reader) into a clear error.
+
+use std::io::{Cursor, Read};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use calamine::{Data, DataRef, Reader, Xls, Xlsb, Xlsx};
+
+use crate::address::Rect;
+use crate::error::{Result, SheetsError};
+use crate::limits::{Budget, Limits};
+use crate::sheet::{Sheet, SheetBuilder};
+use crate::value::{CellError, Value};
+
+/// Days between the 1904 and 1900 date systems.
+const EPOCH_1904_OFFSET: f64 = 1462.0;
+/// How many cells between budget checks.
+const CHECK_EVERY: usize = 16_384;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Xlsx,
+    Xlsb,
+    Xls,
+    Ods,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Xlsx => "xlsx",
+            Format::Xlsb => "xlsb",
+            Format::Xls => "xls",
+            Format::Ods => "ods",
+        }
+    }
+}
+
+pub type Bytes = Cursor<Vec<u8>>;
+
+/// An open calamine reader over the file's bytes.
+pub enum Book {
+    Xlsx(Xlsx<Bytes>),
+    Xlsb(Xlsb<Bytes>),
+    Xls(Xls<Bytes>),
+    Ods(calamine::Ods<Bytes>),
+}
+
+/// What the opener learns about a workbook without loading its sheets.
+pub struct Opened {
+    pub book: Book,
+    pub format: Format,
+    pub sheets: Vec<SheetMeta>,
+    pub defined_names: Vec<(String, String)>,
+    pub date1904: bool,
+    pub has_vba: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SheetMeta {
+    pub name: String,
+    /// "worksheet", "chartsheet", "macrosheet", "dialogsheet".
+    pub kind: &'static str,
+    pub hidden: bool,
+}
+
+fn unreadable(id: &str, reason: impl std::fmt::Display) -> SheetsError {
+    SheetsError::Unreadable {
+        workbook_id: id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn limit(id: &str, detail: impl Into<String>) -> SheetsError {
+    SheetsError::LimitExceeded {
+        workbook_id: id.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Run reader code, turning a panic inside it into an error instead of a crash.
+fn guarded<T>(id: &str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::warn!(workbook = id, "reader panicked while {what}: {msg}");
+            Err(unreadable(id, format!("the reader failed while {what} (malformed file: {msg})")))
+        }
+    }
+}
+
+const OLE_MAGIC: [u8; 8] = [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+
+/// Identify the format from the bytes (extensions lie), checking zip containers against the limits.
+pub fn sniff(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        return sniff_zip(id, bytes, limits);
+    }
+    if bytes.starts_with(&OLE_MAGIC) {
+        let needle: Vec<u8> = "EncryptedPackage".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
+            return Err(SheetsError::Encrypted {
+                workbook_id: id.to_string(),
+            });
+        }
+        return Ok(Format::Xls);
+    }
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]).to_lowercase();
+    let reason = if head.contains("office:document") {
+        "flat OpenDocument XML (.fods); save it as .ods or .xlsx".to_string()
+    } else if head.contains("<html") || head.contains("<table") {
+        "an HTML file with a spreadsheet extension; save it as .xlsx".to_string()
+    } else if bytes.is_empty() {
+        "the file is empty".to_string()
+    } else if bytes.len() >= 4 && bytes[0] == 0x09 && matches!(bytes[1], 0x00 | 0x02 | 0x04) {
+        "an Excel 2-4 (BIFF2-4) worksheet, older than calamine reads; save it as .xlsx".to_string()
+    } else {
+        "the content is not a spreadsheet Gemba reads (xlsx, xlsm, xlsb, xls, ods)".to_string()
+    };
+    Err(SheetsError::Unsupported {
+        workbook_id: id.to_string(),
+        reason,
+    })
+}
+
+fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| unreadable(id, format!("broken zip container ({e})")))?;
+    let mut total: u64 = 0;
+    let (mut xlsb, mut xlsx, mut ods, mut content_types) = (false, false, false, false);
+    for i in 0..zip.len() {
+        let f = zip
+            .by_index_raw(i)
+            .map_err(|e| unreadable(id, format!("broken zip entry {i} ({e})")))?;
+        let (size, packed) = (f.size(), f.compressed_size().max(1));
+        let fname = f.name().map(|n| n.to_string()).unwrap_or_else(|_| format!("#{i}"));
+        total = total.saturating_add(size);
+        if size > limits.max_part_bytes {
+            return Err(limit(
+                id,
+                format!("part '{fname}' unpacks to {size} bytes (limit {})", limits.max_part_bytes),
+            ));
+        }
+        if size > 1 << 20 && size / packed > limits.max_compression_ratio {
+            return Err(limit(
+                id,
+                format!(
+                    "part '{fname}' has compression ratio {}:1 (limit {}:1); this looks like a zip bomb",
+                    size / packed,
+                    limits.max_compression_ratio
+                ),
+            ));
+        }
+        let name = fname.replace('\\', "/").to_ascii_lowercase();
+        match name.as_str() {
+            "xl/workbook.bin" => xlsb = true,
+            "xl/workbook.xml" => xlsx = true,
+            "content.xml" => ods = true,
+            "[content_types].xml" => content_types = true,
+            _ => {}
+        }
+    }
+    if total > limits.max_uncompressed_bytes {
+        return Err(limit(
+            id,
+            format!("unpacks to {total} bytes in all (limit {})", limits.max_uncompressed_bytes),
+        ));
+    }
+    if xlsb {
+        Ok(Format::Xlsb)
+    } else if xlsx || content_types {
+        Ok(Format::Xlsx)
+    } else if ods {
+        Ok(Format::Ods)
+    } else {
+        Err(SheetsError::Unsupported {
+            workbook_id: id.to_string(),
+            reason: "a zip file that is neither an Office Open XML nor an OpenDocument spreadsheet".into(),
+        })
+    }
+}
+
+/// Open a workbook from its bytes: metadata only, sheets load later.
+pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
+    let format = sniff(id, &bytes, limits)?;
+    guarded(id, "opening the workbook", || {
+        let map = |e: &dyn std::fmt::Display| {
+            let text = e.to_string();
+            if text.to_lowercase().contains("password") || text.to_lowercase().contains("encrypt") {
+                SheetsError::Encrypted {
+                    workbook_id: id.to_string(),
+                }
+            } else {
+                unreadable(id, text)
+            }
+        };
+        let cursor = Cursor::new(bytes);
+        let (book, date1904) = match format {
+            Format::Xlsx => {
+                let b = Xlsx::new(cursor).map_err(|e| map(&e))?;
+                let d = b.has_1904_epoch();
+                (Book::Xlsx(b), d)
+            }
+            Format::Xlsb => {
+                let b = Xlsb::new(cursor).map_err(|e| map(&e))?;
+                let d = b.has_1904_epoch();
+                (Book::Xlsb(b), d)
+            }
+            Format::Xls => {
+                let b = Xls::new(cursor).map_err(|e| map(&e))?;
+                let d = b.has_1904_epoch();
+                (Book::Xls(b), d)
+            }
+            Format::Ods => (Book::Ods(calamine::Ods::new(cursor).map_err(|e| map(&e))?), false),
+        };
+        let (metas, names) = match &book {
+            Book::Xlsx(b) => (b.sheets_metadata().to_vec(), b.defined_names().to_vec()),
+            Book::Xlsb(b) => (b.sheets_metadata().to_vec(), b.defined_names().to_vec()),
+            Book::Xls(b) => (b.sheets_metadata().to_vec(), b.defined_names().to_vec()),
+            Book::Ods(b) => (b.sheets_metadata().to_vec(), b.defined_names().to_vec()),
+        };
+        if metas.len() > limits.max_sheets {
+            return Err(limit(id, format!("{} sheets (limit {})", metas.len(), limits.max_sheets)));
+        }
+        let sheets = metas
+            .into_iter()
+            .map(|m| SheetMeta {
+                name: m.name,
+                kind: match m.typ {
+                    calamine::SheetType::WorkSheet => "worksheet",
+                    calamine::SheetType::ChartSheet => "chartsheet",
+                    calamine::SheetType::MacroSheet => "macrosheet",
+                    calamine::SheetType::DialogSheet => "dialogsheet",
+                    calamine::SheetType::Vba => "vba",
+                },
+                hidden: !matches!(m.visible, calamine::SheetVisible::Visible),
+            })
+            .collect();
+        let mut book = book;
+        let has_vba = match &mut book {
+            Book::Xlsx(b) => b.vba_project().ok().flatten().is_some(),
+            Book::Xls(b) => b.vba_project().ok().flatten().is_some(),
+            Book::Xlsb(b) => b.vba_project().ok().flatten().is_some(),
+            Book::Ods(_) => false,
+        };
+        Ok(Opened {
+            book,
+            format,
+            sheets,
+            defined_names: names,
+            date1904,
+            has_vba,
+        })
+    })
+}
+
+fn convert_ref(b: &mut SheetBuilder, v: DataRef<'_>, date_shift: f64) -> Value {
+    match v {
+        DataRef::Empty => Value::Empty,
+        DataRef::Int(i) => Value::Number(i as f64),
+        DataRef::Float(f) => Value::Number(f),
+        DataRef::Bool(x) => Value::Bool(x),
+        DataRef::SharedString(s) => b.intern_shared(s),
+        DataRef::String(s) => b.intern(&s),
+        DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => b.intern(&s),
+        DataRef::Error(e) => Value::Error(CellError::from(&e)),
+        DataRef::DateTime(d) => {
+            if d.is_duration() {
+                Value::Duration(d.as_f64())
+            } else {
+                Value::Date(d.as_f64() + date_shift)
+            }
+        }
+    }
+}
+
+fn convert_data(b: &mut SheetBuilder, v: &Data, date_shift: f64) -> Value {
+    match v {
+        Data::Empty => Value::Empty,
+        Data::Int(i) => Value::Number(*i as f64),
+        Data::Float(f) => Value::Number(*f),
+        Data::Bool(x) => Value::Bool(*x),
+        Data::String(s) | Data::DateTimeIso(s) | Data::DurationIso(s) => b.intern(s),
+        Data::Error(e) => Value::Error(CellError::from(e)),
+        Data::DateTime(d) => {
+            if d.is_duration() {
+                Value::Duration(d.as_f64())
+            } else {
+                Value::Date(d.as_f64() + date_shift)
+            }
+        }
+    }
+}
+
+fn rect(d: &calamine::Dimensions) -> Rect {
+    Rect::new(d.start.0, d.start.1, d.end.0, d.end.1)
+}
+
+/// Load one sheet into the compact model.
+pub fn load_sheet(
+    id: &str,
+    book: &mut Book,
+    name: &str,
+    date1904: bool,
+    limits: &Limits,
+    budget: &Budget,
+) -> Result<Sheet> {
+    let shift = if date1904 { EPOCH_1904_OFFSET } else { 0.0 };
+    let max = limits.max_cells_per_sheet;
+    let over = |n: usize| limit(id, format!("sheet '{name}' has more than {n} cells (limit {max})"));
+    let err = |e: &dyn std::fmt::Display| unreadable(id, format!("sheet '{name}': {e}"));
+    guarded(id, &format!("reading sheet '{name}'"), || {
+        let mut b = SheetBuilder::new(name.to_string());
+        let merged = match book {
+            Book::Xlsx(x) => {
+                {
+                    let mut r = x.worksheet_cells_reader(name).map_err(|e| err(&e))?;
+                    let d = r.dimensions();
+                    b.reserve((d.len() as usize).min(max).min(4_000_000));
+                    while let Some(c) = r.next_cell_with_formula().map_err(|e| err(&e))? {
+                        let (row, col) = c.pos;
+                        if let Some(f) = &c.formula {
+                            b.push_formula(row, col, f);
+                        }
+                        let v = convert_ref(&mut b, c.value, shift);
+                        if !v.is_empty() {
+                            b.push(row, col, v);
+                            if b.len() % CHECK_EVERY == 0 {
+                                if b.len() > max {
+                                    return Err(over(b.len()));
+                                }
+                                budget.check()?;
+                            }
+                        }
+                    }
+                }
+                x.merge_cells_by_sheet_name(name)
+                    .map(|v| v.iter().map(rect).collect())
+                    .unwrap_or_default()
+            }
+            Book::Xlsb(x) => {
+                let area;
+                {
+                    let mut r = x.worksheet_cells_reader(name).map_err(|e| err(&e))?;
+                    area = r.dimensions().len();
+                    while let Some(c) = r.next_cell().map_err(|e| err(&e))? {
+                        let (row, col) = c.get_position();
+                        let v = convert_ref(&mut b, c.get_value().clone(), shift);
+                        if !v.is_empty() {
+                            b.push(row, col, v);
+                            if b.len() % CHECK_EVERY == 0 {
+                                if b.len() > max {
+                                    return Err(over(b.len()));
+                                }
+                                budget.check()?;
+                            }
+                        }
+                    }
+                }
+                if area <= max as u64 {
+                    if let Ok(fr) = x.worksheet_formula(name) {
+                        push_formulas(&mut b, &fr);
+                    }
+                }
+                Vec::new()
+            }
+            Book::Xls(x) => {
+                let range = x.worksheet_range(name).map_err(|e| err(&e))?;
+                push_range(&mut b, &range, shift, max, budget).map_err(|n| n.unwrap_or_else(|| over(max)))?;
+                if let Ok(fr) = x.worksheet_formula(name) {
+                    push_formulas(&mut b, &fr);
+                }
+                x.merge_cells_by_sheet_name(name)
+                    .map(|v| v.iter().map(rect).collect())
+                    .unwrap_or_default()
+            }
+            Book::Ods(x) => {
+                let range = x.worksheet_range(name).map_err(|e| err(&e))?;
+                push_range(&mut b, &range, shift, max, budget).map_err(|n| n.unwrap_or_else(|| over(max)))?;
+                if let Ok(fr) = x.worksheet_formula(name) {
+                    push_formulas(&mut b, &fr);
+                }
+                Vec::new()
+            }
+        };
+        if b.len() > max {
+            return Err(over(b.len()));
+        }
+        budget.check()?;
+        Ok(b.finish(merged))
+    })
+}
+
+/// Copy a dense calamine range; `Err(None)` means the cell limit was hit.
+fn push_range(
+    b: &mut SheetBuilder,
+    range: &calamine::Range<Data>,
+    shift: f64,
+    max: usize,
+    budget: &Budget,
+) -> std::result::Result<(), Option<SheetsError>> {
+    for (i, (row, col, v)) in range.used_cells().enumerate() {
+        let (r0, c0) = range.start().unwrap_or((0, 0));
+        let v = convert_data(b, v, shift);
+        if !v.is_empty() {
+            b.push(r0 + row as u32, c0 + col as u32, v);
+        }
+        if i % CHECK_EVERY == 0 {
+            if b.len() > max {
+                return Err(None);
+            }
+            budget.check().map_err(Some)?;
+        }
+    }
+    Ok(())
+}
+
+fn push_formulas(b: &mut SheetBuilder, fr: &calamine::Range<String>) {
+    let (r0, c0) = fr.start().unwrap_or((0, 0));
+    for (row, col, f) in fr.used_cells() {
+        if !f.is_empty() {
+            b.push_formula(r0 + row as u32, c0 + col as u32, f);
+        }
+    }
+}
+
+/// Excel tables (ListObjects) of an xlsx workbook: (name, sheet, data rows, columns).
+pub fn load_tables(id: &str, book: &mut Book) -> Result<Vec<TableInfo>> {
+    let Book::Xlsx(x) = book else {
+        return Ok(Vec::new());
+    };
+    guarded(id, "reading tables", || {
+        if x.load_tables().is_err() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = x.table_names().into_iter().cloned().collect();
+        let mut out = Vec::new();
+        for name in names {
+            if let Ok(t) = x.table_by_name_ref(&name) {
+                let data = t.data();
+                let (Some(s), Some(e)) = (data.start(), data.end()) else {
+                    continue;
+                };
+                out.push(TableInfo {
+                    name: t.name().to_string(),
+                    sheet: t.sheet_name().to_string(),
+                    header_row: s.0.checked_sub(1),
+                    data: Rect::new(s.0, s.1, e.0, e.1),
+                    columns: t.columns().to_vec(),
+                });
+            }
+        }
+        Ok(out)
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub name: String,
+    pub sheet: String,
+    pub header_row: Option<u32>,
+    pub data: Rect,
+    pub columns: Vec<String>,
+}
+
+/// Read a whole file, refusing one over the size limit before reading it.
+pub fn read_file(id: &str, path: &std::path::Path, limits: &Limits) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(path).map_err(|e| unreadable(id, format!("cannot open: {e}")))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > limits.max_file_bytes {
+        return Err(limit(id, format!("file is {len} bytes (limit {})", limits.max_file_bytes)));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(limits.max_file_bytes + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| unreadable(id, format!("read failed: {e}")))?;
+    if buf.len() as u64 > limits.max_file_bytes {
+        return Err(limit(id, format!("file grew past the limit of {} bytes", limits.max_file_bytes)));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,173 @@
+//! A workbook held in the cache: metadata at once, sheets loaded on first use (one load per
+//! sheet however many callers ask at the same time), and the file identity it was read from.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Result, SheetsError, closest, short_list};
+use crate::limits::{Budget, Limits};
+use crate::load::{self, Book, Format, SheetMeta, TableInfo};
+use crate::sheet::Sheet;
+use crate::workspace::{Entry, FileIdentity};
+
+pub struct Workbook {
+    pub entry: Entry,
+    pub identity: FileIdentity,
+    pub format: Format,
+    pub sheets: Vec<SheetMeta>,
+    pub defined_names: Vec<(String, String)>,
+    pub date1904: bool,
+    pub has_vba: bool,
+    limits: Limits,
+    book: Mutex<Book>,
+    loaded: RwLock<Vec<Option<Arc<Sheet>>>>,
+    tables: Mutex<Option<Arc<Vec<TableInfo>>>>,
+    bytes: AtomicUsize,
+}
+
+impl std::fmt::Debug for Workbook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workbook").field("id", &self.entry.id).finish()
+    }
+}
+
+impl Workbook {
+    pub fn open(entry: Entry, identity: FileIdentity, limits: &Limits) -> Result<Self> {
+        let bytes = load::read_file(&entry.id, &entry.abs_path, limits)?;
+        let file_bytes = bytes.len();
+        let opened = load::open(&entry.id, bytes, limits)?;
+        let n = opened.sheets.len();
+        Ok(Self {
+            entry,
+            identity,
+            format: opened.format,
+            sheets: opened.sheets,
+            defined_names: opened.defined_names,
+            date1904: opened.date1904,
+            has_vba: opened.has_vba,
+            limits: limits.clone(),
+            book: Mutex::new(opened.book),
+            loaded: RwLock::new(vec![None; n]),
+            tables: Mutex::new(None),
+            bytes: AtomicUsize::new(file_bytes * 2 + 4096),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
+    /// Bytes held (file image plus loaded sheets), for the cache's accounting.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn sheet_names(&self) -> Vec<&str> {
+        self.sheets.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Resolve a sheet name (exact, then case-insensitive) to its index, with suggestions.
+    /// With no name, a workbook of one sheet answers with it.
+    pub fn sheet_index(&self, name: Option<&str>) -> Result<usize> {
+        let names = self.sheet_names();
+        let Some(q) = name.map(str::trim).filter(|q| !q.is_empty()) else {
+            if names.len() == 1 {
+                return Ok(0);
+            }
+            return Err(SheetsError::invalid(
+                "sheet_name",
+                format!(
+                    "this workbook has {} sheets; pass sheet_name, one of: {}",
+                    names.len(),
+                    short_list(&names, 20)
+                ),
+            ));
+        };
+        if let Some(i) = names.iter().position(|n| *n == q) {
+            return Ok(i);
+        }
+        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(q)) {
+            return Ok(i);
+        }
+        let near = closest(q, names.iter().copied(), 3);
+        let available = if near.is_empty() {
+            short_list(&names, 20)
+        } else {
+            format!("{} (did you mean '{}'?)", short_list(&names, 20), near[0])
+        };
+        Err(SheetsError::UnknownSheet {
+            query: q.to_string(),
+            workbook_id: self.entry.id.clone(),
+            available,
+        })
+    }
+
+    pub fn sheet(&self, name: Option<&str>, budget: &Budget) -> Result<Arc<Sheet>> {
+        let i = self.sheet_index(name)?;
+        self.sheet_at(i, budget)
+    }
+
+    /// The loaded sheet at `i`, loading it on first use.
+    pub fn sheet_at(&self, i: usize, budget: &Budget) -> Result<Arc<Sheet>> {
+        if let Some(Some(s)) = self.loaded.read().get(i) {
+            return Ok(s.clone());
+        }
+        let meta = self
+            .sheets
+            .get(i)
+            .ok_or_else(|| SheetsError::Internal(format!("sheet index {i} out of range")))?;
+        let mut book = self.book.lock();
+        if let Some(Some(s)) = self.loaded.read().get(i) {
+            return Ok(s.clone());
+        }
+        let sheet = if meta.kind == "worksheet" {
+            load::load_sheet(&self.entry.id, &mut book, &meta.name, self.date1904, &self.limits, budget)?
+        } else {
+            // Chart and macro sheets have no cell grid to read.
+            Sheet::empty(&meta.name)
+        };
+        let sheet = Arc::new(sheet);
+        self.bytes.fetch_add(sheet.heap_bytes(), Ordering::Relaxed);
+        self.loaded.write()[i] = Some(sheet.clone());
+        Ok(sheet)
+    }
+
+    /// Whether sheet `i` is already in memory.
+    pub fn is_loaded(&self, i: usize) -> bool {
+        matches!(self.loaded.read().get(i), Some(Some(_)))
+    }
+
+    /// Excel tables (xlsx only), read on first use.
+    pub fn tables(&self) -> Result<Arc<Vec<TableInfo>>> {
+        let mut t = self.tables.lock();
+        if let Some(t) = &*t {
+            return Ok(t.clone());
+        }
+        let loaded = {
+            let mut book = self.book.lock();
+            Arc::new(load::load_tables(&self.entry.id, &mut book)?)
+        };
+        *t = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    pub fn table(&self, name: &str) -> Result<TableInfo> {
+        let tables = self.tables()?;
+        if let Some(t) = tables.iter().find(|t| t.name.eq_ignore_ascii_case(name)) {
+            return Ok(t.clone());
+        }
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        let near = closest(name, names.iter().copied(), 1);
+        let mut available = format!("tables are: {}", short_list(&names, 20));
+        if let Some(n) = near.first() {
+            available.push_str(&format!(" (did you mean '{n}'?)"));
+        }
+        Err(SheetsError::UnknownTable {
+            query: name.to_string(),
+            workbook_id: self.entry.id.clone(),
+            available,
+        })
+    }
+}

@@ -3,6 +3,7 @@
 //! every reader failure (including a panic inside the reader) into a clear error.
 
 use std::io::{Cursor, Read};
+use std::sync::Arc;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use calamine::{Data, DataRef, Reader, Xls, Xlsb, Xlsx};
@@ -37,7 +38,8 @@ impl Format {
     }
 }
 
-pub type Bytes = Cursor<Vec<u8>>;
+/// The file image, shared so a second reader can work on it in parallel.
+pub type Bytes = Cursor<Arc<[u8]>>;
 
 /// An open calamine reader over the file's bytes.
 pub enum Book {
@@ -55,6 +57,7 @@ pub struct Opened {
     pub defined_names: Vec<(String, String)>,
     pub date1904: bool,
     pub has_vba: bool,
+    pub bytes: Arc<[u8]>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +192,7 @@ fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
 /// Open a workbook from its bytes: metadata only, sheets load later.
 pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
     let format = sniff(id, &bytes, limits)?;
+    let bytes: Arc<[u8]> = Arc::from(bytes);
     guarded(id, "opening the workbook", || {
         let map = |e: &dyn std::fmt::Display| {
             let text = e.to_string();
@@ -200,7 +204,7 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
                 unreadable(id, text)
             }
         };
-        let cursor = Cursor::new(bytes);
+        let cursor = Cursor::new(bytes.clone());
         let (book, date1904) = match format {
             Format::Xlsx => {
                 let b = Xlsx::new(cursor).map_err(|e| map(&e))?;
@@ -256,6 +260,7 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
             defined_names: names,
             date1904,
             has_vba,
+            bytes: bytes.clone(),
         })
     })
 }
@@ -306,6 +311,7 @@ fn rect(d: &calamine::Dimensions) -> Rect {
 pub fn load_sheet(
     id: &str,
     book: &mut Book,
+    bytes: &Arc<[u8]>,
     name: &str,
     date1904: bool,
     limits: &Limits,
@@ -318,32 +324,40 @@ pub fn load_sheet(
     guarded(id, &format!("reading sheet '{name}'"), || {
         let mut b = SheetBuilder::new(name.to_string());
         let merged = match book {
-            Book::Xlsx(x) => {
-                {
-                    let mut r = x.worksheet_cells_reader(name).map_err(|e| err(&e))?;
-                    let d = r.dimensions();
-                    b.reserve((d.len() as usize).min(max).min(4_000_000));
-                    while let Some(c) = r.next_cell_with_formula().map_err(|e| err(&e))? {
-                        let (row, col) = c.pos;
-                        if let Some(f) = &c.formula {
-                            b.push_formula(row, col, f);
-                        }
-                        let v = convert_ref(&mut b, c.value, shift);
-                        if !v.is_empty() {
-                            b.push(row, col, v);
-                            if b.len() % CHECK_EVERY == 0 {
-                                if b.len() > max {
-                                    return Err(over(b.len()));
-                                }
-                                budget.check()?;
+            Book::Xlsx(x) => std::thread::scope(|scope| {
+                // Merged ranges sit after the cell data and need a second pass over the sheet's
+                // XML: run it on a second reader of the same bytes, beside the cell pass.
+                let merges = scope.spawn(|| {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        Xlsx::new(Cursor::new(bytes.clone()))
+                            .ok()
+                            .and_then(|mut x2| x2.merge_cells_by_sheet_name(name).ok())
+                            .map(|v| v.iter().map(rect).collect::<Vec<Rect>>())
+                            .unwrap_or_default()
+                    }))
+                    .unwrap_or_default()
+                });
+                let mut r = x.worksheet_cells_reader(name).map_err(|e| err(&e))?;
+                let d = r.dimensions();
+                b.reserve((d.len() as usize).min(max).min(4_000_000));
+                while let Some(c) = r.next_cell_with_formula().map_err(|e| err(&e))? {
+                    let (row, col) = c.pos;
+                    if let Some(f) = &c.formula {
+                        b.push_formula(row, col, f);
+                    }
+                    let v = convert_ref(&mut b, c.value, shift);
+                    if !v.is_empty() {
+                        b.push(row, col, v);
+                        if b.len() % CHECK_EVERY == 0 {
+                            if b.len() > max {
+                                return Err(over(b.len()));
                             }
+                            budget.check()?;
                         }
                     }
                 }
-                x.merge_cells_by_sheet_name(name)
-                    .map(|v| v.iter().map(rect).collect())
-                    .unwrap_or_default()
-            }
+                Ok(merges.join().unwrap_or_default())
+            })?,
             Book::Xlsb(x) => {
                 let area;
                 {

@@ -22,6 +22,7 @@ pub struct Workbook {
     pub has_vba: bool,
     limits: Limits,
     book: Mutex<Book>,
+    file: std::sync::Arc<[u8]>,
     loaded: RwLock<Vec<Option<Arc<Sheet>>>>,
     tables: Mutex<Option<Arc<Vec<TableInfo>>>>,
     bytes: AtomicUsize,
@@ -37,6 +38,7 @@ impl Workbook {
     pub fn open(entry: Entry, identity: FileIdentity, limits: &Limits) -> Result<Self> {
         let bytes = load::read_file(&entry.id, &entry.abs_path, limits)?;
         let file_bytes = bytes.len();
+        // The file image stays in memory for lazy sheet loads: count it.
         let opened = load::open(&entry.id, bytes, limits)?;
         let n = opened.sheets.len();
         Ok(Self {
@@ -49,9 +51,10 @@ impl Workbook {
             has_vba: opened.has_vba,
             limits: limits.clone(),
             book: Mutex::new(opened.book),
+            file: opened.bytes,
             loaded: RwLock::new(vec![None; n]),
             tables: Mutex::new(None),
-            bytes: AtomicUsize::new(file_bytes * 2 + 4096),
+            bytes: AtomicUsize::new(file_bytes + 4096),
         })
     }
 
@@ -123,7 +126,7 @@ impl Workbook {
             return Ok(s.clone());
         }
         let sheet = if meta.kind == "worksheet" {
-            load::load_sheet(&self.entry.id, &mut book, &meta.name, self.date1904, &self.limits, budget)?
+            load::load_sheet(&self.entry.id, &mut book, &self.file, &meta.name, self.date1904, &self.limits, budget)?
         } else {
             // Chart and macro sheets have no cell grid to read.
             Sheet::empty(&meta.name)

@@ -168,9 +168,45 @@ pub fn write_example(dir: &Path) -> Result<()> {
         ws.write_number(r, 2, *s * 1000.0)?;
     }
     wb.save(dir.join("budget.xlsx")).context("writing budget.xlsx")?;
+    // The outputs were never calculated: drop their cached values, as a file saved by a
+    // program that does not calculate would have them.
+    drop_cached_values(&dir.join("budget.xlsx"), "xl/worksheets/sheet1.xml", &["B12", "B13"])?;
 
     // model.xlsx: a small version of the formula model.
     write_model(&dir.join("model.xlsx"), 60)?;
+    Ok(())
+}
+
+/// Remove the cached `<v>` of formula cells in one worksheet part, rewriting only that part.
+pub fn drop_cached_values(path: &Path, part: &str, cells: &[&str]) -> Result<()> {
+    use std::io::{Read, Write};
+    let bytes = std::fs::read(path)?;
+    let mut zin = zip::ZipArchive::new(std::io::Cursor::new(bytes))?;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i)?;
+        let name = f.name()?.to_string();
+        if name != part {
+            drop(f);
+            out.raw_copy_file(zin.by_index_raw(i)?)?;
+            continue;
+        }
+        let mut xml = String::new();
+        f.read_to_string(&mut xml)?;
+        for cell in cells {
+            let start = xml.find(&format!("<c r=\"{cell}\"")).with_context(|| format!("{cell} not in {part}"))?;
+            let end = start + xml[start..].find("</c>").context("unclosed cell")?;
+            let fixed = xml[start..end]
+                .replace("<v>0</v>", "")
+                .replace("<v></v>", "")
+                .replace(" t=\"str\"", "");
+            xml.replace_range(start..end, &fixed);
+        }
+        out.start_file(name, zip::write::SimpleFileOptions::default())?;
+        out.write_all(xml.as_bytes())?;
+    }
+    let data = out.finish()?.into_inner();
+    std::fs::write(path, data)?;
     Ok(())
 }
 

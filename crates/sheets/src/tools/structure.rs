@@ -213,7 +213,8 @@ pub fn table_profile(engine: &Engine, p: TableProfileParams, budget: &Budget) ->
     let rect = Rect::new(data.top, data.left, data.bottom, data.left + cols - 1);
     struct Acc {
         types: [u64; 7],
-        distinct: HashMap<String, u64>,
+        /// Occurrences per distinct value, keyed by (type, bits or string id): no text formatting.
+        distinct: HashMap<(u8, u64), u64>,
         min: f64,
         max: f64,
         sum: f64,
@@ -252,12 +253,18 @@ pub fn table_profile(engine: &Engine, p: TableProfileParams, budget: &Budget) ->
             a.sum += n;
             a.n += 1;
         }
-        if !c.value.is_empty() {
-            let key = sheet.text(&c.value);
-            if let Some(n) = a.distinct.get_mut(key.as_ref()) {
+        let key = match c.value {
+            Value::Number(n) | Value::Date(n) | Value::Duration(n) => Some((k as u8, n.to_bits())),
+            Value::Text(i) => Some((1, u64::from(i))),
+            Value::Bool(b) => Some((3, u64::from(b))),
+            Value::Error(_) => Some((5, 0)),
+            Value::Empty => None,
+        };
+        if let Some(key) = key {
+            if let Some(n) = a.distinct.get_mut(&key) {
                 *n += 1;
             } else if a.distinct.len() < 10_000 {
-                a.distinct.insert(key.into_owned(), 1);
+                a.distinct.insert(key, 1);
             }
         }
         if !a.formulas && sheet.formula_at(CellRef::new(c.row, c.col)).is_some() {
@@ -274,7 +281,14 @@ pub fn table_profile(engine: &Engine, p: TableProfileParams, budget: &Budget) ->
             let dom = (0..6).max_by_key(|k| a.types[*k]).filter(|k| a.types[*k] > 0).unwrap_or(6);
             let numeric = matches!(dom, 0 | 2 | 4) && a.n > 0;
             let mut top: Vec<(String, u64)> = if dom == 1 || dom == 3 {
-                a.distinct.iter().map(|(k, v)| (k.clone(), *v)).collect()
+                a.distinct
+                    .iter()
+                    .filter(|((t, _), _)| *t == 1 || *t == 3)
+                    .map(|((t, bits), n)| {
+                        let v = if *t == 1 { Value::Text(*bits as u32) } else { Value::Bool(*bits == 1) };
+                        (sheet.text(&v).into_owned(), *n)
+                    })
+                    .collect()
             } else {
                 Vec::new()
             };

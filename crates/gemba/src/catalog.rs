@@ -26,12 +26,17 @@ fn call<P: DeserializeOwned, O: Serialize>(
     args: Value,
     budget: &Budget,
 ) -> Result<Value, CallError> {
-    let params: P = serde_json::from_value(args).map_err(|e| CallError::InvalidParams(e.to_string()))?;
+    let params: P =
+        serde_json::from_value(args).map_err(|e| CallError::InvalidParams(e.to_string()))?;
     let out = f(engine, params, budget).map_err(CallError::Tool)?;
     serde_json::to_value(out).map_err(|e| CallError::Tool(SheetsError::Internal(e.to_string())))
 }
 
-fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(name: &'static str, title: &str, description: &'static str) -> Tool {
+fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
+    name: &'static str,
+    title: &str,
+    description: &'static str,
+) -> Tool {
     let mut t = Tool::new(name, description, input_schema::<P>());
     t.output_schema = Some(output_schema::<O>());
     t.annotations = Some(
@@ -110,25 +115,50 @@ mod tests {
     fn listing_is_lean_complete_and_strict() {
         let tools = definitions();
         assert_eq!(tools.len(), NAMES.len());
-        let listing = serde_json::to_string(&rmcp::model::ListToolsResult::with_all_items(tools.clone())).unwrap();
-        assert!(listing.len() <= 40_000, "tools/list is {} characters", listing.len());
+        let listing =
+            serde_json::to_string(&rmcp::model::ListToolsResult::with_all_items(tools.clone()))
+                .unwrap();
+        assert!(
+            listing.len() <= 40_000,
+            "tools/list is {} characters",
+            listing.len()
+        );
         for t in &tools {
             let input = Value::Object((*t.input_schema).clone());
             let output = Value::Object((**t.output_schema.as_ref().unwrap()).clone());
             assert_eq!(input["type"], "object", "{}", t.name);
             assert_eq!(output["type"], "object", "{}", t.name);
-            assert!(!has_bare_boolean(&input), "{} input has a bare boolean schema: {input}", t.name);
-            assert!(!has_bare_boolean(&output), "{} output has a bare boolean schema: {output}", t.name);
+            assert!(
+                !has_bare_boolean(&input),
+                "{} input has a bare boolean schema: {input}",
+                t.name
+            );
+            assert!(
+                !has_bare_boolean(&output),
+                "{} output has a bare boolean schema: {output}",
+                t.name
+            );
             assert!(!listing.contains("\"$schema\""));
-            assert_eq!(t.annotations.as_ref().and_then(|a| a.read_only_hint), Some(true));
-            assert!(t.description.as_ref().is_some_and(|d| d.len() <= 200), "{} description too long", t.name);
+            assert_eq!(
+                t.annotations.as_ref().and_then(|a| a.read_only_hint),
+                Some(true)
+            );
+            assert!(
+                t.description.as_ref().is_some_and(|d| d.len() <= 200),
+                "{} description too long",
+                t.name
+            );
         }
     }
 
     #[test]
     fn bare_boolean_detector_works() {
-        assert!(has_bare_boolean(&serde_json::json!({"properties": {"x": true}})));
+        assert!(has_bare_boolean(
+            &serde_json::json!({"properties": {"x": true}})
+        ));
         assert!(has_bare_boolean(&serde_json::json!({"items": true})));
-        assert!(!has_bare_boolean(&serde_json::json!({"additionalProperties": false, "properties": {"x": {"type": "string"}}})));
+        assert!(!has_bare_boolean(
+            &serde_json::json!({"additionalProperties": false, "properties": {"x": {"type": "string"}}})
+        ));
     }
 }

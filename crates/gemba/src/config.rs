@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "gemba", version, about = "A measured MCP server for spreadsheets")]
+#[command(
+    name = "gemba",
+    version,
+    about = "A measured MCP server for spreadsheets"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -43,10 +47,18 @@ pub struct ServeArgs {
     #[arg(long, env = "GEMBA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Extra Host values accepted on HTTP (loopback names are always accepted).
-    #[arg(long = "allowed-host", env = "GEMBA_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-host",
+        env = "GEMBA_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     pub allowed_hosts: Vec<String>,
     /// Extra browser origins accepted on HTTP (loopback origins are always accepted).
-    #[arg(long = "allowed-origin", env = "GEMBA_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "GEMBA_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "GEMBA_MAX_BODY_BYTES")]
@@ -98,7 +110,8 @@ pub struct ServeConfig {
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
 }
 
@@ -121,12 +134,19 @@ impl ServeArgs {
         allowed_origins.extend(self.allowed_origins);
         let defaults = sheets::Limits::default();
         let cfg = ServeConfig {
-            http: if self.stdio { None } else { self.http.or(file.http) },
+            http: if self.stdio {
+                None
+            } else {
+                self.http.or(file.http)
+            },
             workspace,
             token: self.token.or(file.token).filter(|t| !t.is_empty()),
             allowed_hosts,
             allowed_origins,
-            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024),
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(4 * 1024 * 1024),
             cache_bytes: self.cache_mb.or(file.cache_mb).unwrap_or(512) * 1024 * 1024,
             timeout_ms: self.timeout_ms.or(file.timeout_ms).unwrap_or(30_000),
             max_file_bytes: self
@@ -134,7 +154,10 @@ impl ServeArgs {
                 .or(file.max_file_mb)
                 .map(|m| m * 1024 * 1024)
                 .unwrap_or(defaults.max_file_bytes),
-            max_cells: self.max_cells.or(file.max_cells).unwrap_or(defaults.max_cells_per_sheet),
+            max_cells: self
+                .max_cells
+                .or(file.max_cells)
+                .unwrap_or(defaults.max_cells_per_sheet),
         };
         if cfg.timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");

@@ -21,7 +21,12 @@ const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*",
 
 fn tokens_match(expected: &[u8], given: &[u8]) -> bool {
     // Constant time in the token's length: no early exit on the first differing byte.
-    expected.len() == given.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    expected.len() == given.len()
+        && expected
+            .iter()
+            .zip(given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 async fn require_token(token: Arc<str>, req: Request, next: Next) -> Response {
@@ -39,8 +44,10 @@ async fn require_token(token: Arc<str>, req: Request, next: Next) -> Response {
         "missing or wrong bearer token: send `Authorization: Bearer <token>` (the server's --token / GEMBA_TOKEN)\n",
     )
         .into_response();
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gemba\""));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"gemba\""),
+    );
     r
 }
 
@@ -62,7 +69,9 @@ pub fn router(server: GembaServer, cfg: &ServeConfig, ct: CancellationToken) -> 
     let mut app = Router::new().nest_service("/mcp", service);
     if let Some(t) = &cfg.token {
         let token: Arc<str> = Arc::from(t.as_str());
-        app = app.layer(middleware::from_fn(move |req, next| require_token(token.clone(), req, next)));
+        app = app.layer(middleware::from_fn(move |req, next| {
+            require_token(token.clone(), req, next)
+        }));
     }
     app
 }
@@ -75,7 +84,10 @@ pub async fn serve(server: GembaServer, cfg: &ServeConfig) -> Result<()> {
     let local = listener.local_addr()?;
     let ct = CancellationToken::new();
     let app = router(server, cfg, ct.clone());
-    tracing::info!("gemba listening on http://{local}/mcp (workspace {})", cfg.workspace.display());
+    tracing::info!(
+        "gemba listening on http://{local}/mcp (workspace {})",
+        cfg.workspace.display()
+    );
     // A line on stderr that scripts can wait for, with the real port (for --http 127.0.0.1:0).
     eprintln!("gemba: listening on http://{local}/mcp");
     axum::serve(listener, app)

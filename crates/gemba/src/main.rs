@@ -22,10 +22,11 @@ use server::GembaServer;
 pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -49,7 +50,10 @@ fn build_server(cfg: &ServeConfig) -> Result<GembaServer> {
             caps: sheets::Caps::default(),
         },
     )?;
-    Ok(GembaServer::new(engine, Duration::from_millis(cfg.timeout_ms)))
+    Ok(GembaServer::new(
+        engine,
+        Duration::from_millis(cfg.timeout_ms),
+    ))
 }
 
 async fn serve(cfg: ServeConfig) -> Result<()> {
@@ -57,7 +61,10 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     if cfg.http.is_some() {
         return http::serve(server, &cfg).await;
     }
-    tracing::info!("gemba serving MCP on stdio (workspace {})", cfg.workspace.display());
+    tracing::info!(
+        "gemba serving MCP on stdio (workspace {})",
+        cfg.workspace.display()
+    );
     let running = server
         .serve(rmcp::transport::stdio())
         .await
@@ -72,12 +79,17 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
 fn main() -> ExitCode {
     // Logs go to stderr: in stdio mode stdout belongs to MCP.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("GEMBA_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("GEMBA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gemba: cannot start the async runtime: {e}");

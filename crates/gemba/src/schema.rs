@@ -52,16 +52,26 @@ fn schema_with<T: JsonSchema>(settings: SchemaSettings) -> Arc<JsonObject> {
     }
 }
 
+#[cfg(test)]
 /// True when a schema contains a bare boolean sub-schema (`true`/`false` where a schema goes).
 pub fn has_bare_boolean(v: &Value) -> bool {
     match v {
         Value::Object(m) => m.iter().any(|(k, x)| {
             let schema_slot = matches!(
                 k.as_str(),
-                "items" | "additionalProperties" | "not" | "contains" | "propertyNames" | "unevaluatedProperties"
+                "items"
+                    | "additionalProperties"
+                    | "not"
+                    | "contains"
+                    | "propertyNames"
+                    | "unevaluatedProperties"
             );
-            (schema_slot && x.is_boolean() && !(k == "additionalProperties" && x == &Value::Bool(false)))
-                || (k == "properties" && x.as_object().is_some_and(|p| p.values().any(Value::is_boolean)))
+            (schema_slot
+                && x.is_boolean()
+                && !(k == "additionalProperties" && x == &Value::Bool(false)))
+                || (k == "properties"
+                    && x.as_object()
+                        .is_some_and(|p| p.values().any(Value::is_boolean)))
                 || has_bare_boolean(x)
         }),
         Value::Array(a) => a.iter().any(has_bare_boolean),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -55,7 +55,8 @@ impl GembaServer {
         let work = tokio::task::spawn_blocking(move || {
             catalog::dispatch(&name_owned, &state.engine, args, &budget)
         });
-        let outcome = tokio::time::timeout(self.state.timeout + Duration::from_millis(250), work).await;
+        let outcome =
+            tokio::time::timeout(self.state.timeout + Duration::from_millis(250), work).await;
         match outcome {
             Err(_) => {
                 // The work checks its budget and stops; tell the agent now.
@@ -67,13 +68,15 @@ impl GembaServer {
             }
             Ok(Err(join)) => {
                 tracing::error!(tool = name, "tool panicked: {join}");
-                tool_error(format!("internal error in {name}; the server is still running — please report this with the arguments used"))
+                tool_error(format!(
+                    "internal error in {name}; the server is still running — please report this with the arguments used"
+                ))
             }
             Ok(Ok(None)) => tool_error(unknown_tool(name)),
             Ok(Ok(Some(Ok(value)))) => success(value),
-            Ok(Ok(Some(Err(CallError::InvalidParams(msg))))) => {
-                tool_error(format!("invalid arguments for {name}: {msg}. See the tool's inputSchema"))
-            }
+            Ok(Ok(Some(Err(CallError::InvalidParams(msg))))) => tool_error(format!(
+                "invalid arguments for {name}: {msg}. See the tool's inputSchema"
+            )),
             Ok(Ok(Some(Err(CallError::Tool(e))))) => {
                 if e.class() == ErrorClass::Internal {
                     tracing::error!(tool = name, "{e}");

@@ -88,7 +88,12 @@ impl fmt::Display for Rect {
         if self.top == self.bottom && self.left == self.right {
             return write!(f, "{}", self.top_left());
         }
-        write!(f, "{}:{}", self.top_left(), CellRef::new(self.bottom, self.right))
+        write!(
+            f,
+            "{}:{}",
+            self.top_left(),
+            CellRef::new(self.bottom, self.right)
+        )
     }
 }
 
@@ -122,12 +127,12 @@ pub fn parse_col(s: &str) -> Option<u32> {
         }
         n = n * 26 + u32::from(b.to_ascii_uppercase() - b'A' + 1);
     }
-    (n >= 1 && n <= MAX_COLS).then(|| n - 1)
+    (1..=MAX_COLS).contains(&n).then(|| n - 1)
 }
 
 fn parse_row(s: &str) -> Option<u32> {
     let n: u32 = s.parse().ok()?;
-    (n >= 1 && n <= MAX_ROWS).then(|| n - 1)
+    (1..=MAX_ROWS).contains(&n).then(|| n - 1)
 }
 
 /// Parse "A1" / "$A$1".
@@ -194,7 +199,11 @@ pub fn split_sheet(s: &str) -> (Option<String>, &str) {
 
 /// Quote a sheet name for a reference when needed.
 pub fn quote_sheet(name: &str) -> String {
-    if name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.') && !name.is_empty() {
+    if name
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
+        && !name.is_empty()
+    {
         name.to_string()
     } else {
         format!("'{}'", name.replace('\'', "''"))
@@ -231,7 +240,10 @@ mod tests {
 
     #[test]
     fn sheet_prefixes() {
-        assert_eq!(split_sheet("'My ''x'' Sheet'!A1"), (Some("My 'x' Sheet".into()), "A1"));
+        assert_eq!(
+            split_sheet("'My ''x'' Sheet'!A1"),
+            (Some("My 'x' Sheet".into()), "A1")
+        );
         assert_eq!(split_sheet("Data!B2:C3"), (Some("Data".into()), "B2:C3"));
         assert_eq!(split_sheet("B2"), (None, "B2"));
         assert_eq!(quote_sheet("My Sheet"), "'My Sheet'");

@@ -3,14 +3,14 @@
 //! workbook that is not loaded yet wait for one load instead of each parsing the file.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Result, SheetsError};
-use crate::limits::Limits;
+use crate::limits::{Budget, Limits};
 use crate::workbook::Workbook;
 use crate::workspace::{Entry, FileIdentity};
 
@@ -25,7 +25,39 @@ pub struct CacheStats {
     pub load_nanos: AtomicU64,
 }
 
-type Slot = Arc<OnceLock<Result<Arc<Workbook>>>>;
+/// One workbook's place in the cache: empty while its single load runs, then the result.
+/// Waiters block on the condvar up to their own deadline, never forever: a reader stuck on a
+/// hostile file cannot pile up requests behind it.
+struct SlotInner {
+    state: Mutex<Option<Result<Arc<Workbook>>>>,
+    ready: Condvar,
+    started: Instant,
+}
+
+type Slot = Arc<SlotInner>;
+
+impl SlotInner {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(None),
+            ready: Condvar::new(),
+            started: Instant::now(),
+        }
+    }
+    fn get(&self) -> Option<Result<Arc<Workbook>>> {
+        self.state.lock().clone()
+    }
+    fn loaded(&self) -> Option<Arc<Workbook>> {
+        self.state
+            .lock()
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
+            .cloned()
+    }
+}
+
+/// A load running longer than this is treated as stuck: later callers fail fast.
+const STUCK_AFTER: Duration = Duration::from_secs(120);
 
 struct CacheEntry {
     slot: Slot,
@@ -58,60 +90,97 @@ impl WorkbookCache {
         self.capacity_bytes
     }
 
-    /// The workbook for `entry`, loading it if absent or changed on disk.
-    pub fn get(&self, entry: &Entry, limits: &Limits) -> Result<(Arc<Workbook>, Lookup)> {
-        let identity = FileIdentity::of(&entry.abs_path).map_err(|e| SheetsError::UnknownWorkbook {
-            query: entry.id.clone(),
-            suggestion: format!(" ('{}' cannot be read: {e})", entry.rel_path),
-        })?;
-        let slot = {
+    /// The workbook for `entry`, loading it if absent or changed on disk. Concurrent callers
+    /// share one load; each waits at most until its own budget runs out.
+    pub fn get(
+        &self,
+        entry: &Entry,
+        limits: &Limits,
+        budget: &Budget,
+    ) -> Result<(Arc<Workbook>, Lookup)> {
+        let identity =
+            FileIdentity::of(&entry.abs_path).map_err(|e| SheetsError::UnknownWorkbook {
+                query: entry.id.clone(),
+                suggestion: format!(" ('{}' cannot be read: {e})", entry.rel_path),
+            })?;
+        let (slot, owner) = {
             let mut g = self.inner.lock();
             g.1 += 1;
             let tick = g.1;
-            let stale = g.0.get(&entry.id).and_then(|e| e.slot.get()).is_some_and(|r| match r {
-                Ok(wb) => wb.identity != identity,
-                Err(_) => true,
-            });
+            let stale =
+                g.0.get(&entry.id)
+                    .and_then(|e| e.slot.get())
+                    .is_some_and(|r| match r {
+                        Ok(wb) => wb.identity != identity,
+                        Err(_) => true,
+                    });
             if stale {
                 g.0.remove(&entry.id);
                 self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
             }
-            let e = g.0.entry(entry.id.clone()).or_insert_with(|| CacheEntry {
-                slot: Arc::new(OnceLock::new()),
-                last_used: tick,
+            let mut owner = false;
+            let e = g.0.entry(entry.id.clone()).or_insert_with(|| {
+                owner = true;
+                CacheEntry {
+                    slot: Arc::new(SlotInner::new()),
+                    last_used: tick,
+                }
             });
             e.last_used = tick;
-            e.slot.clone()
+            (e.slot.clone(), owner)
         };
-        let mut loaded_here = false;
-        let result = slot
-            .get_or_init(|| {
-                loaded_here = true;
-                let t = Instant::now();
-                let r = Workbook::open(entry.clone(), identity.clone(), limits).map(Arc::new);
-                self.stats.loads.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .load_nanos
-                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                r
-            })
-            .clone();
-        if loaded_here {
+        let result = if owner {
+            let t = Instant::now();
+            let r = Workbook::open(entry.clone(), identity.clone(), limits).map(Arc::new);
+            self.stats.loads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .load_nanos
+                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            *slot.state.lock() = Some(r.clone());
+            slot.ready.notify_all();
+            r
         } else {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        }
+            let mut state = slot.state.lock();
+            loop {
+                if let Some(r) = state.as_ref() {
+                    break r.clone();
+                }
+                if slot.started.elapsed() > STUCK_AFTER {
+                    return Err(SheetsError::LimitExceeded {
+                        workbook_id: entry.id.clone(),
+                        detail: format!(
+                            "loading has run for over {}s and looks stuck (a malformed file?); it is refused until the file changes",
+                            STUCK_AFTER.as_secs()
+                        ),
+                    });
+                }
+                let wait = budget
+                    .remaining()
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1));
+                if wait.is_zero() {
+                    return Err(budget.timeout_error());
+                }
+                slot.ready.wait_for(&mut state, wait);
+            }
+        };
         match result {
             Ok(wb) => {
-                if loaded_here {
+                if owner {
                     self.enforce(&entry.id);
+                } else {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok((wb, if loaded_here { Lookup::Miss } else { Lookup::Hit }))
+                Ok((wb, if owner { Lookup::Miss } else { Lookup::Hit }))
             }
             Err(e) => {
                 // Failed loads are not kept: the next call retries (the file may be fixed).
                 let mut g = self.inner.lock();
-                if g.0.get(&entry.id).is_some_and(|c| Arc::ptr_eq(&c.slot, &slot)) {
+                if g.0
+                    .get(&entry.id)
+                    .is_some_and(|c| Arc::ptr_eq(&c.slot, &slot))
+                {
                     g.0.remove(&entry.id);
                 }
                 Err(e)
@@ -123,7 +192,7 @@ impl WorkbookCache {
     pub fn bytes(&self) -> usize {
         let g = self.inner.lock();
         g.0.values()
-            .filter_map(|e| e.slot.get().and_then(|r| r.as_ref().ok()))
+            .filter_map(|e| e.slot.loaded())
             .map(|w| w.bytes())
             .sum()
     }
@@ -136,21 +205,19 @@ impl WorkbookCache {
     pub fn enforce(&self, keep: &str) {
         let mut g = self.inner.lock();
         loop {
-            let total: usize = g
-                .0
-                .values()
-                .filter_map(|e| e.slot.get().and_then(|r| r.as_ref().ok()))
-                .map(|w| w.bytes())
-                .sum();
+            let total: usize =
+                g.0.values()
+                    .filter_map(|e| e.slot.loaded())
+                    .map(|w| w.bytes())
+                    .sum();
             if total <= self.capacity_bytes {
                 return;
             }
-            let victim = g
-                .0
-                .iter()
-                .filter(|(k, e)| k.as_str() != keep && e.slot.get().is_some())
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone());
+            let victim =
+                g.0.iter()
+                    .filter(|(k, e)| k.as_str() != keep && e.slot.get().is_some())
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(k, _)| k.clone());
             match victim {
                 Some(k) => {
                     g.0.remove(&k);

@@ -38,7 +38,9 @@ pub enum SheetsError {
         available: String,
     },
 
-    #[error("no table '{query}' in workbook {workbook_id}; {available}; call named_ranges to see them")]
+    #[error(
+        "no table '{query}' in workbook {workbook_id}; {available}; call named_ranges to see them"
+    )]
     UnknownTable {
         query: String,
         workbook_id: String,
@@ -46,9 +48,14 @@ pub enum SheetsError {
     },
 
     #[error("invalid `{field}`: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
 
-    #[error("workbook {workbook_id} is encrypted (password protected); Gemba cannot read it — save an unencrypted copy into the workspace")]
+    #[error(
+        "workbook {workbook_id} is encrypted (password protected); Gemba cannot read it — save an unencrypted copy into the workspace"
+    )]
     Encrypted { workbook_id: String },
 
     #[error("workbook {workbook_id} is not supported: {reason}")]
@@ -102,7 +109,11 @@ pub type Result<T, E = SheetsError> = std::result::Result<T, E>;
 
 /// Up to `n` names from `candidates` closest to `query` (case-insensitive edit distance),
 /// best first; used for "did you mean" hints.
-pub fn closest<'a>(query: &str, candidates: impl IntoIterator<Item = &'a str>, n: usize) -> Vec<&'a str> {
+pub fn closest<'a>(
+    query: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    n: usize,
+) -> Vec<&'a str> {
     let q = query.to_lowercase();
     let mut scored: Vec<(usize, &str)> = candidates
         .into_iter()
@@ -141,10 +152,14 @@ pub fn short_list<S: AsRef<str>>(items: &[S], max: usize) -> String {
     if items.is_empty() {
         return "(none)".into();
     }
-    let mut s: Vec<&str> = items.iter().take(max).map(|x| x.as_ref()).collect();
+    let s: Vec<&str> = items.iter().take(max).map(|x| x.as_ref()).collect();
     let rest = items.len().saturating_sub(max);
-    let more = if rest > 0 { format!(" (and {rest} more)") } else { String::new() };
-    let joined = s.drain(..).collect::<Vec<_>>().join(", ");
+    let more = if rest > 0 {
+        format!(" (and {rest} more)")
+    } else {
+        String::new()
+    };
+    let joined = s.join(", ");
     format!("{joined}{more}")
 }
 

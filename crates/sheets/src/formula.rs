@@ -26,7 +26,9 @@ pub enum Token<'a> {
 impl Token<'_> {
     /// The rectangle a reference covers (whole rows/columns span the grid).
     pub fn rect(&self) -> Option<Rect> {
-        let Token::Ref { a, b, .. } = self else { return None };
+        let Token::Ref { a, b, .. } = self else {
+            return None;
+        };
         let b = b.unwrap_or(*a);
         let (r0, r1) = match (a.row, b.row) {
             (Some((x, _)), Some((y, _))) => (x, y),
@@ -64,7 +66,11 @@ fn parse_end(word: &str) -> Option<RefEnd> {
         return None;
     }
     let digits = &word[ds..i];
-    let col = if letters.is_empty() { None } else { Some((parse_col(letters)?, col_abs)) };
+    let col = if letters.is_empty() {
+        None
+    } else {
+        Some((parse_col(letters)?, col_abs))
+    };
     let row = if digits.is_empty() {
         None
     } else {
@@ -119,7 +125,10 @@ pub fn scan<'a>(formula: &'a str, mut f: impl FnMut(Token<'a>)) {
                     }
                     i += 1;
                 }
-                let name = formula.get(start..i.min(b.len())).unwrap_or("").replace("''", "'");
+                let name = formula
+                    .get(start..i.min(b.len()))
+                    .unwrap_or("")
+                    .replace("''", "'");
                 i += 1;
                 if b.get(i) == Some(&b'!') {
                     i += 1;
@@ -194,7 +203,10 @@ pub fn scan<'a>(formula: &'a str, mut f: impl FnMut(Token<'a>)) {
                         continue;
                     }
                 }
-                if !starts_digit && !word.eq_ignore_ascii_case("TRUE") && !word.eq_ignore_ascii_case("FALSE") {
+                if !starts_digit
+                    && !word.eq_ignore_ascii_case("TRUE")
+                    && !word.eq_ignore_ascii_case("FALSE")
+                {
                     f(Token::Name(word));
                 }
                 sheet = None;
@@ -208,7 +220,16 @@ pub fn scan<'a>(formula: &'a str, mut f: impl FnMut(Token<'a>)) {
 }
 
 /// Functions whose result changes on every recalculation, or that defeat dependency tracking.
-pub const VOLATILE: [&str; 8] = ["NOW", "TODAY", "RAND", "RANDBETWEEN", "RANDARRAY", "OFFSET", "INDIRECT", "CELL"];
+pub const VOLATILE: [&str; 8] = [
+    "NOW",
+    "TODAY",
+    "RAND",
+    "RANDBETWEEN",
+    "RANDARRAY",
+    "OFFSET",
+    "INDIRECT",
+    "CELL",
+];
 
 /// Volatile functions a formula calls (upper-case, de-duplicated).
 pub fn volatile_calls(formula: &str) -> Vec<&'static str> {
@@ -290,7 +311,11 @@ mod tests {
         );
         assert_eq!(refs("SUM(A:A)")[0].1, "A1:A1048576");
         assert_eq!(refs("SUM(2:3)")[0].1, "A2:XFD3");
-        assert!(refs("\"A1\"&LOG10(5)+1.5").is_empty(), "{:?}", refs("\"A1\"&LOG10(5)"));
+        assert!(
+            refs("\"A1\"&LOG10(5)+1.5").is_empty(),
+            "{:?}",
+            refs("\"A1\"&LOG10(5)")
+        );
         assert!(refs("Table1[Amount]").is_empty());
     }
 
@@ -305,13 +330,22 @@ mod tests {
         });
         assert_eq!(names, vec!["TaxRate"]);
         assert_eq!(funcs, vec!["IF", "NOW"]);
-        assert_eq!(volatile_calls("A1+RAND()*OFFSET(A1,1,1)+now()"), vec!["RAND", "OFFSET", "NOW"]);
+        assert_eq!(
+            volatile_calls("A1+RAND()*OFFSET(A1,1,1)+now()"),
+            vec!["RAND", "OFFSET", "NOW"]
+        );
     }
 
     #[test]
     fn relative_forms_group_copies() {
         assert_eq!(relative_form("B2*C2", 1, 3), relative_form("B3*C3", 2, 3));
-        assert_ne!(relative_form("B2*$C$2", 1, 3), relative_form("B3*$C$3", 2, 3));
-        assert_eq!(relative_form("SUM(A1:A9)", 9, 0), "SUM(R[-9]C[0]:R[-1]C[0])");
+        assert_ne!(
+            relative_form("B2*$C$2", 1, 3),
+            relative_form("B3*$C$3", 2, 3)
+        );
+        assert_eq!(
+            relative_form("SUM(A1:A9)", 9, 0),
+            "SUM(R[-9]C[0]:R[-1]C[0])"
+        );
     }
 }

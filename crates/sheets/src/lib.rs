@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod cache;
+pub mod cfb;
 pub mod error;
 pub mod formula;
 pub mod limits;
@@ -83,11 +84,11 @@ impl Engine {
     }
 
     /// The workbook with this id, from the cache or loaded now.
-    pub fn workbook(&self, id: &str) -> Result<Arc<Workbook>> {
-        self.workbook_lookup(id).map(|(w, _)| w)
+    pub fn workbook(&self, id: &str, budget: &Budget) -> Result<Arc<Workbook>> {
+        self.workbook_lookup(id, budget).map(|(w, _)| w)
     }
 
-    pub fn workbook_lookup(&self, id: &str) -> Result<(Arc<Workbook>, Lookup)> {
+    pub fn workbook_lookup(&self, id: &str, budget: &Budget) -> Result<(Arc<Workbook>, Lookup)> {
         if id.trim().is_empty() {
             return Err(SheetsError::invalid(
                 "workbook_id",
@@ -95,7 +96,7 @@ impl Engine {
             ));
         }
         let entry = self.workspace.resolve(id)?;
-        self.cache.get(&entry, &self.limits)
+        self.cache.get(&entry, &self.limits, budget)
     }
 
     /// A loaded sheet; keeps the cache within its byte bound after a sheet load.

@@ -73,6 +73,16 @@ impl Budget {
         Canceller(self.cancelled.clone())
     }
 
+    /// Time left before the deadline (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    pub fn timeout_error(&self) -> SheetsError {
+        SheetsError::Timeout { budget: self.total }
+    }
+
     pub fn check(&self) -> Result<()> {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(SheetsError::Cancelled);

@@ -3,8 +3,8 @@
 //! every reader failure (including a panic inside the reader) into a clear error.
 
 use std::io::{Cursor, Read};
-use std::sync::Arc;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use calamine::{Data, DataRef, Reader, Xls, Xlsb, Xlsx};
 
@@ -93,7 +93,10 @@ fn guarded<T>(id: &str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> 
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::warn!(workbook = id, "reader panicked while {what}: {msg}");
-            Err(unreadable(id, format!("the reader failed while {what} (malformed file: {msg})")))
+            Err(unreadable(
+                id,
+                format!("the reader failed while {what} (malformed file: {msg})"),
+            ))
         }
     }
 }
@@ -106,12 +109,17 @@ pub fn sniff(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
         return sniff_zip(id, bytes, limits);
     }
     if bytes.starts_with(&OLE_MAGIC) {
-        let needle: Vec<u8> = "EncryptedPackage".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let needle: Vec<u8> = "EncryptedPackage"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
         if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
             return Err(SheetsError::Encrypted {
                 workbook_id: id.to_string(),
             });
         }
+        crate::cfb::validate(bytes)
+            .map_err(|e| unreadable(id, format!("the OLE2 container is damaged: {e}")))?;
         return Ok(Format::Xls);
     }
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]).to_lowercase();
@@ -142,12 +150,18 @@ fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
             .by_index_raw(i)
             .map_err(|e| unreadable(id, format!("broken zip entry {i} ({e})")))?;
         let (size, packed) = (f.size(), f.compressed_size().max(1));
-        let fname = f.name().map(|n| n.to_string()).unwrap_or_else(|_| format!("#{i}"));
+        let fname = f
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| format!("#{i}"));
         total = total.saturating_add(size);
         if size > limits.max_part_bytes {
             return Err(limit(
                 id,
-                format!("part '{fname}' unpacks to {size} bytes (limit {})", limits.max_part_bytes),
+                format!(
+                    "part '{fname}' unpacks to {size} bytes (limit {})",
+                    limits.max_part_bytes
+                ),
             ));
         }
         if size > 1 << 20 && size / packed > limits.max_compression_ratio {
@@ -172,7 +186,10 @@ fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
     if total > limits.max_uncompressed_bytes {
         return Err(limit(
             id,
-            format!("unpacks to {total} bytes in all (limit {})", limits.max_uncompressed_bytes),
+            format!(
+                "unpacks to {total} bytes in all (limit {})",
+                limits.max_uncompressed_bytes
+            ),
         ));
     }
     if xlsb {
@@ -184,7 +201,8 @@ fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
     } else {
         Err(SheetsError::Unsupported {
             workbook_id: id.to_string(),
-            reason: "a zip file that is neither an Office Open XML nor an OpenDocument spreadsheet".into(),
+            reason: "a zip file that is neither an Office Open XML nor an OpenDocument spreadsheet"
+                .into(),
         })
     }
 }
@@ -221,7 +239,10 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
                 let d = b.has_1904_epoch();
                 (Book::Xls(b), d)
             }
-            Format::Ods => (Book::Ods(calamine::Ods::new(cursor).map_err(|e| map(&e))?), false),
+            Format::Ods => (
+                Book::Ods(calamine::Ods::new(cursor).map_err(|e| map(&e))?),
+                false,
+            ),
         };
         let (metas, names) = match &book {
             Book::Xlsx(b) => (b.sheets_metadata().to_vec(), b.defined_names().to_vec()),
@@ -230,7 +251,10 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
             Book::Ods(b) => (b.sheets_metadata().to_vec(), b.defined_names().to_vec()),
         };
         if metas.len() > limits.max_sheets {
-            return Err(limit(id, format!("{} sheets (limit {})", metas.len(), limits.max_sheets)));
+            return Err(limit(
+                id,
+                format!("{} sheets (limit {})", metas.len(), limits.max_sheets),
+            ));
         }
         let sheets = metas
             .into_iter()
@@ -319,7 +343,12 @@ pub fn load_sheet(
 ) -> Result<Sheet> {
     let shift = if date1904 { EPOCH_1904_OFFSET } else { 0.0 };
     let max = limits.max_cells_per_sheet;
-    let over = |n: usize| limit(id, format!("sheet '{name}' has more than {n} cells (limit {max})"));
+    let over = |n: usize| {
+        limit(
+            id,
+            format!("sheet '{name}' has more than {n} cells (limit {max})"),
+        )
+    };
     let err = |e: &dyn std::fmt::Display| unreadable(id, format!("sheet '{name}': {e}"));
     guarded(id, &format!("reading sheet '{name}'"), || {
         let mut b = SheetBuilder::new(name.to_string());
@@ -348,7 +377,7 @@ pub fn load_sheet(
                     let v = convert_ref(&mut b, c.value, shift);
                     if !v.is_empty() {
                         b.push(row, col, v);
-                        if b.len() % CHECK_EVERY == 0 {
+                        if b.len().is_multiple_of(CHECK_EVERY) {
                             if b.len() > max {
                                 return Err(over(b.len()));
                             }
@@ -368,7 +397,7 @@ pub fn load_sheet(
                         let v = convert_ref(&mut b, c.get_value().clone(), shift);
                         if !v.is_empty() {
                             b.push(row, col, v);
-                            if b.len() % CHECK_EVERY == 0 {
+                            if b.len().is_multiple_of(CHECK_EVERY) {
                                 if b.len() > max {
                                     return Err(over(b.len()));
                                 }
@@ -377,16 +406,17 @@ pub fn load_sheet(
                         }
                     }
                 }
-                if area <= max as u64 {
-                    if let Ok(fr) = x.worksheet_formula(name) {
-                        push_formulas(&mut b, &fr);
-                    }
+                if area <= max as u64
+                    && let Ok(fr) = x.worksheet_formula(name)
+                {
+                    push_formulas(&mut b, &fr);
                 }
                 Vec::new()
             }
             Book::Xls(x) => {
                 let range = x.worksheet_range(name).map_err(|e| err(&e))?;
-                push_range(&mut b, &range, shift, max, budget).map_err(|n| n.unwrap_or_else(|| over(max)))?;
+                push_range(&mut b, &range, shift, max, budget)
+                    .map_err(|n| n.unwrap_or_else(|| over(max)))?;
                 if let Ok(fr) = x.worksheet_formula(name) {
                     push_formulas(&mut b, &fr);
                 }
@@ -396,7 +426,8 @@ pub fn load_sheet(
             }
             Book::Ods(x) => {
                 let range = x.worksheet_range(name).map_err(|e| err(&e))?;
-                push_range(&mut b, &range, shift, max, budget).map_err(|n| n.unwrap_or_else(|| over(max)))?;
+                push_range(&mut b, &range, shift, max, budget)
+                    .map_err(|n| n.unwrap_or_else(|| over(max)))?;
                 if let Ok(fr) = x.worksheet_formula(name) {
                     push_formulas(&mut b, &fr);
                 }
@@ -488,14 +519,23 @@ pub fn read_file(id: &str, path: &std::path::Path, limits: &Limits) -> Result<Ve
     let f = std::fs::File::open(path).map_err(|e| unreadable(id, format!("cannot open: {e}")))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len > limits.max_file_bytes {
-        return Err(limit(id, format!("file is {len} bytes (limit {})", limits.max_file_bytes)));
+        return Err(limit(
+            id,
+            format!("file is {len} bytes (limit {})", limits.max_file_bytes),
+        ));
     }
     let mut buf = Vec::with_capacity(len as usize);
     f.take(limits.max_file_bytes + 1)
         .read_to_end(&mut buf)
         .map_err(|e| unreadable(id, format!("read failed: {e}")))?;
     if buf.len() as u64 > limits.max_file_bytes {
-        return Err(limit(id, format!("file grew past the limit of {} bytes", limits.max_file_bytes)));
+        return Err(limit(
+            id,
+            format!(
+                "file grew past the limit of {} bytes",
+                limits.max_file_bytes
+            ),
+        ));
     }
     Ok(buf)
 }

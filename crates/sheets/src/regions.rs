@@ -63,7 +63,10 @@ impl Region {
 
 /// The regions of a sheet, computed once and cached on the sheet.
 pub fn regions(sheet: &Sheet) -> Arc<Vec<Region>> {
-    sheet.regions.get_or_init(|| Arc::new(detect(sheet))).clone()
+    sheet
+        .regions
+        .get_or_init(|| Arc::new(detect(sheet)))
+        .clone()
 }
 
 struct Dsu(Vec<u32>);
@@ -87,7 +90,9 @@ impl Dsu {
 
 /// Connected blocks of occupied cells, as bounding rectangles (overlaps merged).
 pub fn blocks(sheet: &Sheet) -> Vec<Rect> {
-    let Some(used) = sheet.used else { return Vec::new() };
+    let Some(used) = sheet.used else {
+        return Vec::new();
+    };
     let mut runs: Vec<(u32, u32, u32)> = Vec::new(); // (row, left, right)
     let mut dsu = Dsu(Vec::new());
     let mut prev: (usize, usize) = (0, 0); // run index span of the previous row
@@ -145,7 +150,10 @@ pub fn blocks(sheet: &Sheet) -> Vec<Rect> {
     for (i, &(r, a, b)) in runs.iter().enumerate() {
         let root = dsu.find(i as u32);
         let rect = Rect::new(r, a, r, b);
-        boxes.entry(root).and_modify(|x| *x = x.union(&rect)).or_insert(rect);
+        boxes
+            .entry(root)
+            .and_modify(|x| *x = x.union(&rect))
+            .or_insert(rect);
     }
     let mut rects: Vec<Rect> = boxes.into_values().collect();
     rects.sort_by_key(|r| (r.top, r.left));
@@ -197,7 +205,9 @@ fn profile(sheet: &Sheet, row: u32, rect: &Rect) -> RowProfile {
         p.filled += 1;
         match c.value {
             Value::Text(_) => p.text += 1,
-            Value::Number(_) | Value::Date(_) | Value::Duration(_) | Value::Bool(_) => p.numeric += 1,
+            Value::Number(_) | Value::Date(_) | Value::Duration(_) | Value::Bool(_) => {
+                p.numeric += 1
+            }
             _ => {}
         }
         if sheet.formula_at(CellRef::new(c.row, c.col)).is_some() {
@@ -209,9 +219,16 @@ fn profile(sheet: &Sheet, row: u32, rect: &Rect) -> RowProfile {
 
 fn is_total_label(s: &str) -> bool {
     let l = s.trim().to_lowercase();
-    ["total", "totals", "grand total", "sum", "subtotal", "overall"]
-        .iter()
-        .any(|k| l == *k || l.starts_with(&format!("{k} ")) || l.starts_with(&format!("{k}:")))
+    [
+        "total",
+        "totals",
+        "grand total",
+        "sum",
+        "subtotal",
+        "overall",
+    ]
+    .iter()
+    .any(|k| l == *k || l.starts_with(&format!("{k} ")) || l.starts_with(&format!("{k}:")))
 }
 
 /// Column-type consistency of the body rows: the mean share of each column's dominant type.
@@ -235,7 +252,11 @@ fn consistency(sheet: &Sheet, body: &Rect) -> f64 {
         .filter(|c| c[2] > 0)
         .map(|c| c[0].max(c[1]) as f64 / c[2] as f64)
         .collect();
-    if cols.is_empty() { 0.0 } else { cols.iter().sum::<f64>() / cols.len() as f64 }
+    if cols.is_empty() {
+        0.0
+    } else {
+        cols.iter().sum::<f64>() / cols.len() as f64
+    }
 }
 
 fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
@@ -253,14 +274,19 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
     };
     let first = profile(sheet, rect.top, &rect);
     let cells: Vec<&crate::sheet::Cell> = sheet.cells_in(rect).take(4096).collect();
-    let text_cells = cells.iter().filter(|c| matches!(c.value, Value::Text(_))).count();
+    let text_cells = cells
+        .iter()
+        .filter(|c| matches!(c.value, Value::Text(_)))
+        .count();
     let long_text = cells
         .iter()
         .filter(|c| matches!(c.value, Value::Text(_)) && sheet.text(&c.value).len() > 40)
         .count();
 
     // Notes: a lone cell, or text-only prose.
-    if cells.len() <= 1 || (text_cells == cells.len() && (w <= 2 && h <= 3 || long_text * 2 >= text_cells)) {
+    if cells.len() <= 1
+        || (text_cells == cells.len() && (w <= 2 && h <= 3 || long_text * 2 >= text_cells))
+    {
         region.kind = RegionKind::Notes;
         region.confidence = if cells.len() <= 1 { 0.6 } else { 0.75 };
         return region;
@@ -268,7 +294,8 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
 
     // Key/value blocks: distinct labels in the first column, values beside them.
     if (2..=3).contains(&w) && h >= 2 {
-        let (mut labels, mut values, mut formula_values, mut numeric_values, mut third) = (0u32, 0u32, 0u32, 0u32, 0u32);
+        let (mut labels, mut values, mut formula_values, mut numeric_values, mut third) =
+            (0u32, 0u32, 0u32, 0u32, 0u32);
         let mut distinct = std::collections::HashSet::new();
         for row in rect.top..=rect.bottom {
             let label = sheet.get(row, rect.left);
@@ -347,10 +374,14 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
         let mut group_rows = Vec::new();
         let mut title_rows = Vec::new();
         for row in rect.top..hr {
-            let spans = sheet
-                .merged
-                .iter()
-                .any(|m| m.top <= row && row <= m.bottom && m.width() > 1 && m.left >= rect.left && m.right <= rect.right && m.width() < w);
+            let spans = sheet.merged.iter().any(|m| {
+                m.top <= row
+                    && row <= m.bottom
+                    && m.width() > 1
+                    && m.left >= rect.left
+                    && m.right <= rect.right
+                    && m.width() < w
+            });
             let p = profile(sheet, row, &rect);
             if spans && p.filled > 0 {
                 group_rows.push(row);
@@ -380,7 +411,9 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
     let data_top = header.map(|h| h + 1).unwrap_or(rect.top);
     if rect.bottom > data_top {
         let last = sheet.row_span(rect.bottom, rect.left, rect.right);
-        let labelled = last.iter().any(|c| matches!(c.value, Value::Text(_)) && is_total_label(&sheet.text(&c.value)));
+        let labelled = last
+            .iter()
+            .any(|c| matches!(c.value, Value::Text(_)) && is_total_label(&sheet.text(&c.value)));
         let sums = last
             .iter()
             .filter(|c| c.value.as_number().is_some())
@@ -398,7 +431,12 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
         }
     }
 
-    let body = Rect::new(data_top.min(rect.bottom), rect.left, rect.bottom, rect.right);
+    let body = Rect::new(
+        data_top.min(rect.bottom),
+        rect.left,
+        rect.bottom,
+        rect.right,
+    );
     let cons = consistency(sheet, &body);
     let fill = cells.len() as f64 / (rect.area().min(4096) as f64).max(1.0);
     region.confidence = match header {
@@ -423,12 +461,20 @@ fn header_names(sheet: &Sheet, rect: &Rect, hr: u32, group_rows: &[u32]) -> Vec<
     let mut seen = std::collections::HashMap::new();
     (rect.left..=rect.right)
         .map(|col| {
-            let mut parts: Vec<String> = group_rows.iter().map(|r| text_at(*r, col)).filter(|s| !s.is_empty()).collect();
+            let mut parts: Vec<String> = group_rows
+                .iter()
+                .map(|r| text_at(*r, col))
+                .filter(|s| !s.is_empty())
+                .collect();
             let own = text_at(hr, col);
             if !own.is_empty() && parts.last() != Some(&own) {
                 parts.push(own);
             }
-            let mut name = if parts.is_empty() { col_name(col) } else { parts.join(" / ") };
+            let mut name = if parts.is_empty() {
+                col_name(col)
+            } else {
+                parts.join(" / ")
+            };
             let n = seen.entry(name.clone()).or_insert(0);
             *n += 1;
             if *n > 1 {
@@ -494,12 +540,18 @@ mod tests {
         cells.push((1, 10, "10"));
         let s = build(&cells, vec![]);
         let regs = regions(&s);
-        let kinds: Vec<(&str, String)> = regs.iter().map(|r| (r.kind.as_str(), r.rect.to_string())).collect();
+        let kinds: Vec<(&str, String)> = regs
+            .iter()
+            .map(|r| (r.kind.as_str(), r.rect.to_string()))
+            .collect();
         assert!(kinds.contains(&("notes", "B1".into())), "{kinds:?}");
         assert!(kinds.contains(&("table", "B3:D11".into())), "{kinds:?}");
         assert!(kinds.contains(&("table", "G3:H6".into())), "{kinds:?}");
         assert!(kinds.contains(&("parameters", "J1:K2".into())), "{kinds:?}");
-        let t = regs.iter().find(|r| r.rect.to_string() == "B3:D11").unwrap();
+        let t = regs
+            .iter()
+            .find(|r| r.rect.to_string() == "B3:D11")
+            .unwrap();
         assert_eq!(t.header_row, Some(2));
         assert_eq!(t.headers, vec!["Region", "Units", "Price"]);
         assert_eq!(t.totals_row, Some(10));
@@ -527,7 +579,10 @@ mod tests {
         assert_eq!(t.title.as_deref(), Some("Quarterly figures"));
         assert_eq!(t.header_row, Some(2));
         assert_eq!(t.rect.to_string(), "A2:E8");
-        assert_eq!(t.headers, vec!["Item", "2024 / Q1", "2024 / Q2", "2025 / Q1", "2025 / Q2"]);
+        assert_eq!(
+            t.headers,
+            vec!["Item", "2024 / Q1", "2024 / Q2", "2025 / Q1", "2025 / Q2"]
+        );
     }
 
     #[test]
@@ -537,7 +592,11 @@ mod tests {
             (0, 1, "=B5-B6"),
             (1, 0, "Margin"),
             (1, 1, "=B1/B5"),
-            (5, 0, "These figures are unaudited and provided for planning purposes only."),
+            (
+                5,
+                0,
+                "These figures are unaudited and provided for planning purposes only.",
+            ),
         ];
         let s = build(&cells, vec![]);
         let regs = regions(&s);

@@ -116,8 +116,12 @@ impl Sheet {
 
     /// The string pool lower-cased, built on first search.
     pub fn lower_strings(&self) -> &[Box<str>] {
-        self.lower_strings
-            .get_or_init(|| self.strings.iter().map(|s| s.to_lowercase().into_boxed_str()).collect())
+        self.lower_strings.get_or_init(|| {
+            self.strings
+                .iter()
+                .map(|s| s.to_lowercase().into_boxed_str())
+                .collect()
+        })
     }
 
     /// The merged range whose top-left anchors `(row, col)`'s value, if the cell is covered.
@@ -130,7 +134,11 @@ impl Sheet {
         self.cells.capacity() * std::mem::size_of::<Cell>()
             + self.row_index.capacity() * 4
             + self.strings.iter().map(|s| s.len() + 32).sum::<usize>()
-            + self.formulas.iter().map(|f| f.text.len() + 48).sum::<usize>()
+            + self
+                .formulas
+                .iter()
+                .map(|f| f.text.len() + 48)
+                .sum::<usize>()
             + self.merged.len() * std::mem::size_of::<Rect>()
             + self.name.len()
             + 256

@@ -30,7 +30,9 @@ pub struct Workbook {
 
 impl std::fmt::Debug for Workbook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workbook").field("id", &self.entry.id).finish()
+        f.debug_struct("Workbook")
+            .field("id", &self.entry.id)
+            .finish()
     }
 }
 
@@ -126,7 +128,15 @@ impl Workbook {
             return Ok(s.clone());
         }
         let sheet = if meta.kind == "worksheet" {
-            load::load_sheet(&self.entry.id, &mut book, &self.file, &meta.name, self.date1904, &self.limits, budget)?
+            load::load_sheet(
+                &self.entry.id,
+                &mut book,
+                &self.file,
+                &meta.name,
+                self.date1904,
+                &self.limits,
+                budget,
+            )?
         } else {
             // Chart and macro sheets have no cell grid to read.
             Sheet::empty(&meta.name)

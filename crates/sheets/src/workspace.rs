@@ -101,7 +101,9 @@ impl Workspace {
         let mut found: Vec<(String, PathBuf, std::fs::Metadata)> = Vec::new();
         let mut stack = vec![(self.root.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
@@ -138,11 +140,15 @@ impl Workspace {
                 if !EXTENSIONS.contains(&ext.as_str()) {
                     continue;
                 }
-                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
                 let rel = rel.to_string_lossy().replace('\\', "/");
                 found.push((rel, path, meta));
                 if found.len() >= MAX_FILES {
-                    tracing::warn!("workspace holds more than {MAX_FILES} workbooks; listing cut off");
+                    tracing::warn!(
+                        "workspace holds more than {MAX_FILES} workbooks; listing cut off"
+                    );
                     break;
                 }
             }
@@ -179,7 +185,11 @@ impl Workspace {
         let near = closest(q, ids.iter().copied(), 1);
         let suggestion = match near.first() {
             Some(id) => {
-                let path = list.iter().find(|e| e.id == *id).map(|e| e.rel_path.as_str()).unwrap_or("");
+                let path = list
+                    .iter()
+                    .find(|e| e.id == *id)
+                    .map(|e| e.rel_path.as_str())
+                    .unwrap_or("");
                 format!(" — did you mean '{id}' ({path})?")
             }
             None => String::new(),
@@ -209,7 +219,10 @@ impl Workspace {
 /// Resolve a workspace-relative path for writing or reading, refusing anything outside the root.
 pub fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf> {
     let p = Path::new(rel);
-    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         return Err(SheetsError::invalid(
             "path",
             format!("'{rel}' must be relative to the workspace and must not contain '..'"),
@@ -295,9 +308,16 @@ mod tests {
     #[test]
     fn ids_are_short_stable_and_distinct() {
         let ids = assign_ids(["sales.xlsx", "q1/Sales Report 2024.xlsx"].into_iter());
-        assert!(ids[0].starts_with("sales-") && ids[0].len() == 10, "{}", ids[0]);
+        assert!(
+            ids[0].starts_with("sales-") && ids[0].len() == 10,
+            "{}",
+            ids[0]
+        );
         assert!(ids[1].starts_with("sales-report-2024-"));
-        assert_eq!(ids, assign_ids(["sales.xlsx", "q1/Sales Report 2024.xlsx"].into_iter()));
+        assert_eq!(
+            ids,
+            assign_ids(["sales.xlsx", "q1/Sales Report 2024.xlsx"].into_iter())
+        );
     }
 
     #[test]

@@ -8,18 +8,25 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{NameCount, cell_schema, clamp_limit, is_false};
+use crate::Engine;
 use crate::address::{CellRef, Rect, quote_sheet, split_sheet};
 use crate::error::{Result, SheetsError};
 use crate::formula::{Token, relative_form, scan, volatile_calls};
 use crate::limits::Budget;
 use crate::sheet::Sheet;
 use crate::workbook::Workbook;
-use crate::Engine;
 
-fn all_sheets(engine: &Engine, wb: &Workbook, name: Option<&str>, budget: &Budget) -> Result<Vec<Arc<Sheet>>> {
+fn all_sheets(
+    engine: &Engine,
+    wb: &Workbook,
+    name: Option<&str>,
+    budget: &Budget,
+) -> Result<Vec<Arc<Sheet>>> {
     match name {
         Some(n) => Ok(vec![engine.sheet(wb, Some(n), budget)?]),
-        None => (0..wb.sheets.len()).map(|i| wb.sheet_at(i, budget)).collect(),
+        None => (0..wb.sheets.len())
+            .map(|i| wb.sheet_at(i, budget))
+            .collect(),
     }
 }
 
@@ -50,12 +57,19 @@ pub struct FindFormulaOutput {
     pub next_offset: Option<u32>,
 }
 
-pub fn find_formula(engine: &Engine, p: FindFormulaParams, budget: &Budget) -> Result<FindFormulaOutput> {
+pub fn find_formula(
+    engine: &Engine,
+    p: FindFormulaParams,
+    budget: &Budget,
+) -> Result<FindFormulaOutput> {
     let q = p.query.trim().trim_start_matches('=').to_lowercase();
     if q.is_empty() {
-        return Err(SheetsError::invalid("query", "is empty; give text to look for in formulas, e.g. \"SUM(\""));
+        return Err(SheetsError::invalid(
+            "query",
+            "is empty; give text to look for in formulas, e.g. \"SUM(\"",
+        ));
     }
-    let wb = engine.workbook(&p.workbook_id)?;
+    let wb = engine.workbook(&p.workbook_id, budget)?;
     let limit = clamp_limit(p.limit, 50, engine.caps.max_items);
     let offset = p.offset.unwrap_or(0) as usize;
     let mut total = 0usize;
@@ -171,7 +185,12 @@ impl Resolver<'_> {
                 }
             }
             Token::Name(n) => {
-                if let Some((_, target)) = self.wb.defined_names.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)) {
+                if let Some((_, target)) = self
+                    .wb
+                    .defined_names
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                {
                     let target = target.trim_start_matches('=');
                     let (s, r) = split_sheet(target);
                     if let Some(rect) = crate::address::parse_range(r, None) {
@@ -185,23 +204,34 @@ impl Resolver<'_> {
     }
 }
 
+/// A formula cell and the (sheet, range) references it reads.
+type FormulaRefs = (String, CellRef, Vec<(String, Rect)>);
+
 fn qualified(sheet: &str, r: &Rect) -> String {
     format!("{}!{}", quote_sheet(sheet), r)
 }
 
-pub fn formula_trace(engine: &Engine, p: FormulaTraceParams, budget: &Budget) -> Result<FormulaTraceOutput> {
-    let wb = engine.workbook(&p.workbook_id)?;
+pub fn formula_trace(
+    engine: &Engine,
+    p: FormulaTraceParams,
+    budget: &Budget,
+) -> Result<FormulaTraceOutput> {
+    let wb = engine.workbook(&p.workbook_id, budget)?;
     let root_sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
     let (_, cell_part) = split_sheet(&p.cell);
-    let at = crate::address::parse_cell(cell_part)
-        .ok_or_else(|| SheetsError::invalid("cell", format!("'{}' is not a cell like \"D10\"", p.cell)))?;
+    let at = crate::address::parse_cell(cell_part).ok_or_else(|| {
+        SheetsError::invalid("cell", format!("'{}' is not a cell like \"D10\"", p.cell))
+    })?;
     let dir = p.direction.unwrap_or_default();
     let depth = p.depth.unwrap_or(2).clamp(1, 6);
     let limit = clamp_limit(p.limit, 50, engine.caps.max_items);
     let offset: usize = match p.cursor.as_deref() {
-        Some(c) => c
-            .parse()
-            .map_err(|_| SheetsError::invalid("cursor", "pass next_cursor from the previous call unchanged"))?,
+        Some(c) => c.parse().map_err(|_| {
+            SheetsError::invalid(
+                "cursor",
+                "pass next_cursor from the previous call unchanged",
+            )
+        })?,
         None => 0,
     };
     let mut res = Resolver {
@@ -210,7 +240,8 @@ pub fn formula_trace(engine: &Engine, p: FormulaTraceParams, budget: &Budget) ->
         budget,
         cache: HashMap::new(),
     };
-    res.cache.insert(root_sheet.name.clone(), root_sheet.clone());
+    res.cache
+        .insert(root_sheet.name.clone(), root_sheet.clone());
     let root_name = qualified(&root_sheet.name, &Rect::cell(at));
     let mut nodes: Vec<TraceNode> = Vec::new();
     let mut truncated = false;
@@ -220,7 +251,7 @@ pub fn formula_trace(engine: &Engine, p: FormulaTraceParams, budget: &Budget) ->
     queue.push_back((root_sheet.name.clone(), Rect::cell(at), 0));
 
     // Dependents need every formula of the workbook with its references, built once per call.
-    let mut index: Vec<(String, CellRef, Vec<(String, Rect)>)> = Vec::new();
+    let mut index: Vec<FormulaRefs> = Vec::new();
     if dir == TraceDirection::Dependents {
         for i in 0..wb.sheets.len() {
             let s = wb.sheet_at(i, budget)?;
@@ -245,9 +276,16 @@ pub fn formula_trace(engine: &Engine, p: FormulaTraceParams, budget: &Budget) ->
                 let sheet = res.sheet(&sname)?;
                 // A cell: follow its formula. A range: follow the formulas inside it.
                 let formulas: Vec<String> = if rect.area() == 1 {
-                    sheet.formula_at(rect.top_left()).map(|f| f.to_string()).into_iter().collect()
+                    sheet
+                        .formula_at(rect.top_left())
+                        .map(|f| f.to_string())
+                        .into_iter()
+                        .collect()
                 } else if rect.area() <= EXPAND_AREA {
-                    sheet.formulas_in(rect).map(|f| f.text.to_string()).collect()
+                    sheet
+                        .formulas_in(rect)
+                        .map(|f| f.text.to_string())
+                        .collect()
                 } else {
                     Vec::new()
                 };
@@ -257,7 +295,10 @@ pub fn formula_trace(engine: &Engine, p: FormulaTraceParams, budget: &Budget) ->
             }
             TraceDirection::Dependents => {
                 for (s, cell, refs) in &index {
-                    if refs.iter().any(|(rs, rr)| rs.eq_ignore_ascii_case(&sname) && rr.intersects(&rect)) {
+                    if refs
+                        .iter()
+                        .any(|(rs, rr)| rs.eq_ignore_ascii_case(&sname) && rr.intersects(&rect))
+                    {
                         next.push((s.clone(), Rect::cell(*cell)));
                     }
                 }
@@ -278,7 +319,8 @@ pub fn formula_trace(engine: &Engine, p: FormulaTraceParams, budget: &Budget) ->
                 ),
                 _ => (None, serde_json::Value::Null),
             };
-            let whole = r.height() >= crate::address::MAX_ROWS || r.width() >= crate::address::MAX_COLS;
+            let whole =
+                r.height() >= crate::address::MAX_ROWS || r.width() >= crate::address::MAX_COLS;
             nodes.push(TraceNode {
                 cell: qualified(&s, &r),
                 depth: d + 1,
@@ -334,8 +376,12 @@ pub struct ScanVolatilesOutput {
     pub truncated: bool,
 }
 
-pub fn scan_volatiles(engine: &Engine, p: ScanVolatilesParams, budget: &Budget) -> Result<ScanVolatilesOutput> {
-    let wb = engine.workbook(&p.workbook_id)?;
+pub fn scan_volatiles(
+    engine: &Engine,
+    p: ScanVolatilesParams,
+    budget: &Budget,
+) -> Result<ScanVolatilesOutput> {
+    let wb = engine.workbook(&p.workbook_id, budget)?;
     let limit = clamp_limit(p.limit, 50, engine.caps.max_items);
     let mut counts: HashMap<&'static str, u64> = HashMap::new();
     let mut cells = Vec::new();
@@ -406,8 +452,12 @@ pub struct SheetFormulaMapOutput {
     pub truncated: bool,
 }
 
-pub fn sheet_formula_map(engine: &Engine, p: SheetFormulaMapParams, budget: &Budget) -> Result<SheetFormulaMapOutput> {
-    let wb = engine.workbook(&p.workbook_id)?;
+pub fn sheet_formula_map(
+    engine: &Engine,
+    p: SheetFormulaMapParams,
+    budget: &Budget,
+) -> Result<SheetFormulaMapOutput> {
+    let wb = engine.workbook(&p.workbook_id, budget)?;
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
     let limit = clamp_limit(p.limit, 50, engine.caps.max_items);
     let mut groups: HashMap<String, (usize, Rect, u32)> = HashMap::new();

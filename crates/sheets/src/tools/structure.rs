@@ -6,12 +6,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{RegionInfo, Selection, cell_schema, is_false};
+use crate::Engine;
 use crate::address::{CellRef, Rect, col_name};
 use crate::error::Result;
 use crate::limits::Budget;
 use crate::regions;
 use crate::value::Value;
-use crate::Engine;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct SheetParams {
@@ -32,17 +32,32 @@ pub struct SheetOverviewOutput {
     pub truncated: bool,
 }
 
-pub fn sheet_overview(engine: &Engine, p: SheetParams, budget: &Budget) -> Result<SheetOverviewOutput> {
-    let wb = engine.workbook(&p.workbook_id)?;
+pub fn sheet_overview(
+    engine: &Engine,
+    p: SheetParams,
+    budget: &Budget,
+) -> Result<SheetOverviewOutput> {
+    let wb = engine.workbook(&p.workbook_id, budget)?;
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
     let regs = regions::regions(&sheet);
     let max = engine.caps.max_items.min(200);
     Ok(SheetOverviewOutput {
         sheet_name: sheet.name.clone(),
         used_range: sheet.used.map(|u| u.to_string()),
-        truncated: regs.len() > max || regs.len() >= regions::MAX_REGIONS || sheet.merged.len() > 50,
-        regions: regs.iter().take(max).map(|r| RegionInfo::from_region(r, 60)).collect(),
-        merged_ranges: sheet.merged.iter().take(50).map(|m| m.to_string()).collect(),
+        truncated: regs.len() > max
+            || regs.len() >= regions::MAX_REGIONS
+            || sheet.merged.len() > 50,
+        regions: regs
+            .iter()
+            .take(max)
+            .map(|r| RegionInfo::from_region(r, 60))
+            .collect(),
+        merged_ranges: sheet
+            .merged
+            .iter()
+            .take(50)
+            .map(|m| m.to_string())
+            .collect(),
     })
 }
 
@@ -82,8 +97,12 @@ pub struct SheetStatisticsOutput {
     pub errors: Vec<CellError>,
 }
 
-pub fn sheet_statistics(engine: &Engine, p: SheetParams, budget: &Budget) -> Result<SheetStatisticsOutput> {
-    let wb = engine.workbook(&p.workbook_id)?;
+pub fn sheet_statistics(
+    engine: &Engine,
+    p: SheetParams,
+    budget: &Budget,
+) -> Result<SheetStatisticsOutput> {
+    let wb = engine.workbook(&p.workbook_id, budget)?;
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
     let mut t = TypeCounts::default();
     let mut errors = Vec::new();
@@ -119,7 +138,11 @@ pub fn sheet_statistics(engine: &Engine, p: SheetParams, budget: &Budget) -> Res
         by_type: t,
         formulas: sheet.formulas().len() as u64,
         uncalculated: empty_formula,
-        density: if area == 0 { 0.0 } else { ((sheet.cell_count() as f64 / area as f64) * 1000.0).round() / 1000.0 },
+        density: if area == 0 {
+            0.0
+        } else {
+            ((sheet.cell_count() as f64 / area as f64) * 1000.0).round() / 1000.0
+        },
         merged_ranges: sheet.merged.len() as u64,
         regions: regions::regions(&sheet).len() as u64,
         errors,
@@ -182,8 +205,12 @@ pub struct TableProfileOutput {
     pub truncated: bool,
 }
 
-pub fn table_profile(engine: &Engine, p: TableProfileParams, budget: &Budget) -> Result<TableProfileOutput> {
-    let wb = engine.workbook(&p.workbook_id)?;
+pub fn table_profile(
+    engine: &Engine,
+    p: TableProfileParams,
+    budget: &Budget,
+) -> Result<TableProfileOutput> {
+    let wb = engine.workbook(&p.workbook_id, budget)?;
     let (sheet, target) = super::reading::resolve_target(
         engine,
         &wb,
@@ -271,21 +298,30 @@ pub fn table_profile(engine: &Engine, p: TableProfileParams, budget: &Budget) ->
             a.formulas = true;
         }
     }
-    const NAMES: [&str; 7] = ["number", "text", "date", "bool", "duration", "error", "empty"];
+    const NAMES: [&str; 7] = [
+        "number", "text", "date", "bool", "duration", "error", "empty",
+    ];
     let rows = u64::from(rect.height());
     let columns = accs
         .into_iter()
         .enumerate()
         .map(|(i, a)| {
             let non_empty: u64 = a.types[..6].iter().sum();
-            let dom = (0..6).max_by_key(|k| a.types[*k]).filter(|k| a.types[*k] > 0).unwrap_or(6);
+            let dom = (0..6)
+                .max_by_key(|k| a.types[*k])
+                .filter(|k| a.types[*k] > 0)
+                .unwrap_or(6);
             let numeric = matches!(dom, 0 | 2 | 4) && a.n > 0;
             let mut top: Vec<(String, u64)> = if dom == 1 || dom == 3 {
                 a.distinct
                     .iter()
                     .filter(|((t, _), _)| *t == 1 || *t == 3)
                     .map(|((t, bits), n)| {
-                        let v = if *t == 1 { Value::Text(*bits as u32) } else { Value::Bool(*bits == 1) };
+                        let v = if *t == 1 {
+                            Value::Text(*bits as u32)
+                        } else {
+                            Value::Bool(*bits == 1)
+                        };
                         (sheet.text(&v).into_owned(), *n)
                     })
                     .collect()
@@ -295,7 +331,11 @@ pub fn table_profile(engine: &Engine, p: TableProfileParams, budget: &Budget) ->
             top.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
             let round = |x: f64| (x * 1e6).round() / 1e6;
             ColumnProfile {
-                name: target.headers.get((rect.left - target.left) as usize + i).cloned().unwrap_or_else(|| col_name(rect.left + i as u32)),
+                name: target
+                    .headers
+                    .get((rect.left - target.left) as usize + i)
+                    .cloned()
+                    .unwrap_or_else(|| col_name(rect.left + i as u32)),
                 column: col_name(rect.left + i as u32),
                 kind: NAMES[dom].into(),
                 non_empty,

@@ -1,0 +1,120 @@
+"""Shared fixtures: the real gemba binary, generated workspaces, stdio and HTTP connections
+through the official MCP Python SDK."""
+
+import contextlib
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import threading
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("GEMBA_BIN", str(ROOT / "target" / "release" / "gemba"))
+CORPUS = ROOT.parent / "shared" / "corpus" / "files"
+TIMEOUT = 60
+
+TOOL_NAMES = [
+    "list_workbooks", "describe_workbook", "list_sheets", "workbook_summary", "named_ranges",
+    "sheet_overview", "sheet_statistics", "table_profile", "read_table", "range_values",
+    "sheet_page", "inspect_cells", "find_value", "find_formula", "formula_trace",
+    "scan_volatiles", "sheet_formula_map",
+]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def generate(kind: str, out: pathlib.Path) -> pathlib.Path:
+    subprocess.run([BIN, "workloads", "--set", kind, "--out", str(out)], check=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> pathlib.Path:
+    return generate("example", tmp_path_factory.mktemp("example"))
+
+
+@pytest.fixture(scope="session")
+def bench_workspace(tmp_path_factory) -> pathlib.Path:
+    return generate("bench", tmp_path_factory.mktemp("bench"))
+
+
+@pytest.fixture
+def scratch_workspace(workspace, tmp_path) -> pathlib.Path:
+    """A private copy of the example workspace that a test may change."""
+    dst = tmp_path / "ws"
+    shutil.copytree(workspace, dst)
+    return dst
+
+
+def stdio(workspace, mode="legacy", extra=()):
+    params = StdioServerParameters(
+        command=BIN,
+        args=["serve", "--stdio", "--workspace", str(workspace), *extra],
+        env={"GEMBA_LOG": "warn"},
+    )
+    return Client(params, mode=mode, read_timeout_seconds=TIMEOUT, cache=None)
+
+
+class HttpServer:
+    def __init__(self, workspace, extra=()):
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--http", "127.0.0.1:0", "--workspace", str(workspace), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "GEMBA_LOG": "warn"},
+        )
+        self.url = None
+        for line in self.proc.stderr:
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+        assert self.url, "gemba did not report its address"
+        # Keep draining stderr so the server never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@contextlib.contextmanager
+def http_server(workspace, extra=()):
+    s = HttpServer(workspace, extra)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+async def ids(client) -> dict:
+    r = await client.call_tool("list_workbooks", {})
+    assert not r.is_error, r.content
+    return {w["path"]: w["workbook_id"] for w in r.structured_content["workbooks"]}
+
+
+async def ok(client, tool, args):
+    """Call a tool and require success; the SDK has already validated the result against the
+    tool's outputSchema (it raises otherwise)."""
+    r = await client.call_tool(tool, args)
+    assert not r.is_error, f"{tool} failed: {r.content[0].text if r.content else r}"
+    assert r.structured_content is not None
+    # The text content carries the same JSON, for clients that ignore structuredContent.
+    import json
+    assert json.loads(r.content[0].text) == r.structured_content
+    return r.structured_content
+
+
+async def err(client, tool, args) -> str:
+    r = await client.call_tool(tool, args)
+    assert r.is_error, f"{tool} should have failed: {r.structured_content}"
+    return r.content[0].text

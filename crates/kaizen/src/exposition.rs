@@ -1,0 +1,342 @@
+//! Export: Prometheus/OpenMetrics text through prometheus-client (a collector that reads the
+//! recorder's atomics at scrape time, so recording never takes the registry's locks), and a
+//! JSON summary with the HDR window percentiles.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::buckets::{EDGES_SECONDS, OTEL_EDGES_SECONDS, cumulative};
+use crate::outcome::Outcome;
+use crate::process::process_stats;
+use crate::recorder::{PROTOCOLS, Recorder, TRANSPORTS};
+use crate::windows::WINDOWS;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic; exported with a `_total` suffix (do not put it in the name).
+    Counter,
+    Gauge,
+}
+
+/// One extra value to export.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub help: String,
+    pub kind: Kind,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn new(name: &str, help: &str, kind: Kind, value: f64) -> Self {
+        Self {
+            name: name.into(),
+            help: help.into(),
+            kind,
+            labels: Vec::new(),
+            value,
+        }
+    }
+    pub fn label(mut self, k: &str, v: &str) -> Self {
+        self.labels.push((k.into(), v.into()));
+        self
+    }
+}
+
+#[derive(Debug)]
+struct KaizenCollector(Arc<Recorder>);
+
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        m.encode_family(labels)?.encode_counter::<NoLabelSet, _, f64>(v, None)?;
+    }
+    Ok(())
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        m.encode_family(labels)?.encode_gauge(v)?;
+    }
+    Ok(())
+}
+
+impl Collector for KaizenCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let r = &self.0;
+        let names: Vec<&str> = r.names().iter().map(String::as_str).collect();
+        let ops: Vec<_> = r.ops().collect();
+
+        let mut requests = Vec::new();
+        for (name, s) in &ops {
+            for o in Outcome::ALL {
+                let v = s.requests[o as usize].load(Ordering::Relaxed);
+                if v > 0 || o == Outcome::Ok {
+                    requests.push((vec![("tool", *name), ("outcome", o.as_str())], v as f64));
+                }
+            }
+        }
+        counter(&mut enc, "gemba_tool_requests", "Requests by tool (or protocol method) and outcome.", &requests)?;
+        let in_flight: Vec<_> = ops
+            .iter()
+            .map(|(n, s)| (vec![("tool", *n)], s.in_flight.load(Ordering::Relaxed) as f64))
+            .collect();
+        gauge(&mut enc, "gemba_tool_in_flight", "Requests being served now.", &in_flight)?;
+
+        {
+            let mut m = enc.encode_descriptor(
+                "gemba_tool_duration_seconds",
+                "Time from a request's arrival to its answer, by tool.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (name, s) in &ops {
+                let mut acc = [0u64; 24];
+                let (mut sum, mut count) = (0.0, 0);
+                for o in Outcome::ALL {
+                    for p in 0..PROTOCOLS.len() {
+                        for t in 0..TRANSPORTS.len() {
+                            let b = s.duration(o, p, t);
+                            b.add_into(&mut acc);
+                            sum += b.sum_seconds();
+                            count += b.count();
+                        }
+                    }
+                }
+                let labels = [("tool", *name)];
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &cumulative(&acc, &EDGES_SECONDS), None)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "gemba_tool_queue_seconds",
+                "Time a request waited before its work started, by tool.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (name, s) in &ops {
+                let mut acc = [0u64; 24];
+                s.queue.add_into(&mut acc);
+                let labels = [("tool", *name)];
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                    s.queue.sum_seconds(),
+                    s.queue.count(),
+                    &cumulative(&acc, &EDGES_SECONDS),
+                    None,
+                )?;
+            }
+        }
+        let per_op = |f: &dyn Fn(&crate::recorder::OpStats) -> u64| -> Vec<(Labels, f64)> {
+            ops.iter().map(|(n, s)| (vec![("tool", *n)], f(s) as f64)).collect()
+        };
+        counter(&mut enc, "gemba_tool_request_bytes", "Request bytes received, by tool.", &per_op(&|s| s.request_bytes.load(Ordering::Relaxed)))?;
+        counter(&mut enc, "gemba_tool_response_bytes", "Response bytes sent, by tool.", &per_op(&|s| s.response_bytes.load(Ordering::Relaxed)))?;
+        counter(&mut enc, "gemba_tool_rows", "Rows (or items) returned, by tool.", &per_op(&|s| s.rows.load(Ordering::Relaxed)))?;
+        let mut stages = Vec::new();
+        for (n, s) in &ops {
+            for (i, st) in r.stage_names().iter().enumerate() {
+                let v = s.stage_nanos[i].load(Ordering::Relaxed);
+                if v > 0 {
+                    stages.push((vec![("tool", *n), ("stage", st.as_str())], v as f64 / 1e9));
+                }
+            }
+        }
+        counter(&mut enc, "gemba_tool_stage_seconds", "Time spent in each stage of a request (value stream), by tool.", &stages)?;
+        counter(&mut enc, "gemba_kaizen_dropped_events", "Measurement events dropped because the aggregator queue was full.", &[(vec![], r.dropped_events.load(Ordering::Relaxed) as f64)])?;
+        counter(&mut enc, "gemba_kaizen_dropped_log_rows", "Request-log rows dropped because the writer queue was full.", &[(vec![], r.dropped_log_rows.load(Ordering::Relaxed) as f64)])?;
+
+        let p = process_stats();
+        gauge(&mut enc, "gemba_process_resident_memory_bytes", "Resident memory of the server process.", &[(vec![], p.resident_memory_bytes as f64)])?;
+        counter(&mut enc, "gemba_process_cpu_seconds", "CPU time used by the server process.", &[(vec![], p.cpu_seconds)])?;
+        gauge(&mut enc, "gemba_process_open_fds", "Open file descriptors.", &[(vec![], p.open_fds as f64)])?;
+        gauge(&mut enc, "gemba_process_threads", "Threads of the server process.", &[(vec![], p.threads as f64)])?;
+
+        // OpenTelemetry MCP semantic conventions, from the same counters.
+        {
+            let mut m = enc.encode_descriptor(
+                "mcp_server_operation_duration_seconds",
+                "MCP request duration (OpenTelemetry MCP semantic conventions).",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (i, (_, s)) in ops.iter().enumerate() {
+                let spec = &r.specs()[i];
+                for o in Outcome::ALL {
+                    for (pi, proto) in PROTOCOLS.iter().enumerate() {
+                        for (ti, transport) in TRANSPORTS.iter().enumerate() {
+                            let b = s.duration(o, pi, ti);
+                            if b.count() == 0 {
+                                continue;
+                            }
+                            let mut acc = [0u64; 24];
+                            b.add_into(&mut acc);
+                            let error_type = if o == Outcome::Ok { "" } else { o.as_str() };
+                            let labels = [
+                                ("mcp_method_name", spec.method.as_str()),
+                                ("gen_ai_tool_name", spec.target.as_deref().unwrap_or("")),
+                                ("error_type", error_type),
+                                ("network_transport", transport),
+                                ("mcp_protocol_version", proto),
+                            ];
+                            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                                b.sum_seconds(),
+                                b.count(),
+                                &cumulative(&acc, &OTEL_EDGES_SECONDS),
+                                None,
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "mcp_server_session_duration_seconds",
+                "MCP session duration (OpenTelemetry MCP semantic conventions).",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (pi, proto) in PROTOCOLS.iter().enumerate() {
+                for (ti, transport) in TRANSPORTS.iter().enumerate() {
+                    let b = r.sessions(pi, ti);
+                    if b.count() == 0 {
+                        continue;
+                    }
+                    let mut acc = [0u64; 24];
+                    b.add_into(&mut acc);
+                    let labels = [("network_transport", *transport), ("mcp_protocol_version", *proto)];
+                    m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                        b.sum_seconds(),
+                        b.count(),
+                        &cumulative(&acc, &OTEL_EDGES_SECONDS),
+                        None,
+                    )?;
+                }
+            }
+        }
+
+        // Extra samples from the embedding program, grouped into families by name.
+        if let Some(provider) = r.extra.get() {
+            let mut samples = Vec::new();
+            provider(&mut samples);
+            let mut families: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+            for s in samples {
+                families.entry(s.name.clone()).or_default().push(s);
+            }
+            for (name, list) in families {
+                let first = &list[0];
+                let series: Vec<(Labels, f64)> = list
+                    .iter()
+                    .map(|s| (s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(), s.value))
+                    .collect();
+                match first.kind {
+                    Kind::Counter => counter(&mut enc, &name, &first.help, &series)?,
+                    Kind::Gauge => gauge(&mut enc, &name, &first.help, &series)?,
+                }
+            }
+        }
+        let _ = names;
+        Ok(())
+    }
+}
+
+/// A Prometheus registry exporting this recorder.
+pub fn registry(recorder: Arc<Recorder>) -> Registry {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(KaizenCollector(recorder)));
+    reg
+}
+
+/// Prometheus/OpenMetrics text exposition.
+pub fn encode_text(reg: &Registry) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    if prometheus_client::encoding::text::encode(&mut out, reg).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The JSON summary: per operation with traffic, counts by outcome and window percentiles.
+pub fn summary(r: &Recorder) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let windows = r.window_summaries();
+    let mut tools = Vec::new();
+    for (i, (name, s)) in r.ops().enumerate() {
+        let total = s.total_requests();
+        let in_flight = s.in_flight.load(Ordering::Relaxed);
+        if total == 0 && in_flight == 0 {
+            continue;
+        }
+        let mut outcomes = Map::new();
+        for o in Outcome::ALL {
+            let v = s.requests[o as usize].load(Ordering::Relaxed);
+            if v > 0 {
+                outcomes.insert(o.as_str().into(), json!(v));
+            }
+        }
+        let mut w = Map::new();
+        for (k, (label, _, _)) in WINDOWS.iter().enumerate() {
+            if let Some(Some(ws)) = windows.get(i).and_then(|v| v.get(k)) {
+                w.insert((*label).into(), serde_json::to_value(ws).unwrap_or(Value::Null));
+            }
+        }
+        let stage_total: u64 = s.stage_nanos.iter().map(|x| x.load(Ordering::Relaxed)).sum();
+        let mut stages = Map::new();
+        for (k, st) in r.stage_names().iter().enumerate() {
+            let v = s.stage_nanos[k].load(Ordering::Relaxed);
+            if v > 0 {
+                stages.insert(
+                    st.clone(),
+                    json!({"seconds": v as f64 / 1e9, "share": (v as f64 / stage_total.max(1) as f64 * 1000.0).round() / 1000.0}),
+                );
+            }
+        }
+        tools.push(json!({
+            "tool": name,
+            "requests": total,
+            "outcomes": outcomes,
+            "in_flight": in_flight,
+            "windows": w,
+            "request_bytes": s.request_bytes.load(Ordering::Relaxed),
+            "response_bytes": s.response_bytes.load(Ordering::Relaxed),
+            "rows": s.rows.load(Ordering::Relaxed),
+            "stages": stages,
+        }));
+    }
+    let mut extra = Map::new();
+    if let Some(p) = r.extra.get() {
+        let mut samples = Vec::new();
+        p(&mut samples);
+        for s in samples {
+            let key = if s.labels.is_empty() {
+                s.name.clone()
+            } else {
+                let l: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{}{{{}}}", s.name, l.join(","))
+            };
+            extra.insert(key, json!(s.value));
+        }
+    }
+    json!({
+        "uptime_seconds": r.uptime().as_secs_f64(),
+        "tools": tools,
+        "process": process_stats(),
+        "dropped_events": r.dropped_events.load(Ordering::Relaxed),
+        "dropped_log_rows": r.dropped_log_rows.load(Ordering::Relaxed),
+        "other": extra,
+    })
+}
+
+#[allow(dead_code)]
+fn _assert_encode_metric<T: EncodeMetric>() {}

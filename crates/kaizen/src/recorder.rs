@@ -1,0 +1,430 @@
+//! The recorder: a closed set of operations, each with atomic counters and bucket histograms
+//! updated on the hot path (no lock, no allocation), plus an event queue to an aggregator
+//! thread that keeps the HDR percentile windows and feeds the request log.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::buckets::Buckets;
+use crate::outcome::Outcome;
+use crate::store::Row;
+use crate::windows::OpWindows;
+
+/// An operation's index in the recorder (a tool, or a protocol method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpId(pub u16);
+
+/// Protocol versions as a closed label set; anything else is "other".
+pub const PROTOCOLS: [&str; 6] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28", "other"];
+/// Where the request came in ("pipe" for stdio, "tcp" for HTTP, as the OpenTelemetry conventions say).
+pub const TRANSPORTS: [&str; 2] = ["pipe", "tcp"];
+
+pub fn protocol_index(v: &str) -> usize {
+    PROTOCOLS.iter().position(|p| *p == v).unwrap_or(PROTOCOLS.len() - 1)
+}
+
+/// Most stages in a value-stream map.
+pub const MAX_STAGES: usize = 8;
+
+#[derive(Debug)]
+pub struct OpStats {
+    pub requests: [AtomicU64; Outcome::COUNT],
+    pub in_flight: AtomicI64,
+    /// Duration by (outcome, protocol version, transport).
+    duration: Vec<Buckets>,
+    pub queue: Buckets,
+    pub request_bytes: AtomicU64,
+    pub response_bytes: AtomicU64,
+    pub rows: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    /// Nanoseconds spent in each stage, summed.
+    pub stage_nanos: [AtomicU64; MAX_STAGES],
+}
+
+impl Default for OpStats {
+    fn default() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            in_flight: AtomicI64::new(0),
+            duration: (0..Outcome::COUNT * PROTOCOLS.len() * TRANSPORTS.len())
+                .map(|_| Buckets::default())
+                .collect(),
+            queue: Buckets::default(),
+            request_bytes: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            stage_nanos: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl OpStats {
+    fn slot(outcome: usize, proto: usize, transport: usize) -> usize {
+        (outcome * PROTOCOLS.len() + proto) * TRANSPORTS.len() + transport
+    }
+
+    /// The duration histogram of one (outcome, protocol, transport) combination.
+    pub fn duration(&self, outcome: Outcome, proto: usize, transport: usize) -> &Buckets {
+        &self.duration[Self::slot(outcome as usize, proto, transport)]
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.requests.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// What is known when a request completes.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    pub outcome: Option<Outcome>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub rows: u64,
+    pub cache_hit: Option<bool>,
+    pub session: u64,
+    pub args_hash: u64,
+    /// Index into `PROTOCOLS`.
+    pub protocol: usize,
+    /// Index into `TRANSPORTS`.
+    pub transport: usize,
+    pub queue: Duration,
+    /// Stage durations (index into the recorder's stage names).
+    pub stages: [u64; MAX_STAGES],
+    /// Error class and normalized message, for the request log.
+    pub error: Option<(String, String)>,
+}
+
+/// One finished request, sent to the aggregator.
+struct Event {
+    op: u16,
+    micros: u64,
+    at: SystemTime,
+    completion: Completion,
+}
+
+/// An operation the recorder knows, with the attributes exporters need.
+#[derive(Debug, Clone)]
+pub struct OpSpec {
+    pub name: String,
+    /// The protocol method (OpenTelemetry `mcp.method.name`).
+    pub method: String,
+    /// The tool, for tool calls (OpenTelemetry `gen_ai.tool.name`).
+    pub target: Option<String>,
+}
+
+/// Extra samples an embedding program adds to every export (cache, business figures...).
+pub type Provider = Box<dyn Fn(&mut Vec<crate::exposition::Sample>) + Send + Sync>;
+
+pub struct Recorder {
+    specs: Vec<OpSpec>,
+    names: Vec<String>,
+    pub(crate) extra: OnceLock<Provider>,
+    sessions: Vec<Buckets>,
+    stage_names: Vec<String>,
+    ops: Vec<OpStats>,
+    tx: SyncSender<Event>,
+    pub dropped_events: AtomicU64,
+    pub dropped_log_rows: AtomicU64,
+    windows: Arc<Mutex<Vec<OpWindows>>>,
+    log: Arc<OnceLock<SyncSender<Row>>>,
+    started: Instant,
+    enabled: bool,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("ops", &self.names.len()).finish()
+    }
+}
+
+/// Capacity of the queue between the hot path and the aggregator.
+const EVENT_QUEUE: usize = 65_536;
+
+impl Recorder {
+    /// A recorder for a closed set of operation names and stage names. `enabled: false` makes
+    /// every call a no-op (for measuring the cost of measurement).
+    pub fn new(specs: Vec<OpSpec>, stage_names: Vec<String>, enabled: bool) -> Arc<Self> {
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let (tx, rx) = sync_channel(EVENT_QUEUE);
+        let windows = Arc::new(Mutex::new((0..names.len()).map(|_| OpWindows::default()).collect()));
+        let log: Arc<OnceLock<SyncSender<Row>>> = Arc::new(OnceLock::new());
+        let r = Arc::new(Self {
+            ops: (0..names.len()).map(|_| OpStats::default()).collect(),
+            specs,
+            names,
+            extra: OnceLock::new(),
+            sessions: (0..PROTOCOLS.len() * TRANSPORTS.len()).map(|_| Buckets::default()).collect(),
+            stage_names: stage_names.into_iter().take(MAX_STAGES).collect(),
+            tx,
+            dropped_events: AtomicU64::new(0),
+            dropped_log_rows: AtomicU64::new(0),
+            windows: windows.clone(),
+            log: log.clone(),
+            started: Instant::now(),
+            enabled,
+        });
+        let weak = Arc::downgrade(&r);
+        std::thread::Builder::new()
+            .name("kaizen-aggregator".into())
+            .spawn(move || aggregate(rx, windows, log, weak))
+            .ok();
+        r
+    }
+
+    /// Send completed requests to a request log from now on.
+    pub fn attach_log(&self, tx: SyncSender<Row>) {
+        let _ = self.log.set(tx);
+    }
+
+    /// Add samples from the embedding program to every export.
+    pub fn set_provider(&self, p: Provider) {
+        let _ = self.extra.set(p);
+    }
+
+    pub fn specs(&self) -> &[OpSpec] {
+        &self.specs
+    }
+
+    /// Record a finished session's length.
+    pub fn record_session(&self, length: Duration, protocol: usize, transport: usize) {
+        if self.enabled {
+            let i = protocol.min(PROTOCOLS.len() - 1) * TRANSPORTS.len() + transport.min(TRANSPORTS.len() - 1);
+            self.sessions[i].record(length.as_nanos() as u64);
+        }
+    }
+
+    pub fn sessions(&self, protocol: usize, transport: usize) -> &Buckets {
+        &self.sessions[protocol * TRANSPORTS.len() + transport]
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn stage_names(&self) -> &[String] {
+        &self.stage_names
+    }
+
+    pub fn op(&self, name: &str) -> Option<OpId> {
+        self.names.iter().position(|n| n == name).map(|i| OpId(i as u16))
+    }
+
+    pub fn stats(&self, op: OpId) -> &OpStats {
+        &self.ops[op.0 as usize]
+    }
+
+    pub fn ops(&self) -> impl Iterator<Item = (&str, &OpStats)> {
+        self.names.iter().map(String::as_str).zip(&self.ops)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Start timing a request: counts it in flight until the guard finishes (or drops).
+    #[inline]
+    pub fn start(self: &Arc<Self>, op: OpId) -> Timer {
+        if self.enabled {
+            self.ops[op.0 as usize].in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        Timer {
+            recorder: self.clone(),
+            op,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    #[inline]
+    fn finish(&self, op: OpId, elapsed: Duration, c: Completion) {
+        if !self.enabled {
+            return;
+        }
+        let s = &self.ops[op.0 as usize];
+        let outcome = c.outcome.unwrap_or(Outcome::Internal);
+        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        s.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        let nanos = elapsed.as_nanos() as u64;
+        s.duration(outcome, c.protocol.min(PROTOCOLS.len() - 1), c.transport.min(TRANSPORTS.len() - 1))
+            .record(nanos);
+        if !c.queue.is_zero() {
+            s.queue.record(c.queue.as_nanos() as u64);
+        }
+        s.request_bytes.fetch_add(c.request_bytes, Ordering::Relaxed);
+        s.response_bytes.fetch_add(c.response_bytes, Ordering::Relaxed);
+        s.rows.fetch_add(c.rows, Ordering::Relaxed);
+        match c.cache_hit {
+            Some(true) => s.cache_hits.fetch_add(1, Ordering::Relaxed),
+            Some(false) => s.cache_misses.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        for (acc, v) in s.stage_nanos.iter().zip(c.stages) {
+            if v > 0 {
+                acc.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        let event = Event {
+            op: op.0,
+            micros: (nanos / 1000).max(1),
+            at: SystemTime::now(),
+            completion: c,
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(event) {
+            self.dropped_events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Percentile summaries per op and window (1m, 5m, 1h), read off the hot path.
+    pub fn window_summaries(&self) -> Vec<Vec<Option<crate::windows::WindowSummary>>> {
+        let now = unix_secs(SystemTime::now());
+        self.windows.lock().iter().map(|w| w.summaries(now)).collect()
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A request being timed. Finish it with its completion; dropping it unfinished (a panic, a
+/// cancelled future) records an `internal` outcome, so nothing escapes measurement.
+pub struct Timer {
+    recorder: Arc<Recorder>,
+    op: OpId,
+    started: Instant,
+    done: bool,
+}
+
+impl Timer {
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn finish(mut self, c: Completion) -> Duration {
+        self.done = true;
+        let elapsed = self.started.elapsed();
+        self.recorder.finish(self.op, elapsed, c);
+        elapsed
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if !self.done {
+            self.recorder.finish(
+                self.op,
+                self.started.elapsed(),
+                Completion {
+                    outcome: Some(Outcome::Internal),
+                    error: Some(("system".into(), "request dropped before completion".into())),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+}
+
+fn aggregate(
+    rx: Receiver<Event>,
+    windows: Arc<Mutex<Vec<OpWindows>>>,
+    log: Arc<OnceLock<SyncSender<Row>>>,
+    recorder: std::sync::Weak<Recorder>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(e) = rx.try_recv() {
+            batch.push(e);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        {
+            let mut w = windows.lock();
+            for e in &batch {
+                if let Some(ow) = w.get_mut(e.op as usize) {
+                    ow.record(unix_secs(e.at), e.micros);
+                }
+            }
+        }
+        let Some(rec) = recorder.upgrade() else { return };
+        if let Some(tx) = log.get() {
+            for e in batch {
+                let c = e.completion;
+                let row = Row {
+                    at_ms: e.at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+                    session: format!("{:016x}", c.session),
+                    tool: rec.names.get(e.op as usize).cloned().unwrap_or_default(),
+                    args_hash: format!("{:016x}", c.args_hash),
+                    duration_us: e.micros as i64,
+                    outcome: c.outcome.unwrap_or(Outcome::Internal).as_str(),
+                    error_class: c.error.as_ref().map(|e| e.0.clone()),
+                    error_message: c.error.map(|e| e.1),
+                    cache_hit: c.cache_hit,
+                    request_bytes: c.request_bytes as i64,
+                    response_bytes: c.response_bytes as i64,
+                    rows: c.rows as i64,
+                };
+                if tx.try_send(row).is_err() {
+                    rec.dropped_log_rows.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_outcomes_in_flight_and_drops() {
+        let spec = |n: &str| OpSpec { name: n.into(), method: "tools/call".into(), target: Some(n.into()) };
+        let r = Recorder::new(vec![spec("read"), spec("list")], vec!["load".into()], true);
+        let op = r.op("read").unwrap();
+        let t = r.start(op);
+        assert_eq!(r.stats(op).in_flight.load(Ordering::Relaxed), 1);
+        t.finish(Completion {
+            outcome: Some(Outcome::Ok),
+            response_bytes: 100,
+            rows: 5,
+            ..Default::default()
+        });
+        {
+            let _t = r.start(op); // dropped unfinished: counted as internal
+        }
+        let s = r.stats(op);
+        assert_eq!(s.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(s.requests[Outcome::Ok as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(s.requests[Outcome::Internal as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(s.rows.load(Ordering::Relaxed), 5);
+        // The aggregator sees both within a moment.
+        for _ in 0..100 {
+            if r.window_summaries()[0][0].as_ref().is_some_and(|w| w.count == 2) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("aggregator did not record the events");
+    }
+
+    #[test]
+    fn disabled_recorder_records_nothing() {
+        let r = Recorder::new(vec![OpSpec { name: "read".into(), method: "tools/call".into(), target: None }], vec![], false);
+        r.start(OpId(0)).finish(Completion::default());
+        assert_eq!(r.stats(OpId(0)).total_requests(), 0);
+    }
+}

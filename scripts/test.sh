@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 JOBS="${GEMBA_TEST_JOBS:-2}"
 
+echo "== system packages (prometheus and promtool for the exposition tests)"
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    # The package starts a service where it can; the tests run their own on loopback.
+    (service prometheus stop || systemctl stop prometheus || pkill -x prometheus) >/dev/null 2>&1 || true
+  else
+    echo "warning: not root; install Debian's prometheus package to run the Prometheus tests" >&2
+  fi
+fi
+
 echo "== python test environment"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -7,6 +7,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 
 import pytest
@@ -53,29 +54,41 @@ def scratch_workspace(workspace, tmp_path) -> pathlib.Path:
     return dst
 
 
-def stdio(workspace, mode="legacy", extra=()):
+def stdio(workspace, mode="legacy", extra=(), state_dir=None, env=None):
+    """A client over stdio to a fresh server. The state directory (request log) goes to a
+    temporary directory unless one is given, so tests never write into shared inputs."""
+    state_dir = state_dir or tempfile.mkdtemp(prefix="gemba-state-")
     params = StdioServerParameters(
         command=BIN,
-        args=["serve", "--stdio", "--workspace", str(workspace), *extra],
-        env={"GEMBA_LOG": "warn"},
+        args=["serve", "--stdio", "--workspace", str(workspace), "--state-dir", str(state_dir), *extra],
+        env={"GEMBA_LOG": "warn", **(env or {})},
     )
     return Client(params, mode=mode, read_timeout_seconds=TIMEOUT, cache=None)
 
 
 class HttpServer:
-    def __init__(self, workspace, extra=()):
+    def __init__(self, workspace, extra=(), state_dir=None, env=None, admin=False):
+        state_dir = state_dir or tempfile.mkdtemp(prefix="gemba-state-")
+        args = [BIN, "serve", "--http", "127.0.0.1:0", "--workspace", str(workspace),
+                "--state-dir", str(state_dir), *extra]
+        if admin:
+            args += ["--admin", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--http", "127.0.0.1:0", "--workspace", str(workspace), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "GEMBA_LOG": "warn"},
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "GEMBA_LOG": "warn", **(env or {})},
         )
         self.url = None
+        self.admin = None
         for line in self.proc.stderr:
+            m = re.search(r"admin on (http://\S+)", line)
+            if m:
+                self.admin = m.group(1)
             m = re.search(r"listening on (http://\S+)", line)
             if m:
                 self.url = m.group(1)
                 break
         assert self.url, "gemba did not report its address"
+        assert self.admin or not admin, "gemba did not report its admin address"
         # Keep draining stderr so the server never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
 
@@ -88,8 +101,8 @@ class HttpServer:
 
 
 @contextlib.contextmanager
-def http_server(workspace, extra=()):
-    s = HttpServer(workspace, extra)
+def http_server(workspace, extra=(), **kw):
+    s = HttpServer(workspace, extra, **kw)
     try:
         yield s
     finally:

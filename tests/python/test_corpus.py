@@ -14,7 +14,7 @@ pytestmark = pytest.mark.anyio
 async def test_every_corpus_file_answers_or_fails_clearly():
     outcomes = {"ok": 0, "error": 0}
     slow = []
-    async with stdio(CORPUS, extra=["--timeout-ms", "20000"]) as c:
+    async with stdio(CORPUS, extra=["--timeout-ms", "20000"]) as c:  # state goes to a temp dir
         books, offset = [], 0
         while offset is not None:
             r = await c.call_tool("list_workbooks", {"offset": offset, "limit": 500})

@@ -25,11 +25,14 @@ fn call<P: DeserializeOwned, O: Serialize>(
     engine: &Engine,
     args: Value,
     budget: &Budget,
-) -> Result<Value, CallError> {
-    let params: P =
-        serde_json::from_value(args).map_err(|e| CallError::InvalidParams(e.to_string()))?;
+) -> Result<(Value, std::time::Duration), CallError> {
+    // Also returns the time spent decoding the arguments (the "validate" stage).
+    let t = std::time::Instant::now();
+    let params: P = serde_json::from_value(args).map_err(|e| CallError::InvalidParams(e.to_string()))?;
+    let validate = t.elapsed();
     let out = f(engine, params, budget).map_err(CallError::Tool)?;
-    serde_json::to_value(out).map_err(|e| CallError::Tool(SheetsError::Internal(e.to_string())))
+    let v = serde_json::to_value(out).map_err(|e| CallError::Tool(SheetsError::Internal(e.to_string())))?;
+    Ok((v, validate))
 }
 
 fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
@@ -39,13 +42,8 @@ fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
 ) -> Tool {
     let mut t = Tool::new(name, description, input_schema::<P>());
     t.output_schema = Some(output_schema::<O>());
-    t.annotations = Some(
-        ToolAnnotations::with_title(title)
-            .read_only(true)
-            .destructive(false)
-            .idempotent(true)
-            .open_world(false),
-    );
+    t.annotations =
+        Some(ToolAnnotations::with_title(title).read_only(true).destructive(false).idempotent(true).open_world(false));
     t
 }
 
@@ -60,7 +58,7 @@ macro_rules! catalog {
         }
 
         /// Run tool `name`; `None` when no tool has that name.
-        pub fn dispatch(name: &str, engine: &Engine, args: Value, budget: &Budget) -> Option<Result<Value, CallError>> {
+        pub fn dispatch(name: &str, engine: &Engine, args: Value, budget: &Budget) -> Option<Result<(Value, std::time::Duration), CallError>> {
             match name {
                 $( stringify!($name) => Some(call::<$P, $O>($module::$name, engine, args, budget)), )*
                 _ => None,
@@ -115,47 +113,24 @@ mod tests {
     fn listing_is_lean_complete_and_strict() {
         let tools = definitions();
         assert_eq!(tools.len(), NAMES.len());
-        let listing =
-            serde_json::to_string(&rmcp::model::ListToolsResult::with_all_items(tools.clone()))
-                .unwrap();
-        assert!(
-            listing.len() <= 40_000,
-            "tools/list is {} characters",
-            listing.len()
-        );
+        let listing = serde_json::to_string(&rmcp::model::ListToolsResult::with_all_items(tools.clone())).unwrap();
+        assert!(listing.len() <= 40_000, "tools/list is {} characters", listing.len());
         for t in &tools {
             let input = Value::Object((*t.input_schema).clone());
             let output = Value::Object((**t.output_schema.as_ref().unwrap()).clone());
             assert_eq!(input["type"], "object", "{}", t.name);
             assert_eq!(output["type"], "object", "{}", t.name);
-            assert!(
-                !has_bare_boolean(&input),
-                "{} input has a bare boolean schema: {input}",
-                t.name
-            );
-            assert!(
-                !has_bare_boolean(&output),
-                "{} output has a bare boolean schema: {output}",
-                t.name
-            );
+            assert!(!has_bare_boolean(&input), "{} input has a bare boolean schema: {input}", t.name);
+            assert!(!has_bare_boolean(&output), "{} output has a bare boolean schema: {output}", t.name);
             assert!(!listing.contains("\"$schema\""));
-            assert_eq!(
-                t.annotations.as_ref().and_then(|a| a.read_only_hint),
-                Some(true)
-            );
-            assert!(
-                t.description.as_ref().is_some_and(|d| d.len() <= 200),
-                "{} description too long",
-                t.name
-            );
+            assert_eq!(t.annotations.as_ref().and_then(|a| a.read_only_hint), Some(true));
+            assert!(t.description.as_ref().is_some_and(|d| d.len() <= 200), "{} description too long", t.name);
         }
     }
 
     #[test]
     fn bare_boolean_detector_works() {
-        assert!(has_bare_boolean(
-            &serde_json::json!({"properties": {"x": true}})
-        ));
+        assert!(has_bare_boolean(&serde_json::json!({"properties": {"x": true}})));
         assert!(has_bare_boolean(&serde_json::json!({"items": true})));
         assert!(!has_bare_boolean(
             &serde_json::json!({"additionalProperties": false, "properties": {"x": {"type": "string"}}})

@@ -9,11 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "gemba",
-    version,
-    about = "A measured MCP server for spreadsheets"
-)]
+#[command(name = "gemba", version, about = "A measured MCP server for spreadsheets")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -22,11 +18,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve MCP over stdio (default) or streamable HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate the benchmark workloads and measure the read tools against them.
     Bench(crate::bench::BenchArgs),
     /// Write the example or benchmark workbooks into a directory.
     Workloads(crate::bench::WorkloadArgs),
+    /// Per-tool count, error rate and percentiles from the request log.
+    Stats(crate::stats::StatsArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -47,18 +45,10 @@ pub struct ServeArgs {
     #[arg(long, env = "GEMBA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Extra Host values accepted on HTTP (loopback names are always accepted).
-    #[arg(
-        long = "allowed-host",
-        env = "GEMBA_ALLOWED_HOSTS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "allowed-host", env = "GEMBA_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
     /// Extra browser origins accepted on HTTP (loopback origins are always accepted).
-    #[arg(
-        long = "allowed-origin",
-        env = "GEMBA_ALLOWED_ORIGINS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "allowed-origin", env = "GEMBA_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "GEMBA_MAX_BODY_BYTES")]
@@ -75,6 +65,24 @@ pub struct ServeArgs {
     /// Most non-empty cells loaded from one sheet.
     #[arg(long, env = "GEMBA_MAX_CELLS")]
     pub max_cells: Option<usize>,
+    /// Admin listener (/metrics, /metrics.json, /healthz, /readyz), e.g. 127.0.0.1:9464.
+    #[arg(long, env = "GEMBA_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// State directory (request log); default `<workspace>/.gemba`.
+    #[arg(long, env = "GEMBA_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Push StatsD metrics over UDP to this address every 10 s.
+    #[arg(long, env = "GEMBA_STATSD", value_name = "ADDR")]
+    pub statsd: Option<SocketAddr>,
+    /// Turn measurement off (only to measure what measurement costs).
+    #[arg(long, env = "GEMBA_NO_KAIZEN")]
+    pub no_kaizen: bool,
+    /// Request-log retention in days.
+    #[arg(long, env = "GEMBA_LOG_RETENTION_DAYS")]
+    pub log_retention_days: Option<u64>,
+    /// Most rows the request log keeps.
+    #[arg(long, env = "GEMBA_LOG_MAX_ROWS")]
+    pub log_max_rows: Option<u64>,
 }
 
 /// The same settings as a config file.
@@ -93,6 +101,11 @@ pub struct FileConfig {
     pub timeout_ms: Option<u64>,
     pub max_file_mb: Option<u64>,
     pub max_cells: Option<usize>,
+    pub admin: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub statsd: Option<SocketAddr>,
+    pub log_retention_days: Option<u64>,
+    pub log_max_rows: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,11 +120,15 @@ pub struct ServeConfig {
     pub timeout_ms: u64,
     pub max_file_bytes: u64,
     pub max_cells: usize,
+    pub admin: Option<SocketAddr>,
+    pub state_dir: PathBuf,
+    pub statsd: Option<SocketAddr>,
+    pub kaizen: bool,
+    pub retention: kaizen::store::Retention,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
 }
 
@@ -124,29 +141,21 @@ impl ServeArgs {
         if self.stdio && self.http.is_some() {
             bail!("choose one transport: --stdio or --http ADDR");
         }
-        let workspace = self
-            .workspace
-            .or(file.workspace)
-            .context("no workspace: pass --workspace DIR (or set GEMBA_WORKSPACE, or `workspace` in the config file)")?;
+        let workspace = self.workspace.or(file.workspace).context(
+            "no workspace: pass --workspace DIR (or set GEMBA_WORKSPACE, or `workspace` in the config file)",
+        )?;
         let mut allowed_hosts = file.allowed_hosts;
         allowed_hosts.extend(self.allowed_hosts);
         let mut allowed_origins = file.allowed_origins;
         allowed_origins.extend(self.allowed_origins);
         let defaults = sheets::Limits::default();
         let cfg = ServeConfig {
-            http: if self.stdio {
-                None
-            } else {
-                self.http.or(file.http)
-            },
-            workspace,
+            http: if self.stdio { None } else { self.http.or(file.http) },
+            workspace: workspace.clone(),
             token: self.token.or(file.token).filter(|t| !t.is_empty()),
             allowed_hosts,
             allowed_origins,
-            max_body_bytes: self
-                .max_body_bytes
-                .or(file.max_body_bytes)
-                .unwrap_or(4 * 1024 * 1024),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024),
             cache_bytes: self.cache_mb.or(file.cache_mb).unwrap_or(512) * 1024 * 1024,
             timeout_ms: self.timeout_ms.or(file.timeout_ms).unwrap_or(30_000),
             max_file_bytes: self
@@ -154,10 +163,17 @@ impl ServeArgs {
                 .or(file.max_file_mb)
                 .map(|m| m * 1024 * 1024)
                 .unwrap_or(defaults.max_file_bytes),
-            max_cells: self
-                .max_cells
-                .or(file.max_cells)
-                .unwrap_or(defaults.max_cells_per_sheet),
+            max_cells: self.max_cells.or(file.max_cells).unwrap_or(defaults.max_cells_per_sheet),
+            admin: self.admin.or(file.admin),
+            state_dir: self.state_dir.or(file.state_dir).unwrap_or_else(|| workspace.join(".gemba")),
+            statsd: self.statsd.or(file.statsd),
+            kaizen: !self.no_kaizen,
+            retention: kaizen::store::Retention {
+                max_age: std::time::Duration::from_secs(
+                    self.log_retention_days.or(file.log_retention_days).unwrap_or(30) * 86_400,
+                ),
+                max_rows: self.log_max_rows.or(file.log_max_rows).unwrap_or(2_000_000),
+            },
         };
         if cfg.timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");

@@ -14,6 +14,7 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
+use crate::measure::Measured;
 use crate::server::GembaServer;
 
 const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -21,12 +22,7 @@ const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*",
 
 fn tokens_match(expected: &[u8], given: &[u8]) -> bool {
     // Constant time in the token's length: no early exit on the first differing byte.
-    expected.len() == given.len()
-        && expected
-            .iter()
-            .zip(given)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    expected.len() == given.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 async fn require_token(token: Arc<str>, req: Request, next: Next) -> Response {
@@ -44,14 +40,11 @@ async fn require_token(token: Arc<str>, req: Request, next: Next) -> Response {
         "missing or wrong bearer token: send `Authorization: Bearer <token>` (the server's --token / GEMBA_TOKEN)\n",
     )
         .into_response();
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"gemba\""),
-    );
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gemba\""));
     r
 }
 
-pub fn router(server: GembaServer, cfg: &ServeConfig, ct: CancellationToken) -> Router {
+pub fn router(server: Measured<GembaServer>, cfg: &ServeConfig, ct: CancellationToken) -> Router {
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|s| s.to_string()).collect();
     hosts.extend(cfg.allowed_hosts.iter().cloned());
     let mut origins: Vec<String> = LOOPBACK_ORIGINS.iter().map(|s| s.to_string()).collect();
@@ -62,32 +55,25 @@ pub fn router(server: GembaServer, cfg: &ServeConfig, ct: CancellationToken) -> 
         .with_max_request_body_bytes(cfg.max_body_bytes)
         .with_cancellation_token(ct);
     let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
+        move || Ok(server.new_session()),
         Arc::new(LocalSessionManager::default()),
         http_cfg,
     );
     let mut app = Router::new().nest_service("/mcp", service);
     if let Some(t) = &cfg.token {
         let token: Arc<str> = Arc::from(t.as_str());
-        app = app.layer(middleware::from_fn(move |req, next| {
-            require_token(token.clone(), req, next)
-        }));
+        app = app.layer(middleware::from_fn(move |req, next| require_token(token.clone(), req, next)));
     }
     app
 }
 
-pub async fn serve(server: GembaServer, cfg: &ServeConfig) -> Result<()> {
+pub async fn serve(server: Measured<GembaServer>, cfg: &ServeConfig) -> Result<()> {
     let addr = cfg.http.context("no HTTP address")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let ct = CancellationToken::new();
     let app = router(server, cfg, ct.clone());
-    tracing::info!(
-        "gemba listening on http://{local}/mcp (workspace {})",
-        cfg.workspace.display()
-    );
+    tracing::info!("gemba listening on http://{local}/mcp (workspace {})", cfg.workspace.display());
     // A line on stderr that scripts can wait for, with the real port (for --http 127.0.0.1:0).
     eprintln!("gemba: listening on http://{local}/mcp");
     axum::serve(listener, app)

@@ -1,14 +1,18 @@
 //! The `gemba` binary: CLI, transports and wiring. The spreadsheet domain lives in the `sheets`
 //! crate and measurement in `kaizen`; this crate adapts them to MCP.
 
+mod admin;
 mod bench;
 mod catalog;
 mod config;
 mod http;
+mod measure;
 mod schema;
 mod server;
+mod stats;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,11 +26,10 @@ use server::GembaServer;
 pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -36,36 +39,79 @@ pub(crate) async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn build_server(cfg: &ServeConfig) -> Result<GembaServer> {
-    let limits = sheets::Limits {
-        max_file_bytes: cfg.max_file_bytes,
-        max_cells_per_sheet: cfg.max_cells,
-        ..Default::default()
-    };
+fn build_server(cfg: &ServeConfig, recorder: Option<Arc<kaizen::Recorder>>) -> Result<GembaServer> {
+    let limits =
+        sheets::Limits { max_file_bytes: cfg.max_file_bytes, max_cells_per_sheet: cfg.max_cells, ..Default::default() };
     let engine = sheets::Engine::new(
         &cfg.workspace,
-        sheets::EngineConfig {
-            cache_bytes: cfg.cache_bytes,
-            limits,
-            caps: sheets::Caps::default(),
-        },
+        sheets::EngineConfig { cache_bytes: cfg.cache_bytes, limits, caps: sheets::Caps::default() },
     )?;
-    Ok(GembaServer::new(
-        engine,
-        Duration::from_millis(cfg.timeout_ms),
-    ))
+    Ok(GembaServer::new(engine, Duration::from_millis(cfg.timeout_ms), recorder))
+}
+
+/// Wire measurement: cache hooks, extra samples, the request log, StatsD, the admin listener.
+async fn start_kaizen(cfg: &ServeConfig, server: &GembaServer, recorder: &Arc<kaizen::Recorder>) -> Result<()> {
+    let r = recorder.clone();
+    let _ =
+        server.engine().cache.stats.load_observer.set(Box::new(move |d| r.observe(measure::CACHE_LOAD_HISTOGRAM, d)));
+    let store = match kaizen::store::Store::open(&cfg.state_dir, cfg.retention.clone()) {
+        Ok(s) => {
+            recorder.attach_log(s.sender());
+            Some(Arc::new(s))
+        }
+        Err(e) => {
+            tracing::warn!("request log disabled: {e}");
+            None
+        }
+    };
+    let s = server.clone();
+    let state_dir = cfg.state_dir.clone();
+    let disk = Arc::new(parking_lot::Mutex::new((std::time::Instant::now(), 0u64, false)));
+    recorder.set_provider(Box::new(move |out| {
+        measure::engine_samples(s.engine(), out);
+        // The state directory's size, re-measured at most every 10 s.
+        let mut d = disk.lock();
+        if !d.2 || d.0.elapsed() > Duration::from_secs(10) {
+            *d = (std::time::Instant::now(), kaizen::process::dir_bytes(&state_dir), true);
+        }
+        out.push(kaizen::exposition::Sample::new(
+            "gemba_state_dir_bytes",
+            "Disk used by the state directory (request log, forks, checkpoints).",
+            kaizen::exposition::Kind::Gauge,
+            d.1 as f64,
+        ));
+    }));
+    if let Some(addr) = cfg.statsd {
+        kaizen::statsd::spawn(recorder.clone(), addr, Duration::from_secs(10))
+            .with_context(|| format!("cannot push StatsD to {addr}"))?;
+    }
+    if let Some(addr) = cfg.admin {
+        let listener = admin::bind(addr).await?;
+        let a = Arc::new(admin::Admin {
+            registry: kaizen::exposition::registry(recorder.clone()),
+            recorder: recorder.clone(),
+            store,
+            workspace: cfg.workspace.clone(),
+        });
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(listener, a).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
+    Ok(())
 }
 
 async fn serve(cfg: ServeConfig) -> Result<()> {
-    let server = build_server(&cfg)?;
+    let recorder = measure::new_recorder(cfg.kaizen);
+    let server = build_server(&cfg, Some(recorder.clone()))?;
+    start_kaizen(&cfg, &server, &recorder).await?;
     if cfg.http.is_some() {
-        return http::serve(server, &cfg).await;
+        let measured = measure::Measured::new(server, recorder, 1);
+        return http::serve(measured, &cfg).await;
     }
-    tracing::info!(
-        "gemba serving MCP on stdio (workspace {})",
-        cfg.workspace.display()
-    );
-    let running = server
+    tracing::info!("gemba serving MCP on stdio (workspace {})", cfg.workspace.display());
+    let running = measure::Measured::new(server, recorder, 0)
         .serve(rmcp::transport::stdio())
         .await
         .context("MCP stdio session failed to start")?;
@@ -79,17 +125,12 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
 fn main() -> ExitCode {
     // Logs go to stderr: in stdio mode stdout belongs to MCP.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("GEMBA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("GEMBA_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gemba: cannot start the async runtime: {e}");
@@ -101,6 +142,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args.resolve()?).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Workloads(args) => bench::write_workloads(args),
+            Command::Stats(args) => stats::run(args),
         }
     });
     match result {

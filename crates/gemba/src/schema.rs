@@ -59,19 +59,10 @@ pub fn has_bare_boolean(v: &Value) -> bool {
         Value::Object(m) => m.iter().any(|(k, x)| {
             let schema_slot = matches!(
                 k.as_str(),
-                "items"
-                    | "additionalProperties"
-                    | "not"
-                    | "contains"
-                    | "propertyNames"
-                    | "unevaluatedProperties"
+                "items" | "additionalProperties" | "not" | "contains" | "propertyNames" | "unevaluatedProperties"
             );
-            (schema_slot
-                && x.is_boolean()
-                && !(k == "additionalProperties" && x == &Value::Bool(false)))
-                || (k == "properties"
-                    && x.as_object()
-                        .is_some_and(|p| p.values().any(Value::is_boolean)))
+            (schema_slot && x.is_boolean() && !(k == "additionalProperties" && x == &Value::Bool(false)))
+                || (k == "properties" && x.as_object().is_some_and(|p| p.values().any(Value::is_boolean)))
                 || has_bare_boolean(x)
         }),
         Value::Array(a) => a.iter().any(has_bare_boolean),

@@ -2,11 +2,14 @@
 //! blocking pool under a time budget, mapping domain errors to tool errors the agent can read.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use kaizen::Outcome;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -14,6 +17,10 @@ use serde_json::Value;
 use sheets::{Budget, Engine, ErrorClass};
 
 use crate::catalog::{self, CallError};
+use crate::measure::{self, Note};
+
+/// The MCP resource with the server's own figures.
+pub const METRICS_URI: &str = "kaizen://metrics";
 
 pub const INSTRUCTIONS: &str = "Gemba reads spreadsheets (xlsx, xlsm, xls, xlsb, ods) in one workspace. \
 Workflow: 1) list_workbooks for ids; 2) workbook_summary or list_sheets; 3) sheet_overview to see regions \
@@ -28,6 +35,9 @@ pub struct State {
     pub engine: Engine,
     pub tools: Vec<Tool>,
     pub timeout: Duration,
+    pub recorder: Option<Arc<kaizen::Recorder>>,
+    /// Test-only fault injection: this tool panics (GEMBA_TEST_PANIC_TOOL).
+    pub panic_tool: Option<String>,
 }
 
 #[derive(Clone)]
@@ -36,31 +46,46 @@ pub struct GembaServer {
 }
 
 impl GembaServer {
-    pub fn new(engine: Engine, timeout: Duration) -> Self {
+    pub fn new(engine: Engine, timeout: Duration, recorder: Option<Arc<kaizen::Recorder>>) -> Self {
         Self {
             state: Arc::new(State {
                 engine,
                 tools: catalog::definitions(),
                 timeout,
+                recorder,
+                panic_tool: std::env::var("GEMBA_TEST_PANIC_TOOL").ok().filter(|s| !s.is_empty()),
             }),
         }
     }
 
-    /// Run one tool to completion (used by the MCP handler and by in-process benchmarks).
-    pub async fn run_tool(&self, name: &str, args: Value) -> CallToolResult {
+    pub fn engine(&self) -> &Engine {
+        &self.state.engine
+    }
+
+    /// Run one tool to completion, reporting details into `note` for the measurement layer.
+    pub async fn run_tool(&self, name: &str, args: Value, note: &Note) -> CallToolResult {
         let state = self.state.clone();
         let budget = Budget::with_timeout(state.timeout);
         let canceller = budget.canceller();
         let name_owned = name.to_string();
+        let queued = Instant::now();
+        let b = budget.clone();
         let work = tokio::task::spawn_blocking(move || {
-            catalog::dispatch(&name_owned, &state.engine, args, &budget)
+            let queue = queued.elapsed();
+            if state.panic_tool.as_deref() == Some(name_owned.as_str()) {
+                panic!("injected fault: GEMBA_TEST_PANIC_TOOL={name_owned}");
+            }
+            let t = Instant::now();
+            let r = catalog::dispatch(&name_owned, &state.engine, args, &b);
+            (queue, t.elapsed(), r)
         });
-        let outcome =
-            tokio::time::timeout(self.state.timeout + Duration::from_millis(250), work).await;
-        match outcome {
+        let outcome = tokio::time::timeout(self.state.timeout + Duration::from_millis(250), work).await;
+        let stages = budget.stages();
+        let result = match outcome {
             Err(_) => {
                 // The work checks its budget and stops; tell the agent now.
                 canceller.cancel();
+                note.set_outcome(Outcome::Timeout);
                 tool_error(format!(
                     "{name} took longer than its {}ms budget and was stopped; narrow the call (sheet_name, range, limit) and try again",
                     self.state.timeout.as_millis()
@@ -68,23 +93,65 @@ impl GembaServer {
             }
             Ok(Err(join)) => {
                 tracing::error!(tool = name, "tool panicked: {join}");
+                note.set_outcome(Outcome::Internal);
+                note.set_error("system", "tool panicked");
                 tool_error(format!(
                     "internal error in {name}; the server is still running — please report this with the arguments used"
                 ))
             }
-            Ok(Ok(None)) => tool_error(unknown_tool(name)),
-            Ok(Ok(Some(Ok(value)))) => success(value),
-            Ok(Ok(Some(Err(CallError::InvalidParams(msg))))) => tool_error(format!(
-                "invalid arguments for {name}: {msg}. See the tool's inputSchema"
-            )),
-            Ok(Ok(Some(Err(CallError::Tool(e))))) => {
-                if e.class() == ErrorClass::Internal {
-                    tracing::error!(tool = name, "{e}");
+            Ok(Ok((queue, work, r))) => {
+                note.queue_nanos.store(queue.as_nanos() as u64, Ordering::Relaxed);
+                let load = Duration::from_nanos(stages.load_nanos.load(Ordering::Relaxed));
+                let analyze = Duration::from_nanos(stages.analyze_nanos.load(Ordering::Relaxed));
+                note.stage(measure::STAGE_LOAD, load);
+                note.stage(measure::STAGE_ANALYZE, analyze);
+                match r {
+                    None => tool_error(unknown_tool(name)),
+                    Some(Ok((value, validate))) => {
+                        note.stage(measure::STAGE_VALIDATE, validate);
+                        note.stage(measure::STAGE_EXTRACT, work.saturating_sub(load + analyze + validate));
+                        note.rows.store(rows_of(&value), Ordering::Relaxed);
+                        let t = Instant::now();
+                        let r = success(value);
+                        note.stage(measure::STAGE_SERIALIZE, t.elapsed());
+                        r
+                    }
+                    Some(Err(CallError::InvalidParams(msg))) => {
+                        note.set_outcome(Outcome::InvalidParams);
+                        tool_error(format!("invalid arguments for {name}: {msg}. See the tool's inputSchema"))
+                    }
+                    Some(Err(CallError::Tool(e))) => {
+                        match e.class() {
+                            ErrorClass::Internal => {
+                                tracing::error!(tool = name, "{e}");
+                                note.set_outcome(Outcome::Internal);
+                            }
+                            ErrorClass::Timeout => note.set_outcome(Outcome::Timeout),
+                            ErrorClass::User | ErrorClass::Workbook => note.set_outcome(Outcome::ToolError),
+                        }
+                        tool_error(e.to_string())
+                    }
                 }
-                tool_error(e.to_string())
             }
-        }
+        };
+        let cache = match stages.cache_hit() {
+            Some(true) => 1,
+            Some(false) => 2,
+            None => 0,
+        };
+        note.cache.store(cache, Ordering::Relaxed);
+        result
     }
+}
+
+/// Rows (or items) a result carries: `returned` when the tool says, else the longest list.
+fn rows_of(v: &Value) -> u64 {
+    if let Some(n) = v.get("returned").and_then(Value::as_u64) {
+        return n;
+    }
+    v.as_object()
+        .map(|m| m.values().filter_map(Value::as_array).map(|a| a.len() as u64).max().unwrap_or(0))
+        .unwrap_or(0)
 }
 
 fn unknown_tool(name: &str) -> String {
@@ -108,7 +175,7 @@ fn tool_error(msg: String) -> CallToolResult {
 
 impl ServerHandler for GembaServer {
     fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build());
         let mut imp = Implementation::new("gemba", env!("CARGO_PKG_VERSION"));
         imp = imp.with_title("Gemba spreadsheet server");
         info.server_info = imp;
@@ -139,10 +206,49 @@ impl ServerHandler for GembaServer {
         }
         let args = Value::Object(request.arguments.unwrap_or_default());
         let ct = context.ct.clone();
+        let note = context.extensions.get::<Arc<Note>>().cloned().unwrap_or_default();
         let result = tokio::select! {
-            r = self.run_tool(&name, args) => r,
-            _ = ct.cancelled() => tool_error(format!("{name} was cancelled by the client")),
+            r = self.run_tool(&name, args, &note) => r,
+            _ = ct.cancelled() => {
+                note.set_outcome(Outcome::Rejected);
+                tool_error(format!("{name} was cancelled by the client"))
+            }
         };
         Ok(CallToolResponse::from(result))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let mut r = Resource::new(METRICS_URI, "kaizen-metrics");
+        r.description =
+            Some("Gemba's own figures: requests, outcomes, latency percentiles per tool, cache, process.".into());
+        r.mime_type = Some("application/json".into());
+        Ok(ListResourcesResult::with_all_items(vec![r]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        if request.uri != METRICS_URI {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource '{}'; the server offers {METRICS_URI}", request.uri),
+                None,
+            ));
+        }
+        let body = match &self.state.recorder {
+            Some(r) => kaizen::exposition::summary(r).to_string(),
+            None => "{\"kaizen\":\"disabled\"}".into(),
+        };
+        Ok(ReadResourceResponse::from(ReadResourceResult::new(vec![ResourceContents::TextResourceContents {
+            uri: METRICS_URI.into(),
+            mime_type: Some("application/json".into()),
+            text: body,
+            meta: None,
+        }])))
     }
 }

@@ -12,7 +12,8 @@ pub const EDGES_SECONDS: [f64; 23] = [
 ];
 
 /// The OpenTelemetry MCP semantic conventions' explicit bucket boundaries (seconds).
-pub const OTEL_EDGES_SECONDS: [f64; 14] = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+pub const OTEL_EDGES_SECONDS: [f64; 14] =
+    [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
 const NANOS: [u64; 23] = {
     let mut out = [0u64; 23];
@@ -67,20 +68,20 @@ impl Buckets {
     }
 }
 
-/// Cumulative (le, count) pairs for the given edges (a subset of `EDGES_SECONDS`).
-pub fn cumulative(per_bucket: &[u64; 24], edges: &[f64]) -> Vec<(f64, u64)> {
+/// (upper bound, count) per bucket for the given edges (a subset of `EDGES_SECONDS`), not
+/// cumulative — prometheus-client accumulates when it encodes. The last pair is +Inf.
+pub fn grouped(per_bucket: &[u64; 24], edges: &[f64]) -> Vec<(f64, u64)> {
     let mut out = Vec::with_capacity(edges.len() + 1);
-    let mut running = 0u64;
     let mut j = 0;
     for e in edges {
+        let mut n = 0;
         while j < EDGES_SECONDS.len() && EDGES_SECONDS[j] <= *e {
-            running += per_bucket[j];
+            n += per_bucket[j];
             j += 1;
         }
-        out.push((*e, running));
+        out.push((*e, n));
     }
-    let total: u64 = per_bucket.iter().sum();
-    out.push((f64::INFINITY, total));
+    out.push((f64::INFINITY, per_bucket[j..].iter().sum()));
     out
 }
 
@@ -96,15 +97,16 @@ mod tests {
         }
         let mut acc = [0u64; 24];
         b.add_into(&mut acc);
-        let full = cumulative(&acc, &EDGES_SECONDS);
+        let full = grouped(&acc, &EDGES_SECONDS);
         assert_eq!(full[0], (0.0001, 1));
-        assert_eq!(full.iter().find(|(e, _)| *e == 0.0025).unwrap().1, 3);
-        assert_eq!(full.last().unwrap().1, 5);
-        let otel = cumulative(&acc, &OTEL_EDGES_SECONDS);
+        assert_eq!(full.iter().find(|(e, _)| *e == 0.0025).unwrap().1, 2);
+        assert_eq!(full.last().unwrap().1, 1, "400 s is past the last edge");
+        assert_eq!(full.iter().map(|x| x.1).sum::<u64>(), 5);
+        let otel = grouped(&acc, &OTEL_EDGES_SECONDS);
         assert_eq!(otel[0], (0.01, 3));
-        assert_eq!(otel.iter().find(|(e, _)| *e == 1.0).unwrap().1, 4);
-        assert_eq!(otel[otel.len() - 2], (300.0, 4));
-        assert_eq!(otel.last().unwrap().1, 5);
+        assert_eq!(otel.iter().find(|(e, _)| *e == 1.0).unwrap().1, 1);
+        assert_eq!(otel.last().unwrap().1, 1);
+        assert_eq!(otel.iter().map(|x| x.1).sum::<u64>(), 5);
         for e in OTEL_EDGES_SECONDS {
             assert!(EDGES_SECONDS.contains(&e), "OTel edge {e} must be one of ours");
         }

@@ -11,7 +11,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::buckets::{EDGES_SECONDS, OTEL_EDGES_SECONDS, cumulative};
+use crate::buckets::{EDGES_SECONDS, OTEL_EDGES_SECONDS, grouped};
 use crate::outcome::Outcome;
 use crate::process::process_stats;
 use crate::recorder::{PROTOCOLS, Recorder, TRANSPORTS};
@@ -36,13 +36,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn new(name: &str, help: &str, kind: Kind, value: f64) -> Self {
-        Self {
-            name: name.into(),
-            help: help.into(),
-            kind,
-            labels: Vec::new(),
-            value,
-        }
+        Self { name: name.into(), help: help.into(), kind, labels: Vec::new(), value }
     }
     pub fn label(mut self, k: &str, v: &str) -> Self {
         self.labels.push((k.into(), v.into()));
@@ -58,7 +52,11 @@ type Labels<'a> = Vec<(&'a str, &'a str)>;
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in series {
-        m.encode_family(labels)?.encode_counter::<NoLabelSet, _, f64>(v, None)?;
+        if labels.is_empty() {
+            m.encode_counter::<NoLabelSet, _, f64>(v, None)?;
+        } else {
+            m.encode_family(labels)?.encode_counter::<NoLabelSet, _, f64>(v, None)?;
+        }
     }
     Ok(())
 }
@@ -66,7 +64,11 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Label
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in series {
-        m.encode_family(labels)?.encode_gauge(v)?;
+        if labels.is_empty() {
+            m.encode_gauge(v)?;
+        } else {
+            m.encode_family(labels)?.encode_gauge(v)?;
+        }
     }
     Ok(())
 }
@@ -87,10 +89,8 @@ impl Collector for KaizenCollector {
             }
         }
         counter(&mut enc, "gemba_tool_requests", "Requests by tool (or protocol method) and outcome.", &requests)?;
-        let in_flight: Vec<_> = ops
-            .iter()
-            .map(|(n, s)| (vec![("tool", *n)], s.in_flight.load(Ordering::Relaxed) as f64))
-            .collect();
+        let in_flight: Vec<_> =
+            ops.iter().map(|(n, s)| (vec![("tool", *n)], s.in_flight.load(Ordering::Relaxed) as f64)).collect();
         gauge(&mut enc, "gemba_tool_in_flight", "Requests being served now.", &in_flight)?;
 
         {
@@ -114,8 +114,12 @@ impl Collector for KaizenCollector {
                     }
                 }
                 let labels = [("tool", *name)];
-                m.encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(sum, count, &cumulative(&acc, &EDGES_SECONDS), None)?;
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                    sum,
+                    count,
+                    &grouped(&acc, &EDGES_SECONDS),
+                    None,
+                )?;
             }
         }
         {
@@ -132,7 +136,7 @@ impl Collector for KaizenCollector {
                 m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
                     s.queue.sum_seconds(),
                     s.queue.count(),
-                    &cumulative(&acc, &EDGES_SECONDS),
+                    &grouped(&acc, &EDGES_SECONDS),
                     None,
                 )?;
             }
@@ -140,9 +144,24 @@ impl Collector for KaizenCollector {
         let per_op = |f: &dyn Fn(&crate::recorder::OpStats) -> u64| -> Vec<(Labels, f64)> {
             ops.iter().map(|(n, s)| (vec![("tool", *n)], f(s) as f64)).collect()
         };
-        counter(&mut enc, "gemba_tool_request_bytes", "Request bytes received, by tool.", &per_op(&|s| s.request_bytes.load(Ordering::Relaxed)))?;
-        counter(&mut enc, "gemba_tool_response_bytes", "Response bytes sent, by tool.", &per_op(&|s| s.response_bytes.load(Ordering::Relaxed)))?;
-        counter(&mut enc, "gemba_tool_rows", "Rows (or items) returned, by tool.", &per_op(&|s| s.rows.load(Ordering::Relaxed)))?;
+        counter(
+            &mut enc,
+            "gemba_tool_request_bytes",
+            "Request bytes received, by tool.",
+            &per_op(&|s| s.request_bytes.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "gemba_tool_response_bytes",
+            "Response bytes sent, by tool.",
+            &per_op(&|s| s.response_bytes.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "gemba_tool_rows",
+            "Rows (or items) returned, by tool.",
+            &per_op(&|s| s.rows.load(Ordering::Relaxed)),
+        )?;
         let mut stages = Vec::new();
         for (n, s) in &ops {
             for (i, st) in r.stage_names().iter().enumerate() {
@@ -152,13 +171,38 @@ impl Collector for KaizenCollector {
                 }
             }
         }
-        counter(&mut enc, "gemba_tool_stage_seconds", "Time spent in each stage of a request (value stream), by tool.", &stages)?;
-        counter(&mut enc, "gemba_kaizen_dropped_events", "Measurement events dropped because the aggregator queue was full.", &[(vec![], r.dropped_events.load(Ordering::Relaxed) as f64)])?;
-        counter(&mut enc, "gemba_kaizen_dropped_log_rows", "Request-log rows dropped because the writer queue was full.", &[(vec![], r.dropped_log_rows.load(Ordering::Relaxed) as f64)])?;
+        counter(
+            &mut enc,
+            "gemba_tool_stage_seconds",
+            "Time spent in each stage of a request (value stream), by tool.",
+            &stages,
+        )?;
+        counter(
+            &mut enc,
+            "gemba_kaizen_dropped_events",
+            "Measurement events dropped because the aggregator queue was full.",
+            &[(vec![], r.dropped_events.load(Ordering::Relaxed) as f64)],
+        )?;
+        counter(
+            &mut enc,
+            "gemba_kaizen_dropped_log_rows",
+            "Request-log rows dropped because the writer queue was full.",
+            &[(vec![], r.dropped_log_rows.load(Ordering::Relaxed) as f64)],
+        )?;
 
         let p = process_stats();
-        gauge(&mut enc, "gemba_process_resident_memory_bytes", "Resident memory of the server process.", &[(vec![], p.resident_memory_bytes as f64)])?;
-        counter(&mut enc, "gemba_process_cpu_seconds", "CPU time used by the server process.", &[(vec![], p.cpu_seconds)])?;
+        gauge(
+            &mut enc,
+            "gemba_process_resident_memory_bytes",
+            "Resident memory of the server process.",
+            &[(vec![], p.resident_memory_bytes as f64)],
+        )?;
+        counter(
+            &mut enc,
+            "gemba_process_cpu_seconds",
+            "CPU time used by the server process.",
+            &[(vec![], p.cpu_seconds)],
+        )?;
         gauge(&mut enc, "gemba_process_open_fds", "Open file descriptors.", &[(vec![], p.open_fds as f64)])?;
         gauge(&mut enc, "gemba_process_threads", "Threads of the server process.", &[(vec![], p.threads as f64)])?;
 
@@ -192,7 +236,7 @@ impl Collector for KaizenCollector {
                             m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
                                 b.sum_seconds(),
                                 b.count(),
-                                &cumulative(&acc, &OTEL_EDGES_SECONDS),
+                                &grouped(&acc, &OTEL_EDGES_SECONDS),
                                 None,
                             )?;
                         }
@@ -219,11 +263,18 @@ impl Collector for KaizenCollector {
                     m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
                         b.sum_seconds(),
                         b.count(),
-                        &cumulative(&acc, &OTEL_EDGES_SECONDS),
+                        &grouped(&acc, &OTEL_EDGES_SECONDS),
                         None,
                     )?;
                 }
             }
+        }
+
+        for (name, help, b) in r.histograms() {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            let mut acc = [0u64; 24];
+            b.add_into(&mut acc);
+            m.encode_histogram::<NoLabelSet>(b.sum_seconds(), b.count(), &grouped(&acc, &EDGES_SECONDS), None)?;
         }
 
         // Extra samples from the embedding program, grouped into families by name.
@@ -263,6 +314,42 @@ pub fn encode_text(reg: &Registry) -> String {
     let mut out = String::with_capacity(64 * 1024);
     if prometheus_client::encoding::text::encode(&mut out, reg).is_err() {
         out.clear();
+    }
+    out
+}
+
+/// The same exposition in the Prometheus text format 0.0.4 (for scrapers and tools such as
+/// `promtool` that do not ask for OpenMetrics): counter metadata names carry `_total` and
+/// there is no `# EOF`.
+pub fn encode_text_004(reg: &Registry) -> String {
+    let om = encode_text(reg);
+    let mut counters = std::collections::HashSet::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+            && kind == "counter"
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].iter().find_map(|p| line.strip_prefix(p).map(|r| (*p, r)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
     }
     out
 }

@@ -17,7 +17,9 @@ pub fn process_stats() -> ProcessStats {
         for line in status.lines() {
             let mut parts = line.split_whitespace();
             match parts.next() {
-                Some("VmRSS:") => s.resident_memory_bytes = parts.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024,
+                Some("VmRSS:") => {
+                    s.resident_memory_bytes = parts.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
+                }
                 Some("Threads:") => s.threads = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0),
                 _ => {}
             }
@@ -42,7 +44,9 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     let mut stack = vec![dir.to_path_buf()];
     let mut seen = 0;
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             seen += 1;
             if seen > 100_000 {

@@ -51,9 +51,7 @@ impl Default for OpStats {
         Self {
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: AtomicI64::new(0),
-            duration: (0..Outcome::COUNT * PROTOCOLS.len() * TRANSPORTS.len())
-                .map(|_| Buckets::default())
-                .collect(),
+            duration: (0..Outcome::COUNT * PROTOCOLS.len() * TRANSPORTS.len()).map(|_| Buckets::default()).collect(),
             queue: Buckets::default(),
             request_bytes: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
@@ -127,6 +125,8 @@ pub struct Recorder {
     names: Vec<String>,
     pub(crate) extra: OnceLock<Provider>,
     sessions: Vec<Buckets>,
+    /// Named histograms of other durations (e.g. loads), in `EDGES_SECONDS` buckets.
+    histograms: Vec<(String, String, Buckets)>,
     stage_names: Vec<String>,
     ops: Vec<OpStats>,
     tx: SyncSender<Event>,
@@ -151,6 +151,16 @@ impl Recorder {
     /// A recorder for a closed set of operation names and stage names. `enabled: false` makes
     /// every call a no-op (for measuring the cost of measurement).
     pub fn new(specs: Vec<OpSpec>, stage_names: Vec<String>, enabled: bool) -> Arc<Self> {
+        Self::with_histograms(specs, stage_names, Vec::new(), enabled)
+    }
+
+    /// As `new`, with extra named duration histograms `(name, help)` recorded by `observe`.
+    pub fn with_histograms(
+        specs: Vec<OpSpec>,
+        stage_names: Vec<String>,
+        histograms: Vec<(String, String)>,
+        enabled: bool,
+    ) -> Arc<Self> {
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let (tx, rx) = sync_channel(EVENT_QUEUE);
         let windows = Arc::new(Mutex::new((0..names.len()).map(|_| OpWindows::default()).collect()));
@@ -161,6 +171,7 @@ impl Recorder {
             names,
             extra: OnceLock::new(),
             sessions: (0..PROTOCOLS.len() * TRANSPORTS.len()).map(|_| Buckets::default()).collect(),
+            histograms: histograms.into_iter().map(|(n, h)| (n, h, Buckets::default())).collect(),
             stage_names: stage_names.into_iter().take(MAX_STAGES).collect(),
             tx,
             dropped_events: AtomicU64::new(0),
@@ -190,6 +201,17 @@ impl Recorder {
 
     pub fn specs(&self) -> &[OpSpec] {
         &self.specs
+    }
+
+    /// Record a duration into the named histogram `name` (ignored when unknown).
+    pub fn observe(&self, name: &str, d: Duration) {
+        if let Some((_, _, b)) = self.histograms.iter().find(|(n, _, _)| n == name) {
+            b.record(d.as_nanos() as u64);
+        }
+    }
+
+    pub fn histograms(&self) -> &[(String, String, Buckets)] {
+        &self.histograms
     }
 
     /// Record a finished session's length.
@@ -238,12 +260,7 @@ impl Recorder {
         if self.enabled {
             self.ops[op.0 as usize].in_flight.fetch_add(1, Ordering::Relaxed);
         }
-        Timer {
-            recorder: self.clone(),
-            op,
-            started: Instant::now(),
-            done: false,
-        }
+        Timer { recorder: self.clone(), op, started: Instant::now(), done: false }
     }
 
     #[inline]
@@ -256,8 +273,7 @@ impl Recorder {
         s.in_flight.fetch_sub(1, Ordering::Relaxed);
         s.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
         let nanos = elapsed.as_nanos() as u64;
-        s.duration(outcome, c.protocol.min(PROTOCOLS.len() - 1), c.transport.min(TRANSPORTS.len() - 1))
-            .record(nanos);
+        s.duration(outcome, c.protocol.min(PROTOCOLS.len() - 1), c.transport.min(TRANSPORTS.len() - 1)).record(nanos);
         if !c.queue.is_zero() {
             s.queue.record(c.queue.as_nanos() as u64);
         }
@@ -274,12 +290,7 @@ impl Recorder {
                 acc.fetch_add(v, Ordering::Relaxed);
             }
         }
-        let event = Event {
-            op: op.0,
-            micros: (nanos / 1000).max(1),
-            at: SystemTime::now(),
-            completion: c,
-        };
+        let event = Event { op: op.0, micros: (nanos / 1000).max(1), at: SystemTime::now(), completion: c };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(event) {
             self.dropped_events.fetch_add(1, Ordering::Relaxed);
         }
@@ -360,7 +371,9 @@ fn aggregate(
                 }
             }
         }
-        let Some(rec) = recorder.upgrade() else { return };
+        let Some(rec) = recorder.upgrade() else {
+            return;
+        };
         if let Some(tx) = log.get() {
             for e in batch {
                 let c = e.completion;
@@ -397,12 +410,7 @@ mod tests {
         let op = r.op("read").unwrap();
         let t = r.start(op);
         assert_eq!(r.stats(op).in_flight.load(Ordering::Relaxed), 1);
-        t.finish(Completion {
-            outcome: Some(Outcome::Ok),
-            response_bytes: 100,
-            rows: 5,
-            ..Default::default()
-        });
+        t.finish(Completion { outcome: Some(Outcome::Ok), response_bytes: 100, rows: 5, ..Default::default() });
         {
             let _t = r.start(op); // dropped unfinished: counted as internal
         }
@@ -423,7 +431,11 @@ mod tests {
 
     #[test]
     fn disabled_recorder_records_nothing() {
-        let r = Recorder::new(vec![OpSpec { name: "read".into(), method: "tools/call".into(), target: None }], vec![], false);
+        let r = Recorder::new(
+            vec![OpSpec { name: "read".into(), method: "tools/call".into(), target: None }],
+            vec![],
+            false,
+        );
         r.start(OpId(0)).finish(Completion::default());
         assert_eq!(r.stats(OpId(0)).total_requests(), 0);
     }

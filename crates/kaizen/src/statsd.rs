@@ -11,7 +11,8 @@ use crate::recorder::Recorder;
 
 /// Start a thread pushing to `addr` every `every`. Returns an error if the socket cannot be made.
 pub fn spawn(recorder: Arc<Recorder>, addr: SocketAddr, every: Duration) -> std::io::Result<()> {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(std::io::Error::other)?;
+    let bind: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(std::io::Error::other)?;
     let sock = UdpSocket::bind(bind)?;
     sock.connect(addr)?;
     let weak = Arc::downgrade(&recorder);
@@ -58,7 +59,11 @@ mod tests {
 
     #[test]
     fn pushes_deltas_over_udp() {
-        let r = Recorder::new(vec![OpSpec { name: "tools/list".into(), method: "tools/list".into(), target: None }], vec![], true);
+        let r = Recorder::new(
+            vec![OpSpec { name: "tools/list".into(), method: "tools/list".into(), target: None }],
+            vec![],
+            true,
+        );
         let op = r.op("tools/list").unwrap();
         for _ in 0..3 {
             r.start(op).finish(Completion { outcome: Some(Outcome::Ok), ..Default::default() });

@@ -45,10 +45,7 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Self {
-            max_age: Duration::from_secs(30 * 24 * 3600),
-            max_rows: 2_000_000,
-        }
+        Self { max_age: Duration::from_secs(30 * 24 * 3600), max_rows: 2_000_000 }
     }
 }
 
@@ -92,10 +89,7 @@ const LOG_QUEUE: usize = 100_000;
 impl Store {
     /// Open (creating) `<dir>/gemba.db` and start its writer thread.
     pub fn open(dir: &Path, retention: Retention) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
         let path = dir.join("gemba.db");
         let conn = open_rw(&path)?;
         let health = Arc::new(StoreHealth::default());
@@ -105,10 +99,7 @@ impl Store {
         std::thread::Builder::new()
             .name("kaizen-store".into())
             .spawn(move || writer(conn, rx, h, retention))
-            .map_err(|e| StoreError::Dir {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
+            .map_err(|e| StoreError::Dir { path: dir.to_path_buf(), source: e })?;
         Ok(Self { path, health, tx })
     }
 
@@ -118,27 +109,22 @@ impl Store {
 
     /// Whether the database can take a write now (a short immediate transaction).
     pub fn check_writable(&self) -> Result<(), String> {
-        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| e.to_string())?;
+        let conn =
+            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| e.to_string())?;
         conn.busy_timeout(Duration::from_millis(200)).map_err(|e| e.to_string())?;
         conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").map_err(|e| e.to_string())
     }
 }
 
 fn open_rw(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
     let setup = || -> rusqlite::Result<()> {
         conn.busy_timeout(Duration::from_secs(2))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)
     };
-    setup().map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    setup().map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
     Ok(conn)
 }
 
@@ -149,10 +135,7 @@ fn now_ms() -> i64 {
 fn apply_retention(conn: &Connection, r: &Retention) -> rusqlite::Result<()> {
     let cutoff = now_ms() - r.max_age.as_millis() as i64;
     conn.execute("DELETE FROM requests WHERE at_ms < ?1", params![cutoff])?;
-    conn.execute(
-        "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?1",
-        params![r.max_rows as i64],
-    )?;
+    conn.execute("DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?1", params![r.max_rows as i64])?;
     Ok(())
 }
 
@@ -241,10 +224,8 @@ pub struct ToolStats {
 
 /// Count, error rate and exact percentiles per tool since `since_ms`, from the log at `path`.
 pub fn tool_stats(path: &Path, since_ms: i64, tool: Option<&str>) -> Result<Vec<ToolStats>, StoreError> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
     let mut stmt = conn.prepare(
         "SELECT tool, duration_us, outcome FROM requests WHERE at_ms >= ?1 AND (?2 IS NULL OR tool = ?2) ORDER BY tool, duration_us",
     )?;

@@ -11,7 +11,8 @@ pub const WINDOWS: [(&str, u64, usize); 3] = [("1m", 10, 6), ("5m", 60, 5), ("1h
 const MAX_MICROS: u64 = 3_600_000_000;
 
 fn new_hist() -> Histogram<u32> {
-    Histogram::new_with_bounds(1, MAX_MICROS, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, MAX_MICROS, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 struct Ring {
@@ -22,10 +23,7 @@ struct Ring {
 
 impl Ring {
     fn new(sub_secs: u64, n: usize) -> Self {
-        Self {
-            sub_secs,
-            slots: (0..n).map(|_| None).collect(),
-        }
+        Self { sub_secs, slots: (0..n).map(|_| None).collect() }
     }
 
     fn record(&mut self, now_secs: u64, micros: u64) {
@@ -73,9 +71,7 @@ pub struct OpWindows {
 
 impl Default for OpWindows {
     fn default() -> Self {
-        Self {
-            rings: WINDOWS.iter().map(|(_, s, n)| Ring::new(*s, *n)).collect(),
-        }
+        Self { rings: WINDOWS.iter().map(|(_, s, n)| Ring::new(*s, *n)).collect() }
     }
 }
 
@@ -101,7 +97,7 @@ impl OpWindows {
         self.rings
             .iter()
             .map(|r| {
-                r.merged(now_secs).filter(|h| h.len() > 0).map(|h| {
+                r.merged(now_secs).filter(|h| !h.is_empty()).map(|h| {
                     let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
                     WindowSummary {
                         count: h.len(),

@@ -37,12 +37,7 @@ pub struct Rect {
 
 impl Rect {
     pub fn new(top: u32, left: u32, bottom: u32, right: u32) -> Self {
-        Self {
-            top: top.min(bottom),
-            left: left.min(right),
-            bottom: top.max(bottom),
-            right: left.max(right),
-        }
+        Self { top: top.min(bottom), left: left.min(right), bottom: top.max(bottom), right: left.max(right) }
     }
     pub fn cell(c: CellRef) -> Self {
         Self::new(c.row, c.col, c.row, c.col)
@@ -88,12 +83,7 @@ impl fmt::Display for Rect {
         if self.top == self.bottom && self.left == self.right {
             return write!(f, "{}", self.top_left());
         }
-        write!(
-            f,
-            "{}:{}",
-            self.top_left(),
-            CellRef::new(self.bottom, self.right)
-        )
+        write!(f, "{}:{}", self.top_left(), CellRef::new(self.bottom, self.right))
     }
 }
 
@@ -199,11 +189,7 @@ pub fn split_sheet(s: &str) -> (Option<String>, &str) {
 
 /// Quote a sheet name for a reference when needed.
 pub fn quote_sheet(name: &str) -> String {
-    if name
-        .chars()
-        .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
-        && !name.is_empty()
-    {
+    if name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.') && !name.is_empty() {
         name.to_string()
     } else {
         format!("'{}'", name.replace('\'', "''"))
@@ -240,10 +226,7 @@ mod tests {
 
     #[test]
     fn sheet_prefixes() {
-        assert_eq!(
-            split_sheet("'My ''x'' Sheet'!A1"),
-            (Some("My 'x' Sheet".into()), "A1")
-        );
+        assert_eq!(split_sheet("'My ''x'' Sheet'!A1"), (Some("My 'x' Sheet".into()), "A1"));
         assert_eq!(split_sheet("Data!B2:C3"), (Some("Data".into()), "B2:C3"));
         assert_eq!(split_sheet("B2"), (None, "B2"));
         assert_eq!(quote_sheet("My Sheet"), "'My Sheet'");

@@ -33,25 +33,16 @@ pub fn validate(b: &[u8]) -> Result<(), String> {
     let first_difat = u32_at(b, 68).ok_or("header is truncated")?;
     let n_difat = u32_at(b, 72).ok_or("header is truncated")?;
     if n_fat > sectors.saturating_add(1) || n_difat > sectors.saturating_add(1) {
-        return Err(format!(
-            "header claims {n_fat} FAT sectors in a file of {sectors} sectors"
-        ));
+        return Err(format!("header claims {n_fat} FAT sectors in a file of {sectors} sectors"));
     }
     // The DIFAT: 109 entries in the header, then a chain of DIFAT sectors.
-    let mut fat_sectors: Vec<u32> = (0..109)
-        .filter_map(|i| u32_at(b, 76 + i * 4))
-        .filter(|s| *s < FAT_SECT)
-        .collect();
+    let mut fat_sectors: Vec<u32> = (0..109).filter_map(|i| u32_at(b, 76 + i * 4)).filter(|s| *s < FAT_SECT).collect();
     let per = ss / 4 - 1;
     let mut next = first_difat;
     let mut steps = 0;
     while next < FAT_SECT && steps <= n_difat {
         let sec = sector(next).ok_or(format!("DIFAT sector {next} lies outside the file"))?;
-        fat_sectors.extend(
-            (0..per)
-                .filter_map(|i| u32_at(sec, i * 4))
-                .filter(|s| *s < FAT_SECT),
-        );
+        fat_sectors.extend((0..per).filter_map(|i| u32_at(sec, i * 4)).filter(|s| *s < FAT_SECT));
         next = u32_at(sec, per * 4).unwrap_or(END);
         steps += 1;
     }
@@ -69,9 +60,7 @@ pub fn validate(b: &[u8]) -> Result<(), String> {
         let mut steps = 0usize;
         while s < DIFAT_SECT {
             if s as usize >= fat.len() {
-                return Err(format!(
-                    "the {what} chain points past the allocation table (sector {s})"
-                ));
+                return Err(format!("the {what} chain points past the allocation table (sector {s})"));
             }
             steps += 1;
             if steps > fat.len() {
@@ -83,9 +72,7 @@ pub fn validate(b: &[u8]) -> Result<(), String> {
             if steps == 0 && s == FREE {
                 return Ok(());
             }
-            return Err(format!(
-                "the {what} chain ends in a free or reserved sector"
-            ));
+            return Err(format!("the {what} chain ends in a free or reserved sector"));
         }
         Ok(())
     };
@@ -118,11 +105,7 @@ mod tests {
     use super::validate;
 
     fn corpus(name: &str) -> Option<Vec<u8>> {
-        std::fs::read(format!(
-            "{}/../../../shared/corpus/files/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .ok()
+        std::fs::read(format!("{}/../../../shared/corpus/files/{name}", env!("CARGO_MANIFEST_DIR"))).ok()
     }
 
     #[test]
@@ -134,10 +117,7 @@ mod tests {
         assert_eq!(validate(&good), Ok(()));
         if let Some(bad) = corpus("gh-phpspreadsheet__oleloop.xls") {
             let e = validate(&bad).unwrap_err();
-            assert!(
-                e.contains("loop") || e.contains("outside") || e.contains("past"),
-                "{e}"
-            );
+            assert!(e.contains("loop") || e.contains("outside") || e.contains("past"), "{e}");
         }
         assert!(validate(&[0u8; 10]).is_err());
     }

@@ -25,33 +25,16 @@ pub enum SheetsError {
     UnknownWorkbook { query: String, suggestion: String },
 
     #[error("no sheet '{query}' in workbook {workbook_id}; sheets are: {available}")]
-    UnknownSheet {
-        query: String,
-        workbook_id: String,
-        available: String,
-    },
+    UnknownSheet { query: String, workbook_id: String, available: String },
 
     #[error("no region '{query}' on sheet '{sheet}'; {available}; call sheet_overview to see them")]
-    UnknownRegion {
-        query: String,
-        sheet: String,
-        available: String,
-    },
+    UnknownRegion { query: String, sheet: String, available: String },
 
-    #[error(
-        "no table '{query}' in workbook {workbook_id}; {available}; call named_ranges to see them"
-    )]
-    UnknownTable {
-        query: String,
-        workbook_id: String,
-        available: String,
-    },
+    #[error("no table '{query}' in workbook {workbook_id}; {available}; call named_ranges to see them")]
+    UnknownTable { query: String, workbook_id: String, available: String },
 
     #[error("invalid `{field}`: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
 
     #[error(
         "workbook {workbook_id} is encrypted (password protected); Gemba cannot read it — save an unencrypted copy into the workspace"
@@ -98,10 +81,7 @@ impl SheetsError {
     }
 
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field,
-            message: message.into(),
-        }
+        Self::InvalidArgument { field, message: message.into() }
     }
 }
 
@@ -109,21 +89,13 @@ pub type Result<T, E = SheetsError> = std::result::Result<T, E>;
 
 /// Up to `n` names from `candidates` closest to `query` (case-insensitive edit distance),
 /// best first; used for "did you mean" hints.
-pub fn closest<'a>(
-    query: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-    n: usize,
-) -> Vec<&'a str> {
+pub fn closest<'a>(query: &str, candidates: impl IntoIterator<Item = &'a str>, n: usize) -> Vec<&'a str> {
     let q = query.to_lowercase();
     let mut scored: Vec<(usize, &str)> = candidates
         .into_iter()
         .map(|c| {
             let lc = c.to_lowercase();
-            let d = if lc.contains(&q) || q.contains(&lc) {
-                0
-            } else {
-                edit_distance(&q, &lc)
-            };
+            let d = if lc.contains(&q) || q.contains(&lc) { 0 } else { edit_distance(&q, &lc) };
             (d, c)
         })
         .filter(|(d, c)| *d <= (q.chars().count().max(c.chars().count()) / 2).max(2))
@@ -154,11 +126,7 @@ pub fn short_list<S: AsRef<str>>(items: &[S], max: usize) -> String {
     }
     let s: Vec<&str> = items.iter().take(max).map(|x| x.as_ref()).collect();
     let rest = items.len().saturating_sub(max);
-    let more = if rest > 0 {
-        format!(" (and {rest} more)")
-    } else {
-        String::new()
-    };
+    let more = if rest > 0 { format!(" (and {rest} more)") } else { String::new() };
     let joined = s.join(", ");
     format!("{joined}{more}")
 }

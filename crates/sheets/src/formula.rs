@@ -14,12 +14,7 @@ pub struct RefEnd {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Token<'a> {
     Function(&'a str),
-    Ref {
-        span: (usize, usize),
-        sheet: Option<String>,
-        a: RefEnd,
-        b: Option<RefEnd>,
-    },
+    Ref { span: (usize, usize), sheet: Option<String>, a: RefEnd, b: Option<RefEnd> },
     Name(&'a str),
 }
 
@@ -66,11 +61,7 @@ fn parse_end(word: &str) -> Option<RefEnd> {
         return None;
     }
     let digits = &word[ds..i];
-    let col = if letters.is_empty() {
-        None
-    } else {
-        Some((parse_col(letters)?, col_abs))
-    };
+    let col = if letters.is_empty() { None } else { Some((parse_col(letters)?, col_abs)) };
     let row = if digits.is_empty() {
         None
     } else {
@@ -125,10 +116,7 @@ pub fn scan<'a>(formula: &'a str, mut f: impl FnMut(Token<'a>)) {
                     }
                     i += 1;
                 }
-                let name = formula
-                    .get(start..i.min(b.len()))
-                    .unwrap_or("")
-                    .replace("''", "'");
+                let name = formula.get(start..i.min(b.len())).unwrap_or("").replace("''", "'");
                 i += 1;
                 if b.get(i) == Some(&b'!') {
                     i += 1;
@@ -185,17 +173,11 @@ pub fn scan<'a>(formula: &'a str, mut f: impl FnMut(Token<'a>)) {
                             i = j;
                         }
                     }
-                    let whole_ok = end.is_some_and(|e| {
-                        (a.row.is_none() && e.row.is_none()) || (a.col.is_none() && e.col.is_none())
-                    });
+                    let whole_ok = end
+                        .is_some_and(|e| (a.row.is_none() && e.row.is_none()) || (a.col.is_none() && e.col.is_none()));
                     let is_cell = a.row.is_some() && a.col.is_some();
                     if is_cell || whole_ok {
-                        f(Token::Ref {
-                            span: (start, span_end),
-                            sheet: sheet.take(),
-                            a,
-                            b: end,
-                        });
+                        f(Token::Ref { span: (start, span_end), sheet: sheet.take(), a, b: end });
                         continue;
                     }
                     if starts_digit {
@@ -203,10 +185,7 @@ pub fn scan<'a>(formula: &'a str, mut f: impl FnMut(Token<'a>)) {
                         continue;
                     }
                 }
-                if !starts_digit
-                    && !word.eq_ignore_ascii_case("TRUE")
-                    && !word.eq_ignore_ascii_case("FALSE")
-                {
+                if !starts_digit && !word.eq_ignore_ascii_case("TRUE") && !word.eq_ignore_ascii_case("FALSE") {
                     f(Token::Name(word));
                 }
                 sheet = None;
@@ -220,16 +199,7 @@ pub fn scan<'a>(formula: &'a str, mut f: impl FnMut(Token<'a>)) {
 }
 
 /// Functions whose result changes on every recalculation, or that defeat dependency tracking.
-pub const VOLATILE: [&str; 8] = [
-    "NOW",
-    "TODAY",
-    "RAND",
-    "RANDBETWEEN",
-    "RANDARRAY",
-    "OFFSET",
-    "INDIRECT",
-    "CELL",
-];
+pub const VOLATILE: [&str; 8] = ["NOW", "TODAY", "RAND", "RANDBETWEEN", "RANDARRAY", "OFFSET", "INDIRECT", "CELL"];
 
 /// Volatile functions a formula calls (upper-case, de-duplicated).
 pub fn volatile_calls(formula: &str) -> Vec<&'static str> {
@@ -303,19 +273,11 @@ mod tests {
     fn finds_references() {
         assert_eq!(
             refs("SUM(A1:B2)+'My Sheet'!$C$3*Data!D4"),
-            vec![
-                (None, "A1:B2".into()),
-                (Some("My Sheet".into()), "C3".into()),
-                (Some("Data".into()), "D4".into())
-            ]
+            vec![(None, "A1:B2".into()), (Some("My Sheet".into()), "C3".into()), (Some("Data".into()), "D4".into())]
         );
         assert_eq!(refs("SUM(A:A)")[0].1, "A1:A1048576");
         assert_eq!(refs("SUM(2:3)")[0].1, "A2:XFD3");
-        assert!(
-            refs("\"A1\"&LOG10(5)+1.5").is_empty(),
-            "{:?}",
-            refs("\"A1\"&LOG10(5)")
-        );
+        assert!(refs("\"A1\"&LOG10(5)+1.5").is_empty(), "{:?}", refs("\"A1\"&LOG10(5)"));
         assert!(refs("Table1[Amount]").is_empty());
     }
 
@@ -330,22 +292,13 @@ mod tests {
         });
         assert_eq!(names, vec!["TaxRate"]);
         assert_eq!(funcs, vec!["IF", "NOW"]);
-        assert_eq!(
-            volatile_calls("A1+RAND()*OFFSET(A1,1,1)+now()"),
-            vec!["RAND", "OFFSET", "NOW"]
-        );
+        assert_eq!(volatile_calls("A1+RAND()*OFFSET(A1,1,1)+now()"), vec!["RAND", "OFFSET", "NOW"]);
     }
 
     #[test]
     fn relative_forms_group_copies() {
         assert_eq!(relative_form("B2*C2", 1, 3), relative_form("B3*C3", 2, 3));
-        assert_ne!(
-            relative_form("B2*$C$2", 1, 3),
-            relative_form("B3*$C$3", 2, 3)
-        );
-        assert_eq!(
-            relative_form("SUM(A1:A9)", 9, 0),
-            "SUM(R[-9]C[0]:R[-1]C[0])"
-        );
+        assert_ne!(relative_form("B2*$C$2", 1, 3), relative_form("B3*$C$3", 2, 3));
+        assert_eq!(relative_form("SUM(A1:A9)", 9, 0), "SUM(R[-9]C[0]:R[-1]C[0])");
     }
 }

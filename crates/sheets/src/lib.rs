@@ -40,11 +40,7 @@ pub struct Caps {
 
 impl Default for Caps {
     fn default() -> Self {
-        Self {
-            max_cells: 10_000,
-            max_items: 500,
-            max_bytes: 200_000,
-        }
+        Self { max_cells: 10_000, max_items: 500, max_bytes: 200_000 }
     }
 }
 
@@ -57,11 +53,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self {
-            cache_bytes: 512 * 1024 * 1024,
-            limits: Limits::default(),
-            caps: Caps::default(),
-        }
+        Self { cache_bytes: 512 * 1024 * 1024, limits: Limits::default(), caps: Caps::default() }
     }
 }
 
@@ -90,23 +82,36 @@ impl Engine {
 
     pub fn workbook_lookup(&self, id: &str, budget: &Budget) -> Result<(Arc<Workbook>, Lookup)> {
         if id.trim().is_empty() {
-            return Err(SheetsError::invalid(
-                "workbook_id",
-                "is empty; call list_workbooks to get an id",
-            ));
+            return Err(SheetsError::invalid("workbook_id", "is empty; call list_workbooks to get an id"));
         }
+        let t = std::time::Instant::now();
         let entry = self.workspace.resolve(id)?;
-        self.cache.get(&entry, &self.limits, budget)
+        let r = self.cache.get(&entry, &self.limits, budget);
+        let stages = budget.stages();
+        stages.add_load(t.elapsed());
+        if let Ok((_, lookup)) = &r {
+            let code = match lookup {
+                Lookup::Hit => 1,
+                Lookup::Miss => 2,
+            };
+            // A miss anywhere in the call wins over a hit.
+            stages.cache.fetch_max(code, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
     }
 
     /// A loaded sheet; keeps the cache within its byte bound after a sheet load.
     pub fn sheet(&self, wb: &Workbook, name: Option<&str>, budget: &Budget) -> Result<Arc<Sheet>> {
         let i = wb.sheet_index(name)?;
         let fresh = !wb.is_loaded(i);
-        let s = wb.sheet_at(i, budget)?;
-        if fresh {
-            self.cache.enforce(wb.id());
+        if !fresh {
+            return wb.sheet_at(i, budget);
         }
+        let t = std::time::Instant::now();
+        let s = wb.sheet_at(i, budget)?;
+        self.cache.enforce(wb.id());
+        budget.stages().add_load(t.elapsed());
+        budget.stages().cache.store(2, std::sync::atomic::Ordering::Relaxed);
         Ok(s)
     }
 }

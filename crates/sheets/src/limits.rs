@@ -1,7 +1,7 @@
 //! Explicit limits, and the time budget a call runs under.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, SheetsError};
@@ -43,6 +43,36 @@ pub struct Budget {
     deadline: Option<Instant>,
     total: Duration,
     cancelled: Arc<AtomicBool>,
+    stages: Arc<StageTimes>,
+}
+
+/// Where a call's time went, filled in by the domain as it works (for the value-stream map),
+/// and whether the workbook came from the cache.
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    /// Cache lookup and, on a miss, loading the workbook and its sheets.
+    pub load_nanos: AtomicU64,
+    /// Region detection and other analysis.
+    pub analyze_nanos: AtomicU64,
+    /// 0: no lookup, 1: cache hit, 2: cache miss.
+    pub cache: AtomicU8,
+}
+
+impl StageTimes {
+    pub fn add_load(&self, d: Duration) {
+        self.load_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+    pub fn add_analyze(&self, d: Duration) {
+        self.analyze_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+    /// Some(true) for a hit, Some(false) for a miss, None when no workbook was looked up.
+    pub fn cache_hit(&self) -> Option<bool> {
+        match self.cache.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Budget {
@@ -57,7 +87,12 @@ impl Budget {
             deadline: None,
             total: Duration::MAX,
             cancelled: Arc::new(AtomicBool::new(false)),
+            stages: Arc::default(),
         }
+    }
+
+    pub fn stages(&self) -> &StageTimes {
+        &self.stages
     }
 
     pub fn with_timeout(total: Duration) -> Self {
@@ -65,6 +100,7 @@ impl Budget {
             deadline: Instant::now().checked_add(total),
             total,
             cancelled: Arc::new(AtomicBool::new(false)),
+            stages: Arc::default(),
         }
     }
 
@@ -75,8 +111,7 @@ impl Budget {
 
     /// Time left before the deadline (`None`: no deadline).
     pub fn remaining(&self) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     pub fn timeout_error(&self) -> SheetsError {

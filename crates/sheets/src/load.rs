@@ -69,17 +69,11 @@ pub struct SheetMeta {
 }
 
 fn unreadable(id: &str, reason: impl std::fmt::Display) -> SheetsError {
-    SheetsError::Unreadable {
-        workbook_id: id.to_string(),
-        reason: reason.to_string(),
-    }
+    SheetsError::Unreadable { workbook_id: id.to_string(), reason: reason.to_string() }
 }
 
 fn limit(id: &str, detail: impl Into<String>) -> SheetsError {
-    SheetsError::LimitExceeded {
-        workbook_id: id.to_string(),
-        detail: detail.into(),
-    }
+    SheetsError::LimitExceeded { workbook_id: id.to_string(), detail: detail.into() }
 }
 
 /// Run reader code, turning a panic inside it into an error instead of a crash.
@@ -93,10 +87,7 @@ fn guarded<T>(id: &str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> 
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::warn!(workbook = id, "reader panicked while {what}: {msg}");
-            Err(unreadable(
-                id,
-                format!("the reader failed while {what} (malformed file: {msg})"),
-            ))
+            Err(unreadable(id, format!("the reader failed while {what} (malformed file: {msg})")))
         }
     }
 }
@@ -109,17 +100,11 @@ pub fn sniff(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
         return sniff_zip(id, bytes, limits);
     }
     if bytes.starts_with(&OLE_MAGIC) {
-        let needle: Vec<u8> = "EncryptedPackage"
-            .encode_utf16()
-            .flat_map(u16::to_le_bytes)
-            .collect();
+        let needle: Vec<u8> = "EncryptedPackage".encode_utf16().flat_map(u16::to_le_bytes).collect();
         if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
-            return Err(SheetsError::Encrypted {
-                workbook_id: id.to_string(),
-            });
+            return Err(SheetsError::Encrypted { workbook_id: id.to_string() });
         }
-        crate::cfb::validate(bytes)
-            .map_err(|e| unreadable(id, format!("the OLE2 container is damaged: {e}")))?;
+        crate::cfb::validate(bytes).map_err(|e| unreadable(id, format!("the OLE2 container is damaged: {e}")))?;
         return Ok(Format::Xls);
     }
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]).to_lowercase();
@@ -134,35 +119,21 @@ pub fn sniff(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
     } else {
         "the content is not a spreadsheet Gemba reads (xlsx, xlsm, xlsb, xls, ods)".to_string()
     };
-    Err(SheetsError::Unsupported {
-        workbook_id: id.to_string(),
-        reason,
-    })
+    Err(SheetsError::Unsupported { workbook_id: id.to_string(), reason })
 }
 
 fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| unreadable(id, format!("broken zip container ({e})")))?;
+    let mut zip =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| unreadable(id, format!("broken zip container ({e})")))?;
     let mut total: u64 = 0;
     let (mut xlsb, mut xlsx, mut ods, mut content_types) = (false, false, false, false);
     for i in 0..zip.len() {
-        let f = zip
-            .by_index_raw(i)
-            .map_err(|e| unreadable(id, format!("broken zip entry {i} ({e})")))?;
+        let f = zip.by_index_raw(i).map_err(|e| unreadable(id, format!("broken zip entry {i} ({e})")))?;
         let (size, packed) = (f.size(), f.compressed_size().max(1));
-        let fname = f
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| format!("#{i}"));
+        let fname = f.name().map(|n| n.to_string()).unwrap_or_else(|_| format!("#{i}"));
         total = total.saturating_add(size);
         if size > limits.max_part_bytes {
-            return Err(limit(
-                id,
-                format!(
-                    "part '{fname}' unpacks to {size} bytes (limit {})",
-                    limits.max_part_bytes
-                ),
-            ));
+            return Err(limit(id, format!("part '{fname}' unpacks to {size} bytes (limit {})", limits.max_part_bytes)));
         }
         if size > 1 << 20 && size / packed > limits.max_compression_ratio {
             return Err(limit(
@@ -184,13 +155,7 @@ fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
         }
     }
     if total > limits.max_uncompressed_bytes {
-        return Err(limit(
-            id,
-            format!(
-                "unpacks to {total} bytes in all (limit {})",
-                limits.max_uncompressed_bytes
-            ),
-        ));
+        return Err(limit(id, format!("unpacks to {total} bytes in all (limit {})", limits.max_uncompressed_bytes)));
     }
     if xlsb {
         Ok(Format::Xlsb)
@@ -201,8 +166,7 @@ fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
     } else {
         Err(SheetsError::Unsupported {
             workbook_id: id.to_string(),
-            reason: "a zip file that is neither an Office Open XML nor an OpenDocument spreadsheet"
-                .into(),
+            reason: "a zip file that is neither an Office Open XML nor an OpenDocument spreadsheet".into(),
         })
     }
 }
@@ -215,9 +179,7 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
         let map = |e: &dyn std::fmt::Display| {
             let text = e.to_string();
             if text.to_lowercase().contains("password") || text.to_lowercase().contains("encrypt") {
-                SheetsError::Encrypted {
-                    workbook_id: id.to_string(),
-                }
+                SheetsError::Encrypted { workbook_id: id.to_string() }
             } else {
                 unreadable(id, text)
             }
@@ -239,10 +201,7 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
                 let d = b.has_1904_epoch();
                 (Book::Xls(b), d)
             }
-            Format::Ods => (
-                Book::Ods(calamine::Ods::new(cursor).map_err(|e| map(&e))?),
-                false,
-            ),
+            Format::Ods => (Book::Ods(calamine::Ods::new(cursor).map_err(|e| map(&e))?), false),
         };
         let (metas, names) = match &book {
             Book::Xlsx(b) => (b.sheets_metadata().to_vec(), b.defined_names().to_vec()),
@@ -251,10 +210,7 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
             Book::Ods(b) => (b.sheets_metadata().to_vec(), b.defined_names().to_vec()),
         };
         if metas.len() > limits.max_sheets {
-            return Err(limit(
-                id,
-                format!("{} sheets (limit {})", metas.len(), limits.max_sheets),
-            ));
+            return Err(limit(id, format!("{} sheets (limit {})", metas.len(), limits.max_sheets)));
         }
         let sheets = metas
             .into_iter()
@@ -277,15 +233,7 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
             Book::Xlsb(b) => b.vba_project().ok().flatten().is_some(),
             Book::Ods(_) => false,
         };
-        Ok(Opened {
-            book,
-            format,
-            sheets,
-            defined_names: names,
-            date1904,
-            has_vba,
-            bytes: bytes.clone(),
-        })
+        Ok(Opened { book, format, sheets, defined_names: names, date1904, has_vba, bytes: bytes.clone() })
     })
 }
 
@@ -343,12 +291,7 @@ pub fn load_sheet(
 ) -> Result<Sheet> {
     let shift = if date1904 { EPOCH_1904_OFFSET } else { 0.0 };
     let max = limits.max_cells_per_sheet;
-    let over = |n: usize| {
-        limit(
-            id,
-            format!("sheet '{name}' has more than {n} cells (limit {max})"),
-        )
-    };
+    let over = |n: usize| limit(id, format!("sheet '{name}' has more than {n} cells (limit {max})"));
     let err = |e: &dyn std::fmt::Display| unreadable(id, format!("sheet '{name}': {e}"));
     guarded(id, &format!("reading sheet '{name}'"), || {
         let mut b = SheetBuilder::new(name.to_string());
@@ -415,19 +358,15 @@ pub fn load_sheet(
             }
             Book::Xls(x) => {
                 let range = x.worksheet_range(name).map_err(|e| err(&e))?;
-                push_range(&mut b, &range, shift, max, budget)
-                    .map_err(|n| n.unwrap_or_else(|| over(max)))?;
+                push_range(&mut b, &range, shift, max, budget).map_err(|n| n.unwrap_or_else(|| over(max)))?;
                 if let Ok(fr) = x.worksheet_formula(name) {
                     push_formulas(&mut b, &fr);
                 }
-                x.merge_cells_by_sheet_name(name)
-                    .map(|v| v.iter().map(rect).collect())
-                    .unwrap_or_default()
+                x.merge_cells_by_sheet_name(name).map(|v| v.iter().map(rect).collect()).unwrap_or_default()
             }
             Book::Ods(x) => {
                 let range = x.worksheet_range(name).map_err(|e| err(&e))?;
-                push_range(&mut b, &range, shift, max, budget)
-                    .map_err(|n| n.unwrap_or_else(|| over(max)))?;
+                push_range(&mut b, &range, shift, max, budget).map_err(|n| n.unwrap_or_else(|| over(max)))?;
                 if let Ok(fr) = x.worksheet_formula(name) {
                     push_formulas(&mut b, &fr);
                 }
@@ -519,23 +458,12 @@ pub fn read_file(id: &str, path: &std::path::Path, limits: &Limits) -> Result<Ve
     let f = std::fs::File::open(path).map_err(|e| unreadable(id, format!("cannot open: {e}")))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len > limits.max_file_bytes {
-        return Err(limit(
-            id,
-            format!("file is {len} bytes (limit {})", limits.max_file_bytes),
-        ));
+        return Err(limit(id, format!("file is {len} bytes (limit {})", limits.max_file_bytes)));
     }
     let mut buf = Vec::with_capacity(len as usize);
-    f.take(limits.max_file_bytes + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| unreadable(id, format!("read failed: {e}")))?;
+    f.take(limits.max_file_bytes + 1).read_to_end(&mut buf).map_err(|e| unreadable(id, format!("read failed: {e}")))?;
     if buf.len() as u64 > limits.max_file_bytes {
-        return Err(limit(
-            id,
-            format!(
-                "file grew past the limit of {} bytes",
-                limits.max_file_bytes
-            ),
-        ));
+        return Err(limit(id, format!("file grew past the limit of {} bytes", limits.max_file_bytes)));
     }
     Ok(buf)
 }

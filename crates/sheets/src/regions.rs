@@ -63,10 +63,7 @@ impl Region {
 
 /// The regions of a sheet, computed once and cached on the sheet.
 pub fn regions(sheet: &Sheet) -> Arc<Vec<Region>> {
-    sheet
-        .regions
-        .get_or_init(|| Arc::new(detect(sheet)))
-        .clone()
+    sheet.regions.get_or_init(|| Arc::new(detect(sheet))).clone()
 }
 
 struct Dsu(Vec<u32>);
@@ -150,10 +147,7 @@ pub fn blocks(sheet: &Sheet) -> Vec<Rect> {
     for (i, &(r, a, b)) in runs.iter().enumerate() {
         let root = dsu.find(i as u32);
         let rect = Rect::new(r, a, r, b);
-        boxes
-            .entry(root)
-            .and_modify(|x| *x = x.union(&rect))
-            .or_insert(rect);
+        boxes.entry(root).and_modify(|x| *x = x.union(&rect)).or_insert(rect);
     }
     let mut rects: Vec<Rect> = boxes.into_values().collect();
     rects.sort_by_key(|r| (r.top, r.left));
@@ -205,9 +199,7 @@ fn profile(sheet: &Sheet, row: u32, rect: &Rect) -> RowProfile {
         p.filled += 1;
         match c.value {
             Value::Text(_) => p.text += 1,
-            Value::Number(_) | Value::Date(_) | Value::Duration(_) | Value::Bool(_) => {
-                p.numeric += 1
-            }
+            Value::Number(_) | Value::Date(_) | Value::Duration(_) | Value::Bool(_) => p.numeric += 1,
             _ => {}
         }
         if sheet.formula_at(CellRef::new(c.row, c.col)).is_some() {
@@ -219,16 +211,9 @@ fn profile(sheet: &Sheet, row: u32, rect: &Rect) -> RowProfile {
 
 fn is_total_label(s: &str) -> bool {
     let l = s.trim().to_lowercase();
-    [
-        "total",
-        "totals",
-        "grand total",
-        "sum",
-        "subtotal",
-        "overall",
-    ]
-    .iter()
-    .any(|k| l == *k || l.starts_with(&format!("{k} ")) || l.starts_with(&format!("{k}:")))
+    ["total", "totals", "grand total", "sum", "subtotal", "overall"]
+        .iter()
+        .any(|k| l == *k || l.starts_with(&format!("{k} ")) || l.starts_with(&format!("{k}:")))
 }
 
 /// Column-type consistency of the body rows: the mean share of each column's dominant type.
@@ -247,16 +232,8 @@ fn consistency(sheet: &Sheet, body: &Rect) -> f64 {
             counts[(c.col - body.left) as usize][2] += 1;
         }
     }
-    let cols: Vec<f64> = counts
-        .iter()
-        .filter(|c| c[2] > 0)
-        .map(|c| c[0].max(c[1]) as f64 / c[2] as f64)
-        .collect();
-    if cols.is_empty() {
-        0.0
-    } else {
-        cols.iter().sum::<f64>() / cols.len() as f64
-    }
+    let cols: Vec<f64> = counts.iter().filter(|c| c[2] > 0).map(|c| c[0].max(c[1]) as f64 / c[2] as f64).collect();
+    if cols.is_empty() { 0.0 } else { cols.iter().sum::<f64>() / cols.len() as f64 }
 }
 
 fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
@@ -274,19 +251,12 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
     };
     let first = profile(sheet, rect.top, &rect);
     let cells: Vec<&crate::sheet::Cell> = sheet.cells_in(rect).take(4096).collect();
-    let text_cells = cells
-        .iter()
-        .filter(|c| matches!(c.value, Value::Text(_)))
-        .count();
-    let long_text = cells
-        .iter()
-        .filter(|c| matches!(c.value, Value::Text(_)) && sheet.text(&c.value).len() > 40)
-        .count();
+    let text_cells = cells.iter().filter(|c| matches!(c.value, Value::Text(_))).count();
+    let long_text =
+        cells.iter().filter(|c| matches!(c.value, Value::Text(_)) && sheet.text(&c.value).len() > 40).count();
 
     // Notes: a lone cell, or text-only prose.
-    if cells.len() <= 1
-        || (text_cells == cells.len() && (w <= 2 && h <= 3 || long_text * 2 >= text_cells))
-    {
+    if cells.len() <= 1 || (text_cells == cells.len() && (w <= 2 && h <= 3 || long_text * 2 >= text_cells)) {
         region.kind = RegionKind::Notes;
         region.confidence = if cells.len() <= 1 { 0.6 } else { 0.75 };
         return region;
@@ -329,11 +299,8 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
             && third_ok
             && !(header_like && numeric_body && h > 3)
         {
-            region.kind = if formula_values * 2 >= values.max(1) {
-                RegionKind::Outputs
-            } else {
-                RegionKind::Parameters
-            };
+            region.kind =
+                if formula_values * 2 >= values.max(1) { RegionKind::Outputs } else { RegionKind::Parameters };
             region.confidence = if header_like { 0.65 } else { 0.85 };
             return region;
         }
@@ -411,19 +378,15 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
     let data_top = header.map(|h| h + 1).unwrap_or(rect.top);
     if rect.bottom > data_top {
         let last = sheet.row_span(rect.bottom, rect.left, rect.right);
-        let labelled = last
-            .iter()
-            .any(|c| matches!(c.value, Value::Text(_)) && is_total_label(&sheet.text(&c.value)));
+        let labelled = last.iter().any(|c| matches!(c.value, Value::Text(_)) && is_total_label(&sheet.text(&c.value)));
         let sums = last
             .iter()
             .filter(|c| c.value.as_number().is_some())
             .map(|c| {
-                sheet
-                    .formula_at(CellRef::new(c.row, c.col))
-                    .is_some_and(|f| {
-                        let u = f.to_uppercase();
-                        u.starts_with("SUM(") || u.starts_with("SUBTOTAL(")
-                    })
+                sheet.formula_at(CellRef::new(c.row, c.col)).is_some_and(|f| {
+                    let u = f.to_uppercase();
+                    u.starts_with("SUM(") || u.starts_with("SUBTOTAL(")
+                })
             })
             .collect::<Vec<bool>>();
         if labelled || (!sums.is_empty() && sums.iter().all(|x| *x)) {
@@ -431,12 +394,7 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
         }
     }
 
-    let body = Rect::new(
-        data_top.min(rect.bottom),
-        rect.left,
-        rect.bottom,
-        rect.right,
-    );
+    let body = Rect::new(data_top.min(rect.bottom), rect.left, rect.bottom, rect.right);
     let cons = consistency(sheet, &body);
     let fill = cells.len() as f64 / (rect.area().min(4096) as f64).max(1.0);
     region.confidence = match header {
@@ -461,20 +419,13 @@ fn header_names(sheet: &Sheet, rect: &Rect, hr: u32, group_rows: &[u32]) -> Vec<
     let mut seen = std::collections::HashMap::new();
     (rect.left..=rect.right)
         .map(|col| {
-            let mut parts: Vec<String> = group_rows
-                .iter()
-                .map(|r| text_at(*r, col))
-                .filter(|s| !s.is_empty())
-                .collect();
+            let mut parts: Vec<String> =
+                group_rows.iter().map(|r| text_at(*r, col)).filter(|s| !s.is_empty()).collect();
             let own = text_at(hr, col);
             if !own.is_empty() && parts.last() != Some(&own) {
                 parts.push(own);
             }
-            let mut name = if parts.is_empty() {
-                col_name(col)
-            } else {
-                parts.join(" / ")
-            };
+            let mut name = if parts.is_empty() { col_name(col) } else { parts.join(" / ") };
             let n = seen.entry(name.clone()).or_insert(0);
             *n += 1;
             if *n > 1 {
@@ -540,18 +491,12 @@ mod tests {
         cells.push((1, 10, "10"));
         let s = build(&cells, vec![]);
         let regs = regions(&s);
-        let kinds: Vec<(&str, String)> = regs
-            .iter()
-            .map(|r| (r.kind.as_str(), r.rect.to_string()))
-            .collect();
+        let kinds: Vec<(&str, String)> = regs.iter().map(|r| (r.kind.as_str(), r.rect.to_string())).collect();
         assert!(kinds.contains(&("notes", "B1".into())), "{kinds:?}");
         assert!(kinds.contains(&("table", "B3:D11".into())), "{kinds:?}");
         assert!(kinds.contains(&("table", "G3:H6".into())), "{kinds:?}");
         assert!(kinds.contains(&("parameters", "J1:K2".into())), "{kinds:?}");
-        let t = regs
-            .iter()
-            .find(|r| r.rect.to_string() == "B3:D11")
-            .unwrap();
+        let t = regs.iter().find(|r| r.rect.to_string() == "B3:D11").unwrap();
         assert_eq!(t.header_row, Some(2));
         assert_eq!(t.headers, vec!["Region", "Units", "Price"]);
         assert_eq!(t.totals_row, Some(10));
@@ -579,10 +524,7 @@ mod tests {
         assert_eq!(t.title.as_deref(), Some("Quarterly figures"));
         assert_eq!(t.header_row, Some(2));
         assert_eq!(t.rect.to_string(), "A2:E8");
-        assert_eq!(
-            t.headers,
-            vec!["Item", "2024 / Q1", "2024 / Q2", "2025 / Q1", "2025 / Q2"]
-        );
+        assert_eq!(t.headers, vec!["Item", "2024 / Q1", "2024 / Q2", "2025 / Q1", "2025 / Q2"]);
     }
 
     #[test]
@@ -592,11 +534,7 @@ mod tests {
             (0, 1, "=B5-B6"),
             (1, 0, "Margin"),
             (1, 1, "=B1/B5"),
-            (
-                5,
-                0,
-                "These figures are unaudited and provided for planning purposes only.",
-            ),
+            (5, 0, "These figures are unaudited and provided for planning purposes only."),
         ];
         let s = build(&cells, vec![]);
         let regs = regions(&s);

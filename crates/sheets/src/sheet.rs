@@ -116,12 +116,7 @@ impl Sheet {
 
     /// The string pool lower-cased, built on first search.
     pub fn lower_strings(&self) -> &[Box<str>] {
-        self.lower_strings.get_or_init(|| {
-            self.strings
-                .iter()
-                .map(|s| s.to_lowercase().into_boxed_str())
-                .collect()
-        })
+        self.lower_strings.get_or_init(|| self.strings.iter().map(|s| s.to_lowercase().into_boxed_str()).collect())
     }
 
     /// The merged range whose top-left anchors `(row, col)`'s value, if the cell is covered.
@@ -134,11 +129,7 @@ impl Sheet {
         self.cells.capacity() * std::mem::size_of::<Cell>()
             + self.row_index.capacity() * 4
             + self.strings.iter().map(|s| s.len() + 32).sum::<usize>()
-            + self
-                .formulas
-                .iter()
-                .map(|f| f.text.len() + 48)
-                .sum::<usize>()
+            + self.formulas.iter().map(|f| f.text.len() + 48).sum::<usize>()
             + self.merged.len() * std::mem::size_of::<Rect>()
             + self.name.len()
             + 256
@@ -223,10 +214,7 @@ impl SheetBuilder {
             return;
         }
         let text = text.strip_prefix('=').unwrap_or(text);
-        self.formulas.push(Formula {
-            at: CellRef::new(row, col),
-            text: Arc::from(text),
-        });
+        self.formulas.push(Formula { at: CellRef::new(row, col), text: Arc::from(text) });
     }
 
     pub fn finish(mut self, merged: Vec<Rect>) -> Sheet {
@@ -241,16 +229,8 @@ impl SheetBuilder {
         let missing: Vec<Cell> = self
             .formulas
             .iter()
-            .filter(|f| {
-                self.cells
-                    .binary_search_by_key(&(f.at.row, f.at.col), |c| (c.row, c.col))
-                    .is_err()
-            })
-            .map(|f| Cell {
-                row: f.at.row,
-                col: f.at.col,
-                value: Value::Empty,
-            })
+            .filter(|f| self.cells.binary_search_by_key(&(f.at.row, f.at.col), |c| (c.row, c.col)).is_err())
+            .map(|f| Cell { row: f.at.row, col: f.at.col, value: Value::Empty })
             .collect();
         if !missing.is_empty() {
             self.cells.extend(missing);

@@ -130,13 +130,7 @@ pub fn format_date(serial: f64, out: &mut String) {
     }
     if serial < 1.0 {
         // A pure time of day.
-        let _ = write!(
-            out,
-            "{:02}:{:02}:{:02}",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        );
+        let _ = write!(out, "{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
         return;
     }
     // Excel's fictitious 1900-02-29 (serial 60): days after it are shifted by one.
@@ -146,13 +140,7 @@ pub fn format_date(serial: f64, out: &mut String) {
     let (y, m, d) = civil_from_days(days - 25_569);
     let _ = write!(out, "{y:04}-{m:02}-{d:02}");
     if secs != 0 {
-        let _ = write!(
-            out,
-            "T{:02}:{:02}:{:02}",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        );
+        let _ = write!(out, "T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
     }
 }
 

@@ -26,18 +26,22 @@ pub struct Workbook {
     loaded: RwLock<Vec<Option<Arc<Sheet>>>>,
     tables: Mutex<Option<Arc<Vec<TableInfo>>>>,
     bytes: AtomicUsize,
+    stats: Arc<crate::cache::CacheStats>,
 }
 
 impl std::fmt::Debug for Workbook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workbook")
-            .field("id", &self.entry.id)
-            .finish()
+        f.debug_struct("Workbook").field("id", &self.entry.id).finish()
     }
 }
 
 impl Workbook {
-    pub fn open(entry: Entry, identity: FileIdentity, limits: &Limits) -> Result<Self> {
+    pub fn open(
+        entry: Entry,
+        identity: FileIdentity,
+        limits: &Limits,
+        stats: Arc<crate::cache::CacheStats>,
+    ) -> Result<Self> {
         let bytes = load::read_file(&entry.id, &entry.abs_path, limits)?;
         let file_bytes = bytes.len();
         // The file image stays in memory for lazy sheet loads: count it.
@@ -57,6 +61,7 @@ impl Workbook {
             loaded: RwLock::new(vec![None; n]),
             tables: Mutex::new(None),
             bytes: AtomicUsize::new(file_bytes + 4096),
+            stats,
         })
     }
 
@@ -102,11 +107,7 @@ impl Workbook {
         } else {
             format!("{} (did you mean '{}'?)", short_list(&names, 20), near[0])
         };
-        Err(SheetsError::UnknownSheet {
-            query: q.to_string(),
-            workbook_id: self.entry.id.clone(),
-            available,
-        })
+        Err(SheetsError::UnknownSheet { query: q.to_string(), workbook_id: self.entry.id.clone(), available })
     }
 
     pub fn sheet(&self, name: Option<&str>, budget: &Budget) -> Result<Arc<Sheet>> {
@@ -119,30 +120,21 @@ impl Workbook {
         if let Some(Some(s)) = self.loaded.read().get(i) {
             return Ok(s.clone());
         }
-        let meta = self
-            .sheets
-            .get(i)
-            .ok_or_else(|| SheetsError::Internal(format!("sheet index {i} out of range")))?;
+        let meta = self.sheets.get(i).ok_or_else(|| SheetsError::Internal(format!("sheet index {i} out of range")))?;
         let mut book = self.book.lock();
         if let Some(Some(s)) = self.loaded.read().get(i) {
             return Ok(s.clone());
         }
         let sheet = if meta.kind == "worksheet" {
-            load::load_sheet(
-                &self.entry.id,
-                &mut book,
-                &self.file,
-                &meta.name,
-                self.date1904,
-                &self.limits,
-                budget,
-            )?
+            load::load_sheet(&self.entry.id, &mut book, &self.file, &meta.name, self.date1904, &self.limits, budget)?
         } else {
             // Chart and macro sheets have no cell grid to read.
             Sheet::empty(&meta.name)
         };
         let sheet = Arc::new(sheet);
         self.bytes.fetch_add(sheet.heap_bytes(), Ordering::Relaxed);
+        self.stats.sheets_loaded.fetch_add(1, Ordering::Relaxed);
+        self.stats.cells_loaded.fetch_add(sheet.cell_count() as u64, Ordering::Relaxed);
         self.loaded.write()[i] = Some(sheet.clone());
         Ok(sheet)
     }
@@ -177,10 +169,6 @@ impl Workbook {
         if let Some(n) = near.first() {
             available.push_str(&format!(" (did you mean '{n}'?)"));
         }
-        Err(SheetsError::UnknownTable {
-            query: name.to_string(),
-            workbook_id: self.entry.id.clone(),
-            available,
-        })
+        Err(SheetsError::UnknownTable { query: name.to_string(), workbook_id: self.entry.id.clone(), available })
     }
 }

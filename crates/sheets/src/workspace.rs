@@ -32,11 +32,7 @@ impl FileIdentity {
         let inode = std::os::unix::fs::MetadataExt::ino(&m);
         #[cfg(not(unix))]
         let inode = 0;
-        Ok(Self {
-            len: m.len(),
-            modified: m.modified().ok(),
-            inode,
-        })
+        Ok(Self { len: m.len(), modified: m.modified().ok(), inode })
     }
 }
 
@@ -64,15 +60,9 @@ impl Workspace {
             ))
         })?;
         if !root.is_dir() {
-            return Err(SheetsError::Workspace(format!(
-                "workspace '{}' is not a directory",
-                root.display()
-            )));
+            return Err(SheetsError::Workspace(format!("workspace '{}' is not a directory", root.display())));
         }
-        Ok(Self {
-            root,
-            listing: Mutex::new(None),
-        })
+        Ok(Self { root, listing: Mutex::new(None) })
     }
 
     pub fn root(&self) -> &Path {
@@ -133,10 +123,7 @@ impl Workspace {
                     }
                     continue;
                 }
-                let ext = path
-                    .extension()
-                    .map(|x| x.to_string_lossy().to_ascii_lowercase())
-                    .unwrap_or_default();
+                let ext = path.extension().map(|x| x.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
                 if !EXTENSIONS.contains(&ext.as_str()) {
                     continue;
                 }
@@ -146,9 +133,7 @@ impl Workspace {
                 let rel = rel.to_string_lossy().replace('\\', "/");
                 found.push((rel, path, meta));
                 if found.len() >= MAX_FILES {
-                    tracing::warn!(
-                        "workspace holds more than {MAX_FILES} workbooks; listing cut off"
-                    );
+                    tracing::warn!("workspace holds more than {MAX_FILES} workbooks; listing cut off");
                     break;
                 }
             }
@@ -185,29 +170,21 @@ impl Workspace {
         let near = closest(q, ids.iter().copied(), 1);
         let suggestion = match near.first() {
             Some(id) => {
-                let path = list
-                    .iter()
-                    .find(|e| e.id == *id)
-                    .map(|e| e.rel_path.as_str())
-                    .unwrap_or("");
+                let path = list.iter().find(|e| e.id == *id).map(|e| e.rel_path.as_str()).unwrap_or("");
                 format!(" — did you mean '{id}' ({path})?")
             }
             None => String::new(),
         };
-        Err(SheetsError::UnknownWorkbook {
-            query: q.to_string(),
-            suggestion,
-        })
+        Err(SheetsError::UnknownWorkbook { query: q.to_string(), suggestion })
     }
 
     /// Re-check at use time that the path still resolves inside the root.
     fn checked(&self, e: Entry) -> Result<Entry> {
         match e.abs_path.canonicalize() {
             Ok(p) if p.starts_with(&self.root) => Ok(Entry { abs_path: p, ..e }),
-            Ok(_) => Err(SheetsError::Workspace(format!(
-                "'{}' resolves outside the workspace and is refused",
-                e.rel_path
-            ))),
+            Ok(_) => {
+                Err(SheetsError::Workspace(format!("'{}' resolves outside the workspace and is refused", e.rel_path)))
+            }
             Err(err) => Err(SheetsError::UnknownWorkbook {
                 query: e.id.clone(),
                 suggestion: format!(" ('{}' is gone: {err})", e.rel_path),
@@ -219,10 +196,7 @@ impl Workspace {
 /// Resolve a workspace-relative path for writing or reading, refusing anything outside the root.
 pub fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf> {
     let p = Path::new(rel);
-    if p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
+    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
         return Err(SheetsError::invalid(
             "path",
             format!("'{rel}' must be relative to the workspace and must not contain '..'"),
@@ -236,9 +210,7 @@ pub fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf> {
             break;
         }
     }
-    let canon = probe
-        .canonicalize()
-        .map_err(|e| SheetsError::invalid("path", format!("'{rel}': {e}")))?;
+    let canon = probe.canonicalize().map_err(|e| SheetsError::invalid("path", format!("'{rel}': {e}")))?;
     if !canon.starts_with(root) {
         return Err(SheetsError::invalid(
             "path",
@@ -258,10 +230,7 @@ fn fnv1a(s: &str) -> u64 {
 }
 
 fn slug(rel: &str) -> String {
-    let stem = Path::new(rel)
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
+    let stem = Path::new(rel).file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
     let mut out = String::new();
     for c in stem.chars() {
         if c.is_ascii_alphanumeric() {
@@ -280,10 +249,7 @@ fn slug(rel: &str) -> String {
 /// Ids: `<slug>-<4 hex of the path hash>`, widened to 8 hex where two paths would collide.
 pub fn assign_ids<'a>(paths: impl Iterator<Item = &'a str>) -> Vec<String> {
     let paths: Vec<&str> = paths.collect();
-    let short: Vec<String> = paths
-        .iter()
-        .map(|p| format!("{}-{:04x}", slug(p), fnv1a(p) & 0xffff))
-        .collect();
+    let short: Vec<String> = paths.iter().map(|p| format!("{}-{:04x}", slug(p), fnv1a(p) & 0xffff)).collect();
     let mut counts = std::collections::HashMap::new();
     for s in &short {
         *counts.entry(s.as_str()).or_insert(0) += 1;
@@ -291,13 +257,11 @@ pub fn assign_ids<'a>(paths: impl Iterator<Item = &'a str>) -> Vec<String> {
     paths
         .iter()
         .zip(&short)
-        .map(|(p, s)| {
-            if counts[s.as_str()] > 1 {
-                format!("{}-{:08x}", slug(p), fnv1a(p) & 0xffff_ffff)
-            } else {
-                s.clone()
-            }
-        })
+        .map(
+            |(p, s)| {
+                if counts[s.as_str()] > 1 { format!("{}-{:08x}", slug(p), fnv1a(p) & 0xffff_ffff) } else { s.clone() }
+            },
+        )
         .collect()
 }
 
@@ -308,16 +272,9 @@ mod tests {
     #[test]
     fn ids_are_short_stable_and_distinct() {
         let ids = assign_ids(["sales.xlsx", "q1/Sales Report 2024.xlsx"].into_iter());
-        assert!(
-            ids[0].starts_with("sales-") && ids[0].len() == 10,
-            "{}",
-            ids[0]
-        );
+        assert!(ids[0].starts_with("sales-") && ids[0].len() == 10, "{}", ids[0]);
         assert!(ids[1].starts_with("sales-report-2024-"));
-        assert_eq!(
-            ids,
-            assign_ids(["sales.xlsx", "q1/Sales Report 2024.xlsx"].into_iter())
-        );
+        assert_eq!(ids, assign_ids(["sales.xlsx", "q1/Sales Report 2024.xlsx"].into_iter()));
     }
 
     #[test]

@@ -31,14 +31,7 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 }
 
 fn id_of(engine: &Engine, path: &str) -> String {
-    engine
-        .workspace
-        .list()
-        .iter()
-        .find(|e| e.rel_path == path)
-        .unwrap()
-        .id
-        .clone()
+    engine.workspace.list().iter().find(|e| e.rel_path == path).unwrap().id.clone()
 }
 
 #[test]
@@ -50,20 +43,11 @@ fn concurrent_requests_share_one_load() {
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let (e, id) = (engine.clone(), id.clone());
-            std::thread::spawn(move || {
-                e.workbook(&id, &Budget::unlimited())
-                    .map(|w| Arc::as_ptr(&w) as usize)
-            })
+            std::thread::spawn(move || e.workbook(&id, &Budget::unlimited()).map(|w| Arc::as_ptr(&w) as usize))
         })
         .collect();
-    let ptrs: Vec<usize> = handles
-        .into_iter()
-        .map(|h| h.join().unwrap().unwrap())
-        .collect();
-    assert!(
-        ptrs.windows(2).all(|w| w[0] == w[1]),
-        "every caller got the same workbook"
-    );
+    let ptrs: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+    assert!(ptrs.windows(2).all(|w| w[0] == w[1]), "every caller got the same workbook");
     assert_eq!(engine.cache.stats.loads.load(Ordering::Relaxed), 1);
     assert_eq!(engine.cache.stats.hits.load(Ordering::Relaxed), 7);
 }
@@ -74,14 +58,7 @@ fn changed_files_are_reloaded_and_bytes_are_bounded() {
     for i in 0..4 {
         write_book(&dir.join(format!("b{i}.xlsx")), 20_000, "x");
     }
-    let engine = Engine::new(
-        &dir,
-        EngineConfig {
-            cache_bytes: 3 * 1024 * 1024,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let engine = Engine::new(&dir, EngineConfig { cache_bytes: 3 * 1024 * 1024, ..Default::default() }).unwrap();
     let budget = Budget::unlimited();
     let read = |id: &str| {
         read_table(
@@ -109,11 +86,7 @@ fn changed_files_are_reloaded_and_bytes_are_bounded() {
         let out = read(&id_of(&engine, &format!("b{i}.xlsx")));
         assert_eq!(out.total_rows, 20_000);
     }
-    assert!(
-        engine.cache.bytes() <= 3 * 1024 * 1024,
-        "cache holds {} bytes",
-        engine.cache.bytes()
-    );
+    assert!(engine.cache.bytes() <= 3 * 1024 * 1024, "cache holds {} bytes", engine.cache.bytes());
     assert!(engine.cache.stats.evictions.load(Ordering::Relaxed) >= 1);
 
     let id = id_of(&engine, "b0.xlsx");
@@ -146,33 +119,19 @@ fn limits_are_refused_with_clear_errors() {
     }
     let engine = Engine::new(
         &dir,
-        EngineConfig {
-            limits: Limits {
-                max_cells_per_sheet: 1_000,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        EngineConfig { limits: Limits { max_cells_per_sheet: 1_000, ..Default::default() }, ..Default::default() },
     )
     .unwrap();
     let budget = Budget::unlimited();
-    let wb = engine
-        .workbook(&id_of(&engine, "rows.xlsx"), &budget)
-        .unwrap();
+    let wb = engine.workbook(&id_of(&engine, "rows.xlsx"), &budget).unwrap();
     let e = engine.sheet(&wb, Some("Data"), &budget).unwrap_err();
     assert!(matches!(e, SheetsError::LimitExceeded { .. }), "{e}");
     assert!(e.to_string().contains("limit 1000"), "{e}");
-    let e = engine
-        .workbook(&id_of(&engine, "bomb.xlsx"), &budget)
-        .unwrap_err();
+    let e = engine.workbook(&id_of(&engine, "bomb.xlsx"), &budget).unwrap_err();
     assert!(e.to_string().contains("zip bomb"), "{e}");
     // A budget that has run out stops a load.
     let engine = Engine::new(&dir, EngineConfig::default()).unwrap();
-    let wb = engine
-        .workbook(&id_of(&engine, "rows.xlsx"), &budget)
-        .unwrap();
-    let e = engine
-        .sheet(&wb, Some("Data"), &Budget::with_timeout(Duration::ZERO))
-        .unwrap_err();
+    let wb = engine.workbook(&id_of(&engine, "rows.xlsx"), &budget).unwrap();
+    let e = engine.sheet(&wb, Some("Data"), &Budget::with_timeout(Duration::ZERO)).unwrap_err();
     assert!(matches!(e, SheetsError::Timeout { .. }), "{e}");
 }

@@ -23,11 +23,7 @@ fn corpus_files_load_or_fail_clearly() {
     let engine = std::sync::Arc::new(Engine::new(&dir, EngineConfig::default()).unwrap());
     let list = list_workbooks(
         &engine,
-        ListWorkbooksParams {
-            filter: None,
-            limit: Some(500),
-            offset: None,
-        },
+        ListWorkbooksParams { filter: None, limit: Some(500), offset: None },
         &Budget::unlimited(),
     )
     .unwrap();
@@ -70,39 +66,22 @@ fn corpus_files_load_or_fail_clearly() {
             Ok(Ok(_)) => ok += 1,
             Ok(Err(e)) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.len() > 20 && !msg.contains("panicked"),
-                    "{}: {msg}",
-                    w.path
-                );
+                assert!(msg.len() > 20 && !msg.contains("panicked"), "{}: {msg}", w.path);
                 let row: Vec<&str> = manifest
                     .lines()
                     .find(|l| l.starts_with(&format!("{}\t", w.path)))
                     .map(|l| l.split('\t').collect())
                     .unwrap_or_default();
                 // "sound": the manifest calls it ok and the reference calamine read it.
-                let sound = row.get(6) == Some(&"ok")
-                    && row.get(10).is_some_and(|r| r.contains("calamine=ok"));
-                let status = if sound {
-                    "sound"
-                } else {
-                    row.get(6).copied().unwrap_or("?")
-                };
+                let sound = row.get(6) == Some(&"ok") && row.get(10).is_some_and(|r| r.contains("calamine=ok"));
+                let status = if sound { "sound" } else { row.get(6).copied().unwrap_or("?") };
                 failed.push(format!("{} [{status}]: {msg}", w.path));
             }
             Err(_) => panic!("{} hung for 30 s", w.path),
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{} took {:?}",
-            w.path,
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(30), "{} took {:?}", w.path, t.elapsed());
     }
-    eprintln!(
-        "corpus: {ok} loaded, {} refused with an error:",
-        failed.len()
-    );
+    eprintln!("corpus: {ok} loaded, {} refused with an error:", failed.len());
     for f in &failed {
         eprintln!("  {f}");
     }
@@ -114,9 +93,6 @@ fn corpus_files_load_or_fail_clearly() {
         .iter()
         .filter(|f| f.contains("[sound]") && !KNOWN_READER_BUGS.iter().any(|k| f.starts_with(k)))
         .collect();
-    assert!(
-        sound_failures.is_empty(),
-        "sound files refused: {sound_failures:#?}"
-    );
+    assert!(sound_failures.is_empty(), "sound files refused: {sound_failures:#?}");
     assert!(ok >= 140, "only {ok} files loaded");
 }

@@ -64,13 +64,10 @@ async fn start(dir: &Path) -> Result<(Client, u32)> {
 }
 
 async fn call(client: &Client, tool: &str, args: &Value) -> Result<(Duration, CallToolResult)> {
-    let params = CallToolRequestParams::new(tool.to_string())
-        .with_arguments(args.as_object().cloned().unwrap_or_default());
+    let params =
+        CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
     let t = Instant::now();
-    let r = client
-        .call_tool(params)
-        .await
-        .with_context(|| format!("{tool} failed"))?;
+    let r = client.call_tool(params).await.with_context(|| format!("{tool} failed"))?;
     let d = t.elapsed();
     if r.is_error == Some(true) {
         bail!("{tool} returned an error: {:?}", r.content);
@@ -91,11 +88,7 @@ fn median(mut v: Vec<f64>) -> f64 {
         return f64::NAN;
     }
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -104,9 +97,7 @@ fn ms(d: Duration) -> f64 {
 
 async fn id_of(client: &Client, filter: &str) -> Result<String> {
     let (_, r) = call(client, "list_workbooks", &json!({"filter": filter})).await?;
-    let sc = r
-        .structured_content
-        .context("list_workbooks gave no structured content")?;
+    let sc = r.structured_content.context("list_workbooks gave no structured content")?;
     sc["workbooks"]
         .as_array()
         .and_then(|a| a.iter().find(|w| w["path"].as_str() == Some(filter)))
@@ -150,12 +141,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         cal.push(ms(calamine_read(&sales, "Sales")?));
         let (client, _) = start(&dir).await?;
         let id = id_of(&client, "sales_100k.xlsx").await?;
-        let (d, _) = call(
-            &client,
-            "sheet_page",
-            &json!({"workbook_id": id, "page_size": 50}),
-        )
-        .await?;
+        let (d, _) = call(&client, "sheet_page", &json!({"workbook_id": id, "page_size": 50})).await?;
         cold.push(ms(d));
         client.cancel().await.ok();
     }
@@ -173,27 +159,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let wide_id = id_of(&client, "wide.xlsx").await?;
     let model_id = id_of(&client, "model.xlsx").await?;
     let small_id = id_of(&client, "small.xlsx").await?;
-    let case = |name: &str, tool: &'static str, args: Value| Case {
-        name: name.to_string(),
-        tool,
-        args,
-    };
+    let case = |name: &str, tool: &'static str, args: Value| Case { name: name.to_string(), tool, args };
     let sales_cases = vec![
-        case(
-            "describe_workbook sales_100k",
-            "describe_workbook",
-            json!({"workbook_id": sales_id}),
-        ),
-        case(
-            "list_sheets sales_100k",
-            "list_sheets",
-            json!({"workbook_id": sales_id}),
-        ),
-        case(
-            "sheet_overview sales_100k",
-            "sheet_overview",
-            json!({"workbook_id": sales_id, "sheet_name": "Sales"}),
-        ),
+        case("describe_workbook sales_100k", "describe_workbook", json!({"workbook_id": sales_id})),
+        case("list_sheets sales_100k", "list_sheets", json!({"workbook_id": sales_id})),
+        case("sheet_overview sales_100k", "sheet_overview", json!({"workbook_id": sales_id, "sheet_name": "Sales"})),
         case(
             "read_table sales_100k 100 rows",
             "read_table",
@@ -224,11 +194,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             "inspect_cells",
             json!({"workbook_id": sales_id, "sheet_name": "Sales", "cells": ["A2:L2", "I100002"]}),
         ),
-        case(
-            "find_value sales_100k (full scan)",
-            "find_value",
-            json!({"workbook_id": sales_id, "query": "Total"}),
-        ),
+        case("find_value sales_100k (full scan)", "find_value", json!({"workbook_id": sales_id, "query": "Total"})),
         case(
             "find_value sales_100k label",
             "find_value",
@@ -239,34 +205,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             "sheet_statistics",
             json!({"workbook_id": sales_id, "sheet_name": "Sales"}),
         ),
-        case(
-            "table_profile sales_100k",
-            "table_profile",
-            json!({"workbook_id": sales_id, "sheet_name": "Sales"}),
-        ),
+        case("table_profile sales_100k", "table_profile", json!({"workbook_id": sales_id, "sheet_name": "Sales"})),
     ];
     let other_cases = vec![
         case("list_workbooks (44 books)", "list_workbooks", json!({})),
-        case(
-            "read_table small",
-            "read_table",
-            json!({"workbook_id": small_id}),
-        ),
-        case(
-            "sheet_page wide",
-            "sheet_page",
-            json!({"workbook_id": wide_id, "page_size": 50}),
-        ),
-        case(
-            "read_table wide",
-            "read_table",
-            json!({"workbook_id": wide_id, "limit": 40}),
-        ),
-        case(
-            "sheet_formula_map model",
-            "sheet_formula_map",
-            json!({"workbook_id": model_id, "sheet_name": "Calc"}),
-        ),
+        case("read_table small", "read_table", json!({"workbook_id": small_id})),
+        case("sheet_page wide", "sheet_page", json!({"workbook_id": wide_id, "page_size": 50})),
+        case("read_table wide", "read_table", json!({"workbook_id": wide_id, "limit": 40})),
+        case("sheet_formula_map model", "sheet_formula_map", json!({"workbook_id": model_id, "sheet_name": "Calc"})),
         case(
             "formula_trace model precedents",
             "formula_trace",
@@ -277,27 +223,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             "formula_trace",
             json!({"workbook_id": model_id, "sheet_name": "Inputs", "cell": "B2", "direction": "dependents", "depth": 1}),
         ),
-        case(
-            "scan_volatiles model",
-            "scan_volatiles",
-            json!({"workbook_id": model_id}),
-        ),
-        case(
-            "find_formula model",
-            "find_formula",
-            json!({"workbook_id": model_id, "query": "Growth"}),
-        ),
+        case("scan_volatiles model", "scan_volatiles", json!({"workbook_id": model_id})),
+        case("find_formula model", "find_formula", json!({"workbook_id": model_id, "query": "Growth"})),
     ];
     let mut rows = Vec::new();
     let mut rss_sales = 0;
     for (group, cases) in [("sales", sales_cases), ("other", other_cases)] {
         for c in cases {
             let (first, r) = call(&client, c.tool, &c.args).await?;
-            let bytes = r
-                .structured_content
-                .as_ref()
-                .map(|v| v.to_string().len())
-                .unwrap_or(0);
+            let bytes = r.structured_content.as_ref().map(|v| v.to_string().len()).unwrap_or(0);
             let mut warm = Vec::with_capacity(args.warm);
             for _ in 0..args.warm {
                 warm.push(ms(call(&client, c.tool, &c.args).await?.0));
@@ -316,59 +250,31 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         if group == "sales" {
             rss_sales = rss_bytes(pid).unwrap_or(0);
-            println!(
-                "server RSS with sales_100k cached: {:.1} MB",
-                rss_sales as f64 / 1e6
-            );
+            println!("server RSS with sales_100k cached: {:.1} MB", rss_sales as f64 / 1e6);
         }
     }
     let rss_end = rss_bytes(pid).unwrap_or(0);
-    println!(
-        "server RSS at the end (all workloads cached): {:.1} MB",
-        rss_end as f64 / 1e6
-    );
+    println!("server RSS at the end (all workloads cached): {:.1} MB", rss_end as f64 / 1e6);
     client.cancel().await.ok();
     report.insert("cases".into(), Value::Array(rows.clone()));
     report.insert("rss_sales_100k_bytes".into(), json!(rss_sales));
     report.insert("rss_end_bytes".into(), json!(rss_end));
 
     let warm_of = |name: &str| {
-        rows.iter()
-            .find(|r| r["case"] == name)
-            .and_then(|r| r["warm_p50_ms"].as_f64())
-            .unwrap_or(f64::NAN)
+        rows.iter().find(|r| r["case"] == name).and_then(|r| r["warm_p50_ms"].as_f64()).unwrap_or(f64::NAN)
     };
     let bars = [
-        (
-            "warm read_table 100 rows sales_100k p50 <= 1 ms",
-            warm_of("read_table sales_100k 100 rows") <= 1.0,
-        ),
+        ("warm read_table 100 rows sales_100k p50 <= 1 ms", warm_of("read_table sales_100k 100 rows") <= 1.0),
         ("cold first read <= 1.2 x calamine", cold_ms / cal_ms <= 1.2),
-        (
-            "warm find_value sales_100k <= 50 ms",
-            warm_of("find_value sales_100k (full scan)") <= 50.0,
-        ),
-        (
-            "warm list_workbooks over many <= 2 ms",
-            warm_of("list_workbooks (44 books)") <= 2.0,
-        ),
-        (
-            "RSS with sales_100k cached <= 150 MB",
-            rss_sales > 0 && rss_sales <= 150_000_000,
-        ),
+        ("warm find_value sales_100k <= 50 ms", warm_of("find_value sales_100k (full scan)") <= 50.0),
+        ("warm list_workbooks over many <= 2 ms", warm_of("list_workbooks (44 books)") <= 2.0),
+        ("RSS with sales_100k cached <= 150 MB", rss_sales > 0 && rss_sales <= 150_000_000),
     ];
     println!();
     for (name, ok) in &bars {
         println!("{} {name}", if *ok { "PASS" } else { "FAIL" });
     }
-    report.insert(
-        "bars".into(),
-        json!(
-            bars.iter()
-                .map(|(n, ok)| json!({"bar": n, "pass": ok}))
-                .collect::<Vec<_>>()
-        ),
-    );
+    report.insert("bars".into(), json!(bars.iter().map(|(n, ok)| json!({"bar": n, "pass": ok})).collect::<Vec<_>>()));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&Value::Object(report))?)?;
     }

@@ -5,9 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use rust_xlsxwriter::{
-    DocProperties, ExcelDateTime, Format, Formula, Table, TableColumn, Workbook, Worksheet,
-};
+use rust_xlsxwriter::{DocProperties, ExcelDateTime, Format, Formula, Table, TableColumn, Workbook, Worksheet};
 
 /// A small deterministic generator (xorshift64*), enough for spreading test data.
 pub struct Rng(u64);
@@ -33,27 +31,14 @@ impl Rng {
 }
 
 const REGIONS: [&str; 5] = ["North", "South", "East", "West", "Central"];
-const PRODUCTS: [&str; 8] = [
-    "Widget",
-    "Gadget",
-    "Gizmo",
-    "Doohickey",
-    "Sprocket",
-    "Flange",
-    "Bracket",
-    "Valve",
-];
+const PRODUCTS: [&str; 8] = ["Widget", "Gadget", "Gizmo", "Doohickey", "Sprocket", "Flange", "Bracket", "Valve"];
 const CATEGORIES: [&str; 3] = ["Hardware", "Parts", "Tools"];
 const REPS: [&str; 6] = ["Avery", "Blake", "Casey", "Devon", "Emery", "Finley"];
 const CHANNELS: [&str; 3] = ["Online", "Retail", "Partner"];
 
 fn fixed_props(wb: &mut Workbook) -> Result<()> {
     let created = ExcelDateTime::from_ymd(2026, 1, 1)?;
-    wb.set_properties(
-        &DocProperties::new()
-            .set_author("Gemba")
-            .set_creation_datetime(&created),
-    );
+    wb.set_properties(&DocProperties::new().set_author("Gemba").set_creation_datetime(&created));
     Ok(())
 }
 
@@ -113,16 +98,11 @@ fn write_sales(ws: &mut Worksheet, top: u32, rows: u32, seed: u64) -> Result<()>
     let t = top + 1 + rows;
     ws.write_string(t, 0, "Total")?;
     let last = top + rows + 1; // 1-based row of the last data row
-    ws.write_formula(
-        t,
-        5,
-        Formula::new(format!("=SUM(F{}:F{last})", top + 2)).set_result(units_total.to_string()),
-    )?;
+    ws.write_formula(t, 5, Formula::new(format!("=SUM(F{}:F{last})", top + 2)).set_result(units_total.to_string()))?;
     ws.write_formula(
         t,
         8,
-        Formula::new(format!("=SUM(I{}:I{last})", top + 2))
-            .set_result(format!("{:.2}", revenue_total)),
+        Formula::new(format!("=SUM(I{}:I{last})", top + 2)).set_result(format!("{:.2}", revenue_total)),
     )?;
     Ok(())
 }
@@ -137,22 +117,13 @@ pub fn write_example(dir: &Path) -> Result<()> {
     ws.write_string(0, 0, "Sales 2024 — all regions")?;
     write_sales(ws, 2, 40, 7)?;
     let ws = sheet(&mut wb, "Assumptions")?;
-    for (r, (k, v)) in [
-        ("Tax rate", 0.2),
-        ("Growth", 0.05),
-        ("FX EUR/USD", 1.08),
-        ("Years", 5.0),
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (r, (k, v)) in [("Tax rate", 0.2), ("Growth", 0.05), ("FX EUR/USD", 1.08), ("Years", 5.0)].iter().enumerate() {
         ws.write_string(r as u32, 0, *k)?;
         ws.write_number(r as u32, 1, *v)?;
     }
     wb.define_name("TaxRate", "=Assumptions!$B$1")?;
     wb.define_name("Growth", "=Assumptions!$B$2")?;
-    wb.save(dir.join("sales.xlsx"))
-        .context("writing sales.xlsx")?;
+    wb.save(dir.join("sales.xlsx")).context("writing sales.xlsx")?;
 
     // budget.xlsx: side-by-side tables, merged group headers, outputs block, notes, an Excel table.
     let mut wb = Workbook::new();
@@ -162,20 +133,10 @@ pub fn write_example(dir: &Path) -> Result<()> {
     ws.write_string(0, 0, "Department budget")?;
     ws.merge_range(1, 1, 1, 2, "2024", &bold)?;
     ws.merge_range(1, 3, 1, 4, "2025", &bold)?;
-    for (c, h) in ["Department", "Plan", "Actual", "Plan", "Actual"]
-        .iter()
-        .enumerate()
-    {
+    for (c, h) in ["Department", "Plan", "Actual", "Plan", "Actual"].iter().enumerate() {
         ws.write_string(2, c as u16, *h)?;
     }
-    let depts = [
-        "Engineering",
-        "Sales",
-        "Marketing",
-        "Support",
-        "Finance",
-        "Legal",
-    ];
+    let depts = ["Engineering", "Sales", "Marketing", "Support", "Finance", "Legal"];
     let mut rng = Rng::new(11);
     for (i, d) in depts.iter().enumerate() {
         let r = 3 + i as u32;
@@ -197,11 +158,7 @@ pub fn write_example(dir: &Path) -> Result<()> {
     ws.write_formula(11, 1, "=SUM(B4:B9)")?;
     ws.write_string(12, 0, "Variance 2024")?;
     ws.write_formula(12, 1, "=SUM(C4:C9)-B12")?;
-    ws.write_string(
-        15,
-        0,
-        "Figures are in USD and exclude one-off restructuring costs; see the finance wiki.",
-    )?;
+    ws.write_string(15, 0, "Figures are in USD and exclude one-off restructuring costs; see the finance wiki.")?;
     let ws = sheet(&mut wb, "Staff")?;
     let cols = ["Name", "Team", "Salary"];
     ws.add_table(
@@ -209,33 +166,20 @@ pub fn write_example(dir: &Path) -> Result<()> {
         0,
         4,
         2,
-        &Table::new()
-            .set_name("StaffTable")
-            .set_columns(&cols.map(|c| TableColumn::new().set_header(c))),
+        &Table::new().set_name("StaffTable").set_columns(&cols.map(|c| TableColumn::new().set_header(c))),
     )?;
-    for (i, (n, t, s)) in [
-        ("Ana", "Eng", 120.0),
-        ("Bo", "Sales", 90.0),
-        ("Cy", "Eng", 110.0),
-        ("Di", "Ops", 80.0),
-    ]
-    .iter()
-    .enumerate()
+    for (i, (n, t, s)) in
+        [("Ana", "Eng", 120.0), ("Bo", "Sales", 90.0), ("Cy", "Eng", 110.0), ("Di", "Ops", 80.0)].iter().enumerate()
     {
         let r = 1 + i as u32;
         ws.write_string(r, 0, *n)?;
         ws.write_string(r, 1, *t)?;
         ws.write_number(r, 2, *s * 1000.0)?;
     }
-    wb.save(dir.join("budget.xlsx"))
-        .context("writing budget.xlsx")?;
+    wb.save(dir.join("budget.xlsx")).context("writing budget.xlsx")?;
     // The outputs were never calculated: drop their cached values, as a file saved by a
     // program that does not calculate would have them.
-    drop_cached_values(
-        &dir.join("budget.xlsx"),
-        "xl/worksheets/sheet1.xml",
-        &["B12", "B13"],
-    )?;
+    drop_cached_values(&dir.join("budget.xlsx"), "xl/worksheets/sheet1.xml", &["B12", "B13"])?;
 
     // model.xlsx: a small version of the formula model.
     write_model(&dir.join("model.xlsx"), 60)?;
@@ -259,14 +203,9 @@ pub fn drop_cached_values(path: &Path, part: &str, cells: &[&str]) -> Result<()>
         let mut xml = String::new();
         f.read_to_string(&mut xml)?;
         for cell in cells {
-            let start = xml
-                .find(&format!("<c r=\"{cell}\""))
-                .with_context(|| format!("{cell} not in {part}"))?;
+            let start = xml.find(&format!("<c r=\"{cell}\"")).with_context(|| format!("{cell} not in {part}"))?;
             let end = start + xml[start..].find("</c>").context("unclosed cell")?;
-            let fixed = xml[start..end]
-                .replace("<v>0</v>", "")
-                .replace("<v></v>", "")
-                .replace(" t=\"str\"", "");
+            let fixed = xml[start..end].replace("<v>0</v>", "").replace("<v></v>", "").replace(" t=\"str\"", "");
             xml.replace_range(start..end, &fixed);
         }
         out.start_file(name, zip::write::SimpleFileOptions::default())?;
@@ -285,10 +224,7 @@ pub fn write_model(path: &Path, rows: u32) -> Result<()> {
     fixed_props(&mut wb)?;
     let (rate, growth, base) = (0.07, 0.02, 1000.0);
     let ws = sheet(&mut wb, "Inputs")?;
-    for (r, (k, v)) in [("Rate", rate), ("Growth", growth), ("Base", base)]
-        .iter()
-        .enumerate()
-    {
+    for (r, (k, v)) in [("Rate", rate), ("Growth", growth), ("Base", base)].iter().enumerate() {
         ws.write_string(r as u32, 0, *k)?;
         ws.write_number(r as u32, 1, *v)?;
     }
@@ -296,10 +232,7 @@ pub fn write_model(path: &Path, rows: u32) -> Result<()> {
     wb.define_name("Growth", "=Inputs!$B$2")?;
     wb.define_name("Base", "=Inputs!$B$3")?;
     let ws = sheet(&mut wb, "Calc")?;
-    for (c, h) in ["Period", "Revenue", "Cost", "Profit", "Cumulative"]
-        .iter()
-        .enumerate()
-    {
+    for (c, h) in ["Period", "Revenue", "Cost", "Profit", "Cumulative"].iter().enumerate() {
         ws.write_string(0, c as u16, *h)?;
     }
     let mut cumulative = 0.0;
@@ -321,51 +254,26 @@ pub fn write_model(path: &Path, rows: u32) -> Result<()> {
         let cost = revenue * (1.0 - rate) * 0.5;
         let profit = revenue - cost;
         cumulative += profit;
-        ws.write_formula(
-            r,
-            2,
-            Formula::new(format!("=B{row1}*(1-Rate)*0.5")).set_result(format!("{cost}")),
-        )?;
-        ws.write_formula(
-            r,
-            3,
-            Formula::new(format!("=B{row1}-C{row1}")).set_result(format!("{profit}")),
-        )?;
-        let cum = if i == 0 {
-            format!("=D{row1}")
-        } else {
-            format!("=E{}+D{row1}", row1 - 1)
-        };
+        ws.write_formula(r, 2, Formula::new(format!("=B{row1}*(1-Rate)*0.5")).set_result(format!("{cost}")))?;
+        ws.write_formula(r, 3, Formula::new(format!("=B{row1}-C{row1}")).set_result(format!("{profit}")))?;
+        let cum = if i == 0 { format!("=D{row1}") } else { format!("=E{}+D{row1}", row1 - 1) };
         ws.write_formula(r, 4, Formula::new(cum).set_result(format!("{cumulative}")))?;
     }
     let last = rows + 1;
     let ws = sheet(&mut wb, "Summary")?;
     ws.write_string(0, 0, "Total profit")?;
-    ws.write_formula(
-        0,
-        1,
-        Formula::new(format!("=SUM(Calc!D2:D{last})")).set_result(format!("{cumulative}")),
-    )?;
+    ws.write_formula(0, 1, Formula::new(format!("=SUM(Calc!D2:D{last})")).set_result(format!("{cumulative}")))?;
     ws.write_string(1, 0, "Final cumulative")?;
-    ws.write_formula(
-        1,
-        1,
-        Formula::new(format!("=Calc!E{last}")).set_result(format!("{cumulative}")),
-    )?;
+    ws.write_formula(1, 1, Formula::new(format!("=Calc!E{last}")).set_result(format!("{cumulative}")))?;
     ws.write_string(2, 0, "As of")?;
     ws.write_formula(2, 1, Formula::new("=TODAY()").set_result("46349"))?;
     ws.write_string(3, 0, "Stamp")?;
     ws.write_formula(3, 1, Formula::new("=NOW()").set_result("46349.5"))?;
     ws.write_string(4, 0, "Last revenue")?;
-    ws.write_formula(
-        4,
-        1,
-        Formula::new(format!("=OFFSET(Calc!B1,{rows},0)")).set_result(format!("{revenue}")),
-    )?;
+    ws.write_formula(4, 1, Formula::new(format!("=OFFSET(Calc!B1,{rows},0)")).set_result(format!("{revenue}")))?;
     ws.write_string(5, 0, "Per empty")?;
     ws.write_formula(5, 1, Formula::new("=B1/0").set_result("#DIV/0!"))?;
-    wb.save(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    wb.save(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -374,8 +282,7 @@ fn write_single_sales(path: &Path, rows: u32, seed: u64) -> Result<()> {
     fixed_props(&mut wb)?;
     let ws = sheet(&mut wb, "Sales")?;
     write_sales(ws, 0, rows, seed)?;
-    wb.save(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    wb.save(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -392,8 +299,7 @@ fn write_wide(path: &Path, rows: u32, cols: u16) -> Result<()> {
             ws.write_number(r, c, rng.below(1_000_000) as f64 / 100.0)?;
         }
     }
-    wb.save(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    wb.save(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -406,11 +312,7 @@ pub fn write_bench(dir: &Path) -> Result<()> {
     // ~8,000 formulas: 2,000 rows × 4 formula columns.
     write_model(&dir.join("model.xlsx"), 2_000)?;
     for i in 0..40 {
-        write_single_sales(
-            &dir.join("many").join(format!("book_{i:02}.xlsx")),
-            20,
-            100 + i,
-        )?;
+        write_single_sales(&dir.join("many").join(format!("book_{i:02}.xlsx")), 20, 100 + i)?;
     }
     Ok(())
 }

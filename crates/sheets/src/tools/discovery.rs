@@ -6,16 +6,13 @@ use serde::{Deserialize, Serialize};
 use super::{RegionInfo, clamp_limit, is_false};
 use crate::error::Result;
 use crate::limits::Budget;
-use crate::regions;
+
 use crate::{Engine, value};
 
 fn iso_time(t: Option<std::time::SystemTime>) -> Option<String> {
     let secs = t?.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
     let mut s = String::new();
-    value::format_date(
-        (secs / 86_400.0 + 25_569.0).floor() + (secs.floor() % 86_400.0) / 86_400.0,
-        &mut s,
-    );
+    value::format_date((secs / 86_400.0 + 25_569.0).floor() + (secs.floor() % 86_400.0) / 86_400.0, &mut s);
     Some(s)
 }
 
@@ -45,25 +42,11 @@ pub struct ListWorkbooksOutput {
     pub next_offset: Option<u32>,
 }
 
-pub fn list_workbooks(
-    engine: &Engine,
-    p: ListWorkbooksParams,
-    _: &Budget,
-) -> Result<ListWorkbooksOutput> {
+pub fn list_workbooks(engine: &Engine, p: ListWorkbooksParams, _: &Budget) -> Result<ListWorkbooksOutput> {
     let list = engine.workspace.list();
-    let filter = p
-        .filter
-        .as_deref()
-        .map(str::to_lowercase)
-        .filter(|f| !f.is_empty());
-    let matching: Vec<&crate::workspace::Entry> = list
-        .iter()
-        .filter(|e| {
-            filter
-                .as_ref()
-                .is_none_or(|f| e.rel_path.to_lowercase().contains(f))
-        })
-        .collect();
+    let filter = p.filter.as_deref().map(str::to_lowercase).filter(|f| !f.is_empty());
+    let matching: Vec<&crate::workspace::Entry> =
+        list.iter().filter(|e| filter.as_ref().is_none_or(|f| e.rel_path.to_lowercase().contains(f))).collect();
     let limit = clamp_limit(p.limit, 100, engine.caps.max_items);
     let offset = p.offset.unwrap_or(0) as usize;
     let page: Vec<WorkbookItem> = matching
@@ -131,11 +114,7 @@ fn briefs(wb: &crate::workbook::Workbook, max: usize) -> Vec<SheetBrief> {
         .collect()
 }
 
-pub fn describe_workbook(
-    engine: &Engine,
-    p: WorkbookParams,
-    budget: &Budget,
-) -> Result<DescribeWorkbookOutput> {
+pub fn describe_workbook(engine: &Engine, p: WorkbookParams, budget: &Budget) -> Result<DescribeWorkbookOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     Ok(DescribeWorkbookOutput {
         workbook_id: wb.id().to_string(),
@@ -173,11 +152,7 @@ pub struct ListSheetsOutput {
     pub truncated: bool,
 }
 
-pub fn list_sheets(
-    engine: &Engine,
-    p: WorkbookParams,
-    budget: &Budget,
-) -> Result<ListSheetsOutput> {
+pub fn list_sheets(engine: &Engine, p: WorkbookParams, budget: &Budget) -> Result<ListSheetsOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let max = engine.caps.max_items;
     let mut sheets = Vec::new();
@@ -194,11 +169,7 @@ pub fn list_sheets(
         });
     }
     engine.cache.enforce(wb.id());
-    Ok(ListSheetsOutput {
-        workbook_id: wb.id().to_string(),
-        truncated: wb.sheets.len() > max,
-        sheets,
-    })
+    Ok(ListSheetsOutput { workbook_id: wb.id().to_string(), truncated: wb.sheets.len() > max, sheets })
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -226,11 +197,7 @@ pub struct WorkbookSummaryOutput {
     pub truncated: bool,
 }
 
-pub fn workbook_summary(
-    engine: &Engine,
-    p: WorkbookParams,
-    budget: &Budget,
-) -> Result<WorkbookSummaryOutput> {
+pub fn workbook_summary(engine: &Engine, p: WorkbookParams, budget: &Budget) -> Result<WorkbookSummaryOutput> {
     const SHEETS: usize = 50;
     const REGIONS: usize = 8;
     let wb = engine.workbook(&p.workbook_id, budget)?;
@@ -238,17 +205,13 @@ pub fn workbook_summary(
     for (i, meta) in wb.sheets.iter().enumerate().take(SHEETS) {
         budget.check()?;
         let s = wb.sheet_at(i, budget)?;
-        let regs = regions::regions(&s);
+        let regs = super::regions_of(&s, budget);
         sheets.push(SheetSummary {
             name: meta.name.clone(),
             used_range: s.used.map(|u| u.to_string()),
             cells: s.cell_count() as u64,
             formulas: s.formulas().len() as u64,
-            regions: regs
-                .iter()
-                .take(REGIONS)
-                .map(|r| RegionInfo::from_region(r, 12))
-                .collect(),
+            regions: regs.iter().take(REGIONS).map(|r| RegionInfo::from_region(r, 12)).collect(),
             more_regions: (regs.len() > REGIONS).then(|| (regs.len() - REGIONS) as u32),
         });
     }
@@ -257,12 +220,7 @@ pub fn workbook_summary(
         workbook_id: wb.id().to_string(),
         format: wb.format.as_str().into(),
         truncated: wb.sheets.len() > SHEETS,
-        named_ranges: wb
-            .defined_names
-            .iter()
-            .take(50)
-            .map(|(n, _)| n.clone())
-            .collect(),
+        named_ranges: wb.defined_names.iter().take(50).map(|(n, _)| n.clone()).collect(),
         sheets,
     })
 }
@@ -290,11 +248,7 @@ pub struct NamedRangesOutput {
     pub truncated: bool,
 }
 
-pub fn named_ranges(
-    engine: &Engine,
-    p: WorkbookParams,
-    budget: &Budget,
-) -> Result<NamedRangesOutput> {
+pub fn named_ranges(engine: &Engine, p: WorkbookParams, budget: &Budget) -> Result<NamedRangesOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let max = engine.caps.max_items;
     let tables = wb.tables()?;
@@ -304,10 +258,7 @@ pub fn named_ranges(
             .defined_names
             .iter()
             .take(max)
-            .map(|(n, r)| DefinedName {
-                name: n.clone(),
-                refers_to: r.clone(),
-            })
+            .map(|(n, r)| DefinedName { name: n.clone(), refers_to: r.clone() })
             .collect(),
         tables: tables
             .iter()

@@ -16,17 +16,10 @@ use crate::limits::Budget;
 use crate::sheet::Sheet;
 use crate::workbook::Workbook;
 
-fn all_sheets(
-    engine: &Engine,
-    wb: &Workbook,
-    name: Option<&str>,
-    budget: &Budget,
-) -> Result<Vec<Arc<Sheet>>> {
+fn all_sheets(engine: &Engine, wb: &Workbook, name: Option<&str>, budget: &Budget) -> Result<Vec<Arc<Sheet>>> {
     match name {
         Some(n) => Ok(vec![engine.sheet(wb, Some(n), budget)?]),
-        None => (0..wb.sheets.len())
-            .map(|i| wb.sheet_at(i, budget))
-            .collect(),
+        None => (0..wb.sheets.len()).map(|i| wb.sheet_at(i, budget)).collect(),
     }
 }
 
@@ -57,17 +50,10 @@ pub struct FindFormulaOutput {
     pub next_offset: Option<u32>,
 }
 
-pub fn find_formula(
-    engine: &Engine,
-    p: FindFormulaParams,
-    budget: &Budget,
-) -> Result<FindFormulaOutput> {
+pub fn find_formula(engine: &Engine, p: FindFormulaParams, budget: &Budget) -> Result<FindFormulaOutput> {
     let q = p.query.trim().trim_start_matches('=').to_lowercase();
     if q.is_empty() {
-        return Err(SheetsError::invalid(
-            "query",
-            "is empty; give text to look for in formulas, e.g. \"SUM(\"",
-        ));
+        return Err(SheetsError::invalid("query", "is empty; give text to look for in formulas, e.g. \"SUM(\""));
     }
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let limit = clamp_limit(p.limit, 50, engine.caps.max_items);
@@ -94,11 +80,7 @@ pub fn find_formula(
         }
     }
     let next = offset + matches.len();
-    Ok(FindFormulaOutput {
-        matches,
-        total: total as u32,
-        next_offset: (next < total).then_some(next as u32),
-    })
+    Ok(FindFormulaOutput { matches, total: total as u32, next_offset: (next < total).then_some(next as u32) })
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -185,12 +167,7 @@ impl Resolver<'_> {
                 }
             }
             Token::Name(n) => {
-                if let Some((_, target)) = self
-                    .wb
-                    .defined_names
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                {
+                if let Some((_, target)) = self.wb.defined_names.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)) {
                     let target = target.trim_start_matches('=');
                     let (s, r) = split_sheet(target);
                     if let Some(rect) = crate::address::parse_range(r, None) {
@@ -211,37 +188,23 @@ fn qualified(sheet: &str, r: &Rect) -> String {
     format!("{}!{}", quote_sheet(sheet), r)
 }
 
-pub fn formula_trace(
-    engine: &Engine,
-    p: FormulaTraceParams,
-    budget: &Budget,
-) -> Result<FormulaTraceOutput> {
+pub fn formula_trace(engine: &Engine, p: FormulaTraceParams, budget: &Budget) -> Result<FormulaTraceOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let root_sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
     let (_, cell_part) = split_sheet(&p.cell);
-    let at = crate::address::parse_cell(cell_part).ok_or_else(|| {
-        SheetsError::invalid("cell", format!("'{}' is not a cell like \"D10\"", p.cell))
-    })?;
+    let at = crate::address::parse_cell(cell_part)
+        .ok_or_else(|| SheetsError::invalid("cell", format!("'{}' is not a cell like \"D10\"", p.cell)))?;
     let dir = p.direction.unwrap_or_default();
     let depth = p.depth.unwrap_or(2).clamp(1, 6);
     let limit = clamp_limit(p.limit, 50, engine.caps.max_items);
     let offset: usize = match p.cursor.as_deref() {
-        Some(c) => c.parse().map_err(|_| {
-            SheetsError::invalid(
-                "cursor",
-                "pass next_cursor from the previous call unchanged",
-            )
-        })?,
+        Some(c) => c
+            .parse()
+            .map_err(|_| SheetsError::invalid("cursor", "pass next_cursor from the previous call unchanged"))?,
         None => 0,
     };
-    let mut res = Resolver {
-        engine,
-        wb: &wb,
-        budget,
-        cache: HashMap::new(),
-    };
-    res.cache
-        .insert(root_sheet.name.clone(), root_sheet.clone());
+    let mut res = Resolver { engine, wb: &wb, budget, cache: HashMap::new() };
+    res.cache.insert(root_sheet.name.clone(), root_sheet.clone());
     let root_name = qualified(&root_sheet.name, &Rect::cell(at));
     let mut nodes: Vec<TraceNode> = Vec::new();
     let mut truncated = false;
@@ -276,16 +239,9 @@ pub fn formula_trace(
                 let sheet = res.sheet(&sname)?;
                 // A cell: follow its formula. A range: follow the formulas inside it.
                 let formulas: Vec<String> = if rect.area() == 1 {
-                    sheet
-                        .formula_at(rect.top_left())
-                        .map(|f| f.to_string())
-                        .into_iter()
-                        .collect()
+                    sheet.formula_at(rect.top_left()).map(|f| f.to_string()).into_iter().collect()
                 } else if rect.area() <= EXPAND_AREA {
-                    sheet
-                        .formulas_in(rect)
-                        .map(|f| f.text.to_string())
-                        .collect()
+                    sheet.formulas_in(rect).map(|f| f.text.to_string()).collect()
                 } else {
                     Vec::new()
                 };
@@ -295,10 +251,7 @@ pub fn formula_trace(
             }
             TraceDirection::Dependents => {
                 for (s, cell, refs) in &index {
-                    if refs
-                        .iter()
-                        .any(|(rs, rr)| rs.eq_ignore_ascii_case(&sname) && rr.intersects(&rect))
-                    {
+                    if refs.iter().any(|(rs, rr)| rs.eq_ignore_ascii_case(&sname) && rr.intersects(&rect)) {
                         next.push((s.clone(), Rect::cell(*cell)));
                     }
                 }
@@ -313,21 +266,13 @@ pub fn formula_trace(
                 break;
             }
             let (formula, value) = match res.sheet(&s) {
-                Ok(sh) if r.area() == 1 => (
-                    sh.formula_at(r.top_left()).map(|f| format!("={f}")),
-                    sh.json(&sh.get(r.top, r.left)),
-                ),
+                Ok(sh) if r.area() == 1 => {
+                    (sh.formula_at(r.top_left()).map(|f| format!("={f}")), sh.json(&sh.get(r.top, r.left)))
+                }
                 _ => (None, serde_json::Value::Null),
             };
-            let whole =
-                r.height() >= crate::address::MAX_ROWS || r.width() >= crate::address::MAX_COLS;
-            nodes.push(TraceNode {
-                cell: qualified(&s, &r),
-                depth: d + 1,
-                formula,
-                value,
-                from: from.clone(),
-            });
+            let whole = r.height() >= crate::address::MAX_ROWS || r.width() >= crate::address::MAX_COLS;
+            nodes.push(TraceNode { cell: qualified(&s, &r), depth: d + 1, formula, value, from: from.clone() });
             if !whole {
                 queue.push_back((s, r, d + 1));
             }
@@ -376,11 +321,7 @@ pub struct ScanVolatilesOutput {
     pub truncated: bool,
 }
 
-pub fn scan_volatiles(
-    engine: &Engine,
-    p: ScanVolatilesParams,
-    budget: &Budget,
-) -> Result<ScanVolatilesOutput> {
+pub fn scan_volatiles(engine: &Engine, p: ScanVolatilesParams, budget: &Budget) -> Result<ScanVolatilesOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let limit = clamp_limit(p.limit, 50, engine.caps.max_items);
     let mut counts: HashMap<&'static str, u64> = HashMap::new();
@@ -409,20 +350,10 @@ pub fn scan_volatiles(
             }
         }
     }
-    let mut by_function: Vec<NameCount> = counts
-        .into_iter()
-        .map(|(name, count)| NameCount {
-            name: name.into(),
-            count,
-        })
-        .collect();
+    let mut by_function: Vec<NameCount> =
+        counts.into_iter().map(|(name, count)| NameCount { name: name.into(), count }).collect();
     by_function.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
-    Ok(ScanVolatilesOutput {
-        truncated: (cells.len() as u32) < total,
-        total,
-        by_function,
-        cells,
-    })
+    Ok(ScanVolatilesOutput { truncated: (cells.len() as u32) < total, total, by_function, cells })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -452,11 +383,7 @@ pub struct SheetFormulaMapOutput {
     pub truncated: bool,
 }
 
-pub fn sheet_formula_map(
-    engine: &Engine,
-    p: SheetFormulaMapParams,
-    budget: &Budget,
-) -> Result<SheetFormulaMapOutput> {
+pub fn sheet_formula_map(engine: &Engine, p: SheetFormulaMapParams, budget: &Budget) -> Result<SheetFormulaMapOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
     let limit = clamp_limit(p.limit, 50, engine.caps.max_items);

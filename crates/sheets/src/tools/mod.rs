@@ -50,9 +50,7 @@ pub fn is_false(b: &bool) -> bool {
 
 /// Clamp an optional limit into `1..=max`, defaulting to `default`.
 pub fn clamp_limit(v: Option<u32>, default: usize, max: usize) -> usize {
-    v.map(|v| v as usize)
-        .unwrap_or(default)
-        .clamp(1, max.max(1))
+    v.map(|v| v as usize).unwrap_or(default).clamp(1, max.max(1))
 }
 
 /// A block of a sheet to read: data rows, their headers, and where they came from.
@@ -93,107 +91,88 @@ pub fn parse_range_arg(sheet: &Sheet, field: &'static str, s: &str) -> Result<Re
     parse_range(r, sheet.used).ok_or_else(|| {
         SheetsError::invalid(
             field,
-            format!(
-                "'{s}' is not an A1 range; use forms like \"B3:F40\", \"A1\", \"C:D\" or \"2:10\""
-            ),
+            format!("'{s}' is not an A1 range; use forms like \"B3:F40\", \"A1\", \"C:D\" or \"2:10\""),
         )
     })
 }
 
 /// Resolve a selection on a sheet (region id, range, or the sheet's main table).
-pub fn select(sheet: &Sheet, sel: &Selection<'_>) -> Result<Target> {
+pub fn select(sheet: &Sheet, sel: &Selection<'_>, budget: &crate::Budget) -> Result<Target> {
     let mut target = if let Some(range) = sel.range {
         let rect = parse_range_arg(sheet, "range", range)?;
+        let t0 = std::time::Instant::now();
         let r = regions::analyze_range(sheet, rect);
+        budget.stages().add_analyze(t0.elapsed());
         let mut t = from_region(&r, sel.include_totals);
         if r.kind != RegionKind::Table {
             // Key/value or notes ranges are read as they are, without a header.
             t.header_row = None;
             t.data = Some(rect);
-            t.headers = (rect.left..=rect.right)
-                .map(crate::address::col_name)
-                .collect();
+            t.headers = (rect.left..=rect.right).map(crate::address::col_name).collect();
             t.totals_row = None;
         }
         t.left = rect.left;
         t.region_id = None;
         t
     } else {
-        let regs = regions::regions(sheet);
+        let regs = regions_of(sheet, budget);
         let r = match sel.region_id {
-            Some(id) => regs
-                .iter()
-                .find(|r| r.id.eq_ignore_ascii_case(id.trim()))
-                .ok_or_else(|| {
-                    let ids: Vec<String> = regs
-                        .iter()
-                        .map(|r| format!("{} ({} {})", r.id, r.kind.as_str(), r.rect))
-                        .collect();
-                    SheetsError::UnknownRegion {
-                        query: id.to_string(),
-                        sheet: sheet.name.clone(),
-                        available: format!("regions are: {}", short_list(&ids, 12)),
-                    }
-                })?,
+            Some(id) => regs.iter().find(|r| r.id.eq_ignore_ascii_case(id.trim())).ok_or_else(|| {
+                let ids: Vec<String> =
+                    regs.iter().map(|r| format!("{} ({} {})", r.id, r.kind.as_str(), r.rect)).collect();
+                SheetsError::UnknownRegion {
+                    query: id.to_string(),
+                    sheet: sheet.name.clone(),
+                    available: format!("regions are: {}", short_list(&ids, 12)),
+                }
+            })?,
             None => regs
                 .iter()
                 .filter(|r| r.kind == RegionKind::Table)
                 .max_by_key(|r| r.rect.area())
                 .or_else(|| regs.iter().max_by_key(|r| r.rect.area()))
                 .ok_or_else(|| {
-                    SheetsError::invalid(
-                        "sheet_name",
-                        format!("sheet '{}' is empty; nothing to read", sheet.name),
-                    )
+                    SheetsError::invalid("sheet_name", format!("sheet '{}' is empty; nothing to read", sheet.name))
                 })?,
         };
         from_region(r, sel.include_totals)
     };
     if let Some(h) = sel.header_row {
-        let Some(data) = target.data.or(target
-            .header_row
-            .map(|h| Rect::new(h, target.left, h, target.left)))
-        else {
+        let Some(data) = target.data.or(target.header_row.map(|h| Rect::new(h, target.left, h, target.left))) else {
             return Ok(target);
         };
-        let full = Rect::new(
-            target.header_row.unwrap_or(data.top).min(data.top),
-            data.left,
-            data.bottom,
-            data.right,
-        );
+        let full = Rect::new(target.header_row.unwrap_or(data.top).min(data.top), data.left, data.bottom, data.right);
         if h == 0 {
             target.header_row = None;
             target.data = Some(full);
-            target.headers = (full.left..=full.right)
-                .map(crate::address::col_name)
-                .collect();
+            target.headers = (full.left..=full.right).map(crate::address::col_name).collect();
         } else {
             let hr = h - 1;
             if hr < full.top || hr > full.bottom {
                 return Err(SheetsError::invalid(
                     "header_row",
-                    format!(
-                        "row {h} is outside the selected block {full}; pick a row in it, or 0 for no header"
-                    ),
+                    format!("row {h} is outside the selected block {full}; pick a row in it, or 0 for no header"),
                 ));
             }
             target.header_row = Some(hr);
             target.headers = (full.left..=full.right)
                 .map(|c| {
                     let t = sheet.text(&sheet.get(hr, c)).trim().to_string();
-                    if t.is_empty() {
-                        crate::address::col_name(c)
-                    } else {
-                        t
-                    }
+                    if t.is_empty() { crate::address::col_name(c) } else { t }
                 })
                 .collect();
-            target.data =
-                (hr < full.bottom).then(|| Rect::new(hr + 1, full.left, full.bottom, full.right));
+            target.data = (hr < full.bottom).then(|| Rect::new(hr + 1, full.left, full.bottom, full.right));
         }
     }
     Ok(target)
+}
+
+/// The sheet's regions, timing the analysis into the budget's stages when it runs.
+pub fn regions_of(sheet: &Sheet, budget: &crate::Budget) -> std::sync::Arc<Vec<Region>> {
+    let t = std::time::Instant::now();
+    let r = regions::regions(sheet);
+    budget.stages().add_analyze(t.elapsed());
+    r
 }
 
 /// Serialize-side helpers shared by several outputs.

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Format, Selection, Target, cell_schema, clamp_limit, is_false, object_rows_schema,
-    parse_range_arg, select, value_rows_schema,
+    Format, Selection, Target, cell_schema, clamp_limit, is_false, object_rows_schema, parse_range_arg, select,
+    value_rows_schema,
 };
 use crate::Engine;
 use crate::address::{CellRef, Rect, col_name, parse_col, split_sheet};
@@ -34,12 +34,7 @@ pub fn resolve_target(
             // Excel tables may have a totals row; detect it like a region's.
             let r = crate::regions::analyze_range(
                 &sheet,
-                Rect::new(
-                    info.header_row.unwrap_or(data.top),
-                    data.left,
-                    data.bottom,
-                    data.right,
-                ),
+                Rect::new(info.header_row.unwrap_or(data.top), data.left, data.bottom, data.right),
             );
             if r.totals_row == Some(data.bottom) && data.bottom > data.top {
                 data.bottom -= 1;
@@ -56,7 +51,7 @@ pub fn resolve_target(
         return Ok((sheet, target));
     }
     let sheet = engine.sheet(wb, sheet_name, budget)?;
-    let target = select(&sheet, sel)?;
+    let target = select(&sheet, sel, budget)?;
     Ok((sheet, target))
 }
 
@@ -168,10 +163,7 @@ fn resolve_columns(target: &Target, data: &Rect, names: Option<&[String]>) -> Re
     let Some(names) = names.filter(|n| !n.is_empty()) else {
         return Ok(all);
     };
-    names
-        .iter()
-        .map(|n| resolve_column(target, data, n))
-        .collect()
+    names.iter().map(|n| resolve_column(target, data, n)).collect()
 }
 
 fn resolve_column(target: &Target, data: &Rect, name: &str) -> Result<u32> {
@@ -180,19 +172,14 @@ fn resolve_column(target: &Target, data: &Rect, name: &str) -> Result<u32> {
     if let Some(c) = (data.left..=data.right).find(|c| header_of(*c).is_some_and(|h| h == q)) {
         return Ok(c);
     }
-    if let Some(c) =
-        (data.left..=data.right).find(|c| header_of(*c).is_some_and(|h| h.eq_ignore_ascii_case(q)))
-    {
+    if let Some(c) = (data.left..=data.right).find(|c| header_of(*c).is_some_and(|h| h.eq_ignore_ascii_case(q))) {
         return Ok(c);
     }
     if let Some(c) = parse_col(q).filter(|c| *c >= data.left && *c <= data.right) {
         return Ok(c);
     }
     let near = crate::error::closest(q, target.headers.iter().map(String::as_str), 1);
-    let mut msg = format!(
-        "no column '{q}'; columns are: {}",
-        short_list(&target.headers, 30)
-    );
+    let mut msg = format!("no column '{q}'; columns are: {}", short_list(&target.headers, 30));
     if let Some(n) = near.first() {
         msg.push_str(&format!(" (did you mean '{n}'?)"));
     }
@@ -214,9 +201,7 @@ fn compile_filters(target: &Target, data: &Rect, filters: &[Filter]) -> Result<V
             let (num, text) = match &f.value {
                 serde_json::Value::Number(n) => (n.as_f64(), n.to_string()),
                 serde_json::Value::String(s) => (s.trim().parse::<f64>().ok(), s.to_lowercase()),
-                serde_json::Value::Bool(b) => {
-                    (None, if *b { "true".into() } else { "false".into() })
-                }
+                serde_json::Value::Bool(b) => (None, if *b { "true".into() } else { "false".into() }),
                 serde_json::Value::Null => (None, String::new()),
                 other => {
                     return Err(SheetsError::invalid(
@@ -225,23 +210,13 @@ fn compile_filters(target: &Target, data: &Rect, filters: &[Filter]) -> Result<V
                     ));
                 }
             };
-            if matches!(
-                f.op,
-                FilterOp::Gt | FilterOp::Gte | FilterOp::Lt | FilterOp::Lte
-            ) && num.is_none()
+            if matches!(f.op, FilterOp::Gt | FilterOp::Gte | FilterOp::Lt | FilterOp::Lte)
+                && num.is_none()
                 && text.is_empty()
             {
-                return Err(SheetsError::invalid(
-                    "filters",
-                    format!("op on '{}' needs a value", f.column),
-                ));
+                return Err(SheetsError::invalid("filters", format!("op on '{}' needs a value", f.column)));
             }
-            Ok(Compiled {
-                col,
-                op: f.op,
-                num,
-                text,
-            })
+            Ok(Compiled { col, op: f.op, num, text })
         })
         .collect()
 }
@@ -261,9 +236,7 @@ fn matches(sheet: &Sheet, row: u32, f: &Compiled) -> bool {
                     FilterOp::Gte => a >= b,
                     FilterOp::Lt => a < b,
                     FilterOp::Lte => a <= b,
-                    FilterOp::Contains | FilterOp::StartsWith => {
-                        sheet.text(&v).to_lowercase().contains(&f.text)
-                    }
+                    FilterOp::Contains | FilterOp::StartsWith => sheet.text(&v).to_lowercase().contains(&f.text),
                     _ => false,
                 };
             }
@@ -298,13 +271,7 @@ struct Renderer<'a> {
 }
 
 impl<'a> Renderer<'a> {
-    fn new(
-        sheet: &'a Sheet,
-        cols: &'a [u32],
-        names: Vec<String>,
-        format: Format,
-        max_bytes: usize,
-    ) -> Self {
+    fn new(sheet: &'a Sheet, cols: &'a [u32], names: Vec<String>, format: Format, max_bytes: usize) -> Self {
         let mut csv = String::new();
         if format == Format::Csv {
             for (i, n) in names.iter().enumerate() {
@@ -372,13 +339,8 @@ impl<'a> Renderer<'a> {
                 self.row_numbers.push(row + 1);
             }
             Format::Values => {
-                let vals: Vec<serde_json::Value> = self
-                    .cols
-                    .iter()
-                    .map(|c| self.sheet.json(&value_at(*c)))
-                    .collect();
-                self.bytes +=
-                    vals.len() * 4 + vals.iter().map(|v| v.to_string().len()).sum::<usize>();
+                let vals: Vec<serde_json::Value> = self.cols.iter().map(|c| self.sheet.json(&value_at(*c))).collect();
+                self.bytes += vals.len() * 4 + vals.iter().map(|v| v.to_string().len()).sum::<usize>();
                 if self.bytes > self.max_bytes && !self.values.is_empty() {
                     return false;
                 }
@@ -411,11 +373,7 @@ pub fn read_table(engine: &Engine, p: ReadTableParams, budget: &Budget) -> Resul
         sheet_name: sheet.name.clone(),
         region_id: target.region_id.clone(),
         header_row: target.header_row.map(|h| h + 1),
-        totals_row: if include_totals {
-            None
-        } else {
-            target.totals_row.map(|t| t + 1)
-        },
+        totals_row: if include_totals { None } else { target.totals_row.map(|t| t + 1) },
         ..Default::default()
     };
     let Some(data) = target.data else {
@@ -427,13 +385,7 @@ pub fn read_table(engine: &Engine, p: ReadTableParams, budget: &Budget) -> Resul
     let cols = resolve_columns(&target, &data, p.columns.as_deref())?;
     let names: Vec<String> = cols
         .iter()
-        .map(|c| {
-            target
-                .headers
-                .get((c - target.left) as usize)
-                .cloned()
-                .unwrap_or_else(|| col_name(*c))
-        })
+        .map(|c| target.headers.get((c - target.left) as usize).cloned().unwrap_or_else(|| col_name(*c)))
         .collect();
     out.headers = names.clone();
     let format = p.format.unwrap_or_default();
@@ -459,16 +411,8 @@ pub fn read_table(engine: &Engine, p: ReadTableParams, budget: &Budget) -> Resul
         }
         Some(v)
     };
-    let total = filtered
-        .as_ref()
-        .map(|v| v.len())
-        .unwrap_or(data.height() as usize);
-    let row_at = |i: usize| {
-        filtered
-            .as_ref()
-            .map(|v| v[i])
-            .unwrap_or(data.top + i as u32)
-    };
+    let total = filtered.as_ref().map(|v| v.len()).unwrap_or(data.height() as usize);
+    let row_at = |i: usize| filtered.as_ref().map(|v| v[i]).unwrap_or(data.top + i as u32);
     let picks: Vec<usize> = match sample {
         Sample::First => (offset.min(total)..total.min(offset.saturating_add(limit))).collect(),
         Sample::Last => (total.saturating_sub(limit)..total).collect(),
@@ -476,9 +420,7 @@ pub fn read_table(engine: &Engine, p: ReadTableParams, budget: &Budget) -> Resul
             if total <= limit {
                 (0..total).collect()
             } else {
-                (0..limit)
-                    .map(|k| k * (total - 1) / (limit - 1).max(1))
-                    .collect()
+                (0..limit).map(|k| k * (total - 1) / (limit - 1).max(1)).collect()
             }
         }
     };
@@ -501,9 +443,7 @@ pub fn read_table(engine: &Engine, p: ReadTableParams, budget: &Budget) -> Resul
         if next < total {
             out.next_offset = Some(next as u32);
             out.hint = Some(if out.truncated {
-                format!(
-                    "response reached its size cap; call again with offset {next}, fewer columns, or format csv"
-                )
+                format!("response reached its size cap; call again with offset {next}, fewer columns, or format csv")
             } else {
                 format!("{} more rows; call again with offset {next}", total - next)
             });
@@ -560,16 +500,9 @@ pub struct RangeValuesOutput {
     pub hint: Option<String>,
 }
 
-pub fn range_values(
-    engine: &Engine,
-    p: RangeValuesParams,
-    budget: &Budget,
-) -> Result<RangeValuesOutput> {
+pub fn range_values(engine: &Engine, p: RangeValuesParams, budget: &Budget) -> Result<RangeValuesOutput> {
     if p.ranges.is_empty() {
-        return Err(SheetsError::invalid(
-            "ranges",
-            "give at least one A1 range, e.g. [\"A1:C10\"]",
-        ));
+        return Err(SheetsError::invalid("ranges", "give at least one A1 range, e.g. [\"A1:C10\"]"));
     }
     if p.ranges.len() > 50 {
         return Err(SheetsError::invalid("ranges", "at most 50 ranges per call"));
@@ -579,12 +512,7 @@ pub fn range_values(
     let format = p.format.unwrap_or_default();
     let mut budget_cells = engine.caps.max_cells;
     let mut bytes = 0usize;
-    let mut out = RangeValuesOutput {
-        sheet_name: String::new(),
-        ranges: Vec::new(),
-        truncated: false,
-        hint: None,
-    };
+    let mut out = RangeValuesOutput { sheet_name: String::new(), ranges: Vec::new(), truncated: false, hint: None };
     for spec in &p.ranges {
         budget.check()?;
         let (sheet_part, _) = split_sheet(spec);
@@ -719,20 +647,14 @@ pub fn sheet_page(engine: &Engine, p: SheetPageParams, budget: &Budget) -> Resul
     let page = clamp_limit(p.page_size, 50, 500) as u32;
     let start = match p.start_row {
         Some(0) => {
-            return Err(SheetsError::invalid(
-                "start_row",
-                "rows are 1-based; use 1 for the first row",
-            ));
+            return Err(SheetsError::invalid("start_row", "rows are 1-based; use 1 for the first row"));
         }
         Some(s) => s - 1,
         None => used.top,
     };
     let format = p.format.unwrap_or_default();
     let max_rows_by_cells = (engine.caps.max_cells as u32 / (right - left + 1)).max(1);
-    let end = start
-        .saturating_add(page.min(max_rows_by_cells))
-        .saturating_sub(1)
-        .min(used.bottom.max(start));
+    let end = start.saturating_add(page.min(max_rows_by_cells)).saturating_sub(1).min(used.bottom.max(start));
     out.range = Rect::new(start, left, end, right).to_string();
     let mut csv = String::new();
     if format == Format::Csv {
@@ -837,25 +759,14 @@ pub struct InspectCellsOutput {
     pub truncated: bool,
 }
 
-pub fn inspect_cells(
-    engine: &Engine,
-    p: InspectCellsParams,
-    budget: &Budget,
-) -> Result<InspectCellsOutput> {
+pub fn inspect_cells(engine: &Engine, p: InspectCellsParams, budget: &Budget) -> Result<InspectCellsOutput> {
     if p.cells.is_empty() {
-        return Err(SheetsError::invalid(
-            "cells",
-            "give at least one cell, e.g. [\"B7\"]",
-        ));
+        return Err(SheetsError::invalid("cells", "give at least one cell, e.g. [\"B7\"]"));
     }
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
     const MAX: usize = 200;
-    let mut out = InspectCellsOutput {
-        sheet_name: sheet.name.clone(),
-        cells: Vec::new(),
-        truncated: false,
-    };
+    let mut out = InspectCellsOutput { sheet_name: sheet.name.clone(), cells: Vec::new(), truncated: false };
     'outer: for spec in &p.cells {
         let rect = parse_range_arg(&sheet, "cells", spec)?;
         for row in rect.top..=rect.bottom {
@@ -869,9 +780,7 @@ pub fn inspect_cells(
                 let formula = sheet.formula_at(at).map(|f| format!("={f}"));
                 let merged = sheet.merge_at(row, col);
                 let shown = match merged {
-                    Some(m) if v.is_empty() && (m.top, m.left) != (row, col) => {
-                        sheet.get(m.top, m.left)
-                    }
+                    Some(m) if v.is_empty() && (m.top, m.left) != (row, col) => sheet.get(m.top, m.left),
                     _ => v,
                 };
                 out.cells.push(CellDetail {

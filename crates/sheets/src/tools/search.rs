@@ -132,30 +132,18 @@ fn beside(sheet: &Sheet, at: CellRef, dir: Direction) -> Option<(CellRef, Value)
 pub fn find_value(engine: &Engine, p: FindValueParams, budget: &Budget) -> Result<FindValueOutput> {
     let q = p.query.trim().to_lowercase();
     if q.is_empty() {
-        return Err(SheetsError::invalid(
-            "query",
-            "is empty; give text or a number to find",
-        ));
+        return Err(SheetsError::invalid("query", "is empty; give text or a number to find"));
     }
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let mode = p.mode.unwrap_or_default();
-    let exact = p
-        .match_kind
-        .map(|m| m == MatchKind::Exact)
-        .unwrap_or(mode == FindMode::Label);
+    let exact = p.match_kind.map(|m| m == MatchKind::Exact).unwrap_or(mode == FindMode::Label);
     let limit = clamp_limit(p.limit, 20, engine.caps.max_items);
     let num = q.parse::<f64>().ok().filter(|n| n.is_finite());
     let sheets: Vec<Arc<Sheet>> = match p.sheet_name.as_deref() {
         Some(n) => vec![engine.sheet(&wb, Some(n), budget)?],
-        None => (0..wb.sheets.len())
-            .map(|i| wb.sheet_at(i, budget))
-            .collect::<Result<_>>()?,
+        None => (0..wb.sheets.len()).map(|i| wb.sheet_at(i, budget)).collect::<Result<_>>()?,
     };
-    let mut out = FindValueOutput {
-        matches: Vec::new(),
-        truncated: false,
-        hint: None,
-    };
+    let mut out = FindValueOutput { matches: Vec::new(), truncated: false, hint: None };
     'sheets: for sheet in &sheets {
         let hits = matching_strings(sheet, &q, exact);
         let any_text = hits.iter().any(|h| *h);
@@ -168,9 +156,7 @@ pub fn find_value(engine: &Engine, p: FindValueParams, budget: &Budget) -> Resul
             }
             let ok = match mode {
                 FindMode::Value => is_match(&c.value, &hits, num),
-                FindMode::Label => {
-                    matches!(c.value, Value::Text(_)) && is_match(&c.value, &hits, None)
-                }
+                FindMode::Label => matches!(c.value, Value::Text(_)) && is_match(&c.value, &hits, None),
             };
             if !ok {
                 continue;
@@ -203,9 +189,7 @@ pub fn find_value(engine: &Engine, p: FindValueParams, budget: &Budget) -> Resul
         }
     }
     if out.truncated {
-        out.hint = Some(format!(
-            "more than {limit} matches; narrow with sheet_name, match=exact, or a higher limit"
-        ));
+        out.hint = Some(format!("more than {limit} matches; narrow with sheet_name, match=exact, or a higher limit"));
     } else if out.matches.is_empty() {
         out.hint = Some(match mode {
             FindMode::Label => "no label matched; try match=contains or mode=value".into(),

@@ -32,32 +32,17 @@ pub struct SheetOverviewOutput {
     pub truncated: bool,
 }
 
-pub fn sheet_overview(
-    engine: &Engine,
-    p: SheetParams,
-    budget: &Budget,
-) -> Result<SheetOverviewOutput> {
+pub fn sheet_overview(engine: &Engine, p: SheetParams, budget: &Budget) -> Result<SheetOverviewOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
-    let regs = regions::regions(&sheet);
+    let regs = super::regions_of(&sheet, budget);
     let max = engine.caps.max_items.min(200);
     Ok(SheetOverviewOutput {
         sheet_name: sheet.name.clone(),
         used_range: sheet.used.map(|u| u.to_string()),
-        truncated: regs.len() > max
-            || regs.len() >= regions::MAX_REGIONS
-            || sheet.merged.len() > 50,
-        regions: regs
-            .iter()
-            .take(max)
-            .map(|r| RegionInfo::from_region(r, 60))
-            .collect(),
-        merged_ranges: sheet
-            .merged
-            .iter()
-            .take(50)
-            .map(|m| m.to_string())
-            .collect(),
+        truncated: regs.len() > max || regs.len() >= regions::MAX_REGIONS || sheet.merged.len() > 50,
+        regions: regs.iter().take(max).map(|r| RegionInfo::from_region(r, 60)).collect(),
+        merged_ranges: sheet.merged.iter().take(50).map(|m| m.to_string()).collect(),
     })
 }
 
@@ -97,11 +82,7 @@ pub struct SheetStatisticsOutput {
     pub errors: Vec<CellError>,
 }
 
-pub fn sheet_statistics(
-    engine: &Engine,
-    p: SheetParams,
-    budget: &Budget,
-) -> Result<SheetStatisticsOutput> {
+pub fn sheet_statistics(engine: &Engine, p: SheetParams, budget: &Budget) -> Result<SheetStatisticsOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
     let mut t = TypeCounts::default();
@@ -120,10 +101,7 @@ pub fn sheet_statistics(
             Value::Error(e) => {
                 t.error += 1;
                 if errors.len() < 20 {
-                    errors.push(CellError {
-                        cell: CellRef::new(c.row, c.col).to_string(),
-                        error: e.as_str().into(),
-                    });
+                    errors.push(CellError { cell: CellRef::new(c.row, c.col).to_string(), error: e.as_str().into() });
                 }
             }
             Value::Empty => empty_formula += 1,
@@ -138,13 +116,9 @@ pub fn sheet_statistics(
         by_type: t,
         formulas: sheet.formulas().len() as u64,
         uncalculated: empty_formula,
-        density: if area == 0 {
-            0.0
-        } else {
-            ((sheet.cell_count() as f64 / area as f64) * 1000.0).round() / 1000.0
-        },
+        density: if area == 0 { 0.0 } else { ((sheet.cell_count() as f64 / area as f64) * 1000.0).round() / 1000.0 },
         merged_ranges: sheet.merged.len() as u64,
-        regions: regions::regions(&sheet).len() as u64,
+        regions: super::regions_of(&sheet, budget).len() as u64,
         errors,
     })
 }
@@ -205,11 +179,7 @@ pub struct TableProfileOutput {
     pub truncated: bool,
 }
 
-pub fn table_profile(
-    engine: &Engine,
-    p: TableProfileParams,
-    budget: &Budget,
-) -> Result<TableProfileOutput> {
+pub fn table_profile(engine: &Engine, p: TableProfileParams, budget: &Budget) -> Result<TableProfileOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let (sheet, target) = super::reading::resolve_target(
         engine,
@@ -298,30 +268,21 @@ pub fn table_profile(
             a.formulas = true;
         }
     }
-    const NAMES: [&str; 7] = [
-        "number", "text", "date", "bool", "duration", "error", "empty",
-    ];
+    const NAMES: [&str; 7] = ["number", "text", "date", "bool", "duration", "error", "empty"];
     let rows = u64::from(rect.height());
     let columns = accs
         .into_iter()
         .enumerate()
         .map(|(i, a)| {
             let non_empty: u64 = a.types[..6].iter().sum();
-            let dom = (0..6)
-                .max_by_key(|k| a.types[*k])
-                .filter(|k| a.types[*k] > 0)
-                .unwrap_or(6);
+            let dom = (0..6).max_by_key(|k| a.types[*k]).filter(|k| a.types[*k] > 0).unwrap_or(6);
             let numeric = matches!(dom, 0 | 2 | 4) && a.n > 0;
             let mut top: Vec<(String, u64)> = if dom == 1 || dom == 3 {
                 a.distinct
                     .iter()
                     .filter(|((t, _), _)| *t == 1 || *t == 3)
                     .map(|((t, bits), n)| {
-                        let v = if *t == 1 {
-                            Value::Text(*bits as u32)
-                        } else {
-                            Value::Bool(*bits == 1)
-                        };
+                        let v = if *t == 1 { Value::Text(*bits as u32) } else { Value::Bool(*bits == 1) };
                         (sheet.text(&v).into_owned(), *n)
                     })
                     .collect()
@@ -348,10 +309,7 @@ pub fn table_profile(
                     .into_iter()
                     .take(5)
                     .filter(|(_, n)| *n > 1)
-                    .map(|(v, count)| TopValue {
-                        value: serde_json::Value::String(v),
-                        count,
-                    })
+                    .map(|(v, count)| TopValue { value: serde_json::Value::String(v), count })
                     .collect(),
                 has_formulas: a.formulas,
             }

@@ -1,0 +1,96 @@
+//! The admin listener, separate from MCP and available in stdio mode too: `/metrics`
+//! (Prometheus text), `/metrics.json` (percentile summary), `/healthz`, `/readyz`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kaizen::Recorder;
+use kaizen::store::Store;
+use prometheus_client::registry::Registry;
+
+pub struct Admin {
+    pub recorder: Arc<Recorder>,
+    pub registry: Registry,
+    pub store: Option<Arc<Store>>,
+    pub workspace: PathBuf,
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text format.
+async fn metrics(State(a): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {
+    let wants_om = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_om {
+        let body = kaizen::exposition::encode_text(&a.registry);
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    } else {
+        let body = kaizen::exposition::encode_text_004(&a.registry);
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    }
+}
+
+async fn metrics_json(State(a): State<Arc<Admin>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], kaizen::exposition::summary(&a.recorder).to_string()).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the workspace can be read and the state database can take a write.
+async fn readyz(State(a): State<Arc<Admin>>) -> Response {
+    let a2 = a.clone();
+    let problems = tokio::task::spawn_blocking(move || {
+        let mut problems = Vec::new();
+        if let Err(e) = std::fs::read_dir(&a2.workspace) {
+            problems.push(format!("workspace {} is not readable: {e}", a2.workspace.display()));
+        }
+        match &a2.store {
+            Some(s) => {
+                if let Err(e) = s.check_writable() {
+                    problems.push(format!("state database {} is not writable: {e}", s.path.display()));
+                }
+            }
+            None => problems.push("the state database could not be opened (see the startup log)".into()),
+        }
+        problems
+    })
+    .await
+    .unwrap_or_else(|e| vec![format!("readiness check failed: {e}")]);
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".to_string()).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; "))).into_response()
+    }
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/metrics.json", get(metrics_json))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(admin)
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the admin endpoint"))
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) -> Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!("admin endpoint on http://{local} (/metrics, /metrics.json, /healthz, /readyz)");
+    eprintln!("gemba: admin on http://{local}");
+    axum::serve(listener, router(admin))
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await
+        .context("admin HTTP server failed")
+}

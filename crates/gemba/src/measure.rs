@@ -1,0 +1,474 @@
+//! Kaizen around every request: `Measured<H>` wraps any `ServerHandler` and times every method
+//! that reaches it (tools/list, tools/call, resources, unknown methods...) on every transport,
+//! classifying the outcome. The inner handler can add detail (outcome, rows, stages, queue
+//! time) through a `Note` it finds in the request's extensions.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kaizen::exposition::{Kind, Sample};
+use kaizen::recorder::{OpSpec, protocol_index};
+use kaizen::{Completion, OpId, Outcome, Recorder};
+use parking_lot::Mutex;
+use rmcp::model::*;
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+
+use crate::catalog;
+
+/// Protocol methods measured besides the tools (a closed set; anything else is "unknown").
+pub const METHODS: [&str; 12] = [
+    "initialize",
+    "server/discover",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "unknown",
+];
+
+/// The value-stream stages of a tool call.
+pub const STAGES: [&str; 5] = ["validate", "load", "analyze", "extract", "serialize"];
+pub const STAGE_VALIDATE: usize = 0;
+pub const STAGE_LOAD: usize = 1;
+pub const STAGE_ANALYZE: usize = 2;
+pub const STAGE_EXTRACT: usize = 3;
+pub const STAGE_SERIALIZE: usize = 4;
+
+pub const CACHE_LOAD_HISTOGRAM: &str = "gemba_cache_load_duration_seconds";
+
+pub fn op_specs() -> Vec<OpSpec> {
+    let mut v: Vec<OpSpec> = catalog::NAMES
+        .iter()
+        .map(|n| OpSpec { name: (*n).into(), method: "tools/call".into(), target: Some((*n).into()) })
+        .collect();
+    v.extend(METHODS.iter().map(|m| OpSpec { name: (*m).into(), method: (*m).into(), target: None }));
+    v
+}
+
+pub fn new_recorder(enabled: bool) -> Arc<Recorder> {
+    Recorder::with_histograms(
+        op_specs(),
+        STAGES.iter().map(|s| s.to_string()).collect(),
+        vec![(CACHE_LOAD_HISTOGRAM.into(), "Time to open a workbook on a cache miss.".into())],
+        enabled,
+    )
+}
+
+/// What the inner handler tells the wrapper about one request.
+#[derive(Debug, Default)]
+pub struct Note {
+    /// 0: not set; otherwise `Outcome as u8 + 1`.
+    outcome: AtomicU8,
+    pub rows: AtomicU64,
+    pub queue_nanos: AtomicU64,
+    pub stage_nanos: [AtomicU64; 5],
+    /// 0 unknown, 1 hit, 2 miss.
+    pub cache: AtomicU8,
+    pub error: Mutex<Option<(String, String)>>,
+}
+
+impl Note {
+    pub fn set_outcome(&self, o: Outcome) {
+        self.outcome.store(o as u8 + 1, Ordering::Relaxed);
+    }
+    fn outcome(&self) -> Option<Outcome> {
+        match self.outcome.load(Ordering::Relaxed) {
+            0 => None,
+            n => Outcome::ALL.get(n as usize - 1).copied(),
+        }
+    }
+    pub fn stage(&self, i: usize, d: Duration) {
+        self.stage_nanos[i].fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+    pub fn set_error(&self, class: &str, message: &str) {
+        *self.error.lock() = Some((class.into(), normalize(message)));
+    }
+}
+
+/// An error message with the specifics taken out, so one kind of mistake has one signature:
+/// quoted names become '?', numbers '#'.
+pub fn normalize(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(200));
+    let mut chars = msg.chars().peekable();
+    while let Some(c) = chars.next() {
+        if out.len() >= 200 {
+            break;
+        }
+        match c {
+            '\'' | '"' => {
+                for d in chars.by_ref() {
+                    if d == c {
+                        break;
+                    }
+                }
+                out.push_str("'?'");
+            }
+            d if d.is_ascii_digit() => {
+                while chars.peek().is_some_and(|x| x.is_ascii_digit() || *x == '.') {
+                    chars.next();
+                }
+                out.push('#');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The class of an outcome for the request log's taxonomy.
+pub fn error_class(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Ok => "",
+        Outcome::ToolError | Outcome::InvalidParams => "user",
+        Outcome::Timeout => "transient",
+        Outcome::Internal => "system",
+        Outcome::Rejected => "transient",
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A session: one per stdio process, one per HTTP session. Its length is recorded when the
+/// last handle to it goes away.
+pub struct Session {
+    pub id: u64,
+    started: Instant,
+    recorder: Arc<Recorder>,
+    transport: usize,
+    protocol: AtomicU8,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.recorder.record_session(
+            self.started.elapsed(),
+            usize::from(self.protocol.load(Ordering::Relaxed)),
+            self.transport,
+        );
+    }
+}
+
+static SESSION_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// The wrapper: measures every request that reaches the inner handler.
+pub struct Measured<H> {
+    inner: H,
+    recorder: Arc<Recorder>,
+    ops: Arc<Vec<OpId>>,
+    session: Arc<Session>,
+    transport: usize,
+}
+
+impl<H: Clone> Measured<H> {
+    pub fn new(inner: H, recorder: Arc<Recorder>, transport: usize) -> Self {
+        let ops: Vec<OpId> = recorder.names().iter().enumerate().map(|(i, _)| OpId(i as u16)).collect();
+        let seed = SESSION_SEQ.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u64) << 32;
+        Self {
+            session: Arc::new(Session {
+                id: fnv(&seed.to_le_bytes()),
+                started: Instant::now(),
+                recorder: recorder.clone(),
+                transport,
+                protocol: AtomicU8::new((kaizen::recorder::PROTOCOLS.len() - 1) as u8),
+            }),
+            inner,
+            recorder,
+            ops: Arc::new(ops),
+            transport,
+        }
+    }
+
+    /// A handle for a new session sharing the inner handler (HTTP makes one per session).
+    pub fn new_session(&self) -> Self {
+        Self::new(self.inner.clone(), self.recorder.clone(), self.transport)
+    }
+
+    fn op(&self, name: &str) -> OpId {
+        self.recorder.op(name).or_else(|| self.recorder.op("unknown")).unwrap_or(self.ops[0])
+    }
+
+    fn protocol(&self, ctx: &RequestContext<RoleServer>) -> usize {
+        let p =
+            ctx.protocol_version().map(|v| protocol_index(v.as_str())).unwrap_or(kaizen::recorder::PROTOCOLS.len() - 1);
+        self.session.protocol.store(p as u8, Ordering::Relaxed);
+        p
+    }
+
+    fn completion<T>(&self, r: &Result<T, ErrorData>, protocol: usize) -> Completion {
+        let (outcome, error) = match r {
+            Ok(_) => (Outcome::Ok, None),
+            Err(e) => {
+                let o = match e.code {
+                    ErrorCode::INTERNAL_ERROR => Outcome::Internal,
+                    _ => Outcome::InvalidParams,
+                };
+                (o, Some((error_class(o).to_string(), normalize(&e.message))))
+            }
+        };
+        Completion {
+            outcome: Some(outcome),
+            session: self.session.id,
+            protocol,
+            transport: self.transport,
+            error,
+            ..Default::default()
+        }
+    }
+}
+
+impl<H: Clone> Clone for Measured<H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            recorder: self.recorder.clone(),
+            ops: self.ops.clone(),
+            session: self.session.clone(),
+            transport: self.transport,
+        }
+    }
+}
+
+macro_rules! measured {
+    ($self:ident, $ctx:ident, $name:expr, $call:expr) => {{
+        let protocol = $self.protocol(&$ctx);
+        let timer = $self.recorder.start($self.op($name));
+        let r = $call.await;
+        timer.finish($self.completion(&r, protocol));
+        r
+    }};
+}
+
+impl<H: ServerHandler + Clone> ServerHandler for Measured<H> {
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        measured!(self, context, "ping", self.inner.ping(context))
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        let p = protocol_index(request.protocol_version.as_str());
+        self.session.protocol.store(p as u8, Ordering::Relaxed);
+        let timer = self.recorder.start(self.op("initialize"));
+        let r = self.inner.initialize(request, context).await;
+        let p = r.as_ref().map(|i| protocol_index(i.protocol_version.as_str())).unwrap_or(p);
+        self.session.protocol.store(p as u8, Ordering::Relaxed);
+        timer.finish(self.completion(&r, p));
+        r
+    }
+
+    fn negotiate_initialize(&self, request: &InitializeRequestParams) -> Result<InitializeResult, ErrorData> {
+        self.inner.negotiate_initialize(request)
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        self.inner.supported_protocol_versions()
+    }
+
+    async fn discover(&self, context: RequestContext<RoleServer>) -> Result<DiscoverResult, ErrorData> {
+        measured!(self, context, "server/discover", self.inner.discover(context))
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        measured!(self, context, "completion/complete", self.inner.complete(request, context))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        measured!(self, context, "prompts/get", self.inner.get_prompt(request, context))
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        measured!(self, context, "prompts/list", self.inner.list_prompts(request, context))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        measured!(self, context, "resources/list", self.inner.list_resources(request, context))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        measured!(self, context, "resources/templates/list", self.inner.list_resource_templates(request, context))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        measured!(self, context, "resources/read", self.inner.read_resource(request, context))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        mut context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let protocol = self.protocol(&context);
+        let name = request.name.to_string();
+        let op = if catalog::NAMES.contains(&name.as_str()) { self.op(&name) } else { self.op("tools/call") };
+        let timer = self.recorder.start(op);
+        let args = request.arguments.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default()).unwrap_or_default();
+        let note = Arc::new(Note::default());
+        context.extensions.insert(note.clone());
+        let r = self.inner.call_tool(request, context).await;
+        let mut c = self.completion(&r, protocol);
+        c.request_bytes = args.len() as u64;
+        c.args_hash = fnv(name.as_bytes()) ^ fnv(args.as_bytes());
+        if let Ok(CallToolResponse::Complete(result)) = &r {
+            c.response_bytes = result.content.iter().filter_map(|b| b.as_text().map(|t| t.text.len() as u64)).sum();
+            let outcome =
+                note.outcome().unwrap_or(if result.is_error == Some(true) { Outcome::ToolError } else { Outcome::Ok });
+            c.outcome = Some(outcome);
+            if outcome != Outcome::Ok {
+                let text = result.content.first().and_then(|b| b.as_text()).map(|t| t.text.as_str()).unwrap_or("");
+                c.error = note.error.lock().clone().or_else(|| Some((error_class(outcome).into(), normalize(text))));
+            }
+        }
+        c.rows = note.rows.load(Ordering::Relaxed);
+        c.queue = Duration::from_nanos(note.queue_nanos.load(Ordering::Relaxed));
+        c.cache_hit = match note.cache.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        };
+        for (i, s) in note.stage_nanos.iter().enumerate() {
+            c.stages[i] = s.load(Ordering::Relaxed);
+        }
+        timer.finish(c);
+        r
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        measured!(self, context, "tools/list", self.inner.list_tools(request, context))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.inner.get_tool(name)
+    }
+
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        measured!(self, context, "unknown", self.inner.on_custom_request(request, context))
+    }
+
+    async fn on_cancelled(&self, n: CancelledNotificationParam, context: NotificationContext<RoleServer>) {
+        self.inner.on_cancelled(n, context).await
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.inner.on_initialized(context).await
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        self.inner.get_info()
+    }
+}
+
+/// Cache and business figures from the spreadsheet engine, as extra samples.
+pub fn engine_samples(engine: &sheets::Engine, out: &mut Vec<Sample>) {
+    let st = &engine.cache.stats;
+    let c = |n: &str, h: &str, v: u64| Sample::new(n, h, Kind::Counter, v as f64);
+    out.push(c("gemba_cache_hits", "Workbook cache hits.", st.hits.load(Ordering::Relaxed)));
+    out.push(c("gemba_cache_misses", "Workbook cache misses (loads).", st.misses.load(Ordering::Relaxed)));
+    out.push(c(
+        "gemba_cache_evictions",
+        "Workbooks evicted to stay within the byte bound.",
+        st.evictions.load(Ordering::Relaxed),
+    ));
+    out.push(c(
+        "gemba_cache_invalidations",
+        "Cached workbooks dropped because the file changed.",
+        st.invalidations.load(Ordering::Relaxed),
+    ));
+    out.push(c("gemba_cache_load_failures", "Workbook loads that failed.", st.load_failures.load(Ordering::Relaxed)));
+    let entries = engine.cache.entry_stats();
+    let g = |n: &str, h: &str, v: f64| Sample::new(n, h, Kind::Gauge, v);
+    out.push(g(
+        "gemba_cache_bytes",
+        "Bytes held by cached workbooks.",
+        entries.iter().map(|e| e.bytes).sum::<usize>() as f64,
+    ));
+    out.push(g("gemba_cache_capacity_bytes", "The cache's byte bound.", engine.cache.capacity_bytes() as f64));
+    out.push(g("gemba_cache_entries", "Workbooks in the cache.", entries.len() as f64));
+    let ages: Vec<f64> = entries.iter().map(|e| e.age.as_secs_f64()).collect();
+    out.push(
+        g("gemba_cache_entry_age_seconds", "Age of cache entries.", ages.iter().cloned().fold(0.0, f64::max))
+            .label("stat", "max"),
+    );
+    out.push(
+        g(
+            "gemba_cache_entry_age_seconds",
+            "Age of cache entries.",
+            if ages.is_empty() { 0.0 } else { ages.iter().sum::<f64>() / ages.len() as f64 },
+        )
+        .label("stat", "mean"),
+    );
+    let mut top = entries;
+    top.sort_by(|a, b| b.accesses.cmp(&a.accesses).then_with(|| a.id.cmp(&b.id)));
+    for e in top.iter().take(10) {
+        out.push(
+            g("gemba_cache_workbook_accesses", "Accesses of the ten most used cached workbooks.", e.accesses as f64)
+                .label("workbook", &e.id),
+        );
+    }
+    out.push(c("gemba_workbooks_loaded", "Workbooks opened.", st.loads.load(Ordering::Relaxed)));
+    out.push(c("gemba_sheets_loaded", "Sheets read into memory.", st.sheets_loaded.load(Ordering::Relaxed)));
+    out.push(c("gemba_cells_loaded", "Cells read into memory.", st.cells_loaded.load(Ordering::Relaxed)));
+    out.push(c("gemba_forks_created", "Forks created.", 0));
+    out.push(c("gemba_forks_saved", "Forks saved.", 0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn normalizes_specifics_out() {
+        assert_eq!(
+            normalize("no sheet 'Sumary' in workbook sales-3f2a; row 12"),
+            "no sheet '?' in workbook sales-#f#a; row #"
+        );
+    }
+}

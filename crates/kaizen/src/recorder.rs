@@ -146,6 +146,8 @@ impl std::fmt::Debug for Recorder {
 
 /// Capacity of the queue between the hot path and the aggregator.
 const EVENT_QUEUE: usize = 65_536;
+/// How often the aggregator drains the queue (so 65,536 slots absorb over 3 million events/s).
+const AGGREGATE_EVERY: Duration = Duration::from_millis(20);
 
 impl Recorder {
     /// A recorder for a closed set of operation names and stage names. `enabled: false` makes
@@ -355,13 +357,23 @@ fn aggregate(
     log: Arc<OnceLock<SyncSender<Row>>>,
     recorder: std::sync::Weak<Recorder>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(e) = rx.try_recv() {
-            batch.push(e);
-            if batch.len() >= 4096 {
-                break;
+    // Poll on a timer rather than blocking on the channel: a blocked receiver would make every
+    // sender pay a wake-up system call on the hot path.
+    loop {
+        std::thread::sleep(AGGREGATE_EVERY);
+        let mut batch = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
             }
+        }
+        if batch.is_empty() {
+            if recorder.strong_count() == 0 {
+                return;
+            }
+            continue;
         }
         {
             let mut w = windows.lock();

@@ -47,14 +47,24 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Which part to run: reads, kaizen, or all.
+    #[arg(long, default_value = "all")]
+    pub only: String,
 }
 
 type Client = RunningService<RoleClient, ()>;
 
 async fn start(dir: &Path) -> Result<(Client, u32)> {
+    start_with(dir, &[]).await
+}
+
+/// Start `gemba serve --stdio` on `dir` with extra flags; its request log goes to a temp dir.
+async fn start_with(dir: &Path, extra: &[&str]) -> Result<(Client, u32)> {
     let exe = std::env::current_exe().context("cannot find the gemba binary")?;
+    let state = std::env::temp_dir().join(format!("gemba-bench-state-{}", std::process::id()));
     let cmd = tokio::process::Command::new(exe).configure(|c| {
-        c.arg("serve").arg("--stdio").arg("--workspace").arg(dir);
+        c.arg("serve").arg("--stdio").arg("--workspace").arg(dir).arg("--state-dir").arg(&state);
+        c.args(extra);
         c.env("GEMBA_LOG", "warn");
     });
     let transport = TokioChildProcess::new(cmd).context("cannot start gemba serve")?;
@@ -122,24 +132,123 @@ struct Case {
     args: Value,
 }
 
-pub async fn run(args: BenchArgs) -> Result<()> {
-    let dir = &args.dir;
-    if !dir.join("many").join("book_39.xlsx").exists() {
-        eprintln!("generating workloads into {} ...", dir.display());
-        let t = Instant::now();
-        workloads::write_bench(dir)?;
-        eprintln!("generated in {:.1}s", t.elapsed().as_secs_f64());
+/// A raw HTTP/1.0 GET on loopback, returning the time to the full body.
+async fn http_get(addr: &str, path: &str) -> Result<(Duration, usize)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await?;
+    Ok((t.elapsed(), body.len()))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The cost of measurement: the same warm call against a server with Kaizen on and one with it
+/// off, alternating, in one run; then /metrics scraped while 8 callers keep the server busy.
+async fn kaizen_overhead(dir: &Path, warm: usize, report: &mut serde_json::Map<String, Value>) -> Result<Vec<(String, bool)>> {
+    // In-process: the recorder's own cost per request (start + finish).
+    let r = crate::measure::new_recorder(true);
+    let op = r.op("read_table").context("no read_table op")?;
+    let n = 200_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        r.start(op).finish(kaizen::Completion { outcome: Some(kaizen::Outcome::Ok), ..Default::default() });
     }
-    let dir = dir.canonicalize()?;
+    let per_call_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    println!("recorder cost in process: {per_call_ns:.0} ns per request (start + finish, {n} requests)");
+    report.insert("recorder_ns_per_request".into(), json!(per_call_ns));
+
+    let port = free_port()?;
+    let admin = format!("127.0.0.1:{port}");
+    let (on, _) = start_with(dir, &["--admin", &admin]).await?;
+    let (off, _) = start_with(dir, &["--no-kaizen"]).await?;
+    let id = id_of(&on, "sales_100k.xlsx").await?;
+    let args = json!({"workbook_id": id, "sheet_name": "Sales", "limit": 100});
+    for c in [&on, &off] {
+        for _ in 0..5 {
+            call(c, "read_table", &args).await?;
+        }
+    }
+    let rounds = (warm * 10).max(200);
+    let (mut a, mut b) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for i in 0..rounds {
+        // Alternate which goes first so drift and cache effects fall on both.
+        if i % 2 == 0 {
+            a.push(ms(call(&on, "read_table", &args).await?.0));
+            b.push(ms(call(&off, "read_table", &args).await?.0));
+        } else {
+            b.push(ms(call(&off, "read_table", &args).await?.0));
+            a.push(ms(call(&on, "read_table", &args).await?.0));
+        }
+    }
+    let (ma, mb) = (median(a), median(b));
+    let extra_us = (ma - mb) * 1000.0;
+    let ratio = ma / mb;
+    println!(
+        "warm read_table 100 rows over stdio, {rounds} alternating calls each: kaizen on {ma:.3} ms, off {mb:.3} ms; ratio {ratio:.3}, {extra_us:+.1} µs per call"
+    );
+    report.insert("kaizen_on_ms".into(), json!(ma));
+    report.insert("kaizen_off_ms".into(), json!(mb));
+    off.cancel().await.ok();
+
+    // Scrape while 8 callers keep the server busy.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let peer = on.peer().clone();
+        let args = args.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let p = CallToolRequestParams::new("read_table").with_arguments(args.as_object().cloned().unwrap_or_default());
+                if peer.call_tool(p).await.is_err() {
+                    break;
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut scrapes = Vec::new();
+    let mut size = 0;
+    for _ in 0..40 {
+        let (d, len) = http_get(&admin, "/metrics").await?;
+        scrapes.push(ms(d));
+        size = len;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut calls = 0;
+    for t in tasks {
+        calls += t.await.unwrap_or(0);
+    }
+    on.cancel().await.ok();
+    let max_scrape = scrapes.iter().cloned().fold(0.0, f64::max);
+    let med_scrape = median(scrapes);
+    println!("/metrics while 8 callers ran ({calls} calls): scrape p50 {med_scrape:.2} ms, max {max_scrape:.2} ms, {size} bytes");
+    report.insert("scrape_p50_ms".into(), json!(med_scrape));
+    report.insert("scrape_max_ms".into(), json!(max_scrape));
+    Ok(vec![
+        ("Kaizen overhead <= 2 % or <= 2 µs per call".into(), ratio <= 1.02 || extra_us <= 2.0),
+        ("scrape /metrics under 8 callers <= 10 ms (max)".into(), max_scrape <= 10.0),
+    ])
+}
+
+async fn reads(dir: &Path, args: &BenchArgs, report: &mut serde_json::Map<String, Value>) -> Result<Vec<(String, bool)>> {
     let sales = dir.join("sales_100k.xlsx");
-    let mut report = serde_json::Map::new();
 
     // Cold first read vs calamine's own read, alternating so both see the same machine state.
     let mut cold = Vec::new();
     let mut cal = Vec::new();
     for _ in 0..args.cold_runs.max(1) {
         cal.push(ms(calamine_read(&sales, "Sales")?));
-        let (client, _) = start(&dir).await?;
+        let (client, _) = start(dir).await?;
         let id = id_of(&client, "sales_100k.xlsx").await?;
         let (d, _) = call(&client, "sheet_page", &json!({"workbook_id": id, "page_size": 50})).await?;
         cold.push(ms(d));
@@ -154,7 +263,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     report.insert("calamine_read_sales_100k_ms".into(), json!(cal_ms));
     report.insert("cold_ratio".into(), json!(cold_ms / cal_ms));
 
-    let (client, pid) = start(&dir).await?;
+    let (client, pid) = start(dir).await?;
     let sales_id = id_of(&client, "sales_100k.xlsx").await?;
     let wide_id = id_of(&client, "wide.xlsx").await?;
     let model_id = id_of(&client, "model.xlsx").await?;
@@ -263,13 +372,35 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let warm_of = |name: &str| {
         rows.iter().find(|r| r["case"] == name).and_then(|r| r["warm_p50_ms"].as_f64()).unwrap_or(f64::NAN)
     };
-    let bars = [
+    Ok(vec![
         ("warm read_table 100 rows sales_100k p50 <= 1 ms", warm_of("read_table sales_100k 100 rows") <= 1.0),
         ("cold first read <= 1.2 x calamine", cold_ms / cal_ms <= 1.2),
         ("warm find_value sales_100k <= 50 ms", warm_of("find_value sales_100k (full scan)") <= 50.0),
         ("warm list_workbooks over many <= 2 ms", warm_of("list_workbooks (44 books)") <= 2.0),
         ("RSS with sales_100k cached <= 150 MB", rss_sales > 0 && rss_sales <= 150_000_000),
-    ];
+    ]
+    .into_iter()
+    .map(|(n, ok)| (n.to_string(), ok))
+    .collect())
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let dir = &args.dir;
+    if !dir.join("many").join("book_39.xlsx").exists() {
+        eprintln!("generating workloads into {} ...", dir.display());
+        let t = Instant::now();
+        workloads::write_bench(dir)?;
+        eprintln!("generated in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    let dir = dir.canonicalize()?;
+    let mut report = serde_json::Map::new();
+    let mut bars: Vec<(String, bool)> = Vec::new();
+    if args.only == "all" || args.only == "reads" {
+        bars.extend(reads(&dir, &args, &mut report).await?);
+    }
+    if args.only == "all" || args.only == "kaizen" {
+        bars.extend(kaizen_overhead(&dir, args.warm, &mut report).await?);
+    }
     println!();
     for (name, ok) in &bars {
         println!("{} {name}", if *ok { "PASS" } else { "FAIL" });

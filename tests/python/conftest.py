@@ -86,6 +86,7 @@ class HttpServer:
             m = re.search(r"listening on (http://\S+)", line)
             if m:
                 self.url = m.group(1)
+            if self.url and (self.admin or not admin):
                 break
         assert self.url, "gemba did not report its address"
         assert self.admin or not admin, "gemba did not report its admin address"

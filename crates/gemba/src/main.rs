@@ -50,7 +50,11 @@ fn build_server(cfg: &ServeConfig, recorder: Option<Arc<kaizen::Recorder>>) -> R
 }
 
 /// Wire measurement: cache hooks, extra samples, the request log, StatsD, the admin listener.
-async fn start_kaizen(cfg: &ServeConfig, server: &GembaServer, recorder: &Arc<kaizen::Recorder>) -> Result<()> {
+async fn start_kaizen(
+    cfg: &ServeConfig,
+    server: &GembaServer,
+    recorder: &Arc<kaizen::Recorder>,
+) -> Result<Option<Arc<kaizen::store::Store>>> {
     let r = recorder.clone();
     let _ =
         server.engine().cache.stats.load_observer.set(Box::new(move |d| r.observe(measure::CACHE_LOAD_HISTOGRAM, d)));
@@ -90,7 +94,7 @@ async fn start_kaizen(cfg: &ServeConfig, server: &GembaServer, recorder: &Arc<ka
         let a = Arc::new(admin::Admin {
             registry: kaizen::exposition::registry(recorder.clone()),
             recorder: recorder.clone(),
-            store,
+            store: store.clone(),
             workspace: cfg.workspace.clone(),
         });
         tokio::spawn(async move {
@@ -99,22 +103,29 @@ async fn start_kaizen(cfg: &ServeConfig, server: &GembaServer, recorder: &Arc<ka
             }
         });
     }
-    Ok(())
+    Ok(store)
 }
 
 async fn serve(cfg: ServeConfig) -> Result<()> {
     let recorder = measure::new_recorder(cfg.kaizen);
     let server = build_server(&cfg, Some(recorder.clone()))?;
-    start_kaizen(&cfg, &server, &recorder).await?;
-    if cfg.http.is_some() {
-        let measured = measure::Measured::new(server, recorder, 1);
-        return http::serve(measured, &cfg).await;
+    let store = start_kaizen(&cfg, &server, &recorder).await?;
+    let result = if cfg.http.is_some() {
+        http::serve(measure::Measured::new(server, recorder.clone(), 1), &cfg).await
+    } else {
+        serve_stdio(measure::Measured::new(server, recorder.clone(), 0), &cfg).await
+    };
+    // Nothing measured is lost at shutdown: drain the queue and let the log catch up.
+    recorder.flush();
+    if let Some(s) = store {
+        s.flush(Duration::from_secs(3));
     }
+    result
+}
+
+async fn serve_stdio(server: measure::Measured<GembaServer>, cfg: &ServeConfig) -> Result<()> {
     tracing::info!("gemba serving MCP on stdio (workspace {})", cfg.workspace.display());
-    let running = measure::Measured::new(server, recorder, 0)
-        .serve(rmcp::transport::stdio())
-        .await
-        .context("MCP stdio session failed to start")?;
+    let running = server.serve(rmcp::transport::stdio()).await.context("MCP stdio session failed to start")?;
     tokio::select! {
         r = running.waiting() => { r.context("MCP stdio session ended with an error")?; }
         _ = shutdown_signal() => {}

@@ -25,6 +25,9 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+/// The stages that are the tool's own work (the rest is overhead around it).
+const WORK_STAGES: [&str; 2] = ["analyze", "extract"];
+
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -75,6 +78,20 @@ pub fn run(args: StatsArgs) -> Result<()> {
     }
     if stats.is_empty() {
         println!("(no requests in the last {})", args.since);
+        return Ok(());
+    }
+    println!();
+    println!("where the time goes (value stream; share of total request time):");
+    for s in stats.iter().filter(|s| !s.stages.is_empty()) {
+        let work: f64 = s.stages.iter().filter(|(n, _)| WORK_STAGES.contains(&n.as_str())).map(|(_, v)| v).sum();
+        let parts: Vec<String> = s.stages.iter().map(|(n, v)| format!("{n} {:.0}%", v * 100.0)).collect();
+        println!(
+            "  {:<22} {}; queue {:.0}%; the work itself {:.0}%",
+            s.tool,
+            parts.join(" · "),
+            s.queue_share * 100.0,
+            work * 100.0
+        );
     }
     Ok(())
 }

@@ -134,6 +134,7 @@ pub struct Recorder {
     pub dropped_log_rows: AtomicU64,
     windows: Arc<Mutex<Vec<OpWindows>>>,
     log: Arc<OnceLock<SyncSender<Row>>>,
+    rx: Arc<Mutex<Receiver<Event>>>,
     started: Instant,
     enabled: bool,
 }
@@ -165,6 +166,7 @@ impl Recorder {
     ) -> Arc<Self> {
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let (tx, rx) = sync_channel(EVENT_QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
         let windows = Arc::new(Mutex::new((0..names.len()).map(|_| OpWindows::default()).collect()));
         let log: Arc<OnceLock<SyncSender<Row>>> = Arc::new(OnceLock::new());
         let r = Arc::new(Self {
@@ -180,6 +182,7 @@ impl Recorder {
             dropped_log_rows: AtomicU64::new(0),
             windows: windows.clone(),
             log: log.clone(),
+            rx: rx.clone(),
             started: Instant::now(),
             enabled,
         });
@@ -298,6 +301,11 @@ impl Recorder {
         }
     }
 
+    /// Process every queued event now (at shutdown, so nothing recorded is lost).
+    pub fn flush(self: &Arc<Self>) {
+        drain(&self.rx, &self.windows, &self.log, &Arc::downgrade(self));
+    }
+
     /// Percentile summaries per op and window (1m, 5m, 1h), read off the hot path.
     pub fn window_summaries(&self) -> Vec<Vec<Option<crate::windows::WindowSummary>>> {
         let now = unix_secs(SystemTime::now());
@@ -352,7 +360,7 @@ impl Drop for Timer {
 }
 
 fn aggregate(
-    rx: Receiver<Event>,
+    rx: Arc<Mutex<Receiver<Event>>>,
     windows: Arc<Mutex<Vec<OpWindows>>>,
     log: Arc<OnceLock<SyncSender<Row>>>,
     recorder: std::sync::Weak<Recorder>,
@@ -361,52 +369,67 @@ fn aggregate(
     // sender pay a wake-up system call on the hot path.
     loop {
         std::thread::sleep(AGGREGATE_EVERY);
-        let mut batch = Vec::new();
-        loop {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
-            }
-        }
-        if batch.is_empty() {
-            if recorder.strong_count() == 0 {
-                return;
-            }
-            continue;
-        }
-        {
-            let mut w = windows.lock();
-            for e in &batch {
-                if let Some(ow) = w.get_mut(e.op as usize) {
-                    ow.record(unix_secs(e.at), e.micros);
-                }
-            }
-        }
-        let Some(rec) = recorder.upgrade() else {
+        if recorder.strong_count() == 0 {
             return;
-        };
-        if let Some(tx) = log.get() {
-            for e in batch {
-                let c = e.completion;
-                let row = Row {
-                    at_ms: e.at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
-                    session: format!("{:016x}", c.session),
-                    tool: rec.names.get(e.op as usize).cloned().unwrap_or_default(),
-                    args_hash: format!("{:016x}", c.args_hash),
-                    duration_us: e.micros as i64,
-                    outcome: c.outcome.unwrap_or(Outcome::Internal).as_str(),
-                    error_class: c.error.as_ref().map(|e| e.0.clone()),
-                    error_message: c.error.map(|e| e.1),
-                    cache_hit: c.cache_hit,
-                    request_bytes: c.request_bytes as i64,
-                    response_bytes: c.response_bytes as i64,
-                    rows: c.rows as i64,
-                };
-                if tx.try_send(row).is_err() {
-                    rec.dropped_log_rows.fetch_add(1, Ordering::Relaxed);
-                }
+        }
+        drain(&rx, &windows, &log, &recorder);
+    }
+}
+
+/// Move queued events into the windows and the request log.
+fn drain(
+    rx: &Mutex<Receiver<Event>>,
+    windows: &Mutex<Vec<OpWindows>>,
+    log: &OnceLock<SyncSender<Row>>,
+    recorder: &std::sync::Weak<Recorder>,
+) {
+    let batch: Vec<Event> = {
+        let rx = rx.lock();
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    };
+    if batch.is_empty() {
+        return;
+    }
+    {
+        let mut w = windows.lock();
+        for e in &batch {
+            if let Some(ow) = w.get_mut(e.op as usize) {
+                ow.record(unix_secs(e.at), e.micros);
             }
+        }
+    }
+    let Some(rec) = recorder.upgrade() else {
+        return;
+    };
+    let Some(tx) = log.get() else {
+        return;
+    };
+    for e in batch {
+        let c = e.completion;
+        let row = Row {
+            at_ms: e.at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            session: format!("{:016x}", c.session),
+            tool: rec.names.get(e.op as usize).cloned().unwrap_or_default(),
+            args_hash: format!("{:016x}", c.args_hash),
+            duration_us: e.micros as i64,
+            outcome: c.outcome.unwrap_or(Outcome::Internal).as_str(),
+            error_class: c.error.as_ref().map(|e| e.0.clone()),
+            error_message: c.error.map(|e| e.1),
+            cache_hit: c.cache_hit,
+            request_bytes: c.request_bytes as i64,
+            response_bytes: c.response_bytes as i64,
+            rows: c.rows as i64,
+            queue_us: c.queue.as_micros() as i64,
+            stages_us: rec
+                .stage_names
+                .iter()
+                .zip(c.stages)
+                .filter(|(_, v)| *v > 0)
+                .map(|(n, v)| (n.clone(), (v / 1000) as i64))
+                .collect(),
+        };
+        if tx.try_send(row).is_err() {
+            rec.dropped_log_rows.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct Row {
     pub request_bytes: i64,
     pub response_bytes: i64,
     pub rows: i64,
+    pub queue_us: i64,
+    /// Time per named stage (value stream), in microseconds.
+    pub stages_us: Vec<(String, i64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +66,9 @@ CREATE TABLE IF NOT EXISTS requests (
     cache_hit INTEGER,
     request_bytes INTEGER NOT NULL,
     response_bytes INTEGER NOT NULL,
-    rows INTEGER NOT NULL
+    rows INTEGER NOT NULL,
+    queue_us INTEGER NOT NULL DEFAULT 0,
+    stages_us TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_at ON requests(at_ms);
 ";
@@ -85,6 +90,30 @@ pub struct Store {
 
 /// Queue between the aggregator and the writer.
 const LOG_QUEUE: usize = 100_000;
+/// A row with this tool name asks the writer to acknowledge once everything before it is written.
+const FLUSH_MARKER: &str = "\u{0}flush";
+static FLUSH_ACK: parking_lot::Mutex<Option<SyncSender<()>>> = parking_lot::Mutex::new(None);
+
+trait SendTimeout<T> {
+    fn send_timeout_compat(&self, v: T, timeout: Duration) -> Result<(), ()>;
+}
+
+impl<T> SendTimeout<T> for SyncSender<T> {
+    /// Retry a full queue until the timeout, without blocking forever.
+    fn send_timeout_compat(&self, mut v: T, timeout: Duration) -> Result<(), ()> {
+        let t = Instant::now();
+        loop {
+            match self.try_send(v) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::TrySendError::Full(back)) if t.elapsed() < timeout => {
+                    v = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return Err(()),
+            }
+        }
+    }
+}
 
 impl Store {
     /// Open (creating) `<dir>/gemba.db` and start its writer thread.
@@ -107,6 +136,32 @@ impl Store {
         self.tx.clone()
     }
 
+    /// Wait (up to `timeout`) until the queue is empty and the last batch is written.
+    pub fn flush(&self, timeout: Duration) {
+        let t = Instant::now();
+        let (done_tx, done_rx) = sync_channel(1);
+        let marker = Row {
+            at_ms: 0,
+            session: String::new(),
+            tool: FLUSH_MARKER.into(),
+            args_hash: String::new(),
+            duration_us: 0,
+            outcome: "ok",
+            error_class: None,
+            error_message: None,
+            cache_hit: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            rows: 0,
+            queue_us: 0,
+            stages_us: Vec::new(),
+        };
+        *FLUSH_ACK.lock() = Some(done_tx);
+        if self.tx.send_timeout_compat(marker, timeout).is_ok() {
+            let _ = done_rx.recv_timeout(timeout.saturating_sub(t.elapsed()));
+        }
+    }
+
     /// Whether the database can take a write now (a short immediate transaction).
     pub fn check_writable(&self) -> Result<(), String> {
         let conn =
@@ -122,7 +177,19 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         conn.busy_timeout(Duration::from_secs(2))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)
+        conn.execute_batch(SCHEMA)?;
+        // Columns added after the first schema: add them to older logs.
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('requests')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !cols.iter().any(|c| c == "queue_us") {
+            conn.execute_batch("ALTER TABLE requests ADD COLUMN queue_us INTEGER NOT NULL DEFAULT 0")?;
+        }
+        if !cols.iter().any(|c| c == "stages_us") {
+            conn.execute_batch("ALTER TABLE requests ADD COLUMN stages_us TEXT")?;
+        }
+        Ok(())
     };
     setup().map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
     Ok(conn)
@@ -139,11 +206,20 @@ fn apply_retention(conn: &Connection, r: &Retention) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn stages_json(stages: &[(String, i64)]) -> Option<String> {
+    if stages.is_empty() {
+        return None;
+    }
+    let m: serde_json::Map<String, serde_json::Value> =
+        stages.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(*v))).collect();
+    Some(serde_json::Value::Object(m).to_string())
+}
+
 fn write_batch(conn: &mut Connection, batch: &[Row]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO requests (at_ms, session, tool, args_hash, duration_us, outcome, error_class, error_message, cache_hit, request_bytes, response_bytes, rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO requests (at_ms, session, tool, args_hash, duration_us, outcome, error_class, error_message, cache_hit, request_bytes, response_bytes, rows, queue_us, stages_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         for r in batch {
             stmt.execute(params![
@@ -158,7 +234,9 @@ fn write_batch(conn: &mut Connection, batch: &[Row]) -> rusqlite::Result<()> {
                 r.cache_hit,
                 r.request_bytes,
                 r.response_bytes,
-                r.rows
+                r.rows,
+                r.queue_us,
+                stages_json(&r.stages_us)
             ])?;
         }
     }
@@ -184,6 +262,8 @@ fn writer(mut conn: Connection, rx: Receiver<Row>, health: Arc<StoreHealth>, ret
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
+        let flush_requested = batch.iter().any(|r| r.tool == FLUSH_MARKER);
+        batch.retain(|r| r.tool != FLUSH_MARKER);
         if !batch.is_empty() {
             match write_batch(&mut conn, &batch) {
                 Ok(()) => {
@@ -198,6 +278,9 @@ fn writer(mut conn: Connection, rx: Receiver<Row>, health: Arc<StoreHealth>, ret
                 }
             }
             batch.clear();
+        }
+        if flush_requested && let Some(ack) = FLUSH_ACK.lock().take() {
+            let _ = ack.try_send(());
         }
         if last_retention.elapsed() > Duration::from_secs(300) {
             let _ = apply_retention(&conn, &retention);
@@ -220,20 +303,35 @@ pub struct ToolStats {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Share of the total time spent in each stage (value-stream map), largest first.
+    pub stages: Vec<(String, f64)>,
+    /// Share of the time spent waiting before work started.
+    pub queue_share: f64,
 }
 
-/// Count, error rate and exact percentiles per tool since `since_ms`, from the log at `path`.
+#[derive(Default)]
+struct Acc {
+    queue: i64,
+    stages: std::collections::BTreeMap<String, i64>,
+}
+
+/// Count, error rate, exact percentiles and the value-stream shares per tool since `since_ms`,
+/// from the log at `path`.
 pub fn tool_stats(path: &Path, since_ms: i64, tool: Option<&str>) -> Result<Vec<ToolStats>, StoreError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
     let mut stmt = conn.prepare(
-        "SELECT tool, duration_us, outcome FROM requests WHERE at_ms >= ?1 AND (?2 IS NULL OR tool = ?2) ORDER BY tool, duration_us",
+        "SELECT tool, duration_us, outcome, queue_us, stages_us FROM requests WHERE at_ms >= ?1 AND (?2 IS NULL OR tool = ?2) ORDER BY tool, duration_us",
     )?;
     let mut rows = stmt.query(params![since_ms, tool])?;
     let mut out: Vec<ToolStats> = Vec::new();
-    let mut cur: Option<(String, Vec<i64>, u64)> = None;
-    let flush = |cur: Option<(String, Vec<i64>, u64)>, out: &mut Vec<ToolStats>| {
-        if let Some((tool, d, errors)) = cur {
+    let mut cur: Option<(String, Vec<i64>, u64, Acc)> = None;
+    let flush = |cur: Option<(String, Vec<i64>, u64, Acc)>, out: &mut Vec<ToolStats>| {
+        if let Some((tool, d, errors, acc)) = cur {
+            let total: i64 = d.iter().sum::<i64>().max(1);
+            let mut stages: Vec<(String, f64)> =
+                acc.stages.into_iter().map(|(k, v)| (k, (v as f64 / total as f64 * 1000.0).round() / 1000.0)).collect();
+            stages.sort_by(|a, b| b.1.total_cmp(&a.1));
             let q = |p: f64| {
                 let i = ((p * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1;
                 d[i] as f64 / 1000.0
@@ -246,6 +344,8 @@ pub fn tool_stats(path: &Path, since_ms: i64, tool: Option<&str>) -> Result<Vec<
                 p95_ms: q(0.95),
                 p99_ms: q(0.99),
                 max_ms: d.last().copied().unwrap_or(0) as f64 / 1000.0,
+                stages,
+                queue_share: (acc.queue as f64 / total as f64 * 1000.0).round() / 1000.0,
                 tool,
             });
         }
@@ -254,15 +354,23 @@ pub fn tool_stats(path: &Path, since_ms: i64, tool: Option<&str>) -> Result<Vec<
         let t: String = r.get(0)?;
         let d: i64 = r.get(1)?;
         let o: String = r.get(2)?;
+        let q: i64 = r.get(3)?;
+        let st: Option<String> = r.get(4)?;
         let is_err = o != "ok";
-        match &mut cur {
-            Some((ct, v, e)) if *ct == t => {
-                v.push(d);
-                *e += u64::from(is_err);
-            }
-            _ => {
-                flush(cur.take(), &mut out);
-                cur = Some((t, vec![d], u64::from(is_err)));
+        if cur.as_ref().is_none_or(|c| c.0 != t) {
+            flush(cur.take(), &mut out);
+            cur = Some((t, Vec::new(), 0, Acc::default()));
+        }
+        if let Some((_, v, e, acc)) = &mut cur {
+            v.push(d);
+            *e += u64::from(is_err);
+            acc.queue += q;
+            if let Some(obj) =
+                st.and_then(|s| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s).ok())
+            {
+                for (k, v) in obj {
+                    *acc.stages.entry(k).or_default() += v.as_i64().unwrap_or(0);
+                }
             }
         }
     }
@@ -288,6 +396,8 @@ mod tests {
             request_bytes: 10,
             response_bytes: 20,
             rows: 1,
+            queue_us: us / 10,
+            stages_us: vec![("load".into(), us / 2), ("extract".into(), us / 4)],
         }
     }
 
@@ -314,6 +424,8 @@ mod tests {
         let rt = stats.iter().find(|s| s.tool == "read_table").unwrap();
         assert_eq!((rt.count, rt.errors), (100, 10));
         assert_eq!((rt.p50_ms, rt.p95_ms, rt.p99_ms, rt.max_ms), (50.0, 95.0, 99.0, 100.0));
+        assert_eq!(rt.stages, vec![("load".to_string(), 0.5), ("extract".to_string(), 0.25)]);
+        assert_eq!(rt.queue_share, 0.1);
         let only = tool_stats(&dir.join("gemba.db"), 0, Some("list_workbooks")).unwrap();
         assert_eq!(only.len(), 1);
         assert!(tool_stats(&dir.join("gemba.db"), now_ms() + 60_000, None).unwrap().is_empty());

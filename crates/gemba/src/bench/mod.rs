@@ -149,7 +149,11 @@ fn free_port() -> Result<u16> {
 
 /// The cost of measurement: the same warm call against a server with Kaizen on and one with it
 /// off, alternating, in one run; then /metrics scraped while 8 callers keep the server busy.
-async fn kaizen_overhead(dir: &Path, warm: usize, report: &mut serde_json::Map<String, Value>) -> Result<Vec<(String, bool)>> {
+async fn kaizen_overhead(
+    dir: &Path,
+    warm: usize,
+    report: &mut serde_json::Map<String, Value>,
+) -> Result<Vec<(String, bool)>> {
     // In-process: the recorder's own cost per request (start + finish).
     let r = crate::measure::new_recorder(true);
     let op = r.op("read_table").context("no read_table op")?;
@@ -205,7 +209,8 @@ async fn kaizen_overhead(dir: &Path, warm: usize, report: &mut serde_json::Map<S
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let p = CallToolRequestParams::new("read_table").with_arguments(args.as_object().cloned().unwrap_or_default());
+                let p = CallToolRequestParams::new("read_table")
+                    .with_arguments(args.as_object().cloned().unwrap_or_default());
                 if peer.call_tool(p).await.is_err() {
                     break;
                 }
@@ -231,7 +236,9 @@ async fn kaizen_overhead(dir: &Path, warm: usize, report: &mut serde_json::Map<S
     on.cancel().await.ok();
     let max_scrape = scrapes.iter().cloned().fold(0.0, f64::max);
     let med_scrape = median(scrapes);
-    println!("/metrics while 8 callers ran ({calls} calls): scrape p50 {med_scrape:.2} ms, max {max_scrape:.2} ms, {size} bytes");
+    println!(
+        "/metrics while 8 callers ran ({calls} calls): scrape p50 {med_scrape:.2} ms, max {max_scrape:.2} ms, {size} bytes"
+    );
     report.insert("scrape_p50_ms".into(), json!(med_scrape));
     report.insert("scrape_max_ms".into(), json!(max_scrape));
     Ok(vec![
@@ -240,7 +247,11 @@ async fn kaizen_overhead(dir: &Path, warm: usize, report: &mut serde_json::Map<S
     ])
 }
 
-async fn reads(dir: &Path, args: &BenchArgs, report: &mut serde_json::Map<String, Value>) -> Result<Vec<(String, bool)>> {
+async fn reads(
+    dir: &Path,
+    args: &BenchArgs,
+    report: &mut serde_json::Map<String, Value>,
+) -> Result<Vec<(String, bool)>> {
     let sales = dir.join("sales_100k.xlsx");
 
     // Cold first read vs calamine's own read, alternating so both see the same machine state.

@@ -25,6 +25,8 @@ pub enum Command {
     Workloads(crate::bench::WorkloadArgs),
     /// Per-tool count, error rate and percentiles from the request log.
     Stats(crate::stats::StatsArgs),
+    /// SLO configuration and the Prometheus rules generated from it.
+    Slo(crate::slo::SloArgs),
 }
 
 #[derive(Debug, Args, Default)]

@@ -9,6 +9,7 @@ mod http;
 mod measure;
 mod schema;
 mod server;
+mod slo;
 mod stats;
 
 use std::process::ExitCode;
@@ -154,6 +155,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Workloads(args) => bench::write_workloads(args),
             Command::Stats(args) => stats::run(args),
+            Command::Slo(args) => slo::run(args),
         }
     });
     match result {

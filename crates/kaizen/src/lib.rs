@@ -13,6 +13,7 @@ pub mod exposition;
 pub mod outcome;
 pub mod process;
 pub mod recorder;
+pub mod slo;
 pub mod statsd;
 pub mod store;
 pub mod windows;

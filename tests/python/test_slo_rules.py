@@ -1,0 +1,87 @@
+"""The generated SLO rules, checked and unit-tested with promtool: series are fed through the
+rules and the burn-rate alerts must fire (or not) as the SRE Workbook windows say."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import BIN
+
+PROMTOOL = shutil.which("promtool")
+pytestmark = pytest.mark.skipif(not PROMTOOL, reason="promtool is not installed (scripts/test.sh installs it)")
+
+
+def rules(tmp_path):
+    out = subprocess.run([BIN, "slo", "rules"], capture_output=True, text=True, check=True).stdout
+    path = tmp_path / "rules.yml"
+    path.write_text(out)
+    return json.loads(out), path
+
+
+def alert_of(rules_json, alert, slo):
+    for g in rules_json["groups"]:
+        for r in g["rules"]:
+            if r.get("alert") == alert and r["labels"]["slo"] == slo:
+                return r
+    raise AssertionError(f"no {alert} for {slo}")
+
+
+def expect(rules_json, alert, slo):
+    r = alert_of(rules_json, alert, slo)
+    return [{"exp_labels": r["labels"], "exp_annotations": r["annotations"]}]
+
+
+def run_tests(tmp_path, tests):
+    spec = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
+    path = tmp_path / "slo.test.yml"
+    path.write_text(json.dumps(spec, indent=1))  # JSON is YAML
+    res = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_generated_rules_pass_promtool_check(tmp_path):
+    _, path = rules(tmp_path)
+    res = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+
+
+def requests(ok, internal, minutes=120):
+    return [
+        {"series": 'gemba_tool_requests_total{tool="read_table",outcome="ok"}', "values": f"0+{ok}x{minutes}"},
+        {"series": 'gemba_tool_requests_total{tool="read_table",outcome="internal"}', "values": f"0+{internal}x{minutes}"},
+    ]
+
+
+def test_burn_rate_alerts_fire_as_the_windows_say(tmp_path):
+    r, _ = rules(tmp_path)
+    page = "GembaSLOBurnRatePage"
+    avail = "read_table-availability"
+    run_tests(tmp_path, [
+        # 2 % errors on a 99.9 % SLO: burn 20 > 14.4 on 1h and 5m — pages.
+        {"interval": "1m", "input_series": requests(980, 20),
+         "alert_rule_test": [{"eval_time": "30m", "alertname": page, "exp_alerts": expect(r, page, avail)}]},
+        # 0.5 % errors: burn 5 — no page.
+        {"interval": "1m", "input_series": requests(995, 5),
+         "alert_rule_test": [{"eval_time": "60m", "alertname": page, "exp_alerts": []}]},
+        # A latency regression: nothing under read_table's 200 ms threshold — pages.
+        {"interval": "1m", "input_series": [
+            {"series": 'gemba_tool_requests_total{tool="read_table",outcome="ok"}', "values": "0+100x120"},
+            {"series": 'gemba_tool_duration_seconds_bucket{tool="read_table",le="0.2"}', "values": "0+0x120"},
+            {"series": 'gemba_tool_duration_seconds_count{tool="read_table"}', "values": "0+100x120"},
+        ], "alert_rule_test": [{"eval_time": "30m", "alertname": page,
+                                "exp_alerts": expect(r, page, "read_table-latency")}]},
+        # Recovery: errors stop at 60m; once the short windows (5m, 30m) are clean the page resolves.
+        {"interval": "1m", "input_series": [
+            {"series": 'gemba_tool_requests_total{tool="read_table",outcome="ok"}', "values": "0+980x120"},
+            {"series": 'gemba_tool_requests_total{tool="read_table",outcome="internal"}', "values": "0+20x60 1200+0x60"},
+        ], "alert_rule_test": [
+            {"eval_time": "55m", "alertname": page, "exp_alerts": expect(r, page, avail)},
+            {"eval_time": "95m", "alertname": page, "exp_alerts": []},
+        ]},
+        # Low traffic: a handful of requests never page, whatever their errors.
+        {"interval": "1m", "input_series": [
+            {"series": 'gemba_tool_requests_total{tool="read_table",outcome="internal"}', "values": "0+0x30 1 1 1 1 1"},
+        ], "alert_rule_test": [{"eval_time": "35m", "alertname": page, "exp_alerts": []}]},
+    ])

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -73,6 +73,23 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels,
     Ok(())
 }
 
+/// One histogram series from per-bucket counts, regrouped to `edges`.
+fn hist(
+    m: &mut MetricEncoder,
+    labels: &[(&str, &str)],
+    acc: &[u64; 24],
+    sum: f64,
+    count: u64,
+    edges: &[f64],
+) -> std::fmt::Result {
+    let buckets = grouped(acc, edges);
+    if labels.is_empty() {
+        m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    } else {
+        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
 impl Collector for KaizenCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let r = &self.0;
@@ -114,12 +131,7 @@ impl Collector for KaizenCollector {
                     }
                 }
                 let labels = [("tool", *name)];
-                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                    sum,
-                    count,
-                    &grouped(&acc, &EDGES_SECONDS),
-                    None,
-                )?;
+                hist(&mut m, &labels, &acc, sum, count, &EDGES_SECONDS)?;
             }
         }
         {
@@ -133,12 +145,7 @@ impl Collector for KaizenCollector {
                 let mut acc = [0u64; 24];
                 s.queue.add_into(&mut acc);
                 let labels = [("tool", *name)];
-                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                    s.queue.sum_seconds(),
-                    s.queue.count(),
-                    &grouped(&acc, &EDGES_SECONDS),
-                    None,
-                )?;
+                hist(&mut m, &labels, &acc, s.queue.sum_seconds(), s.queue.count(), &EDGES_SECONDS)?;
             }
         }
         let per_op = |f: &dyn Fn(&crate::recorder::OpStats) -> u64| -> Vec<(Labels, f64)> {
@@ -233,12 +240,7 @@ impl Collector for KaizenCollector {
                                 ("network_transport", transport),
                                 ("mcp_protocol_version", proto),
                             ];
-                            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                                b.sum_seconds(),
-                                b.count(),
-                                &grouped(&acc, &OTEL_EDGES_SECONDS),
-                                None,
-                            )?;
+                            hist(&mut m, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                         }
                     }
                 }
@@ -260,12 +262,7 @@ impl Collector for KaizenCollector {
                     let mut acc = [0u64; 24];
                     b.add_into(&mut acc);
                     let labels = [("network_transport", *transport), ("mcp_protocol_version", *proto)];
-                    m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                        b.sum_seconds(),
-                        b.count(),
-                        &grouped(&acc, &OTEL_EDGES_SECONDS),
-                        None,
-                    )?;
+                    hist(&mut m, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                 }
             }
         }
@@ -274,7 +271,7 @@ impl Collector for KaizenCollector {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
             let mut acc = [0u64; 24];
             b.add_into(&mut acc);
-            m.encode_histogram::<NoLabelSet>(b.sum_seconds(), b.count(), &grouped(&acc, &EDGES_SECONDS), None)?;
+            hist(&mut m, &[], &acc, b.sum_seconds(), b.count(), &EDGES_SECONDS)?;
         }
 
         // Extra samples from the embedding program, grouped into families by name.

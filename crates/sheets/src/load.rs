@@ -318,15 +318,7 @@ pub fn load_sheet(
                         b.push_formula(row, col, f);
                     }
                     let v = convert_ref(&mut b, c.value, shift);
-                    if !v.is_empty() {
-                        b.push(row, col, v);
-                        if b.len().is_multiple_of(CHECK_EVERY) {
-                            if b.len() > max {
-                                return Err(over(b.len()));
-                            }
-                            budget.check()?;
-                        }
-                    }
+                    push_checked(&mut b, row, col, v, max, budget).map_err(|e| e.unwrap_or_else(|| over(max)))?;
                 }
                 Ok(merges.join().unwrap_or_default())
             })?,
@@ -338,15 +330,7 @@ pub fn load_sheet(
                     while let Some(c) = r.next_cell().map_err(|e| err(&e))? {
                         let (row, col) = c.get_position();
                         let v = convert_ref(&mut b, c.get_value().clone(), shift);
-                        if !v.is_empty() {
-                            b.push(row, col, v);
-                            if b.len().is_multiple_of(CHECK_EVERY) {
-                                if b.len() > max {
-                                    return Err(over(b.len()));
-                                }
-                                budget.check()?;
-                            }
-                        }
+                        push_checked(&mut b, row, col, v, max, budget).map_err(|e| e.unwrap_or_else(|| over(max)))?;
                     }
                 }
                 if area <= max as u64
@@ -379,6 +363,29 @@ pub fn load_sheet(
         budget.check()?;
         Ok(b.finish(merged))
     })
+}
+
+/// Add a non-empty value, checking the cell limit and the budget every few thousand cells;
+/// `Err(None)` means the cell limit was hit.
+fn push_checked(
+    b: &mut SheetBuilder,
+    row: u32,
+    col: u32,
+    v: Value,
+    max: usize,
+    budget: &Budget,
+) -> std::result::Result<(), Option<SheetsError>> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    b.push(row, col, v);
+    if b.len().is_multiple_of(CHECK_EVERY) {
+        if b.len() > max {
+            return Err(None);
+        }
+        budget.check().map_err(Some)?;
+    }
+    Ok(())
 }
 
 /// Copy a dense calamine range; `Err(None)` means the cell limit was hit.

@@ -255,7 +255,7 @@ async def test_limits_and_timeouts_stop_the_work(bench_workspace):
         msg = await err(c, "sheet_page", {"workbook_id": book["sales_100k.xlsx"]})
         assert "limit" in msg and "100000" in msg
         await ok(c, "sheet_page", {"workbook_id": book["small.xlsx"]})
-    async with stdio(bench_workspace, extra=["--timeout-ms", "50"]) as c:
+    async with stdio(bench_workspace, extra=["--timeout-ms", "50", "--load-timeout-ms", "50"]) as c:
         book = await ids(c)
         t = time.monotonic()
         msg = await err(c, "sheet_page", {"workbook_id": book["sales_100k.xlsx"]})

@@ -20,6 +20,7 @@ pub struct Admin {
     pub registry: Registry,
     pub store: Option<Arc<Store>>,
     pub workspace: PathBuf,
+    pub sli: Option<Arc<kaizen::sli::SliEngine>>,
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text format.
@@ -39,6 +40,14 @@ async fn metrics(State(a): State<Arc<Admin>>, headers: axum::http::HeaderMap) ->
 
 async fn metrics_json(State(a): State<Arc<Admin>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], kaizen::exposition::summary(&a.recorder).to_string()).into_response()
+}
+
+async fn slo_json(State(a): State<Arc<Admin>>) -> Response {
+    let body = match &a.sli {
+        Some(e) => crate::slo::status_json(e).to_string(),
+        None => "{\"slo\":\"disabled\"}".into(),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -76,6 +85,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/metrics.json", get(metrics_json))
+        .route("/slo.json", get(slo_json))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(admin)

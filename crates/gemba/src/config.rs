@@ -79,6 +79,15 @@ pub struct ServeArgs {
     /// Turn measurement off (only to measure what measurement costs).
     #[arg(long, env = "GEMBA_NO_KAIZEN")]
     pub no_kaizen: bool,
+    /// SLO file (TOML); default: the seed's four tiers. Tier timeouts become the tools' timeouts.
+    #[arg(long, env = "GEMBA_SLO", value_name = "FILE")]
+    pub slo: Option<PathBuf>,
+    /// Send alert transitions to this Alertmanager-style webhook (http://host:port/path).
+    #[arg(long, env = "GEMBA_ALERT_WEBHOOK", value_name = "URL")]
+    pub alert_webhook: Option<String>,
+    /// Time a workbook load may take, in milliseconds (separate from the tools' own timeouts).
+    #[arg(long, env = "GEMBA_LOAD_TIMEOUT_MS")]
+    pub load_timeout_ms: Option<u64>,
     /// Request-log retention in days.
     #[arg(long, env = "GEMBA_LOG_RETENTION_DAYS")]
     pub log_retention_days: Option<u64>,
@@ -108,6 +117,9 @@ pub struct FileConfig {
     pub statsd: Option<SocketAddr>,
     pub log_retention_days: Option<u64>,
     pub log_max_rows: Option<u64>,
+    pub slo: Option<PathBuf>,
+    pub alert_webhook: Option<String>,
+    pub load_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,7 +131,11 @@ pub struct ServeConfig {
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub cache_bytes: usize,
-    pub timeout_ms: u64,
+    /// One timeout for every tool, overriding the SLO tiers' (from --timeout-ms).
+    pub timeout_ms: Option<u64>,
+    pub load_timeout_ms: u64,
+    pub slo_file: Option<PathBuf>,
+    pub alert_webhook: Option<String>,
     pub max_file_bytes: u64,
     pub max_cells: usize,
     pub admin: Option<SocketAddr>,
@@ -159,7 +175,10 @@ impl ServeArgs {
             allowed_origins,
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024),
             cache_bytes: self.cache_mb.or(file.cache_mb).unwrap_or(512) * 1024 * 1024,
-            timeout_ms: self.timeout_ms.or(file.timeout_ms).unwrap_or(30_000),
+            timeout_ms: self.timeout_ms.or(file.timeout_ms),
+            load_timeout_ms: self.load_timeout_ms.or(file.load_timeout_ms).unwrap_or(60_000),
+            slo_file: self.slo.or(file.slo),
+            alert_webhook: self.alert_webhook.or(file.alert_webhook).filter(|u| !u.is_empty()),
             max_file_bytes: self
                 .max_file_mb
                 .or(file.max_file_mb)
@@ -177,7 +196,7 @@ impl ServeArgs {
                 max_rows: self.log_max_rows.or(file.log_max_rows).unwrap_or(2_000_000),
             },
         };
-        if cfg.timeout_ms == 0 {
+        if cfg.timeout_ms == Some(0) || cfg.load_timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");
         }
         Ok(cfg)

@@ -40,14 +40,19 @@ pub(crate) async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn build_server(cfg: &ServeConfig, recorder: Option<Arc<kaizen::Recorder>>) -> Result<GembaServer> {
+fn build_server(
+    cfg: &ServeConfig,
+    timeouts: slo::Timeouts,
+    recorder: Option<Arc<kaizen::Recorder>>,
+    sli: Option<Arc<kaizen::sli::SliEngine>>,
+) -> Result<GembaServer> {
     let limits =
         sheets::Limits { max_file_bytes: cfg.max_file_bytes, max_cells_per_sheet: cfg.max_cells, ..Default::default() };
     let engine = sheets::Engine::new(
         &cfg.workspace,
         sheets::EngineConfig { cache_bytes: cfg.cache_bytes, limits, caps: sheets::Caps::default() },
     )?;
-    Ok(GembaServer::new(engine, Duration::from_millis(cfg.timeout_ms), recorder))
+    Ok(GembaServer::new(engine, timeouts, recorder, sli))
 }
 
 /// Wire measurement: cache hooks, extra samples, the request log, StatsD, the admin listener.
@@ -55,6 +60,8 @@ async fn start_kaizen(
     cfg: &ServeConfig,
     server: &GembaServer,
     recorder: &Arc<kaizen::Recorder>,
+    sli: &Arc<kaizen::sli::SliEngine>,
+    webhook: Option<kaizen::alerts::Webhook>,
 ) -> Result<Option<Arc<kaizen::store::Store>>> {
     let r = recorder.clone();
     let _ =
@@ -69,11 +76,27 @@ async fn start_kaizen(
             None
         }
     };
+    // SLIs: restore the period's minutes, count every request from now on, evaluate every 10 s.
+    if let Some(st) = &store {
+        let period_min = u64::from(sli.config().period_days) * 1440;
+        let now_min = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() / 60;
+        match kaizen::store::load_slo_minutes(&st.path, now_min.saturating_sub(period_min)) {
+            Ok(rows) => sli.restore(rows),
+            Err(e) => tracing::warn!("cannot restore SLO minutes: {e}"),
+        }
+    }
+    if recorder.enabled() {
+        recorder.attach_sli(sli.clone());
+        kaizen::sli::spawn_evaluator(sli.clone(), store.clone(), webhook, Duration::from_secs(10));
+    }
+    let sli_for_samples = sli.clone();
     let s = server.clone();
     let state_dir = cfg.state_dir.clone();
     let disk = Arc::new(parking_lot::Mutex::new((std::time::Instant::now(), 0u64, false)));
     recorder.set_provider(Box::new(move |out| {
         measure::engine_samples(s.engine(), out);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        sli_for_samples.samples(now, out);
         // The state directory's size, re-measured at most every 10 s.
         let mut d = disk.lock();
         if !d.2 || d.0.elapsed() > Duration::from_secs(10) {
@@ -97,6 +120,7 @@ async fn start_kaizen(
             recorder: recorder.clone(),
             store: store.clone(),
             workspace: cfg.workspace.clone(),
+            sli: Some(sli.clone()),
         });
         tokio::spawn(async move {
             if let Err(e) = admin::serve(listener, a).await {
@@ -108,16 +132,26 @@ async fn start_kaizen(
 }
 
 async fn serve(cfg: ServeConfig) -> Result<()> {
+    let slo_cfg = slo::load(cfg.slo_file.as_ref())?;
+    let timeouts = slo::Timeouts::from(&slo_cfg, cfg.timeout_ms, cfg.load_timeout_ms);
+    let webhook = match &cfg.alert_webhook {
+        Some(url) => Some(kaizen::alerts::Webhook::parse(url).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let recorder = measure::new_recorder(cfg.kaizen);
-    let server = build_server(&cfg, Some(recorder.clone()))?;
-    let store = start_kaizen(&cfg, &server, &recorder).await?;
+    let sli = Arc::new(kaizen::sli::SliEngine::new(slo_cfg, recorder.names(), slo::RUNBOOK_URL));
+    let server = build_server(&cfg, timeouts, Some(recorder.clone()), Some(sli.clone()))?;
+    let store = start_kaizen(&cfg, &server, &recorder, &sli, webhook.clone()).await?;
     let result = if cfg.http.is_some() {
         http::serve(measure::Measured::new(server, recorder.clone(), 1), &cfg).await
     } else {
         serve_stdio(measure::Measured::new(server, recorder.clone(), 0), &cfg).await
     };
-    // Nothing measured is lost at shutdown: drain the queue and let the log catch up.
+    // Nothing measured is lost at shutdown: drain the queue, save the SLI minutes, let the log catch up.
     recorder.flush();
+    if recorder.enabled() {
+        kaizen::sli::tick(&sli, store.as_deref(), webhook.as_ref());
+    }
     if let Some(s) = store {
         s.flush(Duration::from_secs(3));
     }

@@ -21,6 +21,8 @@ use crate::measure::{self, Note};
 
 /// The MCP resource with the server's own figures.
 pub const METRICS_URI: &str = "kaizen://metrics";
+/// The MCP resource with the SLO status.
+pub const SLO_URI: &str = "kaizen://slo";
 
 pub const INSTRUCTIONS: &str = "Gemba reads spreadsheets (xlsx, xlsm, xls, xlsb, ods) in one workspace. \
 Workflow: 1) list_workbooks for ids; 2) workbook_summary or list_sheets; 3) sheet_overview to see regions \
@@ -34,7 +36,12 @@ narrow a call when truncated is true. Rows and columns are 1-based in arguments 
 pub struct State {
     pub engine: Engine,
     pub tools: Vec<Tool>,
-    pub timeout: Duration,
+    /// Each tool's time budget (its SLO tier's timeout, or --timeout-ms for all).
+    pub timeouts: std::collections::HashMap<String, Duration>,
+    pub default_timeout: Duration,
+    /// Budget for loading workbooks (a cold load may need more than a tool's own timeout).
+    pub load_timeout: Duration,
+    pub sli: Option<Arc<kaizen::sli::SliEngine>>,
     pub recorder: Option<Arc<kaizen::Recorder>>,
     /// Test-only fault injection: this tool panics (GEMBA_TEST_PANIC_TOOL).
     pub panic_tool: Option<String>,
@@ -46,12 +53,20 @@ pub struct GembaServer {
 }
 
 impl GembaServer {
-    pub fn new(engine: Engine, timeout: Duration, recorder: Option<Arc<kaizen::Recorder>>) -> Self {
+    pub fn new(
+        engine: Engine,
+        timeouts: crate::slo::Timeouts,
+        recorder: Option<Arc<kaizen::Recorder>>,
+        sli: Option<Arc<kaizen::sli::SliEngine>>,
+    ) -> Self {
         Self {
             state: Arc::new(State {
                 engine,
                 tools: catalog::definitions(),
-                timeout,
+                timeouts: timeouts.per_tool,
+                default_timeout: timeouts.default,
+                load_timeout: timeouts.load,
+                sli,
                 recorder,
                 panic_tool: std::env::var("GEMBA_TEST_PANIC_TOOL").ok().filter(|s| !s.is_empty()),
             }),
@@ -65,7 +80,8 @@ impl GembaServer {
     /// Run one tool to completion, reporting details into `note` for the measurement layer.
     pub async fn run_tool(&self, name: &str, args: Value, note: &Note) -> CallToolResult {
         let state = self.state.clone();
-        let budget = Budget::with_timeout(state.timeout);
+        let timeout = state.timeouts.get(name).copied().unwrap_or(state.default_timeout);
+        let budget = Budget::with_timeouts(timeout, state.load_timeout);
         let canceller = budget.canceller();
         let name_owned = name.to_string();
         let queued = Instant::now();
@@ -79,7 +95,8 @@ impl GembaServer {
             let r = catalog::dispatch(&name_owned, &state.engine, args, &b);
             (queue, t.elapsed(), r)
         });
-        let outcome = tokio::time::timeout(self.state.timeout + Duration::from_millis(250), work).await;
+        let backstop = timeout.max(self.state.load_timeout) + Duration::from_millis(250);
+        let outcome = tokio::time::timeout(backstop, work).await;
         let stages = budget.stages();
         let result = match outcome {
             Err(_) => {
@@ -88,7 +105,7 @@ impl GembaServer {
                 note.set_outcome(Outcome::Timeout);
                 tool_error(format!(
                     "{name} took longer than its {}ms budget and was stopped; narrow the call (sheet_name, range, limit) and try again",
-                    self.state.timeout.as_millis()
+                    backstop.as_millis()
                 ))
             }
             Ok(Err(join)) => {
@@ -222,11 +239,14 @@ impl ServerHandler for GembaServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let mut r = Resource::new(METRICS_URI, "kaizen-metrics");
-        r.description =
+        let mut m = Resource::new(METRICS_URI, "kaizen-metrics");
+        m.description =
             Some("Gemba's own figures: requests, outcomes, latency percentiles per tool, cache, process.".into());
-        r.mime_type = Some("application/json".into());
-        Ok(ListResourcesResult::with_all_items(vec![r]))
+        m.mime_type = Some("application/json".into());
+        let mut s = Resource::new(SLO_URI, "kaizen-slo");
+        s.description = Some("Each tool's objectives: SLI, error budget left, burn rates, alert state.".into());
+        s.mime_type = Some("application/json".into());
+        Ok(ListResourcesResult::with_all_items(vec![m, s]))
     }
 
     async fn read_resource(
@@ -234,18 +254,24 @@ impl ServerHandler for GembaServer {
         request: ReadResourceRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        if request.uri != METRICS_URI {
-            return Err(ErrorData::resource_not_found(
-                format!("no resource '{}'; the server offers {METRICS_URI}", request.uri),
-                None,
-            ));
-        }
-        let body = match &self.state.recorder {
-            Some(r) => kaizen::exposition::summary(r).to_string(),
-            None => "{\"kaizen\":\"disabled\"}".into(),
+        let body = match request.uri.as_str() {
+            METRICS_URI => match &self.state.recorder {
+                Some(r) => kaizen::exposition::summary(r).to_string(),
+                None => "{\"kaizen\":\"disabled\"}".into(),
+            },
+            SLO_URI => match &self.state.sli {
+                Some(e) => crate::slo::status_json(e).to_string(),
+                None => "{\"slo\":\"disabled\"}".into(),
+            },
+            other => {
+                return Err(ErrorData::resource_not_found(
+                    format!("no resource '{other}'; the server offers {METRICS_URI} and {SLO_URI}"),
+                    None,
+                ));
+            }
         };
         Ok(ReadResourceResponse::from(ReadResourceResult::new(vec![ResourceContents::TextResourceContents {
-            uri: METRICS_URI.into(),
+            uri: request.uri.clone(),
             mime_type: Some("application/json".into()),
             text: body,
             meta: None,

@@ -44,12 +44,52 @@ pub struct SloArgs {
 pub enum SloCommand {
     /// Print the effective SLO configuration as TOML (a starting point for --slo FILE).
     Config,
+    /// Each objective's SLI, error budget left, burn and state, from the state database.
+    Status {
+        /// The workspace whose state to read (`<workspace>/.gemba`).
+        #[arg(long, env = "GEMBA_WORKSPACE")]
+        workspace: Option<PathBuf>,
+        /// The state directory, when not `<workspace>/.gemba`.
+        #[arg(long, env = "GEMBA_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print Prometheus recording and alerting rules for the SLOs.
     Rules {
         /// Base URL of the runbook the alerts link to.
         #[arg(long, default_value = RUNBOOK_URL)]
         runbook_url: String,
     },
+}
+
+/// The time budgets of the tools.
+pub struct Timeouts {
+    pub per_tool: std::collections::HashMap<String, std::time::Duration>,
+    pub default: std::time::Duration,
+    pub load: std::time::Duration,
+}
+
+impl Timeouts {
+    /// Tier timeouts from the SLO config, unless one timeout is forced for all tools.
+    pub fn from(cfg: &SloConfig, forced_ms: Option<u64>, load_ms: u64) -> Self {
+        let ms = std::time::Duration::from_millis;
+        let per_tool = TOOL_TIERS
+            .iter()
+            .map(|(t, _)| (t.to_string(), ms(forced_ms.or_else(|| cfg.timeout_ms(t)).unwrap_or(30_000))))
+            .collect();
+        Self { per_tool, default: ms(forced_ms.unwrap_or(30_000)), load: ms(load_ms) }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The SLO status as JSON (for /slo.json and kaizen://slo).
+pub fn status_json(engine: &kaizen::sli::SliEngine) -> serde_json::Value {
+    serde_json::json!({ "objectives": engine.status(now_secs()) })
 }
 
 /// The SLO config from a file, or the seed default.
@@ -81,6 +121,47 @@ pub fn run(args: SloArgs) -> Result<()> {
     let cfg = load(args.slo.as_ref())?;
     match args.command {
         SloCommand::Config => println!("{}", toml::to_string_pretty(&cfg)?),
+        SloCommand::Status { workspace, state_dir, json } => {
+            let dir = match (state_dir, workspace) {
+                (Some(d), _) => d,
+                (None, Some(w)) => w.join(".gemba"),
+                (None, None) => bail!("pass --workspace DIR (or --state-dir DIR)"),
+            };
+            let db = dir.join("gemba.db");
+            if !db.exists() {
+                bail!("no state database at {}; run `gemba serve` on this workspace first", db.display());
+            }
+            let names: Vec<String> = TOOL_TIERS.iter().map(|(t, _)| t.to_string()).collect();
+            let period_min = u64::from(cfg.period_days) * 1440;
+            let engine = kaizen::sli::SliEngine::new(cfg, &names, RUNBOOK_URL);
+            engine.restore(kaizen::store::load_slo_minutes(&db, (now_secs() / 60).saturating_sub(period_min))?);
+            let status = engine.status(now_secs());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                return Ok(());
+            }
+            println!(
+                "{:<30} {:>9} {:>10} {:>12} {:>9} {:>9} {:>8}",
+                "slo", "objective", "sli", "budget left", "burn 1h", "requests", "state"
+            );
+            for s in status.iter().filter(|s| s.requests_period > 0) {
+                let burn = s.burn_rates.iter().find(|(w, _)| w == "1h").map(|(_, b)| *b).unwrap_or(0.0);
+                let state = if s.budget_low && s.state == "ok" { "budget_low".to_string() } else { s.state.clone() };
+                println!(
+                    "{:<30} {:>8.2}% {:>9.3}% {:>11.1}% {:>9.2} {:>9} {:>8}",
+                    s.slo,
+                    s.objective * 100.0,
+                    s.sli.unwrap_or(1.0) * 100.0,
+                    s.error_budget_remaining * 100.0,
+                    burn,
+                    s.requests_period,
+                    state
+                );
+            }
+            if status.iter().all(|s| s.requests_period == 0) {
+                println!("(no requests recorded in the SLO period)");
+            }
+        }
         SloCommand::Rules { runbook_url } => {
             println!("{}", serde_json::to_string_pretty(&kaizen::slo::prometheus_rules(&cfg, &runbook_url))?)
         }

@@ -8,11 +8,13 @@
 //! - `process`: RSS, CPU, file descriptors, disk
 //! - `statsd`: optional UDP push
 
+pub mod alerts;
 pub mod buckets;
 pub mod exposition;
 pub mod outcome;
 pub mod process;
 pub mod recorder;
+pub mod sli;
 pub mod slo;
 pub mod statsd;
 pub mod store;

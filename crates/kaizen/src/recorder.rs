@@ -124,6 +124,7 @@ pub struct Recorder {
     specs: Vec<OpSpec>,
     names: Vec<String>,
     pub(crate) extra: OnceLock<Provider>,
+    sli: OnceLock<Arc<crate::sli::SliEngine>>,
     sessions: Vec<Buckets>,
     /// Named histograms of other durations (e.g. loads), in `EDGES_SECONDS` buckets.
     histograms: Vec<(String, String, Buckets)>,
@@ -174,6 +175,7 @@ impl Recorder {
             specs,
             names,
             extra: OnceLock::new(),
+            sli: OnceLock::new(),
             sessions: (0..PROTOCOLS.len() * TRANSPORTS.len()).map(|_| Buckets::default()).collect(),
             histograms: histograms.into_iter().map(|(n, h)| (n, h, Buckets::default())).collect(),
             stage_names: stage_names.into_iter().take(MAX_STAGES).collect(),
@@ -197,6 +199,11 @@ impl Recorder {
     /// Send completed requests to a request log from now on.
     pub fn attach_log(&self, tx: SyncSender<Row>) {
         let _ = self.log.set(tx);
+    }
+
+    /// Feed finished requests to an SLI engine from now on.
+    pub fn attach_sli(&self, sli: Arc<crate::sli::SliEngine>) {
+        let _ = self.sli.set(sli);
     }
 
     /// Add samples from the embedding program to every export.
@@ -401,6 +408,13 @@ fn drain(
     let Some(rec) = recorder.upgrade() else {
         return;
     };
+    if let Some(sli) = rec.sli.get() {
+        sli.observe(
+            batch
+                .iter()
+                .map(|e| (e.op as usize, unix_secs(e.at), e.micros, e.completion.outcome.unwrap_or(Outcome::Internal))),
+        );
+    }
     let Some(tx) = log.get() else {
         return;
     };

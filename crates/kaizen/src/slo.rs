@@ -282,6 +282,11 @@ pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str) -> Value {
             "labels": labels,
         }));
         rules.push(json!({
+            "record": format!("slo:requests:increase{period}"),
+            "expr": format!("sum(increase(gemba_tool_requests_total{{{sel}}}[{period}]))"),
+            "labels": labels,
+        }));
+        rules.push(json!({
             "record": "slo:error_budget_remaining:ratio",
             "expr": format!("1 - (slo:sli_error:ratio_rate{period}{{slo=\"{}\"}} / {})", o.name, o.error_budget()),
             "labels": labels,
@@ -321,9 +326,11 @@ pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str) -> Value {
         rules.push(json!({
             "alert": "GembaSLOErrorBudgetLow",
             "expr": format!(
-                "(1 - slo:error_budget_remaining:ratio{{slo=\"{}\"}}) >= {}",
+                "(1 - slo:error_budget_remaining:ratio{{slo=\"{}\"}}) >= {} and slo:requests:increase{period}{{slo=\"{}\"}} >= {}",
                 o.name,
-                prom_float(cfg.budget_alert_at)
+                prom_float(cfg.budget_alert_at),
+                o.name,
+                crate::sli::budget_min_requests(&o, cfg.min_requests)
             ),
             "labels": {"severity": "ticket", "slo": o.name, "tool": o.tool, "tier": o.tier},
             "annotations": {

@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS requests (
     stages_us TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_at ON requests(at_ms);
+CREATE TABLE IF NOT EXISTS slo_minutes (
+    slo TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    good INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    PRIMARY KEY (slo, minute)
+);
 ";
 
 /// Health of the writer, for readiness checks and metrics.
@@ -160,6 +167,27 @@ impl Store {
         if self.tx.send_timeout_compat(marker, timeout).is_ok() {
             let _ = done_rx.recv_timeout(timeout.saturating_sub(t.elapsed()));
         }
+    }
+
+    /// Save SLI minutes (slo, minute, good, total), replacing earlier counts of the same minute.
+    pub fn save_slo_minutes(&self, rows: &[(String, u64, u64, u64)], keep_days: u32) -> Result<(), StoreError> {
+        let mut conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|source| StoreError::Open { path: self.path.clone(), source })?;
+        conn.busy_timeout(Duration::from_secs(2))?;
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO slo_minutes (slo, minute, good, total) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (slo, minute) DO UPDATE SET good = excluded.good, total = excluded.total",
+            )?;
+            for (slo, m, g, t) in rows {
+                stmt.execute(params![slo, *m as i64, *g as i64, *t as i64])?;
+            }
+        }
+        let oldest = (now_ms() / 60_000) - i64::from(keep_days) * 1440;
+        tx.execute("DELETE FROM slo_minutes WHERE minute < ?1", params![oldest])?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Whether the database can take a write now (a short immediate transaction).
@@ -290,6 +318,24 @@ fn writer(mut conn: Connection, rx: Receiver<Row>, health: Arc<StoreHealth>, ret
             return;
         }
     }
+}
+
+/// SLI minutes saved since `since_minute`: (slo, minute, good, total).
+pub fn load_slo_minutes(path: &Path, since_minute: u64) -> Result<Vec<(String, u64, u64, u64)>, StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+    let mut stmt = conn.prepare("SELECT slo, minute, good, total FROM slo_minutes WHERE minute >= ?1")?;
+    let rows = stmt
+        .query_map(params![since_minute as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
 }
 
 /// Per-tool figures from the log.

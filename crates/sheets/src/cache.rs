@@ -159,9 +159,9 @@ impl WorkbookCache {
                         ),
                     });
                 }
-                let wait = budget.remaining().unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
+                let wait = budget.load_remaining().unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
                 if wait.is_zero() {
-                    return Err(budget.timeout_error());
+                    return Err(budget.load_timeout_error());
                 }
                 slot.ready.wait_for(&mut state, wait);
             }

@@ -42,6 +42,10 @@ impl Default for Limits {
 pub struct Budget {
     deadline: Option<Instant>,
     total: Duration,
+    /// Loading a workbook may take longer than the tool's own work (a cold load of a big file
+    /// under a metadata tool's short timeout); it has its own deadline.
+    load_deadline: Option<Instant>,
+    load_total: Duration,
     cancelled: Arc<AtomicBool>,
     stages: Arc<StageTimes>,
 }
@@ -86,6 +90,8 @@ impl Budget {
         Self {
             deadline: None,
             total: Duration::MAX,
+            load_deadline: None,
+            load_total: Duration::MAX,
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
         }
@@ -96,12 +102,40 @@ impl Budget {
     }
 
     pub fn with_timeout(total: Duration) -> Self {
+        Self::with_timeouts(total, total)
+    }
+
+    /// A budget whose tool work must end within `work` and whose workbook loads within `load`.
+    pub fn with_timeouts(work: Duration, load: Duration) -> Self {
+        let now = Instant::now();
         Self {
-            deadline: Instant::now().checked_add(total),
-            total,
+            deadline: now.checked_add(work),
+            total: work,
+            load_deadline: now.checked_add(load.max(work)),
+            load_total: load.max(work),
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
         }
+    }
+
+    /// Check the load deadline (loops that read a workbook).
+    pub fn check_load(&self) -> Result<()> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(SheetsError::Cancelled);
+        }
+        match self.load_deadline {
+            Some(d) if Instant::now() >= d => Err(SheetsError::Timeout { budget: self.load_total }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Time left to wait for a load.
+    pub fn load_remaining(&self) -> Option<Duration> {
+        self.load_deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    pub fn load_timeout_error(&self) -> SheetsError {
+        SheetsError::Timeout { budget: self.load_total }
     }
 
     /// A handle that cancels this budget's work when `cancel()` is called on it.

@@ -360,7 +360,7 @@ pub fn load_sheet(
         if b.len() > max {
             return Err(over(b.len()));
         }
-        budget.check()?;
+        budget.check_load()?;
         Ok(b.finish(merged))
     })
 }
@@ -383,7 +383,7 @@ fn push_checked(
         if b.len() > max {
             return Err(None);
         }
-        budget.check().map_err(Some)?;
+        budget.check_load().map_err(Some)?;
     }
     Ok(())
 }
@@ -406,7 +406,7 @@ fn push_range(
             if b.len() > max {
                 return Err(None);
             }
-            budget.check().map_err(Some)?;
+            budget.check_load().map_err(Some)?;
         }
     }
     Ok(())

@@ -1,0 +1,488 @@
+//! The in-process SLI engine: per-minute good/total counts per objective (fed by the
+//! aggregator, off the hot path), burn rates over the SRE Workbook windows, error budgets,
+//! time to exhaustion, and alert state with firing/resolved transitions. Minutes are saved to
+//! the state database so budgets survive restarts.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::outcome::Outcome;
+use crate::slo::{self, Indicator, Objective, SloConfig};
+
+/// Minutes kept at minute resolution (the longest burn window, 3 days).
+const MINUTE_SLOTS: u64 = 3 * 24 * 60;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub good: u64,
+    pub total: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.good += o.good;
+        self.total += o.total;
+    }
+    fn bad(&self) -> u64 {
+        self.total.saturating_sub(self.good)
+    }
+}
+
+/// An alert's transition, for delivery (log, webhook).
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertEvent {
+    /// `GembaSLOBurnRatePage`, `GembaSLOBurnRateTicket`, `GembaSLOErrorBudgetLow`.
+    pub alert: String,
+    pub slo: String,
+    pub tool: String,
+    pub severity: String,
+    /// "firing" or "resolved".
+    pub status: String,
+    pub at_secs: u64,
+    pub summary: String,
+    pub runbook: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SloStatus {
+    pub slo: String,
+    pub tool: String,
+    pub tier: String,
+    pub objective: f64,
+    /// Good share over the period so far (None without traffic).
+    pub sli: Option<f64>,
+    pub error_budget_remaining: f64,
+    /// Burn rate per window, in `slo::WINDOWS` order.
+    pub burn_rates: Vec<(String, f64)>,
+    pub requests_period: u64,
+    /// Seconds until the budget is gone at the 1h burn rate (None when not burning).
+    pub time_to_exhaustion_secs: Option<f64>,
+    /// "ok", "ticket" or "page"; "budget_low" is reported separately.
+    pub state: String,
+    pub budget_low: bool,
+}
+
+struct PerObjective {
+    obj: Objective,
+    threshold_micros: Option<u64>,
+    /// (minute index, counts), oldest first.
+    minutes: VecDeque<(u64, Counts)>,
+    /// Minutes not yet saved.
+    dirty: Vec<u64>,
+    firing: Option<&'static str>,
+    budget_low: bool,
+}
+
+pub struct SliEngine {
+    cfg: SloConfig,
+    runbook: String,
+    /// For each recorder op index, the objectives it feeds.
+    op_objectives: Vec<Vec<usize>>,
+    state: Mutex<Vec<PerObjective>>,
+}
+
+impl std::fmt::Debug for SliEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SliEngine").finish()
+    }
+}
+
+fn window_minutes(w: &str) -> u64 {
+    let (n, unit) = w.split_at(w.len().saturating_sub(1));
+    let n: u64 = n.parse().unwrap_or(0);
+    match unit {
+        "m" => n,
+        "h" => n * 60,
+        "d" => n * 1440,
+        _ => n,
+    }
+}
+
+impl SliEngine {
+    /// An engine for the objectives of `cfg`, fed by the ops named `op_names` (a recorder's).
+    pub fn new(cfg: SloConfig, op_names: &[String], runbook: &str) -> Self {
+        let objectives = cfg.objectives();
+        let op_objectives = op_names
+            .iter()
+            .map(|n| objectives.iter().enumerate().filter(|(_, o)| &o.tool == n).map(|(i, _)| i).collect())
+            .collect();
+        let state = objectives
+            .into_iter()
+            .map(|obj| PerObjective {
+                threshold_micros: match obj.indicator {
+                    Indicator::Latency { threshold_seconds } => Some((threshold_seconds * 1e6) as u64),
+                    Indicator::Availability => None,
+                },
+                obj,
+                minutes: VecDeque::new(),
+                dirty: Vec::new(),
+                firing: None,
+                budget_low: false,
+            })
+            .collect();
+        Self { cfg, runbook: runbook.to_string(), op_objectives, state: Mutex::new(state) }
+    }
+
+    pub fn config(&self) -> &SloConfig {
+        &self.cfg
+    }
+
+    fn add(p: &mut PerObjective, minute: u64, c: Counts) {
+        match p.minutes.back_mut() {
+            Some((m, counts)) if *m == minute => counts.add(c),
+            _ => {
+                // Keep minutes sorted even if an event arrives late.
+                let pos = p.minutes.partition_point(|(m, _)| *m < minute);
+                if p.minutes.get(pos).is_some_and(|(m, _)| *m == minute) {
+                    p.minutes[pos].1.add(c);
+                } else {
+                    p.minutes.insert(pos, (minute, c));
+                }
+            }
+        }
+        if !p.dirty.contains(&minute) {
+            p.dirty.push(minute);
+        }
+        // Keep the period (at least the longest window) at minute resolution.
+        let keep = (u64::from(0u32) + MINUTE_SLOTS).max(u64::from(0u32) + 1440 * 30);
+        while p.minutes.front().is_some_and(|(m, _)| *m + keep < minute) {
+            p.minutes.pop_front();
+        }
+    }
+
+    /// Count finished requests: (op index, unix seconds, duration µs, outcome).
+    pub fn observe(&self, events: impl IntoIterator<Item = (usize, u64, u64, Outcome)>) {
+        let mut st = self.state.lock();
+        for (op, secs, micros, outcome) in events {
+            let Some(objs) = self.op_objectives.get(op) else { continue };
+            for &i in objs {
+                let p = &mut st[i];
+                let good = match p.threshold_micros {
+                    Some(t) => micros <= t,
+                    None => !outcome.is_server_error(),
+                };
+                Self::add(p, secs / 60, Counts { good: u64::from(good), total: 1 });
+            }
+        }
+    }
+
+    /// Restore saved minutes (slo name, minute, good, total).
+    pub fn restore(&self, rows: impl IntoIterator<Item = (String, u64, u64, u64)>) {
+        let mut st = self.state.lock();
+        for (slo, minute, good, total) in rows {
+            if let Some(p) = st.iter_mut().find(|p| p.obj.name == slo) {
+                Self::add(p, minute, Counts { good, total });
+                p.dirty.retain(|m| *m != minute);
+            }
+        }
+    }
+
+    /// Minutes changed since the last call: (slo, minute, good, total).
+    pub fn take_dirty(&self) -> Vec<(String, u64, u64, u64)> {
+        let mut st = self.state.lock();
+        let mut out = Vec::new();
+        for p in st.iter_mut() {
+            for m in p.dirty.drain(..) {
+                if let Some((_, c)) = p.minutes.iter().find(|(x, _)| *x == m) {
+                    out.push((p.obj.name.clone(), m, c.good, c.total));
+                }
+            }
+        }
+        out
+    }
+
+    fn sum(p: &PerObjective, now_minute: u64, minutes: u64) -> Counts {
+        let from = now_minute.saturating_sub(minutes.saturating_sub(1));
+        let mut c = Counts::default();
+        for (m, x) in p.minutes.iter().rev() {
+            if *m < from {
+                break;
+            }
+            if *m <= now_minute {
+                c.add(*x);
+            }
+        }
+        c
+    }
+
+    fn status_of(&self, p: &PerObjective, now_secs: u64) -> (SloStatus, Option<&'static str>) {
+        let now_minute = now_secs / 60;
+        let o = &p.obj;
+        let burns: Vec<(String, f64, f64)> = slo::WINDOWS
+            .iter()
+            .map(|w| {
+                let c = Self::sum(p, now_minute, window_minutes(w));
+                (w.to_string(), slo::burn_rate(c.bad() as f64, c.total as f64, o.objective), c.total as f64)
+            })
+            .collect();
+        let severity = slo::evaluate(
+            |w| burns.iter().find(|(x, _, _)| x == w).map(|(_, b, n)| (*b, *n)).unwrap_or((0.0, 0.0)),
+            self.cfg.min_requests,
+        );
+        let period = Self::sum(p, now_minute, u64::from(self.cfg.period_days) * 1440);
+        let consumed =
+            if period.total == 0 { 0.0 } else { (period.bad() as f64 / period.total as f64) / o.error_budget() };
+        let remaining = 1.0 - consumed;
+        let burn_1h = burns.iter().find(|(w, _, _)| w == "1h").map(|(_, b, _)| *b).unwrap_or(0.0);
+        let period_secs = f64::from(self.cfg.period_days) * 86_400.0;
+        let tte = (burn_1h > 0.0 && remaining > 0.0).then(|| remaining * period_secs / burn_1h);
+        let status = SloStatus {
+            slo: o.name.clone(),
+            tool: o.tool.clone(),
+            tier: o.tier.clone(),
+            objective: o.objective,
+            sli: (period.total > 0).then(|| period.good as f64 / period.total as f64),
+            error_budget_remaining: remaining,
+            burn_rates: burns.iter().map(|(w, b, _)| (w.clone(), *b)).collect(),
+            requests_period: period.total,
+            time_to_exhaustion_secs: tte,
+            state: severity.unwrap_or("ok").to_string(),
+            budget_low: period.total >= budget_min_requests(o, self.cfg.min_requests)
+                && consumed >= self.cfg.budget_alert_at,
+        };
+        (status, severity)
+    }
+
+    /// Every objective's status at `now_secs`.
+    pub fn status(&self, now_secs: u64) -> Vec<SloStatus> {
+        let st = self.state.lock();
+        st.iter().map(|p| self.status_of(p, now_secs).0).collect()
+    }
+
+    /// Evaluate alerts at `now_secs`; returns the transitions (firing and resolved), each once.
+    pub fn evaluate(&self, now_secs: u64) -> Vec<AlertEvent> {
+        let mut st = self.state.lock();
+        let mut events = Vec::new();
+        for i in 0..st.len() {
+            let (status, severity) = self.status_of(&st[i], now_secs);
+            let p = &mut st[i];
+            let mk = |alert: &str, severity: &str, status_s: &str, summary: String, anchor: &str| AlertEvent {
+                alert: alert.into(),
+                slo: p.obj.name.clone(),
+                tool: p.obj.tool.clone(),
+                severity: severity.into(),
+                status: status_s.into(),
+                at_secs: now_secs,
+                summary,
+                runbook: format!("{}#{anchor}", self.runbook),
+            };
+            if severity != p.firing {
+                if let Some(old) = p.firing {
+                    events.push(mk(
+                        alert_name(old),
+                        old,
+                        "resolved",
+                        format!("{} is no longer burning its error budget too fast ({old})", p.obj.name),
+                        "slo-burn-rate",
+                    ));
+                }
+                if let Some(new) = severity {
+                    events.push(mk(
+                        alert_name(new),
+                        new,
+                        "firing",
+                        format!("{} is spending its error budget too fast ({new})", p.obj.name),
+                        "slo-burn-rate",
+                    ));
+                }
+                p.firing = severity;
+            }
+            if status.budget_low != p.budget_low {
+                events.push(mk(
+                    "GembaSLOErrorBudgetLow",
+                    "ticket",
+                    if status.budget_low { "firing" } else { "resolved" },
+                    format!(
+                        "{} has spent {:.0}% of its error budget",
+                        p.obj.name,
+                        (1.0 - status.error_budget_remaining) * 100.0
+                    ),
+                    "slo-error-budget-low",
+                ));
+                p.budget_low = status.budget_low;
+            }
+        }
+        events
+    }
+}
+
+/// Requests needed before the budget alert means anything: enough that the budget allows at
+/// least ten bad requests (1,000 for 99 %, 10,000 for 99.9 %).
+pub fn budget_min_requests(o: &Objective, min_requests: u64) -> u64 {
+    ((10.0 / o.error_budget()).ceil() as u64).max(min_requests)
+}
+
+impl SliEngine {
+    /// The `gemba_slo_*` series for the exposition.
+    pub fn samples(&self, now_secs: u64, out: &mut Vec<crate::exposition::Sample>) {
+        use crate::exposition::{Kind, Sample};
+        for st in self.status(now_secs) {
+            let g = |n: &str, h: &str, v: f64| {
+                Sample::new(n, h, Kind::Gauge, v).label("slo", &st.slo).label("tool", &st.tool)
+            };
+            out.push(g(
+                "gemba_slo_objective_ratio",
+                "The objective: share of requests that must be good.",
+                st.objective,
+            ));
+            if let Some(sli) = st.sli {
+                out.push(g("gemba_slo_sli_ratio", "Share of good requests over the SLO period so far.", sli));
+            }
+            out.push(g(
+                "gemba_slo_error_budget_remaining_ratio",
+                "Share of the period's error budget left (negative when overspent).",
+                st.error_budget_remaining,
+            ));
+            for (w, b) in &st.burn_rates {
+                out.push(
+                    g("gemba_slo_burn_rate", "Error-budget burn rate per window (1 = spending exactly on budget).", *b)
+                        .label("window", w),
+                );
+            }
+            if let Some(t) = st.time_to_exhaustion_secs {
+                out.push(g(
+                    "gemba_slo_time_to_exhaustion_seconds",
+                    "Time until the budget is gone at the 1h burn rate.",
+                    t,
+                ));
+            }
+            for (sev, on) in
+                [("page", st.state == "page"), ("ticket", st.state == "ticket"), ("budget_low", st.budget_low)]
+            {
+                out.push(
+                    g("gemba_slo_alert_firing", "1 while the alert of this severity fires.", f64::from(u8::from(on)))
+                        .label("severity", sev),
+                );
+            }
+        }
+    }
+}
+
+/// Evaluate every `every`: deliver transitions (log, webhook) and save changed minutes.
+pub fn spawn_evaluator(
+    engine: std::sync::Arc<SliEngine>,
+    store: Option<std::sync::Arc<crate::store::Store>>,
+    webhook: Option<crate::alerts::Webhook>,
+    every: std::time::Duration,
+) {
+    let spawned = std::thread::Builder::new().name("kaizen-slo".into()).spawn(move || {
+        loop {
+            std::thread::sleep(every);
+            tick(&engine, store.as_deref(), webhook.as_ref());
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the SLO evaluator: {e}");
+    }
+}
+
+/// One evaluation: alerts delivered, minutes saved. Also called at shutdown.
+pub fn tick(engine: &SliEngine, store: Option<&crate::store::Store>, webhook: Option<&crate::alerts::Webhook>) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let events = engine.evaluate(now);
+    for e in &events {
+        if e.status == "firing" {
+            tracing::warn!(alert = %e.alert, slo = %e.slo, severity = %e.severity, runbook = %e.runbook, "alert firing: {}", e.summary);
+        } else {
+            tracing::info!(alert = %e.alert, slo = %e.slo, "alert resolved: {}", e.summary);
+        }
+    }
+    if let Some(w) = webhook
+        && let Err(err) = w.send(&events)
+    {
+        tracing::warn!("alert webhook failed: {err}");
+    }
+    if let Some(s) = store {
+        let dirty = engine.take_dirty();
+        if !dirty.is_empty()
+            && let Err(err) = s.save_slo_minutes(&dirty, engine.config().period_days + 1)
+        {
+            tracing::warn!("cannot save SLO minutes: {err}");
+        }
+    }
+}
+
+fn alert_name(severity: &str) -> &'static str {
+    if severity == "page" { "GembaSLOBurnRatePage" } else { "GembaSLOBurnRateTicket" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> SliEngine {
+        let cfg = SloConfig::seed_default(&[("read_table", "data")]);
+        SliEngine::new(cfg, &["read_table".to_string()], "docs/runbooks.md")
+    }
+
+    const T0: u64 = 1_800_000_000;
+
+    #[test]
+    fn total_failure_pages_within_a_minute_and_resolves() {
+        let e = engine();
+        let mut paged_at = None;
+        // Ten requests a second, all failing, evaluated every 10 s.
+        for s in 0..120u64 {
+            e.observe((0..10).map(|_| (0, T0 + s, 1_000, Outcome::Internal)));
+            if s % 10 == 9 {
+                let ev = e.evaluate(T0 + s);
+                if paged_at.is_none() && ev.iter().any(|a| a.alert == "GembaSLOBurnRatePage" && a.status == "firing") {
+                    paged_at = Some(s + 1);
+                }
+            }
+        }
+        let paged_at = paged_at.expect("never paged");
+        assert!(paged_at <= 60, "paged after {paged_at} s");
+        // Healthy again: once the short windows are clean, the page resolves (once).
+        let mut resolved = 0;
+        for s in 120..(120 + 40 * 60) {
+            e.observe((0..10).map(|_| (0, T0 + s, 1_000, Outcome::Ok)));
+            if s % 60 == 0 {
+                resolved += e
+                    .evaluate(T0 + s)
+                    .iter()
+                    .filter(|a| a.alert == "GembaSLOBurnRatePage" && a.status == "resolved")
+                    .count();
+            }
+        }
+        assert_eq!(resolved, 1);
+    }
+
+    #[test]
+    fn steady_load_within_objectives_never_alerts() {
+        let e = engine();
+        let mut alerts = 0;
+        // 30 simulated minutes, 20 requests a second, 0.05 % errors, all fast.
+        for s in 0..1800u64 {
+            e.observe((0..20).map(|k| {
+                let bad = (s * 20 + k) % 2000 == 0;
+                (0, T0 + s, 900, if bad { Outcome::Internal } else { Outcome::Ok })
+            }));
+            if s % 60 == 59 {
+                alerts += e.evaluate(T0 + s).len();
+            }
+        }
+        assert_eq!(alerts, 0);
+        let st = e.status(T0 + 1800);
+        let av = st.iter().find(|s| s.slo == "read_table-availability").unwrap();
+        assert!(av.error_budget_remaining > 0.4 && av.error_budget_remaining < 0.6, "{}", av.error_budget_remaining);
+        assert!(av.time_to_exhaustion_secs.is_some());
+    }
+
+    #[test]
+    fn saved_minutes_restore_the_same_burn_rates() {
+        let e = engine();
+        for s in 0..300u64 {
+            e.observe([(0, T0 + s, if s % 4 == 0 { 900_000 } else { 1_000 }, Outcome::Ok)]);
+        }
+        let saved = e.take_dirty();
+        assert!(!saved.is_empty());
+        let f = engine();
+        f.restore(saved);
+        let (a, b) = (e.status(T0 + 300), f.status(T0 + 300));
+        assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+        assert!(f.take_dirty().is_empty());
+    }
+}

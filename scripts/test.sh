@@ -7,13 +7,16 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 JOBS="${GEMBA_TEST_JOBS:-2}"
 
-echo "== system packages (prometheus and promtool for the exposition tests)"
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+echo "== system packages (prometheus, promtool, amtool for the exposition and SLO tests)"
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-    # The package starts a service where it can; the tests run their own on loopback.
-    (service prometheus stop || systemctl stop prometheus || pkill -x prometheus) >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null
+    # The packages start services where they can; the tests run their own on loopback.
+    for svc in prometheus prometheus-alertmanager; do
+      (service "$svc" stop || systemctl stop "$svc") >/dev/null 2>&1 || true
+    done
+    pkill -f '^/usr/bin/prometheus' >/dev/null 2>&1 || true
   else
     echo "warning: not root; install Debian's prometheus package to run the Prometheus tests" >&2
   fi

@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod catalog;
 mod config;
+mod dashboards;
 mod http;
 mod measure;
 mod schema;
@@ -55,6 +56,54 @@ fn build_server(
     Ok(GembaServer::new(engine, timeouts, recorder, sli))
 }
 
+/// What the operational alerts look at, read from the recorder, the cache and /proc.
+fn signals(server: &GembaServer, recorder: &kaizen::Recorder) -> kaizen::operational::Signals {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut requests, mut server_errors) = (0, 0);
+    for (_, s) in recorder.ops() {
+        requests += s.total_requests();
+        server_errors += s.requests[kaizen::Outcome::Internal as usize].load(Relaxed)
+            + s.requests[kaizen::Outcome::Timeout as usize].load(Relaxed);
+    }
+    let cache = &server.engine().cache.stats;
+    let p = kaizen::process::process_stats();
+    kaizen::operational::Signals {
+        requests,
+        server_errors,
+        cache_hits: cache.hits.load(Relaxed),
+        cache_misses: cache.misses.load(Relaxed),
+        rss_bytes: p.resident_memory_bytes,
+        memory_limit_bytes: p.memory_limit_bytes,
+        // Recalculation (retries, breaker, long runs) reports here once forks land.
+        ..Default::default()
+    }
+}
+
+/// Every 10 s: evaluate the SLO and operational alerts, deliver transitions, save SLI minutes.
+fn spawn_evaluator(
+    server: GembaServer,
+    recorder: Arc<kaizen::Recorder>,
+    sli: Arc<kaizen::sli::SliEngine>,
+    store: Option<Arc<kaizen::store::Store>>,
+    webhook: Option<kaizen::alerts::Webhook>,
+) {
+    let ops = kaizen::operational::Operational::new(sli.config().operational.clone(), slo::RUNBOOK_URL);
+    let spawned = std::thread::Builder::new().name("gemba-alerts".into()).spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(10));
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let mut events = sli.evaluate(now);
+            events.extend(ops.evaluate(now, signals(&server, &recorder)));
+            kaizen::alerts::deliver(&events, webhook.as_ref());
+            kaizen::sli::save(&sli, store.as_deref());
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the alert evaluator: {e}");
+    }
+}
+
 /// Wire measurement: cache hooks, extra samples, the request log, StatsD, the admin listener.
 async fn start_kaizen(
     cfg: &ServeConfig,
@@ -87,7 +136,7 @@ async fn start_kaizen(
     }
     if recorder.enabled() {
         recorder.attach_sli(sli.clone());
-        kaizen::sli::spawn_evaluator(sli.clone(), store.clone(), webhook, Duration::from_secs(10));
+        spawn_evaluator(server.clone(), recorder.clone(), sli.clone(), store.clone(), webhook);
     }
     let sli_for_samples = sli.clone();
     let s = server.clone();

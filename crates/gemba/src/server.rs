@@ -43,8 +43,9 @@ pub struct State {
     pub load_timeout: Duration,
     pub sli: Option<Arc<kaizen::sli::SliEngine>>,
     pub recorder: Option<Arc<kaizen::Recorder>>,
-    /// Test-only fault injection: this tool panics (GEMBA_TEST_PANIC_TOOL).
-    pub panic_tool: Option<String>,
+    /// Test-only fault injection (GEMBA_TEST_PANIC_TOOL=tool, or tool@N for every Nth call).
+    pub panic_tool: Option<(String, u64)>,
+    pub panic_count: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -68,7 +69,13 @@ impl GembaServer {
                 load_timeout: timeouts.load,
                 sli,
                 recorder,
-                panic_tool: std::env::var("GEMBA_TEST_PANIC_TOOL").ok().filter(|s| !s.is_empty()),
+                panic_tool: std::env::var("GEMBA_TEST_PANIC_TOOL").ok().filter(|s| !s.is_empty()).map(|s| {
+                    match s.split_once('@') {
+                        Some((t, n)) => (t.to_string(), n.parse().unwrap_or(1).max(1)),
+                        None => (s, 1),
+                    }
+                }),
+                panic_count: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -88,7 +95,10 @@ impl GembaServer {
         let b = budget.clone();
         let work = tokio::task::spawn_blocking(move || {
             let queue = queued.elapsed();
-            if state.panic_tool.as_deref() == Some(name_owned.as_str()) {
+            if let Some((tool, every)) = &state.panic_tool
+                && *tool == name_owned
+                && (state.panic_count.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(*every)
+            {
                 panic!("injected fault: GEMBA_TEST_PANIC_TOOL={name_owned}");
             }
             let t = Instant::now();

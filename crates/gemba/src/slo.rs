@@ -56,6 +56,13 @@ pub enum SloCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the Grafana dashboards (operations, SLO) as JSON, or write them into a directory.
+    Dashboards {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print an example Alertmanager route/receiver configuration.
+    Alertmanager,
     /// Print Prometheus recording and alerting rules for the SLOs.
     Rules {
         /// Base URL of the runbook the alerts link to.
@@ -162,6 +169,22 @@ pub fn run(args: SloArgs) -> Result<()> {
                 println!("(no requests recorded in the SLO period)");
             }
         }
+        SloCommand::Dashboards { out } => {
+            let dashboards = crate::dashboards::grafana();
+            match out {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    for d in &dashboards {
+                        let uid = d["uid"].as_str().unwrap_or("gemba");
+                        let path = dir.join(format!("{uid}.json"));
+                        std::fs::write(&path, serde_json::to_string_pretty(d)?)?;
+                        println!("{}", path.display());
+                    }
+                }
+                None => println!("{}", serde_json::to_string_pretty(&dashboards)?),
+            }
+        }
+        SloCommand::Alertmanager => print!("{}", crate::dashboards::ALERTMANAGER_EXAMPLE),
         SloCommand::Rules { runbook_url } => {
             println!("{}", serde_json::to_string_pretty(&kaizen::slo::prometheus_rules(&cfg, &runbook_url))?)
         }

@@ -70,6 +70,23 @@ impl Webhook {
     }
 }
 
+/// Deliver alert transitions: to the log always, to the webhook when there is one.
+pub fn deliver(events: &[AlertEvent], webhook: Option<&Webhook>) {
+    for e in events {
+        let what = if e.slo.is_empty() { e.alert.clone() } else { format!("{} ({})", e.alert, e.slo) };
+        if e.status == "firing" {
+            tracing::warn!(severity = %e.severity, runbook = %e.runbook, "alert firing: {what}: {}", e.summary);
+        } else {
+            tracing::info!("alert resolved: {what}");
+        }
+    }
+    if let Some(w) = webhook
+        && let Err(err) = w.send(events)
+    {
+        tracing::warn!("alert webhook failed: {err}");
+    }
+}
+
 fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
@@ -85,6 +102,15 @@ fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
+fn labels(e: &AlertEvent) -> serde_json::Value {
+    let mut l = json!({"alertname": e.alert, "severity": e.severity, "service": "gemba"});
+    if !e.slo.is_empty() {
+        l["slo"] = json!(e.slo);
+        l["tool"] = json!(e.tool);
+    }
+    l
+}
+
 /// The Alertmanager webhook message for these events.
 pub fn payload(events: &[AlertEvent]) -> serde_json::Value {
     let firing = events.iter().any(|e| e.status == "firing");
@@ -93,7 +119,7 @@ pub fn payload(events: &[AlertEvent]) -> serde_json::Value {
         .map(|e| {
             json!({
                 "status": e.status,
-                "labels": {"alertname": e.alert, "severity": e.severity, "slo": e.slo, "tool": e.tool, "service": "gemba"},
+                "labels": labels(e),
                 "annotations": {"summary": e.summary, "runbook_url": e.runbook},
                 "startsAt": rfc3339(e.at_secs),
                 "endsAt": if e.status == "resolved" { rfc3339(e.at_secs) } else { "0001-01-01T00:00:00Z".to_string() },

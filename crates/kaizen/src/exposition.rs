@@ -211,6 +211,12 @@ impl Collector for KaizenCollector {
             &[(vec![], p.cpu_seconds)],
         )?;
         gauge(&mut enc, "gemba_process_open_fds", "Open file descriptors.", &[(vec![], p.open_fds as f64)])?;
+        gauge(
+            &mut enc,
+            "gemba_process_memory_limit_bytes",
+            "Memory the process may use (cgroup limit, else the machine's memory).",
+            &[(vec![], p.memory_limit_bytes as f64)],
+        )?;
         gauge(&mut enc, "gemba_process_threads", "Threads of the server process.", &[(vec![], p.threads as f64)])?;
 
         // OpenTelemetry MCP semantic conventions, from the same counters.

@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod buckets;
 pub mod exposition;
+pub mod operational;
 pub mod outcome;
 pub mod process;
 pub mod recorder;

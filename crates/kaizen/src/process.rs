@@ -9,6 +9,33 @@ pub struct ProcessStats {
     pub cpu_seconds: f64,
     pub open_fds: u64,
     pub threads: u64,
+    /// The memory this process may use: its cgroup's limit, else the machine's memory.
+    pub memory_limit_bytes: u64,
+}
+
+fn memory_limit() -> u64 {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .or_else(|| {
+            std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|v| *v < (1 << 60))
+        });
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    match (cgroup, total) {
+        (Some(c), Some(t)) => c.min(t),
+        (Some(c), None) => c,
+        (None, Some(t)) => t,
+        (None, None) => 0,
+    }
 }
 
 pub fn process_stats() -> ProcessStats {
@@ -35,6 +62,7 @@ pub fn process_stats() -> ProcessStats {
         }
     }
     s.open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+    s.memory_limit_bytes = memory_limit();
     s
 }
 

@@ -11,9 +11,6 @@ use serde::Serialize;
 use crate::outcome::Outcome;
 use crate::slo::{self, Indicator, Objective, SloConfig};
 
-/// Minutes kept at minute resolution (the longest burn window, 3 days).
-const MINUTE_SLOTS: u64 = 3 * 24 * 60;
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub good: u64,
@@ -62,6 +59,8 @@ pub struct SloStatus {
     /// "ok", "ticket" or "page"; "budget_low" is reported separately.
     pub state: String,
     pub budget_low: bool,
+    /// For latency objectives, the threshold in seconds.
+    pub latency_threshold_seconds: Option<f64>,
 }
 
 struct PerObjective {
@@ -89,14 +88,19 @@ impl std::fmt::Debug for SliEngine {
     }
 }
 
-fn window_minutes(w: &str) -> u64 {
-    let (n, unit) = w.split_at(w.len().saturating_sub(1));
-    let n: u64 = n.parse().unwrap_or(0);
-    match unit {
-        "m" => n,
-        "h" => n * 60,
-        "d" => n * 1440,
-        _ => n,
+impl SliEngine {
+    /// Buckets a window spans at the configured resolution and scale.
+    fn buckets(&self, w: &str) -> u64 {
+        self.cfg.window_secs(w).div_ceil(self.cfg.resolution_secs).max(1)
+    }
+
+    fn bucket_of(&self, secs: u64) -> u64 {
+        secs / self.cfg.resolution_secs
+    }
+
+    /// Buckets kept: the longest window or the period, whichever is longer.
+    fn keep(&self) -> u64 {
+        self.buckets("3d").max(self.buckets(&self.cfg.period_window()))
     }
 }
 
@@ -129,7 +133,7 @@ impl SliEngine {
         &self.cfg
     }
 
-    fn add(p: &mut PerObjective, minute: u64, c: Counts) {
+    fn add(p: &mut PerObjective, minute: u64, c: Counts, keep: u64) {
         match p.minutes.back_mut() {
             Some((m, counts)) if *m == minute => counts.add(c),
             _ => {
@@ -145,8 +149,6 @@ impl SliEngine {
         if !p.dirty.contains(&minute) {
             p.dirty.push(minute);
         }
-        // Keep the period (at least the longest window) at minute resolution.
-        let keep = (u64::from(0u32) + MINUTE_SLOTS).max(u64::from(0u32) + 1440 * 30);
         while p.minutes.front().is_some_and(|(m, _)| *m + keep < minute) {
             p.minutes.pop_front();
         }
@@ -154,6 +156,7 @@ impl SliEngine {
 
     /// Count finished requests: (op index, unix seconds, duration µs, outcome).
     pub fn observe(&self, events: impl IntoIterator<Item = (usize, u64, u64, Outcome)>) {
+        let keep = self.keep();
         let mut st = self.state.lock();
         for (op, secs, micros, outcome) in events {
             let Some(objs) = self.op_objectives.get(op) else { continue };
@@ -163,17 +166,18 @@ impl SliEngine {
                     Some(t) => micros <= t,
                     None => !outcome.is_server_error(),
                 };
-                Self::add(p, secs / 60, Counts { good: u64::from(good), total: 1 });
+                Self::add(p, secs / self.cfg.resolution_secs, Counts { good: u64::from(good), total: 1 }, keep);
             }
         }
     }
 
     /// Restore saved minutes (slo name, minute, good, total).
     pub fn restore(&self, rows: impl IntoIterator<Item = (String, u64, u64, u64)>) {
+        let keep = self.keep();
         let mut st = self.state.lock();
         for (slo, minute, good, total) in rows {
             if let Some(p) = st.iter_mut().find(|p| p.obj.name == slo) {
-                Self::add(p, minute, Counts { good, total });
+                Self::add(p, minute, Counts { good, total }, keep);
                 p.dirty.retain(|m| *m != minute);
             }
         }
@@ -208,12 +212,12 @@ impl SliEngine {
     }
 
     fn status_of(&self, p: &PerObjective, now_secs: u64) -> (SloStatus, Option<&'static str>) {
-        let now_minute = now_secs / 60;
+        let now_minute = self.bucket_of(now_secs);
         let o = &p.obj;
         let burns: Vec<(String, f64, f64)> = slo::WINDOWS
             .iter()
             .map(|w| {
-                let c = Self::sum(p, now_minute, window_minutes(w));
+                let c = Self::sum(p, now_minute, self.buckets(w));
                 (w.to_string(), slo::burn_rate(c.bad() as f64, c.total as f64, o.objective), c.total as f64)
             })
             .collect();
@@ -221,12 +225,12 @@ impl SliEngine {
             |w| burns.iter().find(|(x, _, _)| x == w).map(|(_, b, n)| (*b, *n)).unwrap_or((0.0, 0.0)),
             self.cfg.min_requests,
         );
-        let period = Self::sum(p, now_minute, u64::from(self.cfg.period_days) * 1440);
+        let period = Self::sum(p, now_minute, self.buckets(&self.cfg.period_window()));
         let consumed =
             if period.total == 0 { 0.0 } else { (period.bad() as f64 / period.total as f64) / o.error_budget() };
         let remaining = 1.0 - consumed;
         let burn_1h = burns.iter().find(|(w, _, _)| w == "1h").map(|(_, b, _)| *b).unwrap_or(0.0);
-        let period_secs = f64::from(self.cfg.period_days) * 86_400.0;
+        let period_secs = self.cfg.window_secs(&self.cfg.period_window()) as f64;
         let tte = (burn_1h > 0.0 && remaining > 0.0).then(|| remaining * period_secs / burn_1h);
         let status = SloStatus {
             slo: o.name.clone(),
@@ -239,6 +243,7 @@ impl SliEngine {
             requests_period: period.total,
             time_to_exhaustion_secs: tte,
             state: severity.unwrap_or("ok").to_string(),
+            latency_threshold_seconds: p.threshold_micros.map(|t| t as f64 / 1e6),
             budget_low: period.total >= budget_min_requests(o, self.cfg.min_requests)
                 && consumed >= self.cfg.budget_alert_at,
         };
@@ -327,6 +332,9 @@ impl SliEngine {
                 "The objective: share of requests that must be good.",
                 st.objective,
             ));
+            if let Some(t) = st.latency_threshold_seconds {
+                out.push(g("gemba_slo_latency_threshold_seconds", "The latency objective's threshold.", t));
+            }
             if let Some(sli) = st.sli {
                 out.push(g("gemba_slo_sli_ratio", "Share of good requests over the SLO period so far.", sli));
             }
@@ -360,40 +368,16 @@ impl SliEngine {
     }
 }
 
-/// Evaluate every `every`: deliver transitions (log, webhook) and save changed minutes.
-pub fn spawn_evaluator(
-    engine: std::sync::Arc<SliEngine>,
-    store: Option<std::sync::Arc<crate::store::Store>>,
-    webhook: Option<crate::alerts::Webhook>,
-    every: std::time::Duration,
-) {
-    let spawned = std::thread::Builder::new().name("kaizen-slo".into()).spawn(move || {
-        loop {
-            std::thread::sleep(every);
-            tick(&engine, store.as_deref(), webhook.as_ref());
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the SLO evaluator: {e}");
-    }
-}
-
-/// One evaluation: alerts delivered, minutes saved. Also called at shutdown.
+/// One evaluation: alerts delivered, minutes saved. Called by the evaluator and at shutdown.
 pub fn tick(engine: &SliEngine, store: Option<&crate::store::Store>, webhook: Option<&crate::alerts::Webhook>) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let events = engine.evaluate(now);
-    for e in &events {
-        if e.status == "firing" {
-            tracing::warn!(alert = %e.alert, slo = %e.slo, severity = %e.severity, runbook = %e.runbook, "alert firing: {}", e.summary);
-        } else {
-            tracing::info!(alert = %e.alert, slo = %e.slo, "alert resolved: {}", e.summary);
-        }
-    }
-    if let Some(w) = webhook
-        && let Err(err) = w.send(&events)
-    {
-        tracing::warn!("alert webhook failed: {err}");
-    }
+    crate::alerts::deliver(&events, webhook);
+    save(engine, store);
+}
+
+/// Save the minutes changed since the last save.
+pub fn save(engine: &SliEngine, store: Option<&crate::store::Store>) {
     if let Some(s) = store {
         let dirty = engine.take_dirty();
         if !dirty.is_empty()

@@ -53,6 +53,23 @@ pub struct SloConfig {
     pub tiers: BTreeMap<String, Tier>,
     #[serde(default)]
     pub tools: BTreeMap<String, ToolObjectives>,
+    /// Thresholds of the operational alerts.
+    #[serde(default)]
+    pub operational: crate::operational::OperationalConfig,
+    /// Scale every window (and the period) by this factor — only for tests that need hours to
+    /// pass in seconds. 1 in production.
+    #[serde(default = "default_scale")]
+    pub window_scale: f64,
+    /// Granularity of the in-process SLI counts, in seconds (60 in production).
+    #[serde(default = "default_resolution")]
+    pub resolution_secs: u64,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+fn default_resolution() -> u64 {
+    60
 }
 
 fn default_period() -> u32 {
@@ -138,7 +155,24 @@ impl SloConfig {
             budget_alert_at: default_budget_alert(),
             tiers,
             tools,
+            operational: Default::default(),
+            window_scale: 1.0,
+            resolution_secs: 60,
         }
+    }
+
+    /// Seconds a window spans, after scaling.
+    pub fn window_secs(&self, w: &str) -> u64 {
+        ((window_seconds(w) as f64 * self.window_scale).round() as u64).max(1)
+    }
+
+    /// The PromQL range for a window: the window itself, or its scaled length in seconds.
+    pub fn range(&self, w: &str) -> String {
+        if self.window_scale == 1.0 { w.to_string() } else { format!("{}s", self.window_secs(w)) }
+    }
+
+    pub fn period_window(&self) -> String {
+        format!("{}d", self.period_days)
     }
 
     /// Check the config: every tool's tier exists, objectives are in (0, 1).
@@ -157,6 +191,9 @@ impl SloConfig {
                     return Err(format!("tool {tool}: {what} {v} must be between 0 and 1, e.g. 0.999"));
                 }
             }
+        }
+        if !(self.window_scale > 0.0 && self.window_scale <= 1.0) || self.resolution_secs == 0 {
+            return Err("window_scale must be in (0, 1] and resolution_secs at least 1".into());
         }
         if !(self.budget_alert_at > 0.0 && self.budget_alert_at <= 1.0) {
             return Err(format!("budget_alert_at {} must be in (0, 1]", self.budget_alert_at));
@@ -234,7 +271,7 @@ pub fn evaluate(burn: impl Fn(&str) -> (f64, f64), min_requests: u64) -> Option<
     fired
 }
 
-fn window_seconds(w: &str) -> u64 {
+pub fn window_seconds(w: &str) -> u64 {
     let (n, unit) = w.split_at(w.len() - 1);
     let n: u64 = n.parse().unwrap_or(0);
     match unit {
@@ -255,19 +292,20 @@ pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str) -> Value {
         let labels = json!({"slo": o.name, "tool": o.tool, "tier": o.tier});
         let mut rules = Vec::new();
         for w in WINDOWS {
+            let r = cfg.range(w);
             let expr = match &o.indicator {
                 Indicator::Availability => format!(
-                    "(sum(rate(gemba_tool_requests_total{{{sel},outcome=~\"internal|timeout\"}}[{w}])) or vector(0)) / sum(rate(gemba_tool_requests_total{{{sel}}}[{w}]))"
+                    "(sum(rate(gemba_tool_requests_total{{{sel},outcome=~\"internal|timeout\"}}[{r}])) or vector(0)) / sum(rate(gemba_tool_requests_total{{{sel}}}[{r}]))"
                 ),
                 Indicator::Latency { threshold_seconds } => format!(
-                    "1 - (sum(rate(gemba_tool_duration_seconds_bucket{{{sel},le=\"{}\"}}[{w}])) / sum(rate(gemba_tool_duration_seconds_count{{{sel}}}[{w}])))",
+                    "1 - (sum(rate(gemba_tool_duration_seconds_bucket{{{sel},le=\"{}\"}}[{r}])) / sum(rate(gemba_tool_duration_seconds_count{{{sel}}}[{r}])))",
                     prom_float(*threshold_seconds)
                 ),
             };
             rules.push(json!({"record": format!("slo:sli_error:ratio_rate{w}"), "expr": expr, "labels": labels}));
             rules.push(json!({
                 "record": format!("slo:requests:increase{w}"),
-                "expr": format!("sum(increase(gemba_tool_requests_total{{{sel}}}[{w}]))"),
+                "expr": format!("sum(increase(gemba_tool_requests_total{{{sel}}}[{r}]))"),
                 "labels": labels,
             }));
         }
@@ -275,15 +313,16 @@ pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str) -> Value {
             json!({"record": "slo:objective:ratio", "expr": format!("vector({})", o.objective), "labels": labels}),
         );
         rules.push(json!({"record": "slo:error_budget:ratio", "expr": format!("vector({})", o.error_budget()), "labels": labels}));
-        let period = format!("{}d", cfg.period_days);
+        let period = cfg.period_window();
+        let period_range = cfg.range(&period);
         rules.push(json!({
             "record": format!("slo:sli_error:ratio_rate{period}"),
-            "expr": format!("avg_over_time(slo:sli_error:ratio_rate5m{{slo=\"{}\"}}[{period}])", o.name),
+            "expr": format!("avg_over_time(slo:sli_error:ratio_rate5m{{slo=\"{}\"}}[{period_range}])", o.name),
             "labels": labels,
         }));
         rules.push(json!({
             "record": format!("slo:requests:increase{period}"),
-            "expr": format!("sum(increase(gemba_tool_requests_total{{{sel}}}[{period}]))"),
+            "expr": format!("sum(increase(gemba_tool_requests_total{{{sel}}}[{period_range}]))"),
             "labels": labels,
         }));
         rules.push(json!({
@@ -341,7 +380,7 @@ pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str) -> Value {
         }));
         groups.push(json!({"name": format!("gemba-slo-{}", o.name), "interval": "30s", "rules": rules}));
     }
-    let _ = window_seconds;
+    groups.push(crate::operational::prometheus_rules(&cfg.operational, runbook_base));
     json!({ "groups": groups })
 }
 

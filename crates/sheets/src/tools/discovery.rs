@@ -157,7 +157,8 @@ pub fn list_sheets(engine: &Engine, p: WorkbookParams, budget: &Budget) -> Resul
     let max = engine.caps.max_items;
     let mut sheets = Vec::new();
     for (i, meta) in wb.sheets.iter().enumerate().take(max) {
-        budget.check()?;
+        // Mostly loading: bounded by the load budget, not the tool's own.
+        budget.check_load()?;
         let s = wb.sheet_at(i, budget)?;
         sheets.push(SheetInfo {
             name: meta.name.clone(),
@@ -203,7 +204,8 @@ pub fn workbook_summary(engine: &Engine, p: WorkbookParams, budget: &Budget) -> 
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let mut sheets = Vec::new();
     for (i, meta) in wb.sheets.iter().enumerate().take(SHEETS) {
-        budget.check()?;
+        // Mostly loading: bounded by the load budget, not the tool's own.
+        budget.check_load()?;
         let s = wb.sheet_at(i, budget)?;
         let regs = super::regions_of(&s, budget);
         sheets.push(SheetSummary {

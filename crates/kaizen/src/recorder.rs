@@ -147,8 +147,9 @@ impl std::fmt::Debug for Recorder {
 }
 
 /// Capacity of the queue between the hot path and the aggregator.
-const EVENT_QUEUE: usize = 65_536;
-/// How often the aggregator drains the queue (so 65,536 slots absorb over 3 million events/s).
+const EVENT_QUEUE: usize = 16_384;
+/// How often the aggregator drains the queue (16,384 slots absorb over 800,000 events/s; the
+/// queue is allocated up front, so its size is resident memory).
 const AGGREGATE_EVERY: Duration = Duration::from_millis(20);
 
 impl Recorder {

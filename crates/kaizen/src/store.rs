@@ -96,7 +96,7 @@ pub struct Store {
 }
 
 /// Queue between the aggregator and the writer.
-const LOG_QUEUE: usize = 100_000;
+const LOG_QUEUE: usize = 16_384;
 /// A row with this tool name asks the writer to acknowledge once everything before it is written.
 const FLUSH_MARKER: &str = "\u{0}flush";
 static FLUSH_ACK: parking_lot::Mutex<Option<SyncSender<()>>> = parking_lot::Mutex::new(None);

@@ -120,11 +120,20 @@ impl Budget {
 
     /// Check the load deadline (loops that read a workbook).
     pub fn check_load(&self) -> Result<()> {
+        self.check_against(self.load_deadline, self.load_total)
+    }
+
+    /// Check the tool's own deadline (loops that do the tool's work).
+    pub fn check(&self) -> Result<()> {
+        self.check_against(self.deadline, self.total)
+    }
+
+    fn check_against(&self, deadline: Option<Instant>, total: Duration) -> Result<()> {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(SheetsError::Cancelled);
         }
-        match self.load_deadline {
-            Some(d) if Instant::now() >= d => Err(SheetsError::Timeout { budget: self.load_total }),
+        match deadline {
+            Some(d) if Instant::now() >= d => Err(SheetsError::Timeout { budget: total }),
             _ => Ok(()),
         }
     }
@@ -141,25 +150,6 @@ impl Budget {
     /// A handle that cancels this budget's work when `cancel()` is called on it.
     pub fn canceller(&self) -> Canceller {
         Canceller(self.cancelled.clone())
-    }
-
-    /// Time left before the deadline (`None`: no deadline).
-    pub fn remaining(&self) -> Option<Duration> {
-        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
-    pub fn timeout_error(&self) -> SheetsError {
-        SheetsError::Timeout { budget: self.total }
-    }
-
-    pub fn check(&self) -> Result<()> {
-        if self.cancelled.load(Ordering::Relaxed) {
-            return Err(SheetsError::Cancelled);
-        }
-        match self.deadline {
-            Some(d) if Instant::now() >= d => Err(SheetsError::Timeout { budget: self.total }),
-            _ => Ok(()),
-        }
     }
 }
 

@@ -255,9 +255,61 @@ pub fn relative_form(formula: &str, row: u32, col: u32) -> String {
     out.to_uppercase()
 }
 
+/// The formula as it reads when copied `dr` rows and `dc` columns away (a fill): relative
+/// references move, `$`-anchored ones stay. A reference pushed off the grid becomes `#REF!`.
+pub fn shift(formula: &str, dr: i64, dc: i64) -> String {
+    let mut out = String::with_capacity(formula.len() + 8);
+    let mut last = 0;
+    let end = |e: &RefEnd| -> Option<String> {
+        let mut s = String::new();
+        if let Some((c, abs)) = e.col {
+            let c = if abs { i64::from(c) } else { i64::from(c) + dc };
+            if !(0..i64::from(MAX_COLS)).contains(&c) {
+                return None;
+            }
+            if abs {
+                s.push('$');
+            }
+            s.push_str(&crate::address::col_name(c as u32));
+        }
+        if let Some((r, abs)) = e.row {
+            let r = if abs { i64::from(r) } else { i64::from(r) + dr };
+            if !(0..i64::from(MAX_ROWS)).contains(&r) {
+                return None;
+            }
+            if abs {
+                s.push('$');
+            }
+            s.push_str(&(r + 1).to_string());
+        }
+        Some(s)
+    };
+    scan(formula, |t| {
+        if let Token::Ref { span, a, b, .. } = t {
+            out.push_str(&formula[last..span.0]);
+            let moved = match b {
+                Some(b) => end(&a).zip(end(&b)).map(|(x, y)| format!("{x}:{y}")),
+                None => end(&a),
+            };
+            out.push_str(moved.as_deref().unwrap_or("#REF!"));
+            last = span.1;
+        }
+    });
+    out.push_str(&formula[last..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifting_moves_relative_references_only() {
+        assert_eq!(shift("A1*2+$B$1+SUM(C1:C3)", 2, 1), "B3*2+$B$1+SUM(D3:D5)");
+        assert_eq!(shift("Data!A$1+$A2", 1, 1), "Data!B$1+$A3");
+        assert_eq!(shift("A1", -1, 0), "#REF!");
+        assert_eq!(shift("\"A1\"&A1", 1, 0), "\"A1\"&A2");
+    }
 
     fn refs(f: &str) -> Vec<(Option<String>, String)> {
         let mut v = Vec::new();

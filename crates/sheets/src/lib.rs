@@ -6,6 +6,7 @@ pub mod address;
 pub mod cache;
 pub mod cfb;
 pub mod error;
+pub mod forks;
 pub mod formula;
 pub mod limits;
 pub mod load;
@@ -49,11 +50,17 @@ pub struct EngineConfig {
     pub cache_bytes: usize,
     pub limits: Limits,
     pub caps: Caps,
+    pub forks: forks::ForkConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { cache_bytes: 512 * 1024 * 1024, limits: Limits::default(), caps: Caps::default() }
+        Self {
+            cache_bytes: 512 * 1024 * 1024,
+            limits: Limits::default(),
+            caps: Caps::default(),
+            forks: forks::ForkConfig::default(),
+        }
     }
 }
 
@@ -63,16 +70,14 @@ pub struct Engine {
     pub cache: WorkbookCache,
     pub limits: Limits,
     pub caps: Caps,
+    pub forks: forks::ForkStore,
 }
 
 impl Engine {
     pub fn new(root: &Path, config: EngineConfig) -> Result<Self> {
-        Ok(Self {
-            workspace: Workspace::open(root)?,
-            cache: WorkbookCache::new(config.cache_bytes),
-            limits: config.limits,
-            caps: config.caps,
-        })
+        let cache = WorkbookCache::new(config.cache_bytes);
+        let forks = forks::ForkStore::open(config.forks, &config.limits, &cache.stats)?;
+        Ok(Self { workspace: Workspace::open(root)?, cache, limits: config.limits, caps: config.caps, forks })
     }
 
     /// The workbook with this id, from the cache or loaded now.
@@ -85,6 +90,11 @@ impl Engine {
             return Err(SheetsError::invalid("workbook_id", "is empty; call list_workbooks to get an id"));
         }
         let t = std::time::Instant::now();
+        if forks::ForkStore::is_fork_id(id) {
+            let view = self.forks.view(id, budget);
+            budget.stages().add_load(t.elapsed());
+            return view.map(|v| (v, Lookup::Hit));
+        }
         let entry = self.workspace.resolve(id)?;
         let r = self.cache.get(&entry, &self.limits, budget);
         let stages = budget.stages();

@@ -138,6 +138,11 @@ impl Budget {
         }
     }
 
+    /// Time left for the tool's own work (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
     /// Time left to wait for a load.
     pub fn load_remaining(&self) -> Option<Duration> {
         self.load_deadline.map(|d| d.saturating_duration_since(Instant::now()))

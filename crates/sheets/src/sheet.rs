@@ -163,6 +163,15 @@ impl SheetBuilder {
         }
     }
 
+    /// A builder that starts from an existing string pool (indices stay valid), for a sheet
+    /// rebuilt with changes.
+    pub fn with_pool(name: String, strings: &[Arc<str>]) -> Self {
+        let mut b = Self::new(name);
+        b.strings = strings.to_vec();
+        b.by_content = strings.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
+        b
+    }
+
     pub fn reserve(&mut self, n: usize) {
         self.cells.reserve(n);
     }

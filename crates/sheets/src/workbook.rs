@@ -12,6 +12,14 @@ use crate::load::{self, Book, Format, SheetMeta, TableInfo};
 use crate::sheet::Sheet;
 use crate::workspace::{Entry, FileIdentity};
 
+/// Where sheets not yet in memory come from.
+enum Source {
+    /// A reader over the file image.
+    File { book: Box<Mutex<Book>>, file: Arc<[u8]> },
+    /// Another workbook (a fork's view: changed sheets are held here, the rest come from the base).
+    Overlay { base: Arc<Workbook> },
+}
+
 pub struct Workbook {
     pub entry: Entry,
     pub identity: FileIdentity,
@@ -21,8 +29,7 @@ pub struct Workbook {
     pub date1904: bool,
     pub has_vba: bool,
     limits: Limits,
-    book: Mutex<Book>,
-    file: std::sync::Arc<[u8]>,
+    source: Source,
     loaded: RwLock<Vec<Option<Arc<Sheet>>>>,
     tables: Mutex<Option<Arc<Vec<TableInfo>>>>,
     bytes: AtomicUsize,
@@ -56,13 +63,44 @@ impl Workbook {
             date1904: opened.date1904,
             has_vba: opened.has_vba,
             limits: limits.clone(),
-            book: Mutex::new(opened.book),
-            file: opened.bytes,
+            source: Source::File { book: Box::new(Mutex::new(opened.book)), file: opened.bytes },
             loaded: RwLock::new(vec![None; n]),
             tables: Mutex::new(None),
             bytes: AtomicUsize::new(file_bytes + 4096),
             stats,
         })
+    }
+
+    /// A view of `base` under another id in which the sheets given in `changed` replace the
+    /// base's (a fork's edits); every other sheet is the base's own, loaded by the base.
+    pub fn overlay(base: &Arc<Workbook>, entry: Entry, changed: Vec<Option<Arc<Sheet>>>) -> Self {
+        let n = base.sheets.len();
+        let mut loaded = changed;
+        loaded.resize(n, None);
+        let held: usize = loaded.iter().flatten().map(|s| s.heap_bytes()).sum();
+        Self {
+            entry,
+            identity: base.identity.clone(),
+            format: base.format,
+            sheets: base.sheets.clone(),
+            defined_names: base.defined_names.clone(),
+            date1904: base.date1904,
+            has_vba: base.has_vba,
+            limits: base.limits.clone(),
+            source: Source::Overlay { base: base.clone() },
+            loaded: RwLock::new(loaded),
+            tables: Mutex::new(None),
+            bytes: AtomicUsize::new(held),
+            stats: base.stats.clone(),
+        }
+    }
+
+    /// The file image a workbook was read from (a view answers with its base's).
+    pub fn file_bytes(&self) -> Arc<[u8]> {
+        match &self.source {
+            Source::File { file, .. } => file.clone(),
+            Source::Overlay { base } => base.file_bytes(),
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -121,12 +159,16 @@ impl Workbook {
             return Ok(s.clone());
         }
         let meta = self.sheets.get(i).ok_or_else(|| SheetsError::Internal(format!("sheet index {i} out of range")))?;
-        let mut book = self.book.lock();
+        let (book, file) = match &self.source {
+            Source::File { book, file } => (book, file),
+            Source::Overlay { base } => return base.sheet_at(i, budget),
+        };
+        let mut book = book.lock();
         if let Some(Some(s)) = self.loaded.read().get(i) {
             return Ok(s.clone());
         }
         let sheet = if meta.kind == "worksheet" {
-            load::load_sheet(&self.entry.id, &mut book, &self.file, &meta.name, self.date1904, &self.limits, budget)?
+            load::load_sheet(&self.entry.id, &mut book, file, &meta.name, self.date1904, &self.limits, budget)?
         } else {
             // Chart and macro sheets have no cell grid to read.
             Sheet::empty(&meta.name)
@@ -142,6 +184,7 @@ impl Workbook {
     /// Whether sheet `i` is already in memory.
     pub fn is_loaded(&self, i: usize) -> bool {
         matches!(self.loaded.read().get(i), Some(Some(_)))
+            || matches!(&self.source, Source::Overlay { base } if base.is_loaded(i))
     }
 
     /// Excel tables (xlsx only), read on first use.
@@ -150,9 +193,9 @@ impl Workbook {
         if let Some(t) = &*t {
             return Ok(t.clone());
         }
-        let loaded = {
-            let mut book = self.book.lock();
-            Arc::new(load::load_tables(&self.entry.id, &mut book)?)
+        let loaded = match &self.source {
+            Source::File { book, .. } => Arc::new(load::load_tables(&self.entry.id, &mut book.lock())?),
+            Source::Overlay { base } => base.tables()?,
         };
         *t = Some(loaded.clone());
         Ok(loaded)

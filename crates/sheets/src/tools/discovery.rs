@@ -9,7 +9,7 @@ use crate::limits::Budget;
 
 use crate::{Engine, value};
 
-fn iso_time(t: Option<std::time::SystemTime>) -> Option<String> {
+pub(crate) fn iso_time(t: Option<std::time::SystemTime>) -> Option<String> {
     let secs = t?.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
     let mut s = String::new();
     value::format_date((secs / 86_400.0 + 25_569.0).floor() + (secs.floor() % 86_400.0) / 86_400.0, &mut s);

@@ -3,10 +3,13 @@
 //! live here.
 
 pub mod discovery;
+pub mod editing;
+pub mod forks;
 pub mod formulas;
 pub mod reading;
 pub mod search;
 pub mod structure;
+pub mod verify;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};

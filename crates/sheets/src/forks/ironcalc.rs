@@ -1,0 +1,118 @@
+//! The in-process recalculation engine: IronCalc. A fork keeps one loaded model; edits since
+//! the last recalculation are applied to it cell by cell, then the whole workbook is evaluated.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use ironcalc_base::Model;
+use ironcalc_base::expressions::token::Error as IcError;
+use ironcalc_base::types::{Cell, FormulaValue};
+
+use super::cells::{Input, Scalar};
+use super::recalc::{Computed, Issue};
+use crate::error::{Result, SheetsError};
+
+pub struct IronSession {
+    model: Model<'static>,
+    /// Our sheet index → the model's sheet index.
+    sheet_ix: Vec<Option<u32>>,
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn engine_error(id: &str, what: impl std::fmt::Display) -> SheetsError {
+    SheetsError::Unsupported {
+        workbook_id: id.to_string(),
+        reason: format!(
+            "the in-process engine cannot calculate this workbook ({what}); use recalculate with backend=\"libreoffice\""
+        ),
+    }
+}
+
+impl IronSession {
+    /// Load the workbook image into a model. `sheet_names` are our sheets, in order.
+    pub fn load(id: &str, bytes: &[u8], sheet_names: &[String]) -> Result<Self> {
+        let loaded = catch_unwind(AssertUnwindSafe(|| {
+            let wb = ironcalc::import::load_from_xlsx_bytes(bytes, id, "en", "UTC").map_err(|e| e.to_string())?;
+            Model::from_workbook(wb, "en")
+        }));
+        let model = match loaded {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(engine_error(id, e)),
+            Err(p) => return Err(engine_error(id, format!("it failed while loading: {}", panic_text(p)))),
+        };
+        let sheet_ix = sheet_names
+            .iter()
+            .map(|n| model.workbook.worksheets.iter().position(|w| &w.name == n).map(|i| i as u32))
+            .collect();
+        Ok(Self { model, sheet_ix })
+    }
+
+    /// Write one input into the model.
+    pub fn set(&mut self, sheet: usize, row: u32, col: u32, input: &Input) -> std::result::Result<(), String> {
+        let Some(Some(s)) = self.sheet_ix.get(sheet).copied() else {
+            return Err(format!("sheet {sheet} is not in the engine's model"));
+        };
+        let (r, c) = (row as i32 + 1, col as i32 + 1);
+        let m = &mut self.model;
+        match input {
+            Input::Formula { f } => m.update_cell_with_formula(s, r, c, format!("={f}")),
+            Input::Value { v } => match v {
+                Scalar::Empty => m.set_user_input(s, r, c, String::new()),
+                Scalar::Number(n) => m.update_cell_with_number(s, r, c, *n),
+                Scalar::Bool(b) => m.update_cell_with_bool(s, r, c, *b),
+                Scalar::Text(t) => m.update_cell_with_text(s, r, c, t),
+                Scalar::Error(e) => m.set_user_input(s, r, c, e.clone()),
+            },
+        }
+    }
+
+    /// Evaluate the whole workbook and return every formula cell's value, by our sheet index.
+    pub fn evaluate(&mut self) -> std::result::Result<Vec<Computed>, String> {
+        catch_unwind(AssertUnwindSafe(|| self.model.evaluate())).map_err(panic_text)?;
+        let mut out = Vec::new();
+        for (ours, theirs) in self.sheet_ix.iter().enumerate() {
+            let Some(ws) = theirs.and_then(|i| self.model.workbook.worksheets.get(i as usize)) else { continue };
+            for (row, col, cell) in ws.sheet_data.cells() {
+                let v = match &*cell {
+                    Cell::CellFormula { v, .. } | Cell::ArrayFormula { v, .. } => v,
+                    _ => continue,
+                };
+                if row < 1 || col < 1 {
+                    continue;
+                }
+                let (value, issue) = convert(v);
+                out.push(Computed { sheet: ours, row: row as u32 - 1, col: col as u32 - 1, value, issue });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn convert(v: &FormulaValue) -> (Scalar, Option<Issue>) {
+    match v {
+        FormulaValue::Number(n) => (Scalar::Number(*n), None),
+        FormulaValue::Text(s) => (Scalar::Text(s.clone()), None),
+        FormulaValue::Boolean(b) => (Scalar::Bool(*b), None),
+        FormulaValue::Unevaluated => {
+            (Scalar::Error("#ERROR!".into()), Some(Issue::Unsupported { detail: "left unevaluated".into() }))
+        }
+        FormulaValue::Error { ei, d } => {
+            let text = ei.to_string();
+            let issue = match ei {
+                IcError::CIRC => Some(Issue::Cycle),
+                IcError::NIMPL => Some(Issue::Unsupported { detail: d.m.clone() }),
+                IcError::ERROR | IcError::CALC => Some(Issue::Unsupported { detail: d.m.clone() }),
+                IcError::NAME if d.m.to_lowercase().contains("function") => {
+                    Some(Issue::Unsupported { detail: d.m.clone() })
+                }
+                _ => None,
+            };
+            (Scalar::Error(text), issue)
+        }
+    }
+}

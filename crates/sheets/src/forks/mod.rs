@@ -1,0 +1,290 @@
+//! Forks: every write goes to a fork of a workbook; the original is untouched until an explicit
+//! save. A fork is held in memory (the original's loaded model, shared with the cache, plus its
+//! edits), persisted in the state directory, recalculated in process or by LibreOffice, and
+//! saved faithfully and atomically.
+
+pub mod cells;
+pub mod fork;
+pub mod ironcalc;
+pub mod libreoffice;
+pub mod persist;
+pub mod recalc;
+pub mod xlsx;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::cache::CacheStats;
+use crate::error::{Result, SheetsError, closest, short_list};
+use crate::limits::{Budget, Limits};
+use crate::workbook::Workbook;
+use crate::workspace::{Entry, FileIdentity};
+use fork::Fork;
+use libreoffice::{LibreOffice, LibreOfficeConfig};
+use persist::{ForkDir, ForkMeta, SourceIdentity, now_unix};
+use recalc::{Backend, RecalcStats};
+
+pub const FORK_PREFIX: &str = "fork-";
+
+#[derive(Debug, Clone)]
+pub struct ForkConfig {
+    /// Where forks are kept (`<state>/forks`).
+    pub dir: PathBuf,
+    pub max_forks: usize,
+    /// Forks older than this are removed when the server starts.
+    pub max_age: Duration,
+    /// Most cell writes one fork may hold.
+    pub max_ops: usize,
+    /// Most cell writes in one batch.
+    pub max_batch: usize,
+    pub max_checkpoints: usize,
+    pub max_staged: usize,
+    /// Saving over the original file is allowed.
+    pub allow_overwrite: bool,
+    pub default_backend: Backend,
+    pub libreoffice: LibreOfficeConfig,
+    /// Tests only: wait this long between writing a saved file and renaming it into place.
+    pub save_pause: Option<Duration>,
+}
+
+impl Default for ForkConfig {
+    fn default() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Self {
+            dir: std::env::temp_dir().join(format!("gemba-forks-{}-{n}", std::process::id())),
+            max_forks: 64,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_ops: 2_000_000,
+            max_batch: 100_000,
+            max_checkpoints: 64,
+            max_staged: 64,
+            allow_overwrite: false,
+            default_backend: Backend::InProcess,
+            libreoffice: LibreOfficeConfig::default(),
+            save_pause: None,
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct ForkStats {
+    pub created: AtomicU64,
+    pub saved: AtomicU64,
+    pub discarded: AtomicU64,
+    pub cells_edited: AtomicU64,
+    pub recalcs_in_process: AtomicU64,
+    pub recalc_nanos_in_process: AtomicU64,
+    /// The LibreOffice backend's own counters (runs, retries, breaker).
+    pub libreoffice: Arc<RecalcStats>,
+}
+
+pub type ForkHandle = Arc<Mutex<Fork>>;
+
+pub struct ForkStore {
+    pub cfg: ForkConfig,
+    forks: Mutex<HashMap<String, ForkHandle>>,
+    pub stats: Arc<ForkStats>,
+    pub libreoffice: LibreOffice,
+    seq: AtomicU64,
+}
+
+impl ForkStore {
+    /// Open the store and bring back the forks persisted in its directory.
+    pub fn open(cfg: ForkConfig, limits: &Limits, cache_stats: &Arc<CacheStats>) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| {
+            SheetsError::Workspace(format!(
+                "cannot create the forks directory {} ({e}); pass a writable --state-dir",
+                cfg.dir.display()
+            ))
+        })?;
+        let stats = Arc::new(ForkStats::default());
+        let mut lo_cfg = cfg.libreoffice.clone();
+        if lo_cfg.work_dir == LibreOfficeConfig::default().work_dir {
+            lo_cfg.work_dir = cfg.dir.join(".libreoffice");
+        }
+        let store = Self {
+            libreoffice: LibreOffice::new(lo_cfg, stats.libreoffice.clone()),
+            cfg,
+            forks: Mutex::new(HashMap::new()),
+            stats,
+            seq: AtomicU64::new(0),
+        };
+        store.restore(limits, cache_stats);
+        Ok(store)
+    }
+
+    fn restore(&self, limits: &Limits, cache_stats: &Arc<CacheStats>) {
+        let Ok(rd) = std::fs::read_dir(&self.cfg.dir) else { return };
+        let now = now_unix();
+        let mut forks = self.forks.lock();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(FORK_PREFIX) || !e.path().is_dir() {
+                continue;
+            }
+            let dir = ForkDir::new(&self.cfg.dir, &name);
+            let loaded = dir.load().and_then(|(meta, ops)| {
+                if now.saturating_sub(meta.created_unix) > self.cfg.max_age.as_secs() {
+                    return Err(SheetsError::invalid("fork", "expired"));
+                }
+                let base = open_base(&meta, &dir, limits, cache_stats)?;
+                Fork::new(meta, ForkDir::new(&self.cfg.dir, &name), base, ops)
+            });
+            match loaded {
+                Ok(f) => {
+                    tracing::info!(fork = %name, edits = f.op_count(), "fork restored");
+                    forks.insert(name, Arc::new(Mutex::new(f)));
+                }
+                Err(SheetsError::InvalidArgument { .. }) => {
+                    tracing::info!(fork = %name, "fork expired; removed");
+                    dir.remove();
+                }
+                Err(err) => tracing::warn!(fork = %name, "fork could not be restored and is left on disk: {err}"),
+            }
+        }
+    }
+
+    pub fn is_fork_id(id: &str) -> bool {
+        id.trim().starts_with(FORK_PREFIX)
+    }
+
+    pub fn count(&self) -> usize {
+        self.forks.lock().len()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.forks.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn get(&self, id: &str) -> Result<ForkHandle> {
+        let id = id.trim();
+        let forks = self.forks.lock();
+        if let Some(f) = forks.get(id) {
+            return Ok(f.clone());
+        }
+        let ids: Vec<&str> = forks.keys().map(String::as_str).collect();
+        let near = closest(id, ids.iter().copied(), 1);
+        let hint = match near.first() {
+            Some(n) => format!(" (did you mean '{n}'?)"),
+            None if ids.is_empty() => " (there are no forks; create one with create_fork)".into(),
+            None => format!("; forks are: {}", short_list(&ids, 10)),
+        };
+        Err(SheetsError::invalid("fork_id", format!("no fork '{id}'{hint}; call list_forks to see them")))
+    }
+
+    /// Make a fork of a workbook already loaded from `entry`.
+    pub fn create(&self, entry: &Entry, original: Arc<Workbook>, label: Option<String>) -> Result<ForkHandle> {
+        if original.format != crate::load::Format::Xlsx {
+            return Err(SheetsError::Unsupported {
+                workbook_id: entry.id.clone(),
+                reason: format!(
+                    "forks can edit .xlsx and .xlsm files; this is {} — save a copy as .xlsx first",
+                    original.format.as_str()
+                ),
+            });
+        }
+        if self.count() >= self.cfg.max_forks {
+            return Err(SheetsError::invalid(
+                "workbook_id",
+                format!("there are already {} forks (the limit); save or discard_fork some first", self.cfg.max_forks),
+            ));
+        }
+        let id = self.new_id(&entry.rel_path);
+        let dir = ForkDir::new(&self.cfg.dir, &id);
+        std::fs::create_dir_all(&dir.dir)
+            .map_err(|e| SheetsError::Workspace(format!("cannot create {}: {e}", dir.dir.display())))?;
+        // The base is the very image the cache loaded; keep a copy so the fork survives a
+        // restart even if the original changes.
+        let result = (|| {
+            persist::write_atomic(&dir.base(), &original.file_bytes(), None)
+                .map_err(|e| SheetsError::Workspace(format!("cannot copy the workbook into the fork: {e}")))?;
+            let meta = ForkMeta {
+                id: id.clone(),
+                workbook_id: entry.id.clone(),
+                source_path: entry.rel_path.clone(),
+                source: SourceIdentity::from(&original.identity),
+                created_unix: now_unix(),
+                label,
+                checkpoints: Vec::new(),
+                staged: Vec::new(),
+                saved_paths: Vec::new(),
+                seq: 0,
+            };
+            dir.save_meta(&meta)?;
+            Fork::new(meta, ForkDir::new(&self.cfg.dir, &id), original, Vec::new())
+        })();
+        let fork = match result {
+            Ok(f) => f,
+            Err(e) => {
+                dir.remove();
+                return Err(e);
+            }
+        };
+        let handle = Arc::new(Mutex::new(fork));
+        self.forks.lock().insert(id, handle.clone());
+        self.stats.created.fetch_add(1, Ordering::Relaxed);
+        Ok(handle)
+    }
+
+    pub fn discard(&self, id: &str) -> Result<()> {
+        let handle = self.get(id)?;
+        self.forks.lock().remove(id.trim());
+        handle.lock().dir.remove();
+        self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The workbook a read tool sees for a fork id.
+    pub fn view(&self, id: &str, budget: &Budget) -> Result<Arc<Workbook>> {
+        let handle = self.get(id)?;
+        let mut f = handle.lock();
+        let base = f.base().clone();
+        let entry = Entry {
+            id: f.meta.id.clone(),
+            rel_path: base.entry.rel_path.clone(),
+            abs_path: base.entry.abs_path.clone(),
+            size: base.entry.size,
+            modified: base.entry.modified,
+        };
+        f.view(&entry, budget)
+    }
+
+    fn new_id(&self, rel: &str) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in format!("{rel}|{t}|{n}|{}", std::process::id()).bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{FORK_PREFIX}{:08x}", (h ^ (h >> 32)) as u32)
+    }
+
+    /// Whether the original file still is what the fork was made from.
+    pub fn source_unchanged(meta: &ForkMeta, path: &std::path::Path) -> bool {
+        FileIdentity::of(path).is_ok_and(|now| SourceIdentity::from(&now) == meta.source)
+    }
+}
+
+fn open_base(meta: &ForkMeta, dir: &ForkDir, limits: &Limits, stats: &Arc<CacheStats>) -> Result<Arc<Workbook>> {
+    let path = dir.base();
+    let identity = FileIdentity::of(&path)
+        .map_err(|e| SheetsError::Workspace(format!("fork {} lost its base copy {}: {e}", meta.id, path.display())))?;
+    let entry = Entry {
+        id: meta.id.clone(),
+        rel_path: meta.source_path.clone(),
+        abs_path: path,
+        size: identity.len,
+        modified: identity.modified,
+    };
+    Workbook::open(entry, identity, limits, stats.clone()).map(Arc::new)
+}

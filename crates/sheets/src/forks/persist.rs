@@ -1,0 +1,200 @@
+//! How a fork lives on disk, so it survives a restart:
+//!
+//! ```text
+//! <state>/forks/<fork-id>/base.xlsx   the original as it was when the fork was made
+//!                        /fork.json   what the fork is (source, checkpoints, staged changes)
+//!                        /ops.jsonl   its edits, one batch per line, appended as they happen
+//! ```
+//!
+//! `fork.json` is replaced atomically (write, fsync, rename); `ops.jsonl` is appended, and a
+//! torn last line (a crash mid-append) is dropped when the fork is read back.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::cells::Input;
+use crate::error::{Result, SheetsError};
+use crate::workspace::FileIdentity;
+
+/// One cell write, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// Sheet name.
+    pub s: String,
+    pub r: u32,
+    pub c: u32,
+    pub i: Input,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Edits (ops) the fork had when the checkpoint was taken.
+    pub ops: usize,
+    pub created_unix: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Staged {
+    pub id: String,
+    /// The tool that staged it.
+    pub tool: String,
+    pub ops: Vec<Op>,
+    pub created_unix: u64,
+}
+
+/// The source file's identity, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceIdentity {
+    pub len: u64,
+    pub mtime_ns: Option<u128>,
+    pub inode: u64,
+}
+
+impl From<&FileIdentity> for SourceIdentity {
+    fn from(f: &FileIdentity) -> Self {
+        Self {
+            len: f.len,
+            mtime_ns: f.modified.and_then(|m| m.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()),
+            inode: f.inode,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForkMeta {
+    pub id: String,
+    pub workbook_id: String,
+    /// The original, relative to the workspace.
+    pub source_path: String,
+    pub source: SourceIdentity,
+    pub created_unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub checkpoints: Vec<Checkpoint>,
+    #[serde(default)]
+    pub staged: Vec<Staged>,
+    /// Paths (relative) this fork has saved to; saving there again is allowed.
+    #[serde(default)]
+    pub saved_paths: Vec<String>,
+    /// Counter for checkpoint and change ids.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> SheetsError {
+    SheetsError::Workspace(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// Write a file so that a crash leaves either the old content or the new, never a mix:
+/// a temporary file in the same directory, fsync, rename over, fsync the directory.
+/// `pause` (tests only) waits between the fsync and the rename.
+pub fn write_atomic(path: &Path, data: &[u8], pause: Option<std::time::Duration>) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.gemba-{}-{n}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        if let Some(p) = pause {
+            std::thread::sleep(p);
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub struct ForkDir {
+    pub dir: PathBuf,
+}
+
+impl ForkDir {
+    pub fn new(root: &Path, id: &str) -> Self {
+        Self { dir: root.join(id) }
+    }
+
+    pub fn base(&self) -> PathBuf {
+        self.dir.join("base.xlsx")
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.dir.join("fork.json")
+    }
+
+    fn ops_path(&self) -> PathBuf {
+        self.dir.join("ops.jsonl")
+    }
+
+    pub fn save_meta(&self, meta: &ForkMeta) -> Result<()> {
+        let json = serde_json::to_vec_pretty(meta).map_err(|e| SheetsError::Internal(e.to_string()))?;
+        write_atomic(&self.meta_path(), &json, None).map_err(|e| io_err("write", &self.meta_path(), e))
+    }
+
+    pub fn append_ops(&self, ops: &[Op]) -> Result<()> {
+        let mut line = serde_json::to_vec(ops).map_err(|e| SheetsError::Internal(e.to_string()))?;
+        line.push(b'\n');
+        let path = self.ops_path();
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err("open", &path, e))?;
+        // One write of the whole line: a crash leaves at most a torn last line, dropped on load.
+        f.write_all(&line).map_err(|e| io_err("append to", &path, e))
+    }
+
+    /// Replace the whole log (after restoring a checkpoint).
+    pub fn rewrite_ops(&self, ops: &[Op]) -> Result<()> {
+        let mut data = Vec::new();
+        if !ops.is_empty() {
+            data = serde_json::to_vec(ops).map_err(|e| SheetsError::Internal(e.to_string()))?;
+            data.push(b'\n');
+        }
+        write_atomic(&self.ops_path(), &data, None).map_err(|e| io_err("write", &self.ops_path(), e))
+    }
+
+    pub fn load(&self) -> Result<(ForkMeta, Vec<Op>)> {
+        let raw = std::fs::read(self.meta_path()).map_err(|e| io_err("read", &self.meta_path(), e))?;
+        let meta: ForkMeta = serde_json::from_slice(&raw).map_err(|e| io_err("parse", &self.meta_path(), e))?;
+        let mut ops = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(self.ops_path()) {
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Vec<Op>>(line) {
+                    Ok(batch) => ops.extend(batch),
+                    Err(e) => {
+                        tracing::warn!(fork = %meta.id, line = n + 1, "dropping a torn edit batch: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((meta, ops))
+    }
+
+    pub fn remove(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), "cannot remove fork directory: {e}");
+        }
+    }
+}

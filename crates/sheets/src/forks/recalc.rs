@@ -1,0 +1,124 @@
+//! Recalculation: the backends, what they return, and the report a fork keeps of its last run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::cells::Scalar;
+
+/// Which engine recalculates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// IronCalc inside the server (default): fast, no process to start.
+    #[default]
+    InProcess,
+    /// LibreOffice headless in a child process: broader function coverage, slower.
+    Libreoffice,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::InProcess => "in_process",
+            Backend::Libreoffice => "libreoffice",
+        }
+    }
+}
+
+/// Why a recomputed value cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Issue {
+    /// The cell is part of a circular reference.
+    Cycle,
+    /// The engine does not support something the formula uses.
+    Unsupported { detail: String },
+}
+
+/// One formula cell's recomputed value.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    pub sheet: usize,
+    pub row: u32,
+    pub col: u32,
+    pub value: Scalar,
+    pub issue: Option<Issue>,
+}
+
+/// A cell the engine could not calculate faithfully, reported to the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CellIssue {
+    /// `Sheet!A1`.
+    pub cell: String,
+    #[serde(flatten)]
+    pub issue: Issue,
+    /// The value kept: the cached one from the file when there was one.
+    #[schemars(schema_with = "crate::tools::cell_schema")]
+    pub kept: serde_json::Value,
+}
+
+/// What the last recalculation did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct RecalcReport {
+    pub backend: String,
+    /// Formula cells evaluated.
+    pub formulas: usize,
+    /// Formula cells whose value differs from the original file's.
+    pub changed: usize,
+    /// Cells in circular references or using unsupported functions (first 50).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub issues: Vec<CellIssue>,
+    pub issue_count: usize,
+    /// Time to load the workbook into the engine (0 when it was already loaded).
+    pub load_ms: f64,
+    pub evaluate_ms: f64,
+}
+
+/// Counters a backend keeps for metrics.
+#[derive(Debug, Default)]
+pub struct RecalcStats {
+    pub runs: AtomicU64,
+    pub failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub retries: AtomicU64,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: std::sync::atomic::AtomicU8,
+    pub breaker_transitions: AtomicU64,
+    pub rejected_open: AtomicU64,
+    /// Start of the longest recalculation still running, as unix millis (0: none).
+    running: parking_lot::Mutex<Vec<std::time::Instant>>,
+}
+
+impl RecalcStats {
+    /// Seconds the longest running recalculation has taken so far.
+    pub fn longest_running_seconds(&self) -> f64 {
+        self.running.lock().iter().map(|t| t.elapsed().as_secs_f64()).fold(0.0, f64::max)
+    }
+
+    /// Mark a recalculation as running until the guard drops.
+    pub fn running(&self) -> RunningGuard<'_> {
+        let at = std::time::Instant::now();
+        self.running.lock().push(at);
+        RunningGuard { stats: self, at }
+    }
+
+    pub fn count(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct RunningGuard<'a> {
+    stats: &'a RecalcStats,
+    at: std::time::Instant,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        let mut r = self.stats.running.lock();
+        if let Some(i) = r.iter().position(|t| *t == self.at) {
+            r.swap_remove(i);
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Editing a fork: edit_batch (cell values and formulas) and transform_batch (clear, fill,
+//! find/replace, write a matrix). Every batch can be previewed first (`mode: "preview"`): the
+//! preview shows each cell before and after and stages the change under a `change_id`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::forks::count_edits;
+use super::parse_range_arg;
+use crate::Engine;
+use crate::address::{CellRef, Rect, parse_cell, quote_sheet};
+use crate::error::{Result, SheetsError};
+use crate::forks::cells::{EditSpec, Input, Scalar, a1, check_formula, error_kind};
+use crate::forks::persist::{Op, Staged, now_unix};
+use crate::limits::Budget;
+
+/// Apply now, or preview: show what would change and stage it for apply_staged_change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Apply,
+    Preview,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EditBatchParams {
+    pub fork_id: String,
+    /// Sheet the edits are on, unless an edit names its own ("Inputs!B2=5").
+    pub sheet_name: Option<String>,
+    /// "A1=100" (value), "B2==SUM(A1:A2)" (formula), "C3=" (clear), "D4='007" (text), or
+    /// {"cell": "A1", "value": 1} / {"cell": "A1", "formula": "=B1*2"}.
+    pub edits: Vec<EditSpec>,
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PreviewRow {
+    pub cell: String,
+    #[schemars(schema_with = "super::cell_schema")]
+    pub before: serde_json::Value,
+    /// The new value, or the new formula with its '='.
+    #[schemars(schema_with = "super::cell_schema")]
+    pub after: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EditOutput {
+    /// "apply" or "preview".
+    pub mode: String,
+    /// Cells written (or that would be).
+    pub cells: usize,
+    /// Of which formulas.
+    pub formulas: usize,
+    /// Pass to apply_staged_change or discard_staged_change (preview only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
+    /// Each cell before and after (preview only; first 50).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<PreviewRow>,
+    /// Formulas are not recalculated yet: call recalculate (save_fork does it too).
+    pub needs_recalc: bool,
+}
+
+/// Apply or stage a batch of cell writes.
+fn commit(engine: &Engine, fork_id: &str, ops: Vec<Op>, mode: Mode, tool: &str, budget: &Budget) -> Result<EditOutput> {
+    let cfg = &engine.forks.cfg;
+    if ops.len() > cfg.max_batch {
+        return Err(SheetsError::invalid(
+            "edits",
+            format!("the batch writes {} cells; the limit is {} per call — split it", ops.len(), cfg.max_batch),
+        ));
+    }
+    let formulas = ops.iter().filter(|o| o.i.formula().is_some()).count();
+    let handle = engine.forks.get(fork_id)?;
+    let mut f = handle.lock();
+    let cells = ops.len();
+    match mode {
+        Mode::Apply => {
+            f.apply(ops, cfg.max_ops)?;
+            count_edits(&engine.forks.stats, cells);
+            Ok(EditOutput {
+                mode: "apply".into(),
+                cells,
+                formulas,
+                change_id: None,
+                preview: Vec::new(),
+                needs_recalc: f.is_stale(),
+            })
+        }
+        Mode::Preview => {
+            if f.meta.staged.len() >= cfg.max_staged {
+                return Err(SheetsError::invalid(
+                    "mode",
+                    format!(
+                        "the fork has {} staged changes (the limit); apply or discard some first",
+                        f.meta.staged.len()
+                    ),
+                ));
+            }
+            let mut preview = Vec::new();
+            for op in ops.iter().take(50) {
+                let i = f.base().sheet_index(Some(&op.s))?;
+                let (before, before_f) = f.current(i, op.r, op.c, budget)?;
+                preview.push(PreviewRow {
+                    cell: format!("{}!{}", quote_sheet(&op.s), a1(CellRef::new(op.r, op.c))),
+                    before: match before_f {
+                        Some(bf) => serde_json::Value::String(format!("={bf}")),
+                        None => before.to_json(),
+                    },
+                    after: op.i.to_json(),
+                });
+            }
+            f.meta.seq += 1;
+            let id = format!("chg-{}", f.meta.seq);
+            f.meta.staged.push(Staged { id: id.clone(), tool: tool.into(), ops, created_unix: now_unix() });
+            f.save_meta()?;
+            Ok(EditOutput {
+                mode: "preview".into(),
+                cells,
+                formulas,
+                change_id: Some(id),
+                preview,
+                needs_recalc: f.is_stale(),
+            })
+        }
+    }
+}
+
+/// The canonical sheet name a batch works on.
+fn sheet_of(engine: &Engine, fork_id: &str, name: Option<&str>) -> Result<String> {
+    let handle = engine.forks.get(fork_id)?;
+    let f = handle.lock();
+    f.sheet_name(name)
+}
+
+pub fn edit_batch(engine: &Engine, p: EditBatchParams, budget: &Budget) -> Result<EditOutput> {
+    if p.edits.is_empty() {
+        return Err(SheetsError::invalid("edits", "is empty; pass edits like [\"A1=100\", \"B2==SUM(A1:A2)\"]"));
+    }
+    let default_sheet = p.sheet_name.as_deref();
+    let mut ops = Vec::with_capacity(p.edits.len());
+    let mut sheets: std::collections::HashMap<Option<String>, String> = std::collections::HashMap::new();
+    for (n, spec) in p.edits.iter().enumerate() {
+        let e = spec.resolve(n)?;
+        let key = e.sheet.clone().or_else(|| default_sheet.map(str::to_string));
+        let sheet = match sheets.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let s = sheet_of(engine, &p.fork_id, key.as_deref())?;
+                sheets.insert(key, s.clone());
+                s
+            }
+        };
+        ops.push(Op { s: sheet, r: e.at.row, c: e.at.col, i: e.input });
+    }
+    commit(engine, &p.fork_id, ops, p.mode.unwrap_or_default(), "edit_batch", budget)
+}
+
+/// One transformation of a range.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TransformOp {
+    /// Clear the contents (values and formulas) of the cells in a range; styles stay.
+    Clear { range: String },
+    /// Fill a range with one value, or a formula written for its top-left cell and copied
+    /// across like Excel's fill (relative references move).
+    Fill {
+        range: String,
+        #[serde(default)]
+        #[schemars(schema_with = "super::cell_schema")]
+        value: Option<serde_json::Value>,
+        #[serde(default)]
+        formula: Option<String>,
+    },
+    /// Replace text inside text cells (not formulas).
+    Replace {
+        /// Defaults to the whole sheet.
+        #[serde(default)]
+        range: Option<String>,
+        find: String,
+        replace: String,
+        #[serde(default)]
+        match_case: bool,
+        /// Only cells whose whole text equals `find`.
+        #[serde(default)]
+        whole_cell: bool,
+    },
+    /// Write a matrix of values from a top-left cell; text starting with '=' is a formula,
+    /// null clears.
+    Write {
+        start: String,
+        #[schemars(schema_with = "super::value_rows_schema")]
+        rows: Vec<Vec<serde_json::Value>>,
+    },
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TransformBatchParams {
+    pub fork_id: String,
+    pub sheet_name: Option<String>,
+    pub ops: Vec<TransformOp>,
+    pub mode: Option<Mode>,
+}
+
+fn json_input(v: &serde_json::Value) -> Result<Input> {
+    Ok(match v {
+        serde_json::Value::String(s) if s.starts_with('=') && s.len() > 1 => Input::Formula { f: check_formula(s)? },
+        serde_json::Value::String(s) => {
+            Input::Value { v: if error_kind(s).is_some() { Scalar::Error(s.clone()) } else { Scalar::Text(s.clone()) } }
+        }
+        serde_json::Value::Null => Input::Value { v: Scalar::Empty },
+        serde_json::Value::Bool(b) => Input::Value { v: Scalar::Bool(*b) },
+        serde_json::Value::Number(n) => Input::Value {
+            v: Scalar::Number(
+                n.as_f64()
+                    .ok_or_else(|| SheetsError::invalid("value", format!("{n} is not a number a cell can hold")))?,
+            ),
+        },
+        other => return Err(SheetsError::invalid("value", format!("{other} is not a cell value"))),
+    })
+}
+
+fn area_check(rect: Rect, max: usize, what: &str) -> Result<()> {
+    if rect.area() > max as u64 {
+        return Err(SheetsError::invalid(
+            "ops",
+            format!("{what} covers {} cells; the limit is {max} per call — use a smaller range", rect.area()),
+        ));
+    }
+    Ok(())
+}
+
+pub fn transform_batch(engine: &Engine, p: TransformBatchParams, budget: &Budget) -> Result<EditOutput> {
+    if p.ops.is_empty() {
+        return Err(SheetsError::invalid("ops", "is empty; pass ops like [{\"op\": \"clear\", \"range\": \"B2:B9\"}]"));
+    }
+    let name = sheet_of(engine, &p.fork_id, p.sheet_name.as_deref())?;
+    let view = engine.forks.view(&p.fork_id, budget)?;
+    let sheet = engine.sheet(&view, Some(&name), budget)?;
+    let max = engine.forks.cfg.max_batch;
+    let mut ops: Vec<Op> = Vec::new();
+    let mut push = |r: u32, c: u32, i: Input| ops.push(Op { s: name.clone(), r, c, i });
+    for op in &p.ops {
+        budget.check()?;
+        match op {
+            TransformOp::Clear { range } => {
+                let rect = parse_range_arg(&sheet, "range", range)?;
+                let mut cells: Vec<(u32, u32)> = sheet.cells_in(rect).map(|c| (c.row, c.col)).collect();
+                cells.extend(sheet.formulas_in(rect).map(|f| (f.at.row, f.at.col)));
+                cells.sort_unstable();
+                cells.dedup();
+                for (r, c) in cells {
+                    push(r, c, Input::Value { v: Scalar::Empty });
+                }
+            }
+            TransformOp::Fill { range, value, formula } => {
+                let rect = parse_range_arg(&sheet, "range", range)?;
+                area_check(rect, max, "fill")?;
+                let input = match (formula, value) {
+                    (Some(f), None) => Input::Formula { f: check_formula(f)? },
+                    (None, Some(v)) => json_input(v)?,
+                    _ => return Err(SheetsError::invalid("ops", "fill needs exactly one of `value` or `formula`")),
+                };
+                for r in rect.top..=rect.bottom {
+                    for c in rect.left..=rect.right {
+                        let i = match &input {
+                            Input::Formula { f } => Input::Formula {
+                                f: crate::formula::shift(
+                                    f,
+                                    i64::from(r) - i64::from(rect.top),
+                                    i64::from(c) - i64::from(rect.left),
+                                ),
+                            },
+                            other => other.clone(),
+                        };
+                        push(r, c, i);
+                    }
+                }
+            }
+            TransformOp::Replace { range, find, replace, match_case, whole_cell } => {
+                if find.is_empty() {
+                    return Err(SheetsError::invalid("ops", "replace needs a non-empty `find`"));
+                }
+                let rect = match range {
+                    Some(r) => parse_range_arg(&sheet, "range", r)?,
+                    None => match sheet.used {
+                        Some(u) => u,
+                        None => continue,
+                    },
+                };
+                let needle = if *match_case { find.clone() } else { find.to_lowercase() };
+                for cell in sheet.cells_in(rect) {
+                    let crate::value::Value::Text(_) = cell.value else { continue };
+                    if sheet.formula_at(CellRef::new(cell.row, cell.col)).is_some() {
+                        continue;
+                    }
+                    let text = sheet.text(&cell.value);
+                    let hay = if *match_case { text.to_string() } else { text.to_lowercase() };
+                    let new = if *whole_cell {
+                        if hay != needle {
+                            continue;
+                        }
+                        replace.clone()
+                    } else if !hay.contains(&needle) {
+                        continue;
+                    } else if *match_case {
+                        text.replace(find.as_str(), replace)
+                    } else {
+                        replace_ci(&text, find, replace)
+                    };
+                    push(cell.row, cell.col, Input::Value { v: Scalar::Text(new) });
+                }
+            }
+            TransformOp::Write { start, rows } => {
+                let at = parse_cell(start.trim()).ok_or_else(|| {
+                    SheetsError::invalid("ops", format!("write start '{start}' is not a cell address like \"B2\""))
+                })?;
+                let n: usize = rows.iter().map(Vec::len).sum();
+                if n > max {
+                    return Err(SheetsError::invalid(
+                        "ops",
+                        format!("write has {n} cells; the limit is {max} per call"),
+                    ));
+                }
+                for (dr, row) in rows.iter().enumerate() {
+                    for (dc, v) in row.iter().enumerate() {
+                        push(at.row + dr as u32, at.col + dc as u32, json_input(v)?);
+                    }
+                }
+            }
+        }
+    }
+    if ops.is_empty() {
+        return Ok(EditOutput {
+            mode: match p.mode.unwrap_or_default() {
+                Mode::Apply => "apply".into(),
+                Mode::Preview => "preview".into(),
+            },
+            cells: 0,
+            formulas: 0,
+            change_id: None,
+            preview: Vec::new(),
+            needs_recalc: false,
+        });
+    }
+    commit(engine, &p.fork_id, ops, p.mode.unwrap_or_default(), "transform_batch", budget)
+}
+
+/// Replace every case-insensitive occurrence of `find` in `text`.
+fn replace_ci(text: &str, find: &str, replace: &str) -> String {
+    let lower = text.to_lowercase();
+    let needle = find.to_lowercase();
+    if lower.len() != text.len() {
+        // Lower-casing changed byte lengths (rare scripts): fall back to an exact match.
+        return text.replace(find, replace);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (i, _) in lower.match_indices(&needle) {
+        out.push_str(&text[last..i]);
+        out.push_str(replace);
+        last = i + needle.len();
+    }
+    out.push_str(&text[last..]);
+    out
+}

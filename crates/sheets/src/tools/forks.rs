@@ -1,0 +1,396 @@
+//! Fork lifecycle: create_fork, list_forks, discard_fork, save_fork, checkpoints, and applying
+//! or discarding changes staged by a preview.
+
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::discovery::iso_time;
+use crate::Engine;
+use crate::error::{Result, SheetsError};
+use crate::forks::persist::{self, Checkpoint, now_unix};
+use crate::forks::recalc::RecalcReport;
+use crate::forks::{ForkStats, ForkStore};
+use crate::limits::Budget;
+use crate::workspace::resolve_inside;
+
+fn when(unix: u64) -> Option<String> {
+    iso_time(Some(UNIX_EPOCH + Duration::from_secs(unix)))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CreateForkParams {
+    /// The workbook to fork (.xlsx or .xlsm).
+    pub workbook_id: String,
+    /// A note to recognise the fork by.
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CreateForkOutput {
+    /// Use it wherever a tool takes a workbook_id, and in the editing tools.
+    pub fork_id: String,
+    pub workbook_id: String,
+    pub path: String,
+    pub sheets: Vec<String>,
+}
+
+pub fn create_fork(engine: &Engine, p: CreateForkParams, budget: &Budget) -> Result<CreateForkOutput> {
+    if ForkStore::is_fork_id(&p.workbook_id) {
+        return Err(SheetsError::invalid(
+            "workbook_id",
+            "that is a fork; edit it directly, or checkpoint_fork it to keep a state you can return to",
+        ));
+    }
+    let entry = engine.workspace.resolve(&p.workbook_id)?;
+    let wb = engine.workbook(&entry.id, budget)?;
+    let handle = engine.forks.create(&entry, wb.clone(), p.label)?;
+    let f = handle.lock();
+    Ok(CreateForkOutput {
+        fork_id: f.meta.id.clone(),
+        workbook_id: entry.id,
+        path: entry.rel_path,
+        sheets: wb.sheets.iter().map(|s| s.name.clone()).collect(),
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListForksParams {}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ForkInfo {
+    pub fork_id: String,
+    pub workbook_id: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// Cells whose content the fork changed.
+    pub cells_edited: usize,
+    pub checkpoints: usize,
+    /// Previewed changes waiting for apply_staged_change.
+    pub staged: Vec<String>,
+    /// Edits were made since the last recalculation.
+    pub needs_recalc: bool,
+    /// The original file changed on disk since the fork was made (saving over it is refused).
+    pub source_changed: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListForksOutput {
+    pub forks: Vec<ForkInfo>,
+}
+
+pub fn list_forks(engine: &Engine, _: ListForksParams, _: &Budget) -> Result<ListForksOutput> {
+    let mut forks = Vec::new();
+    for id in engine.forks.ids() {
+        let Ok(h) = engine.forks.get(&id) else { continue };
+        let f = h.lock();
+        let source = engine.workspace.root().join(&f.meta.source_path);
+        forks.push(ForkInfo {
+            fork_id: f.meta.id.clone(),
+            workbook_id: f.meta.workbook_id.clone(),
+            path: f.meta.source_path.clone(),
+            label: f.meta.label.clone(),
+            created: when(f.meta.created_unix),
+            cells_edited: f.cells_edited(),
+            checkpoints: f.meta.checkpoints.len(),
+            staged: f.meta.staged.iter().map(|s| s.id.clone()).collect(),
+            needs_recalc: f.is_stale(),
+            source_changed: !ForkStore::source_unchanged(&f.meta, &source),
+        });
+    }
+    Ok(ListForksOutput { forks })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ForkParams {
+    pub fork_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DiscardForkOutput {
+    pub discarded: String,
+}
+
+pub fn discard_fork(engine: &Engine, p: ForkParams, _: &Budget) -> Result<DiscardForkOutput> {
+    engine.forks.discard(&p.fork_id)?;
+    Ok(DiscardForkOutput { discarded: p.fork_id.trim().to_string() })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SaveForkParams {
+    pub fork_id: String,
+    /// Where to save, relative to the workspace (e.g. "out/model-v2.xlsx"). The original's own
+    /// path overwrites it, which needs a server started with --allow-overwrite.
+    pub target_path: String,
+    /// Recalculate first when edits are newer than the last recalculation (default true).
+    pub recalculate: Option<bool>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SaveForkOutput {
+    pub path: String,
+    pub workbook_id: Option<String>,
+    pub bytes: usize,
+    /// Stored values are recalculated; false means Excel recalculates on open.
+    pub values_recalculated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recalc: Option<RecalcReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recalc_error: Option<String>,
+    #[serde(flatten)]
+    pub parts: crate::forks::xlsx::PatchReport,
+    pub build_ms: f64,
+    pub write_ms: f64,
+}
+
+fn check_target(engine: &Engine, source_rel: &str, target: &str) -> Result<(std::path::PathBuf, bool)> {
+    let target = target.trim().replace('\\', "/");
+    if target.is_empty() {
+        return Err(SheetsError::invalid(
+            "target_path",
+            "is empty; pass a path relative to the workspace, e.g. \"out/model-v2.xlsx\"",
+        ));
+    }
+    let ext = |p: &str| p.rsplit('.').next().map(str::to_ascii_lowercase).unwrap_or_default();
+    let want = ext(source_rel);
+    if ext(&target) != want {
+        return Err(SheetsError::invalid(
+            "target_path",
+            format!("'{target}' must end in .{want} like the original (a .xlsm keeps its macros only as .xlsm)"),
+        ));
+    }
+    let path = resolve_inside(engine.workspace.root(), &target)?;
+    let parent = path.parent().filter(|p| p.is_dir()).ok_or_else(|| {
+        SheetsError::invalid(
+            "target_path",
+            format!("the folder of '{target}' does not exist; save into an existing folder"),
+        )
+    })?;
+    let _ = parent;
+    let original = engine.workspace.root().join(source_rel);
+    let is_original = original.canonicalize().ok().zip(path.canonicalize().ok()).is_some_and(|(a, b)| a == b);
+    Ok((path, is_original))
+}
+
+pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<SaveForkOutput> {
+    let handle = engine.forks.get(&p.fork_id)?;
+    let mut f = handle.lock();
+    let target_rel = p.target_path.trim().replace('\\', "/");
+    let (path, is_original) = check_target(engine, &f.meta.source_path, &target_rel)?;
+    let cfg = &engine.forks.cfg;
+    if is_original {
+        if !cfg.allow_overwrite {
+            return Err(SheetsError::invalid(
+                "target_path",
+                "saving over the original needs a server started with --allow-overwrite; save to a new path instead",
+            ));
+        }
+        if !ForkStore::source_unchanged(&f.meta, &path) {
+            return Err(SheetsError::invalid(
+                "target_path",
+                format!(
+                    "'{target_rel}' changed on disk since the fork was made; saving over it would lose those changes — save to a new path, or fork the new version"
+                ),
+            ));
+        }
+    } else if path.exists() && !f.meta.saved_paths.contains(&target_rel) {
+        return Err(SheetsError::invalid(
+            "target_path",
+            format!(
+                "'{target_rel}' already exists; choose a new path (a fork may only overwrite files it saved itself)"
+            ),
+        ));
+    }
+    let mut recalc = None;
+    let mut recalc_error = None;
+    if f.is_stale() && p.recalculate.unwrap_or(true) {
+        match f.recalculate(cfg.default_backend, &engine.forks.libreoffice, &engine.limits, budget) {
+            Ok(r) => recalc = Some(r),
+            Err(e @ (SheetsError::Timeout { .. } | SheetsError::Cancelled)) => return Err(e),
+            Err(e) => recalc_error = Some(e.to_string()),
+        }
+    }
+    let t = Instant::now();
+    let (bytes, parts) = f.render(true, budget)?;
+    let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    budget.check()?;
+    let t = Instant::now();
+    persist::write_atomic(&path, &bytes, cfg.save_pause).map_err(|e| {
+        SheetsError::Workspace(format!(
+            "could not write '{target_rel}' ({e}); nothing was changed on disk and the fork is intact — free space or pick another path, then save again"
+        ))
+    })?;
+    let write_ms = t.elapsed().as_secs_f64() * 1e3;
+    if is_original {
+        if let Ok(id) = crate::workspace::FileIdentity::of(&path) {
+            f.meta.source = (&id).into();
+        }
+    } else if !f.meta.saved_paths.contains(&target_rel) {
+        f.meta.saved_paths.push(target_rel.clone());
+    }
+    f.save_meta()?;
+    engine.forks.stats.saved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let values_recalculated = !f.is_stale();
+    drop(f);
+    let workbook_id = engine.workspace.resolve(&target_rel).ok().map(|e| e.id);
+    Ok(SaveForkOutput {
+        path: target_rel,
+        workbook_id,
+        bytes: bytes.len(),
+        values_recalculated,
+        recalc,
+        recalc_error,
+        parts,
+        build_ms,
+        write_ms,
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CheckpointForkParams {
+    pub fork_id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CheckpointInfo {
+    pub checkpoint_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Cell writes the fork had at the checkpoint.
+    pub edits: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+fn info(c: &Checkpoint) -> CheckpointInfo {
+    CheckpointInfo { checkpoint_id: c.id.clone(), name: c.name.clone(), edits: c.ops, created: when(c.created_unix) }
+}
+
+pub fn checkpoint_fork(engine: &Engine, p: CheckpointForkParams, _: &Budget) -> Result<CheckpointInfo> {
+    let handle = engine.forks.get(&p.fork_id)?;
+    let mut f = handle.lock();
+    if f.meta.checkpoints.len() >= engine.forks.cfg.max_checkpoints {
+        return Err(SheetsError::invalid(
+            "fork_id",
+            format!(
+                "the fork has {} checkpoints (the limit); restore or save before taking more",
+                f.meta.checkpoints.len()
+            ),
+        ));
+    }
+    f.meta.seq += 1;
+    let c = Checkpoint { id: format!("cp-{}", f.meta.seq), name: p.name, ops: f.op_count(), created_unix: now_unix() };
+    f.meta.checkpoints.push(c.clone());
+    f.save_meta()?;
+    Ok(info(&c))
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListCheckpointsOutput {
+    pub checkpoints: Vec<CheckpointInfo>,
+}
+
+pub fn list_checkpoints(engine: &Engine, p: ForkParams, _: &Budget) -> Result<ListCheckpointsOutput> {
+    let handle = engine.forks.get(&p.fork_id)?;
+    let f = handle.lock();
+    Ok(ListCheckpointsOutput { checkpoints: f.meta.checkpoints.iter().map(info).collect() })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RestoreCheckpointParams {
+    pub fork_id: String,
+    pub checkpoint_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RestoreCheckpointOutput {
+    pub restored: String,
+    pub cells_edited: usize,
+    /// Checkpoints taken after this one, now gone.
+    pub dropped_checkpoints: Vec<String>,
+    pub needs_recalc: bool,
+}
+
+pub fn restore_checkpoint(engine: &Engine, p: RestoreCheckpointParams, _: &Budget) -> Result<RestoreCheckpointOutput> {
+    let handle = engine.forks.get(&p.fork_id)?;
+    let mut f = handle.lock();
+    let id = p.checkpoint_id.trim();
+    let Some(pos) = f.meta.checkpoints.iter().position(|c| c.id == id) else {
+        let ids: Vec<String> = f.meta.checkpoints.iter().map(|c| c.id.clone()).collect();
+        return Err(SheetsError::invalid(
+            "checkpoint_id",
+            format!("no checkpoint '{id}' in this fork; checkpoints are: {}", crate::error::short_list(&ids, 20)),
+        ));
+    };
+    let ops = f.meta.checkpoints[pos].ops;
+    f.truncate(ops)?;
+    let dropped: Vec<String> = f.meta.checkpoints.drain(pos + 1..).map(|c| c.id).collect();
+    f.save_meta()?;
+    Ok(RestoreCheckpointOutput {
+        restored: id.to_string(),
+        cells_edited: f.cells_edited(),
+        dropped_checkpoints: dropped,
+        needs_recalc: f.is_stale(),
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StagedChangeParams {
+    pub fork_id: String,
+    /// The change_id a preview returned.
+    pub change_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StagedChangeOutput {
+    pub change_id: String,
+    /// Cells written (0 when discarded).
+    pub cells: usize,
+    pub applied: bool,
+}
+
+fn take_staged(f: &mut crate::forks::fork::Fork, change_id: &str) -> Result<persist::Staged> {
+    let id = change_id.trim();
+    let Some(pos) = f.meta.staged.iter().position(|s| s.id == id) else {
+        let ids: Vec<String> = f.meta.staged.iter().map(|s| s.id.clone()).collect();
+        return Err(SheetsError::invalid(
+            "change_id",
+            format!(
+                "no staged change '{id}' in this fork; staged changes are: {}",
+                if ids.is_empty() { "none".into() } else { crate::error::short_list(&ids, 20) }
+            ),
+        ));
+    };
+    Ok(f.meta.staged.remove(pos))
+}
+
+pub fn apply_staged_change(engine: &Engine, p: StagedChangeParams, _: &Budget) -> Result<StagedChangeOutput> {
+    let handle = engine.forks.get(&p.fork_id)?;
+    let mut f = handle.lock();
+    let staged = take_staged(&mut f, &p.change_id)?;
+    let n = staged.ops.len();
+    if let Err(e) = f.apply(staged.ops.clone(), engine.forks.cfg.max_ops) {
+        f.meta.staged.push(staged);
+        return Err(e);
+    }
+    f.save_meta()?;
+    count_edits(&engine.forks.stats, n);
+    Ok(StagedChangeOutput { change_id: staged.id, cells: n, applied: true })
+}
+
+pub fn discard_staged_change(engine: &Engine, p: StagedChangeParams, _: &Budget) -> Result<StagedChangeOutput> {
+    let handle = engine.forks.get(&p.fork_id)?;
+    let mut f = handle.lock();
+    let staged = take_staged(&mut f, &p.change_id)?;
+    f.save_meta()?;
+    Ok(StagedChangeOutput { change_id: staged.id, cells: 0, applied: false })
+}
+
+pub(crate) fn count_edits(stats: &ForkStats, n: usize) {
+    stats.cells_edited.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}

@@ -135,14 +135,13 @@ fn edit_recalculate_diff_save_and_restart() {
     let a = zip_parts(&ws.join("model.xlsx"));
     let bparts = zip_parts(&ws.join("out/model-v2.xlsx"));
     for (name, data) in &a {
-        if saved.parts.parts_rewritten.contains(name) || saved.parts.parts_dropped.contains(name) {
+        if saved.parts_rewritten.contains(name) || saved.parts_dropped.contains(name) {
             continue;
         }
         assert_eq!(bparts.get(name), Some(data), "{name} changed although no edit touched it");
     }
     assert!(
         saved
-            .parts
             .parts_rewritten
             .iter()
             .all(|p| p.contains("worksheets/") || p.contains("rels") || p.contains("Content_Types"))
@@ -209,6 +208,17 @@ fn transforms_fill_relative_formulas_and_replace_text() {
     assert_eq!(cell(&e, &fork, "Inputs", "H2"), "30", "the filled formula moved down a row");
     assert_eq!(cell(&e, &fork, "Inputs", "A1"), "\"Interest\"");
     assert_eq!(cell(&e, &fork, "Inputs", "B3"), "null");
+    // Copy and move read the fork as it was before the batch; formulas move with them.
+    let ops: TransformBatchParams = serde_json::from_value(serde_json::json!({
+        "fork_id": fork, "sheet_name": "Inputs",
+        "ops": [{"op": "copy", "range": "F1:G2", "to": "F5"}, {"op": "move", "range": "H1:H2", "to": "J1"}]
+    }))
+    .unwrap();
+    transform_batch(&e, ops, &b).unwrap();
+    recalculate(&e, RecalculateParams { fork_id: fork.clone(), backend: None }, &b).unwrap();
+    assert_eq!(cell(&e, &fork, "Inputs", "G6"), "3");
+    assert_eq!(cell(&e, &fork, "Inputs", "J2"), "30");
+    assert_eq!(cell(&e, &fork, "Inputs", "H2"), "null", "moved away");
     // With --allow-overwrite the original can be replaced, unless it changed on disk.
     let saved = save_fork(
         &e,
@@ -266,4 +276,49 @@ fn libreoffice_backend_recalculates_the_fork() {
     let total: f64 = cell(&e, &fork, "Summary", "B1").parse().unwrap();
     assert!((total / was - 3.0).abs() < 1e-9, "{was} -> {total}");
     assert_eq!(cell(&e, &fork, "Inputs", "D1"), "1000");
+}
+
+#[test]
+fn style_batch_adds_formats_and_saves_them() {
+    use sheets::tools::editing::{StyleBatchParams, style_batch};
+    let (ws, state) = workspace("styles");
+    let b = Budget::unlimited();
+    let e = engine(&ws, &state, false);
+    let fork = create_fork(&e, CreateForkParams { workbook_id: model_id(&e), label: None }, &b).unwrap().fork_id;
+    let p: StyleBatchParams = serde_json::from_value(serde_json::json!({
+        "fork_id": fork, "sheet_name": "Inputs",
+        "ops": [
+            {"range": "A1:B2", "font": {"bold": true}, "fill": "FFFF00"},
+            {"range": "B1", "number_format": "0.0%", "alignment": {"horizontal": "center"}}
+        ]
+    }))
+    .unwrap();
+    assert_eq!(style_batch(&e, p, &b).unwrap().cells, 5);
+    let bad: StyleBatchParams = serde_json::from_value(serde_json::json!({
+        "fork_id": fork, "ops": [{"range": "A1", "fill": "yellow"}], "sheet_name": "Inputs"
+    }))
+    .unwrap();
+    assert!(style_batch(&e, bad, &b).unwrap_err().to_string().contains("RGB hex"));
+    let saved = save_fork(
+        &e,
+        SaveForkParams { fork_id: fork.clone(), target_path: "out/styled.xlsx".into(), recalculate: None },
+        &b,
+    )
+    .unwrap();
+    assert!(saved.parts_rewritten.iter().any(|p| p.ends_with("styles.xml")), "{:?}", saved.parts_rewritten);
+    let parts = zip_parts(&ws.join("out/styled.xlsx"));
+    let styles = String::from_utf8(parts["xl/styles.xml"].clone()).unwrap();
+    assert!(styles.contains("<b/>") && styles.contains("FFFFFF00") && styles.contains("formatCode=\"0.0%\""));
+    let xfs = styles.split("<cellXfs").nth(1).unwrap().matches("<xf ").count();
+    let sheets: String = parts
+        .iter()
+        .filter(|(n, _)| n.starts_with("xl/worksheets/"))
+        .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    // B1 has both changes: the last cell format added; A1 the one before it.
+    assert!(sheets.contains(&format!("r=\"B1\" s=\"{}\"", xfs - 1)), "{xfs}");
+    assert!(sheets.contains(&format!("r=\"A1\" t=\"s\" s=\"{}\"", xfs - 2)), "{xfs}");
+    // The values are untouched.
+    let id = saved.workbook_id.unwrap();
+    assert_eq!(cell(&e, &id, "Inputs", "B1"), "0.07");
 }

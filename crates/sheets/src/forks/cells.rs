@@ -102,20 +102,16 @@ impl Input {
     }
 }
 
-/// One edit as an agent writes it: `"A1=100"`, `"B2==SUM(A1:A2)"`, `"C3="` (clear),
-/// `"D4='007"` (text), or an object with `cell` and `value` or `formula`.
+/// One edit: `"A1=100"`, or `{"cell": "A1", "value": 1}` / `{"cell": "A1", "formula": "=B1*2"}`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum EditSpec {
     Shorthand(String),
     Cell {
-        /// A1 address, optionally with a sheet (`Inputs!B2`).
         cell: String,
-        /// A constant; null clears the cell.
         #[serde(default)]
         #[schemars(schema_with = "crate::tools::cell_schema")]
         value: Option<serde_json::Value>,
-        /// A formula, with or without its leading `=`.
         #[serde(default)]
         formula: Option<String>,
     },

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::cells::{Input, Scalar, a1};
-use super::ironcalc::IronSession;
+use super::engine::{EngineSlot, IronSession};
 use super::libreoffice::LibreOffice;
-use super::persist::{ForkDir, ForkMeta, Op};
+use super::persist::{ForkDir, ForkMeta, Op, StyleOp};
 use super::recalc::{Backend, CellIssue, Computed, RecalcReport};
+use super::styles::StyleSpec;
 use super::xlsx::{self, CellWrite, PatchPlan, PatchReport, SheetPatch};
 use crate::address::{CellRef, quote_sheet};
 use crate::error::{Result, SheetsError};
@@ -31,6 +32,9 @@ pub struct Fork {
     edits: Vec<CellMap<Input>>,
     /// Recalculated values that differ from the original's (and every edited formula's value).
     computed: Vec<CellMap<Scalar>>,
+    style_ops: Vec<StyleOp>,
+    /// The formatting change per cell (later changes merged over earlier ones).
+    styles: Vec<CellMap<StyleSpec>>,
     /// Edits since the last recalculation.
     stale: bool,
     last_recalc: Option<RecalcReport>,
@@ -53,7 +57,7 @@ pub struct CellChange {
 }
 
 impl Fork {
-    pub fn new(meta: ForkMeta, dir: ForkDir, base: Arc<Workbook>, ops: Vec<Op>) -> Result<Self> {
+    pub fn new(meta: ForkMeta, dir: ForkDir, base: Arc<Workbook>, ops: Vec<Op>, styles: Vec<StyleOp>) -> Result<Self> {
         let n = base.sheets.len();
         let mut f = Self {
             meta,
@@ -62,6 +66,8 @@ impl Fork {
             ops: Vec::new(),
             edits: vec![CellMap::new(); n],
             computed: vec![CellMap::new(); n],
+            style_ops: Vec::new(),
+            styles: vec![CellMap::new(); n],
             stale: false,
             last_recalc: None,
             view: None,
@@ -69,7 +75,42 @@ impl Fork {
             session_ops: 0,
         };
         f.replay(ops)?;
+        for st in styles {
+            f.lay_style(&st)?;
+            f.style_ops.push(st);
+        }
         Ok(f)
+    }
+
+    fn lay_style(&mut self, op: &StyleOp) -> Result<()> {
+        let i = self.base.sheet_index(Some(&op.s))?;
+        for r in op.top..=op.bottom {
+            for c in op.left..=op.right {
+                let merged = match self.styles[i].get(&(r, c)) {
+                    Some(prev) => prev.merge(&op.st),
+                    None => op.st.clone(),
+                };
+                self.styles[i].insert((r, c), merged);
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a formatting change to a range.
+    pub fn apply_style(&mut self, op: StyleOp) -> Result<()> {
+        self.base.sheet_index(Some(&op.s))?;
+        self.dir.append_style(&op)?;
+        self.lay_style(&op)?;
+        self.style_ops.push(op);
+        Ok(())
+    }
+
+    pub fn style_count(&self) -> usize {
+        self.style_ops.len()
+    }
+
+    pub fn cells_styled(&self) -> usize {
+        self.styles.iter().map(|m| m.len()).sum()
     }
 
     fn replay(&mut self, ops: Vec<Op>) -> Result<()> {
@@ -160,10 +201,19 @@ impl Fork {
         Ok(())
     }
 
-    /// Go back to the state after the first `n` ops.
-    pub fn truncate(&mut self, n: usize) -> Result<()> {
+    /// Go back to the state after the first `n` cell ops and `n_styles` formatting changes.
+    pub fn truncate(&mut self, n: usize, n_styles: usize) -> Result<()> {
         let keep: Vec<Op> = self.ops[..n.min(self.ops.len())].to_vec();
-        self.dir.rewrite_ops(&keep)?;
+        let keep_styles: Vec<StyleOp> = self.style_ops[..n_styles.min(self.style_ops.len())].to_vec();
+        self.dir.rewrite_ops(&keep, &keep_styles)?;
+        for m in &mut self.styles {
+            m.clear();
+        }
+        self.style_ops.clear();
+        for st in keep_styles {
+            self.lay_style(&st)?;
+            self.style_ops.push(st);
+        }
         for m in &mut self.edits {
             m.clear();
         }
@@ -218,53 +268,64 @@ impl Fork {
     }
 
     fn run_in_process(&mut self, names: &[String], budget: &Budget) -> Result<(Vec<Computed>, f64, f64)> {
-        let mut load_ms = 0.0;
-        if self.session.is_none() {
-            let t = Instant::now();
-            let bytes = self.base.file_bytes();
-            self.session = Some(IronSession::load(&self.meta.id, &bytes, names)?);
-            self.session_ops = 0;
-            load_ms = t.elapsed().as_secs_f64() * 1e3;
+        // The ops the engine has not seen yet, with their sheet indices.
+        let mut pending = Vec::with_capacity(self.ops.len() - self.session_ops.min(self.ops.len()));
+        let from = if self.session.is_some() { self.session_ops } else { 0 };
+        for op in &self.ops[from..] {
+            pending.push((self.base.sheet_index(Some(&op.s))?, op.clone()));
         }
-        let Some(mut session) = self.session.take() else {
-            return Err(SheetsError::Internal("recalculation engine missing".into()));
-        };
-        for op in &self.ops[self.session_ops..] {
-            let i = self.base.sheet_index(Some(&op.s))?;
-            if let Err(e) = session.set(i, op.r, op.c, &op.i) {
-                tracing::debug!(fork = %self.meta.id, "engine refused {}!{}: {e}", op.s, a1(CellRef::new(op.r, op.c)));
-            }
-        }
-        self.session_ops = self.ops.len();
+        let session = self.session.take();
+        let bytes = session.is_none().then(|| self.base.file_bytes());
+        let (id, names) = (self.meta.id.clone(), names.to_vec());
         budget.check()?;
-        // Evaluate on a thread of its own: the engine cannot be interrupted, so a call past its
-        // budget returns at the deadline and the engine's model is rebuilt next time.
+        // Load and evaluate on a thread of its own: the engine cannot be interrupted (a load
+        // can take minutes on some files), so a call past its budget returns at the deadline,
+        // and the engine's model is rebuilt next time.
+        let guard = EngineSlot::take(&id)?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("gemba-recalc".into())
             .spawn(move || {
+                let _slot = guard;
+                let t = Instant::now();
+                let mut session = match (session, bytes) {
+                    (Some(s), _) => s,
+                    (None, Some(b)) => match IronSession::load(&id, &b, &names) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    },
+                    (None, None) => return,
+                };
+                let load = t.elapsed();
+                for (i, op) in &pending {
+                    if let Err(e) = session.set(*i, op.r, op.c, &op.i) {
+                        tracing::debug!(fork = %id, "engine refused {}!{}: {e}", op.s, a1(CellRef::new(op.r, op.c)));
+                    }
+                }
                 let t = Instant::now();
                 let r = session.evaluate();
-                let _ = tx.send((session, r, t.elapsed()));
+                let _ = tx.send(Ok((session, r, load, t.elapsed())));
             })
             .map_err(|e| SheetsError::Internal(format!("cannot start the recalculation thread: {e}")))?;
         let wait = budget.remaining().unwrap_or(std::time::Duration::from_secs(24 * 3600));
+        let fresh = from == 0;
+        self.session_ops = 0;
         match rx.recv_timeout(wait) {
-            Ok((session, Ok(results), took)) => {
+            Ok(Ok((session, Ok(results), load, took))) => {
                 self.session = Some(session);
+                self.session_ops = self.ops.len();
+                let load_ms = if fresh { load.as_secs_f64() * 1e3 } else { 0.0 };
                 Ok((results, load_ms, took.as_secs_f64() * 1e3))
             }
-            Ok((_, Err(panic), _)) => {
-                self.session_ops = 0;
-                Err(SheetsError::Unsupported {
-                    workbook_id: self.meta.id.clone(),
-                    reason: format!(
-                        "the in-process engine failed ({panic}); use recalculate with backend=\"libreoffice\""
-                    ),
-                })
-            }
+            Ok(Ok((_, Err(panic), _, _))) => Err(SheetsError::Unsupported {
+                workbook_id: self.meta.id.clone(),
+                reason: format!("the in-process engine failed ({panic}); use recalculate with backend=\"libreoffice\""),
+            }),
+            Ok(Err(e)) => Err(e),
             Err(_) => {
-                self.session_ops = 0;
                 budget.check()?;
                 Err(SheetsError::Internal("the recalculation thread ended without a result".into()))
             }
@@ -350,15 +411,10 @@ impl Fork {
                 // Keep what the file says rather than write an engine's guess.
                 report.issue_count += 1;
                 if report.issues.len() < 50 {
-                    report.issues.push(CellIssue {
-                        cell: format!(
-                            "{}!{}",
-                            quote_sheet(&self.base.sheets[c.sheet].name),
-                            a1(CellRef::new(c.row, c.col))
-                        ),
-                        issue,
-                        kept: if edited.is_some() { serde_json::Value::Null } else { cached.to_json() },
-                    });
+                    let cell =
+                        format!("{}!{}", quote_sheet(&self.base.sheets[c.sheet].name), a1(CellRef::new(c.row, c.col)));
+                    let kept = if edited.is_some() { serde_json::Value::Null } else { cached.to_json() };
+                    report.issues.push(CellIssue::new(cell, issue, kept));
                 }
                 continue;
             }
@@ -386,11 +442,25 @@ impl Fork {
         let mut sheets_loaded: Vec<Arc<Sheet>> = Vec::new();
         let mut indices = Vec::new();
         for i in 0..self.base.sheets.len() {
-            if !self.edits[i].is_empty() || (with_values && !self.computed[i].is_empty()) {
+            if !self.edits[i].is_empty() || (with_values && !self.computed[i].is_empty()) || !self.styles[i].is_empty()
+            {
                 sheets_loaded.push(self.base.sheet_at(i, budget)?);
                 indices.push(i);
             }
         }
+        let bytes = self.base.file_bytes();
+        let styled: Vec<(String, &CellMap<StyleSpec>)> = indices
+            .iter()
+            .filter(|&&i| !self.styles[i].is_empty())
+            .map(|&i| (self.base.sheets[i].name.clone(), &self.styles[i]))
+            .collect();
+        let (styles_xml, mut style_maps) = if styled.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (xml, maps) = xlsx::style_plan(&self.meta.id, &bytes, &styled)?;
+            (Some(xml), maps)
+        };
+        style_maps.reverse();
         let lookups: Vec<FormulaLookup> = sheets_loaded
             .iter()
             .map(|s| {
@@ -416,15 +486,24 @@ impl Fork {
                     cells.entry(*key).or_insert(CellWrite::Value(v));
                 }
             }
-            plan_sheets.push(SheetPatch { sheet: self.base.sheets[i].name.clone(), cells, formula_of: &*lookups[k] });
+            let styles = if self.styles[i].is_empty() { BTreeMap::new() } else { style_maps.pop().unwrap_or_default() };
+            for key in styles.keys() {
+                cells.entry(*key).or_insert(CellWrite::Style);
+            }
+            plan_sheets.push(SheetPatch {
+                sheet: self.base.sheets[i].name.clone(),
+                cells,
+                styles,
+                formula_of: &*lookups[k],
+            });
         }
         let has_edits = self.edits.iter().any(|m| !m.is_empty());
         let plan = PatchPlan {
             sheets: plan_sheets,
             drop_calc_chain,
             full_calc_on_load: has_edits && (!with_values || self.stale),
+            styles_xml,
         };
-        let bytes = self.base.file_bytes();
         xlsx::patch(&self.meta.id, &bytes, &plan)
     }
 

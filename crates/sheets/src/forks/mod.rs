@@ -4,11 +4,12 @@
 //! saved faithfully and atomically.
 
 pub mod cells;
+pub mod engine;
 pub mod fork;
-pub mod ironcalc;
 pub mod libreoffice;
 pub mod persist;
 pub mod recalc;
+pub mod styles;
 pub mod xlsx;
 
 use std::collections::HashMap;
@@ -130,12 +131,12 @@ impl ForkStore {
                 continue;
             }
             let dir = ForkDir::new(&self.cfg.dir, &name);
-            let loaded = dir.load().and_then(|(meta, ops)| {
+            let loaded = dir.load().and_then(|(meta, ops, styles)| {
                 if now.saturating_sub(meta.created_unix) > self.cfg.max_age.as_secs() {
                     return Err(SheetsError::invalid("fork", "expired"));
                 }
                 let base = open_base(&meta, &dir, limits, cache_stats)?;
-                Fork::new(meta, ForkDir::new(&self.cfg.dir, &name), base, ops)
+                Fork::new(meta, ForkDir::new(&self.cfg.dir, &name), base, ops, styles)
             });
             match loaded {
                 Ok(f) => {
@@ -220,7 +221,7 @@ impl ForkStore {
                 seq: 0,
             };
             dir.save_meta(&meta)?;
-            Fork::new(meta, ForkDir::new(&self.cfg.dir, &id), original, Vec::new())
+            Fork::new(meta, ForkDir::new(&self.cfg.dir, &id), original, Vec::new(), Vec::new())
         })();
         let fork = match result {
             Ok(f) => f,

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::cells::Input;
+use super::styles::StyleSpec;
 use crate::error::{Result, SheetsError};
 use crate::workspace::FileIdentity;
 
@@ -29,6 +30,26 @@ pub struct Op {
     pub i: Input,
 }
 
+/// One formatting change of a range, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StyleOp {
+    /// Sheet name.
+    pub s: String,
+    pub top: u32,
+    pub left: u32,
+    pub bottom: u32,
+    pub right: u32,
+    pub st: StyleSpec,
+}
+
+/// A line of the op log: a batch of cell writes, or one formatting change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum LogLine {
+    Cells(Vec<Op>),
+    Style { style: Box<StyleOp> },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub id: String,
@@ -36,6 +57,9 @@ pub struct Checkpoint {
     pub name: Option<String>,
     /// Edits (ops) the fork had when the checkpoint was taken.
     pub ops: usize,
+    /// Formatting changes it had.
+    #[serde(default)]
+    pub styles: usize,
     pub created_unix: u64,
 }
 
@@ -45,6 +69,8 @@ pub struct Staged {
     /// The tool that staged it.
     pub tool: String,
     pub ops: Vec<Op>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub styles: Vec<StyleOp>,
     pub created_unix: u64,
 }
 
@@ -154,34 +180,54 @@ impl ForkDir {
     pub fn append_ops(&self, ops: &[Op]) -> Result<()> {
         let mut line = serde_json::to_vec(ops).map_err(|e| SheetsError::Internal(e.to_string()))?;
         line.push(b'\n');
+        self.append_line(&line)
+    }
+
+    pub fn append_style(&self, op: &StyleOp) -> Result<()> {
+        let mut line = serde_json::to_vec(&LogLine::Style { style: Box::new(op.clone()) })
+            .map_err(|e| SheetsError::Internal(e.to_string()))?;
+        line.push(b'\n');
+        self.append_line(&line)
+    }
+
+    fn append_line(&self, line: &[u8]) -> Result<()> {
         let path = self.ops_path();
         let mut f =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err("open", &path, e))?;
         // One write of the whole line: a crash leaves at most a torn last line, dropped on load.
-        f.write_all(&line).map_err(|e| io_err("append to", &path, e))
+        f.write_all(line).map_err(|e| io_err("append to", &path, e))
     }
 
     /// Replace the whole log (after restoring a checkpoint).
-    pub fn rewrite_ops(&self, ops: &[Op]) -> Result<()> {
+    pub fn rewrite_ops(&self, ops: &[Op], styles: &[StyleOp]) -> Result<()> {
         let mut data = Vec::new();
         if !ops.is_empty() {
             data = serde_json::to_vec(ops).map_err(|e| SheetsError::Internal(e.to_string()))?;
             data.push(b'\n');
         }
+        for st in styles {
+            data.extend(
+                serde_json::to_vec(&LogLine::Style { style: Box::new(st.clone()) })
+                    .map_err(|e| SheetsError::Internal(e.to_string()))?,
+            );
+            data.push(b'\n');
+        }
         write_atomic(&self.ops_path(), &data, None).map_err(|e| io_err("write", &self.ops_path(), e))
     }
 
-    pub fn load(&self) -> Result<(ForkMeta, Vec<Op>)> {
+    pub fn load(&self) -> Result<(ForkMeta, Vec<Op>, Vec<StyleOp>)> {
         let raw = std::fs::read(self.meta_path()).map_err(|e| io_err("read", &self.meta_path(), e))?;
         let meta: ForkMeta = serde_json::from_slice(&raw).map_err(|e| io_err("parse", &self.meta_path(), e))?;
         let mut ops = Vec::new();
+        let mut styles = Vec::new();
         if let Ok(text) = std::fs::read_to_string(self.ops_path()) {
             for (n, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<Vec<Op>>(line) {
-                    Ok(batch) => ops.extend(batch),
+                match serde_json::from_str::<LogLine>(line) {
+                    Ok(LogLine::Cells(batch)) => ops.extend(batch),
+                    Ok(LogLine::Style { style }) => styles.push(*style),
                     Err(e) => {
                         tracing::warn!(fork = %meta.id, line = n + 1, "dropping a torn edit batch: {e}");
                         break;
@@ -189,7 +235,7 @@ impl ForkDir {
                 }
             }
         }
-        Ok((meta, ops))
+        Ok((meta, ops, styles))
     }
 
     pub fn remove(&self) {

@@ -28,8 +28,7 @@ impl Backend {
 }
 
 /// Why a recomputed value cannot be trusted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Issue {
     /// The cell is part of a circular reference.
     Cycle,
@@ -50,28 +49,37 @@ pub struct Computed {
 /// A cell the engine could not calculate faithfully, reported to the agent.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CellIssue {
-    /// `Sheet!A1`.
     pub cell: String,
-    #[serde(flatten)]
-    pub issue: Issue,
-    /// The value kept: the cached one from the file when there was one.
+    /// cycle or unsupported.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The value kept (the file's).
     #[schemars(schema_with = "crate::tools::cell_schema")]
     pub kept: serde_json::Value,
+}
+
+impl CellIssue {
+    pub fn new(cell: String, issue: Issue, kept: serde_json::Value) -> Self {
+        let (kind, detail) = match issue {
+            Issue::Cycle => ("cycle", None),
+            Issue::Unsupported { detail } => ("unsupported", Some(detail)),
+        };
+        Self { cell, kind: kind.into(), detail, kept }
+    }
 }
 
 /// What the last recalculation did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct RecalcReport {
     pub backend: String,
-    /// Formula cells evaluated.
     pub formulas: usize,
-    /// Formula cells whose value differs from the original file's.
+    /// Formula cells whose value differs from the original's.
     pub changed: usize,
-    /// Cells in circular references or using unsupported functions (first 50).
+    /// Cycles and unsupported functions (first 50).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub issues: Vec<CellIssue>,
     pub issue_count: usize,
-    /// Time to load the workbook into the engine (0 when it was already loaded).
     pub load_ms: f64,
     pub evaluate_ms: f64,
 }

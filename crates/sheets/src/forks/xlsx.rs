@@ -22,12 +22,16 @@ pub enum CellWrite<'a> {
     Input { input: &'a Input, value: Option<&'a Scalar> },
     /// The formula stays; its stored result becomes this recalculated value.
     Value(&'a Scalar),
+    /// Content stays; only the cell format changes (see `SheetPatch::styles`).
+    Style,
 }
 
 /// The edits of one sheet, by 0-based (row, column).
 pub struct SheetPatch<'a> {
     pub sheet: String,
     pub cells: BTreeMap<(u32, u32), CellWrite<'a>>,
+    /// New cell format (`s`, an index into styles.xml's cellXfs) of cells whose format changes.
+    pub styles: BTreeMap<(u32, u32), u32>,
     /// The formula of a cell in the original (shared formulas expanded), used when an edit
     /// breaks a shared-formula group and its members must be written out explicitly.
     pub formula_of: &'a dyn Fn(u32, u32) -> Option<String>,
@@ -40,6 +44,8 @@ pub struct PatchPlan<'a> {
     pub drop_calc_chain: bool,
     /// Values were not recalculated: ask Excel to recalculate when it opens the file.
     pub full_calc_on_load: bool,
+    /// A new styles.xml (cell formats added by style edits).
+    pub styles_xml: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize, schemars::JsonSchema)]
@@ -72,35 +78,39 @@ pub fn patch(id: &str, original: &[u8], plan: &PatchPlan<'_>) -> Result<(Vec<u8>
             .ok_or_else(|| bad(id, format!("sheet '{}' has no worksheet part", sp.sheet)))?;
         let xml = read_part(id, &mut zip, part)?;
         let patched = patch_sheet(&xml, sp).map_err(|e| bad(id, format!("{part}: {e}")))?;
-        replaced.insert(part.clone(), patched);
+        replaced.insert(norm(part), patched);
     }
     let mut dropped: HashSet<String> = HashSet::new();
     let calc_chain = zip.file_names().flatten().find(|n| n.ends_with("calcChain.xml")).map(|n| n.into_owned());
     if plan.drop_calc_chain
         && let Some(cc) = calc_chain
     {
-        dropped.insert(cc.clone());
+        dropped.insert(norm(&cc));
         let file = cc.rsplit('/').next().unwrap_or("calcChain.xml").to_string();
         let ct = String::from_utf8_lossy(&read_part(id, &mut zip, "[Content_Types].xml")?).into_owned();
-        replaced.insert("[Content_Types].xml".into(), remove_element_containing(&ct, "<Override", &file).into_bytes());
+        replaced.insert(norm("[Content_Types].xml"), remove_element_containing(&ct, "<Override", &file).into_bytes());
         let rels = String::from_utf8_lossy(&read_part(id, &mut zip, &parts.workbook_rels)?).into_owned();
         replaced
-            .insert(parts.workbook_rels.clone(), remove_element_containing(&rels, "<Relationship", &file).into_bytes());
+            .insert(norm(&parts.workbook_rels), remove_element_containing(&rels, "<Relationship", &file).into_bytes());
+    }
+    if let Some(st) = &plan.styles_xml {
+        let part = parts.styles.as_deref().ok_or_else(|| bad(id, "the workbook has no styles part"))?;
+        replaced.insert(norm(part), st.clone().into_bytes());
     }
     if plan.full_calc_on_load {
         let wb = String::from_utf8_lossy(&read_part(id, &mut zip, &parts.workbook)?).into_owned();
-        replaced.insert(parts.workbook.clone(), set_full_calc_on_load(&wb).into_bytes());
+        replaced.insert(norm(&parts.workbook), set_full_calc_on_load(&wb).into_bytes());
     }
     let mut report = PatchReport::default();
     let mut out = ZipWriter::new(Cursor::new(Vec::with_capacity(original.len() + 4096)));
     let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
     for i in 0..zip.len() {
         let name = zip.by_index_raw(i).map_err(|e| bad(id, e))?.name().map_err(|e| bad(id, e))?.into_owned();
-        if dropped.contains(&name) {
+        if dropped.contains(&norm(&name)) {
             report.parts_dropped.push(name);
             continue;
         }
-        if let Some(data) = replaced.get(&name) {
+        if let Some(data) = replaced.get(&norm(&name)) {
             out.start_file(name.as_str(), options).map_err(|e| bad(id, e))?;
             out.write_all(data).map_err(|e| bad(id, e))?;
             report.parts_rewritten.push(name);
@@ -114,8 +124,20 @@ pub fn patch(id: &str, original: &[u8], plan: &PatchPlan<'_>) -> Result<(Vec<u8>
     Ok((bytes, report))
 }
 
+/// A part name as Excel compares them: forward slashes, no leading slash, any case.
+fn norm(name: &str) -> String {
+    name.replace('\\', "/").trim_start_matches('/').to_ascii_lowercase()
+}
+
 fn read_part(id: &str, zip: &mut ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Vec<u8>> {
-    let mut f = zip.by_name(name).map_err(|e| bad(id, format!("{name}: {e}")))?;
+    // Producers differ in case and slashes; match the part name the way Excel does.
+    let actual = if zip.index_for_name(name).is_some() {
+        name.to_string()
+    } else {
+        let want = norm(name);
+        zip.file_names().flatten().find(|n| norm(n) == want).map(|n| n.into_owned()).unwrap_or_else(|| name.to_string())
+    };
+    let mut f = zip.by_name(&actual).map_err(|e| bad(id, format!("{name}: {e}")))?;
     let mut buf = Vec::with_capacity(f.size().min(64 * 1024 * 1024) as usize);
     f.read_to_end(&mut buf).map_err(|e| bad(id, format!("{name}: {e}")))?;
     Ok(buf)
@@ -125,6 +147,7 @@ struct Parts {
     workbook: String,
     workbook_rels: String,
     sheets: HashMap<String, String>,
+    styles: Option<String>,
 }
 
 fn attr(e: &BytesStart<'_>, local: &str) -> Option<String> {
@@ -136,7 +159,7 @@ fn attr(e: &BytesStart<'_>, local: &str) -> Option<String> {
 
 /// Worksheet part names by sheet name, from the package and workbook relationships.
 fn sheet_parts(id: &str, zip: &mut ZipArchive<Cursor<&[u8]>>) -> Result<Parts> {
-    let root_rels = read_part(id, zip, "_rels/.rels")?;
+    let root_rels = read_part(id, zip, "_rels/.rels").unwrap_or_default();
     let mut workbook = "xl/workbook.xml".to_string();
     for (_, ty, target) in relationships(&root_rels) {
         if ty.ends_with("/officeDocument") {
@@ -146,10 +169,11 @@ fn sheet_parts(id: &str, zip: &mut ZipArchive<Cursor<&[u8]>>) -> Result<Parts> {
     let dir = workbook.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
     let file = workbook.rsplit('/').next().unwrap_or("workbook.xml").to_string();
     let workbook_rels = if dir.is_empty() { format!("_rels/{file}.rels") } else { format!("{dir}/_rels/{file}.rels") };
-    let rels: HashMap<String, String> = relationships(&read_part(id, zip, &workbook_rels)?)
-        .into_iter()
-        .map(|(rid, _, target)| (rid, resolve_target(&dir, &target)))
-        .collect();
+    let all_rels = relationships(&read_part(id, zip, &workbook_rels)?);
+    let styles =
+        all_rels.iter().find(|(_, ty, _)| ty.ends_with("/styles")).map(|(_, _, target)| resolve_target(&dir, target));
+    let rels: HashMap<String, String> =
+        all_rels.into_iter().map(|(rid, _, target)| (rid, resolve_target(&dir, &target))).collect();
     let wb_xml = read_part(id, zip, &workbook)?;
     let mut reader = Reader::from_reader(wb_xml.as_slice());
     let mut sheets = HashMap::new();
@@ -173,7 +197,7 @@ fn sheet_parts(id: &str, zip: &mut ZipArchive<Cursor<&[u8]>>) -> Result<Parts> {
             _ => {}
         }
     }
-    Ok(Parts { workbook, workbook_rels, sheets })
+    Ok(Parts { workbook, workbook_rels, sheets, styles })
 }
 
 /// (Id, Type, Target) of every relationship in a .rels part.
@@ -255,6 +279,90 @@ fn set_full_calc_on_load(xml: &str) -> String {
     xml.to_string()
 }
 
+/// `tag` (an element's start tag text, without its closing `>`) with attribute `name` set.
+pub(crate) fn set_attr(tag: &str, name: &str, value: &str) -> String {
+    for quote in ['"', '\''] {
+        let pat = format!(" {name}={quote}");
+        if let Some(i) = tag.find(&pat) {
+            let vs = i + pat.len();
+            if let Some(ve) = tag[vs..].find(quote) {
+                return format!("{}{}{}", &tag[..vs], value, &tag[vs + ve..]);
+            }
+        }
+    }
+    let end = if tag.ends_with("/>") {
+        tag.len() - 2
+    } else if tag.ends_with('>') {
+        tag.len() - 1
+    } else {
+        tag.len()
+    };
+    format!("{} {name}=\"{value}\"{}", tag[..end].trim_end(), &tag[end..])
+}
+
+/// The formatting changes of one sheet, by cell.
+pub type StyleMap = BTreeMap<(u32, u32), super::styles::StyleSpec>;
+/// The new cell format index of each styled cell, per sheet.
+pub type StyleIds = Vec<BTreeMap<(u32, u32), u32>>;
+
+/// New cell formats for style edits: for each sheet, the new `s` of every styled cell, and the
+/// styles.xml that holds them (derived from each cell's current format).
+pub fn style_plan(id: &str, original: &[u8], sheets: &[(String, &StyleMap)]) -> Result<(String, StyleIds)> {
+    let mut zip = ZipArchive::new(Cursor::new(original)).map_err(|e| bad(id, e))?;
+    let parts = sheet_parts(id, &mut zip)?;
+    let styles_part = parts.styles.clone().ok_or_else(|| bad(id, "the workbook has no styles part"))?;
+    let styles_xml = String::from_utf8_lossy(&read_part(id, &mut zip, &styles_part)?).into_owned();
+    // Each styled cell's current format.
+    let mut pairs: Vec<(u32, super::styles::StyleSpec)> = Vec::new();
+    let mut index: HashMap<(u32, super::styles::StyleSpec), usize> = HashMap::new();
+    let mut per_sheet: Vec<BTreeMap<(u32, u32), usize>> = Vec::new();
+    for (name, cells) in sheets {
+        let part = parts.sheets.get(name).ok_or_else(|| bad(id, format!("sheet '{name}' has no worksheet part")))?;
+        let xml = read_part(id, &mut zip, part)?;
+        let current = current_styles(&xml, cells);
+        let mut m = BTreeMap::new();
+        for (k, spec) in cells.iter() {
+            let base = current.get(k).copied().unwrap_or(0);
+            let key = (base, spec.clone());
+            let n = match index.get(&key) {
+                Some(&n) => n,
+                None => {
+                    pairs.push(key.clone());
+                    index.insert(key, pairs.len() - 1);
+                    pairs.len() - 1
+                }
+            };
+            m.insert(*k, n);
+        }
+        per_sheet.push(m);
+    }
+    let (new_xml, ids) =
+        super::styles::add_formats(&styles_xml, &pairs).map_err(|e| bad(id, format!("{styles_part}: {e}")))?;
+    let maps = per_sheet.into_iter().map(|m| m.into_iter().map(|(k, n)| (k, ids[n])).collect()).collect();
+    Ok((new_xml, maps))
+}
+
+/// The `s` attribute of the given cells in a worksheet part.
+fn current_styles<T>(xml: &[u8], cells: &BTreeMap<(u32, u32), T>) -> HashMap<(u32, u32), u32> {
+    let mut out = HashMap::new();
+    let mut reader = Reader::from_reader(xml);
+    while let Ok(ev) = reader.read_event() {
+        match ev {
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == "c" => {
+                if let Some(k) = attr(&e, "r").and_then(|r| parse_ref(r.as_bytes()))
+                    && cells.contains_key(&k)
+                    && let Some(s) = attr(&e, "s").and_then(|s| s.parse().ok())
+                {
+                    out.insert(k, s);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    out
+}
+
 fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     quick_xml::escape::escape(s)
 }
@@ -295,8 +403,59 @@ fn open_cell(out: &mut Vec<u8>, r: &str, keep: &[(Vec<u8>, Vec<u8>)], t: Option<
 }
 
 /// Write a cell's new XML. `f_raw` is the original `<f>` element for a value-only write.
-fn write_cell(out: &mut Vec<u8>, r: &str, keep: &[(Vec<u8>, Vec<u8>)], w: &CellWrite<'_>, f_raw: Option<&[u8]>) {
+fn write_cell(
+    out: &mut Vec<u8>,
+    r: &str,
+    keep: &[(Vec<u8>, Vec<u8>)],
+    w: &CellWrite<'_>,
+    f_raw: Option<&[u8]>,
+    style: Option<u32>,
+    prefix: &str,
+) {
+    let mark = out.len();
+    write_cell_unprefixed(out, r, keep, w, f_raw, style);
+    if !prefix.is_empty() {
+        let frag = out.split_off(mark);
+        out.extend(with_prefix(&frag, prefix));
+    }
+}
+
+/// Our new elements in the sheet's namespace prefix (`<x:c>` where the sheet writes `x:`).
+/// Text in them is escaped, so the only `<` are our own tags.
+fn with_prefix(frag: &[u8], prefix: &str) -> Vec<u8> {
+    let mut s = String::from_utf8_lossy(frag).into_owned();
+    for tag in ["c", "v", "is", "t", "f", "row"] {
+        s = s
+            .replace(&format!("<{tag} "), &format!("<{prefix}{tag} "))
+            .replace(&format!("<{tag}>"), &format!("<{prefix}{tag}>"))
+            .replace(&format!("</{tag}>"), &format!("</{prefix}{tag}>"));
+    }
+    s.into_bytes()
+}
+
+fn write_cell_unprefixed(
+    out: &mut Vec<u8>,
+    r: &str,
+    keep: &[(Vec<u8>, Vec<u8>)],
+    w: &CellWrite<'_>,
+    f_raw: Option<&[u8]>,
+    style: Option<u32>,
+) {
+    let with_style;
+    let keep = match style {
+        Some(s) => {
+            let mut k: Vec<(Vec<u8>, Vec<u8>)> = keep.iter().filter(|(n, _)| n != b"s").cloned().collect();
+            k.insert(0, (b"s".to_vec(), s.to_string().into_bytes()));
+            with_style = k;
+            with_style.as_slice()
+        }
+        None => keep,
+    };
     match w {
+        CellWrite::Style => {
+            open_cell(out, r, keep, None);
+            out.extend_from_slice(b"/>");
+        }
         CellWrite::Input { input: Input::Value { v }, .. } => match v {
             Scalar::Empty => {
                 // Cleared: keep the cell only if it carries a style.
@@ -391,6 +550,13 @@ struct CellScan {
 
 /// Rewrite a worksheet part with the sheet's cell writes merged in, row and column order kept.
 fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, String> {
+    // The reader skips a byte-order mark without counting it in its positions: keep it aside.
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    if let Some(body) = xml.strip_prefix(BOM) {
+        let mut out = BOM.to_vec();
+        out.extend(patch_sheet(body, sp)?);
+        return Ok(out);
+    }
     // Pending writes grouped by row.
     let mut rows: Vec<(u32, Vec<(u32, CellWrite<'_>)>)> = Vec::new();
     for (&(r, c), w) in &sp.cells {
@@ -413,16 +579,23 @@ fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, 
     let mut prev_col: Option<u32> = None;
     let mut broken_si: HashSet<String> = HashSet::new();
 
-    let new_row = |out: &mut Vec<u8>, r: u32, cells: &[(u32, CellWrite<'_>)]| {
+    // The namespace prefix the sheet writes its cells with ("" or e.g. "x:").
+    let mut prefix = String::new();
+    let new_row = |out: &mut Vec<u8>, r: u32, cells: &[(u32, CellWrite<'_>)], prefix: &str| {
         let mut body = Vec::new();
         for (c, w) in cells {
-            write_cell(&mut body, &a1(r, *c), &[], w, None);
+            write_cell(&mut body, &a1(r, *c), &[], w, None, sp.styles.get(&(r, *c)).copied(), prefix);
         }
         if !body.is_empty() {
-            out.extend_from_slice(format!("<row r=\"{}\">", r + 1).as_bytes());
+            out.extend_from_slice(format!("<{prefix}row r=\"{}\">", r + 1).as_bytes());
             out.extend_from_slice(&body);
-            out.extend_from_slice(b"</row>");
+            out.extend_from_slice(format!("</{prefix}row>").as_bytes());
         }
+    };
+    let prefix_of = |e: &BytesStart<'_>| {
+        let q = e.name();
+        let name: &str = q.as_ref();
+        name.rsplit_once(':').map(|(p, _)| format!("{p}:")).unwrap_or_default()
     };
 
     loop {
@@ -431,22 +604,26 @@ fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, 
         let end = reader.buffer_position() as usize;
         match ev {
             Event::Eof => break,
-            Event::Start(e) if e.local_name().as_ref() == "sheetData" => in_sheet_data = true,
+            Event::Start(e) if e.local_name().as_ref() == "sheetData" => {
+                in_sheet_data = true;
+                prefix = prefix_of(&e);
+            }
             Event::Empty(e) if e.local_name().as_ref() == "sheetData" => {
+                prefix = prefix_of(&e);
                 out.extend_from_slice(&xml[copied..start]);
-                out.extend_from_slice(b"<sheetData>");
+                out.extend_from_slice(format!("<{prefix}sheetData>").as_bytes());
                 for (r, cells) in &rows[next_row..] {
-                    new_row(&mut out, *r, cells);
+                    new_row(&mut out, *r, cells, &prefix);
                 }
                 next_row = rows.len();
-                out.extend_from_slice(b"</sheetData>");
+                out.extend_from_slice(format!("</{prefix}sheetData>").as_bytes());
                 copied = end;
             }
             Event::End(e) if e.local_name().as_ref() == "sheetData" => {
                 in_sheet_data = false;
                 out.extend_from_slice(&xml[copied..start]);
                 for (r, cells) in &rows[next_row..] {
-                    new_row(&mut out, *r, cells);
+                    new_row(&mut out, *r, cells, &prefix);
                 }
                 next_row = rows.len();
                 copied = start;
@@ -464,7 +641,7 @@ fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, 
                 out.extend_from_slice(&xml[copied..start]);
                 copied = start;
                 while next_row < rows.len() && rows[next_row].0 < r {
-                    new_row(&mut out, rows[next_row].0, &rows[next_row].1);
+                    new_row(&mut out, rows[next_row].0, &rows[next_row].1, &prefix);
                     next_row += 1;
                 }
                 row_cells.clear();
@@ -480,7 +657,7 @@ fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, 
                     out.extend_from_slice(open);
                     out.push(b'>');
                     for (c, w) in &row_cells {
-                        write_cell(&mut out, &a1(r, *c), &[], w, None);
+                        write_cell(&mut out, &a1(r, *c), &[], w, None, sp.styles.get(&(r, *c)).copied(), &prefix);
                     }
                     out.extend_from_slice(b"</row>");
                     copied = end;
@@ -491,7 +668,8 @@ fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, 
                 if row_next < row_cells.len() {
                     out.extend_from_slice(&xml[copied..start]);
                     for (c, w) in &row_cells[row_next..] {
-                        write_cell(&mut out, &a1(cur_row, *c), &[], w, None);
+                        let style = sp.styles.get(&(cur_row, *c)).copied();
+                        write_cell(&mut out, &a1(cur_row, *c), &[], w, None, style, &prefix);
                     }
                     copied = start;
                 }
@@ -555,7 +733,7 @@ fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, 
                 copied = start;
                 while row_next < row_cells.len() && row_cells[row_next].0 < col {
                     let (c, w) = row_cells[row_next];
-                    write_cell(&mut out, &a1(row, c), &[], &w, None);
+                    write_cell(&mut out, &a1(row, c), &[], &w, None, sp.styles.get(&(row, c)).copied(), &prefix);
                     row_next += 1;
                 }
                 let write = (row_next < row_cells.len() && row_cells[row_next].0 == col).then(|| {
@@ -579,7 +757,7 @@ fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, 
                             // written out explicitly.
                             match (sp.formula_of)(row, col) {
                                 Some(f) => {
-                                    explicit = format!("<f>{}</f>", escape(&f)).into_bytes();
+                                    explicit = format!("<{prefix}f>{}</{prefix}f>", escape(&f)).into_bytes();
                                     Some(explicit.as_slice())
                                 }
                                 None => f_raw,
@@ -587,13 +765,26 @@ fn patch_sheet(xml: &[u8], sp: &SheetPatch<'_>) -> std::result::Result<Vec<u8>, 
                         } else {
                             f_raw
                         };
-                        write_cell(&mut out, &a1(row, col), &keep, &w, f_raw);
+                        let style = sp.styles.get(&(row, col)).copied();
+                        if matches!(w, CellWrite::Style) {
+                            // Same content, new format: the start tag with `s` set, the rest as it was.
+                            let tag = String::from_utf8_lossy(&xml[start..end]).into_owned();
+                            let open = tag.strip_suffix("/>").or_else(|| tag.strip_suffix('>')).unwrap_or(&tag);
+                            let open = set_attr(open, "s", &style.unwrap_or(0).to_string());
+                            out.extend_from_slice(open.as_bytes());
+                            out.extend_from_slice(if is_empty { b"/>" } else { b">" });
+                            if !is_empty {
+                                out.extend_from_slice(&xml[end..cell_end]);
+                            }
+                        } else {
+                            write_cell(&mut out, &a1(row, col), &keep, &w, f_raw, style, &prefix);
+                        }
                         copied = cell_end;
                     }
                     None if broken_member => {
                         if let (Some((fa, fb)), Some(f)) = (scan.f_span, (sp.formula_of)(row, col)) {
                             out.extend_from_slice(&xml[start..fa]);
-                            out.extend_from_slice(format!("<f>{}</f>", escape(&f)).as_bytes());
+                            out.extend_from_slice(format!("<{prefix}f>{}</{prefix}f>", escape(&f)).as_bytes());
                             out.extend_from_slice(&xml[fb..cell_end]);
                             copied = cell_end;
                         }
@@ -620,7 +811,12 @@ mod tests {
     }
 
     fn run(xml: &str, writes: Vec<((u32, u32), CellWrite<'_>)>) -> String {
-        let sp = SheetPatch { sheet: "S".into(), cells: writes.into_iter().collect(), formula_of: &no_formula };
+        let sp = SheetPatch {
+            sheet: "S".into(),
+            cells: writes.into_iter().collect(),
+            styles: BTreeMap::new(),
+            formula_of: &no_formula,
+        };
         String::from_utf8(patch_sheet(xml.as_bytes(), &sp).unwrap()).unwrap()
     }
 
@@ -690,12 +886,39 @@ mod tests {
         let sp = SheetPatch {
             sheet: "S".into(),
             cells: [((0, 0), CellWrite::Input { input: &five, value: None })].into_iter().collect(),
+            styles: BTreeMap::new(),
             formula_of: &formula_of,
         };
         let out = String::from_utf8(patch_sheet(xml.as_bytes(), &sp).unwrap()).unwrap();
         assert!(out.contains(r#"<c r="A1"><v>5</v></c>"#), "{out}");
         assert!(out.contains(r#"<c r="A2"><f>B2*2</f><v>4</v></c>"#), "{out}");
         assert!(out.contains(r#"<c r="A3"><f>B3*2</f><v>6</v></c>"#), "{out}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_shift_the_splice() {
+        let one = Input::Value { v: Scalar::Number(1.0) };
+        let with_bom = format!("\u{feff}{SHEET}");
+        let out = run(&with_bom, vec![((0, 0), CellWrite::Input { input: &one, value: None })]);
+        assert!(out.starts_with('\u{feff}'));
+        assert!(out.contains(r#"<row r="1" spans="1:2"><c r="A1" s="3"><v>1</v></c><c r="B1">"#), "{out}");
+    }
+
+    #[test]
+    fn prefixed_sheets_get_prefixed_cells() {
+        let one = Input::Value { v: Scalar::Text("x".into()) };
+        let xml = r#"<x:worksheet xmlns:x="s"><x:sheetData><x:row r="1"><x:c r="B1"><x:v>1</x:v></x:c></x:row></x:sheetData></x:worksheet>"#;
+        let out = run(
+            xml,
+            vec![
+                ((0, 0), CellWrite::Input { input: &one, value: None }),
+                ((2, 0), CellWrite::Input { input: &one, value: None }),
+            ],
+        );
+        assert_eq!(
+            out,
+            r#"<x:worksheet xmlns:x="s"><x:sheetData><x:row r="1"><x:c r="A1" t="inlineStr"><x:is><x:t>x</x:t></x:is></x:c><x:c r="B1"><x:v>1</x:v></x:c></x:row><x:row r="3"><x:c r="A3" t="inlineStr"><x:is><x:t>x</x:t></x:is></x:c></x:row></x:sheetData></x:worksheet>"#
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::Engine;
 use crate::address::{CellRef, Rect, parse_cell, quote_sheet};
 use crate::error::{Result, SheetsError};
 use crate::forks::cells::{EditSpec, Input, Scalar, a1, check_formula, error_kind};
-use crate::forks::persist::{Op, Staged, now_unix};
+use crate::forks::persist::{Op, Staged, StyleOp, now_unix};
+use crate::forks::styles::StyleSpec;
 use crate::limits::Budget;
 
 /// Apply now, or preview: show what would change and stage it for apply_staged_change.
@@ -26,10 +27,9 @@ pub enum Mode {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct EditBatchParams {
     pub fork_id: String,
-    /// Sheet the edits are on, unless an edit names its own ("Inputs!B2=5").
+    /// Unless an edit names its own ("Inputs!B2=5").
     pub sheet_name: Option<String>,
-    /// "A1=100" (value), "B2==SUM(A1:A2)" (formula), "C3=" (clear), "D4='007" (text), or
-    /// {"cell": "A1", "value": 1} / {"cell": "A1", "formula": "=B1*2"}.
+    /// "A1=100", "B2==SUM(A1:A2)" (formula), "C3=" (clear), "D4='007" (text).
     pub edits: Vec<EditSpec>,
     pub mode: Option<Mode>,
 }
@@ -39,26 +39,21 @@ pub struct PreviewRow {
     pub cell: String,
     #[schemars(schema_with = "super::cell_schema")]
     pub before: serde_json::Value,
-    /// The new value, or the new formula with its '='.
     #[schemars(schema_with = "super::cell_schema")]
     pub after: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct EditOutput {
-    /// "apply" or "preview".
     pub mode: String,
-    /// Cells written (or that would be).
     pub cells: usize,
-    /// Of which formulas.
     pub formulas: usize,
-    /// Pass to apply_staged_change or discard_staged_change (preview only).
+    /// For apply_staged_change (preview only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change_id: Option<String>,
-    /// Each cell before and after (preview only; first 50).
+    /// First 50 cells before and after (preview only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preview: Vec<PreviewRow>,
-    /// Formulas are not recalculated yet: call recalculate (save_fork does it too).
     pub needs_recalc: bool,
 }
 
@@ -113,7 +108,13 @@ fn commit(engine: &Engine, fork_id: &str, ops: Vec<Op>, mode: Mode, tool: &str, 
             }
             f.meta.seq += 1;
             let id = format!("chg-{}", f.meta.seq);
-            f.meta.staged.push(Staged { id: id.clone(), tool: tool.into(), ops, created_unix: now_unix() });
+            f.meta.staged.push(Staged {
+                id: id.clone(),
+                tool: tool.into(),
+                ops,
+                styles: Vec::new(),
+                created_unix: now_unix(),
+            });
             f.save_meta()?;
             Ok(EditOutput {
                 mode: "preview".into(),
@@ -161,10 +162,9 @@ pub fn edit_batch(engine: &Engine, p: EditBatchParams, budget: &Budget) -> Resul
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum TransformOp {
-    /// Clear the contents (values and formulas) of the cells in a range; styles stay.
+    /// Clear values and formulas (styles stay).
     Clear { range: String },
-    /// Fill a range with one value, or a formula written for its top-left cell and copied
-    /// across like Excel's fill (relative references move).
+    /// One value, or a formula for the top-left cell copied like Excel's fill.
     Fill {
         range: String,
         #[serde(default)]
@@ -173,32 +173,35 @@ pub enum TransformOp {
         #[serde(default)]
         formula: Option<String>,
     },
-    /// Replace text inside text cells (not formulas).
+    /// Replace text in text cells (range defaults to the sheet).
     Replace {
-        /// Defaults to the whole sheet.
         #[serde(default)]
         range: Option<String>,
         find: String,
         replace: String,
         #[serde(default)]
         match_case: bool,
-        /// Only cells whose whole text equals `find`.
         #[serde(default)]
         whole_cell: bool,
     },
-    /// Write a matrix of values from a top-left cell; text starting with '=' is a formula,
-    /// null clears.
+    /// A matrix from `start`; "=..." is a formula, null clears.
     Write {
         start: String,
         #[schemars(schema_with = "super::value_rows_schema")]
         rows: Vec<Vec<serde_json::Value>>,
     },
+    /// Copy a range to the cell `to` (its new top-left) like paste: formulas move.
+    Copy { range: String, to: String },
+    /// Move a range to `to` like cut and paste: formulas keep their references; the source is
+    /// cleared.
+    Move { range: String, to: String },
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct TransformBatchParams {
     pub fork_id: String,
     pub sheet_name: Option<String>,
+    /// Every op reads the fork as it was before the batch.
     pub ops: Vec<TransformOp>,
     pub mode: Option<Mode>,
 }
@@ -312,6 +315,39 @@ pub fn transform_batch(engine: &Engine, p: TransformBatchParams, budget: &Budget
                     push(cell.row, cell.col, Input::Value { v: Scalar::Text(new) });
                 }
             }
+            TransformOp::Copy { range, to } | TransformOp::Move { range, to } => {
+                let src = parse_range_arg(&sheet, "range", range)?;
+                area_check(src, max, "the copied range")?;
+                let at = parse_cell(to.trim()).ok_or_else(|| {
+                    SheetsError::invalid("ops", format!("`to` '{to}' is not a cell address like \"B2\""))
+                })?;
+                let (dr, dc) = (i64::from(at.row) - i64::from(src.top), i64::from(at.col) - i64::from(src.left));
+                let dst = Rect::new(at.row, at.col, at.row + src.height() - 1, at.col + src.width() - 1);
+                if dst.bottom >= crate::address::MAX_ROWS || dst.right >= crate::address::MAX_COLS {
+                    return Err(SheetsError::invalid("ops", format!("the target {dst} runs off the sheet")));
+                }
+                if matches!(op, TransformOp::Move { .. }) {
+                    for r in src.top..=src.bottom {
+                        for c in src.left..=src.right {
+                            if !dst.contains(r, c) {
+                                push(r, c, Input::Value { v: Scalar::Empty });
+                            }
+                        }
+                    }
+                }
+                for r in src.top..=src.bottom {
+                    for c in src.left..=src.right {
+                        let (tr, tc) = ((i64::from(r) + dr) as u32, (i64::from(c) + dc) as u32);
+                        let moving = matches!(op, TransformOp::Move { .. });
+                        let input = match sheet.formula_at(CellRef::new(r, c)) {
+                            Some(f) if moving => Input::Formula { f: f.to_string() },
+                            Some(f) => Input::Formula { f: crate::formula::shift(f, dr, dc) },
+                            None => Input::Value { v: Scalar::from_value(&sheet.get(r, c), &sheet.strings) },
+                        };
+                        push(tr, tc, input);
+                    }
+                }
+            }
             TransformOp::Write { start, rows } => {
                 let at = parse_cell(start.trim()).ok_or_else(|| {
                     SheetsError::invalid("ops", format!("write start '{start}' is not a cell address like \"B2\""))
@@ -364,4 +400,90 @@ fn replace_ci(text: &str, find: &str, replace: &str) -> String {
     }
     out.push_str(&text[last..]);
     out
+}
+
+/// A formatting change for one range.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StyleRange {
+    pub range: String,
+    #[serde(flatten)]
+    pub style: StyleSpec,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StyleBatchParams {
+    pub fork_id: String,
+    pub sheet_name: Option<String>,
+    pub ops: Vec<StyleRange>,
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StyleOutput {
+    pub mode: String,
+    /// Cells whose format changes.
+    pub cells: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
+}
+
+pub fn style_batch(engine: &Engine, p: StyleBatchParams, budget: &Budget) -> Result<StyleOutput> {
+    if p.ops.is_empty() {
+        return Err(SheetsError::invalid(
+            "ops",
+            "is empty; pass ops like [{\"range\": \"A1:D1\", \"font\": {\"bold\": true}}]",
+        ));
+    }
+    let name = sheet_of(engine, &p.fork_id, p.sheet_name.as_deref())?;
+    let view = engine.forks.view(&p.fork_id, budget)?;
+    let sheet = engine.sheet(&view, Some(&name), budget)?;
+    let max = engine.forks.cfg.max_batch;
+    let mut ops = Vec::new();
+    let mut cells: u64 = 0;
+    for op in &p.ops {
+        op.style.validate()?;
+        let rect = parse_range_arg(&sheet, "range", &op.range)?;
+        area_check(rect, max, "the style range")?;
+        cells += rect.area();
+        ops.push(StyleOp {
+            s: name.clone(),
+            top: rect.top,
+            left: rect.left,
+            bottom: rect.bottom,
+            right: rect.right,
+            st: op.style.clone(),
+        });
+    }
+    if cells > max as u64 {
+        return Err(SheetsError::invalid(
+            "ops",
+            format!("the ranges cover {cells} cells; the limit is {max} per call"),
+        ));
+    }
+    let handle = engine.forks.get(&p.fork_id)?;
+    let mut f = handle.lock();
+    match p.mode.unwrap_or_default() {
+        Mode::Apply => {
+            for op in ops {
+                f.apply_style(op)?;
+            }
+            Ok(StyleOutput { mode: "apply".into(), cells: cells as usize, change_id: None })
+        }
+        Mode::Preview => {
+            if f.meta.staged.len() >= engine.forks.cfg.max_staged {
+                return Err(SheetsError::invalid("mode", "too many staged changes; apply or discard some first"));
+            }
+            f.meta.seq += 1;
+            let id = format!("chg-{}", f.meta.seq);
+            f.meta.staged.push(Staged {
+                id: id.clone(),
+                tool: "style_batch".into(),
+                ops: Vec::new(),
+                styles: ops,
+                created_unix: now_unix(),
+            });
+            f.save_meta()?;
+            Ok(StyleOutput { mode: "preview".into(), cells: cells as usize, change_id: Some(id) })
+        }
+    }
 }

@@ -69,6 +69,8 @@ pub struct ForkInfo {
     pub created: Option<String>,
     /// Cells whose content the fork changed.
     pub cells_edited: usize,
+    /// Cells whose format the fork changed.
+    pub cells_styled: usize,
     pub checkpoints: usize,
     /// Previewed changes waiting for apply_staged_change.
     pub staged: Vec<String>,
@@ -96,6 +98,7 @@ pub fn list_forks(engine: &Engine, _: ListForksParams, _: &Budget) -> Result<Lis
             label: f.meta.label.clone(),
             created: when(f.meta.created_unix),
             cells_edited: f.cells_edited(),
+            cells_styled: f.cells_styled(),
             checkpoints: f.meta.checkpoints.len(),
             staged: f.meta.staged.iter().map(|s| s.id.clone()).collect(),
             needs_recalc: f.is_stale(),
@@ -135,14 +138,20 @@ pub struct SaveForkOutput {
     pub path: String,
     pub workbook_id: Option<String>,
     pub bytes: usize,
-    /// Stored values are recalculated; false means Excel recalculates on open.
+    /// false: Excel recalculates on open.
     pub values_recalculated: bool,
+    /// Cells changed and issues found by the recalculation done before saving.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub recalc: Option<RecalcReport>,
+    pub recalc_changed: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recalc_issues: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recalc_error: Option<String>,
-    #[serde(flatten)]
-    pub parts: crate::forks::xlsx::PatchReport,
+    /// Zip parts written anew (every other part is copied byte for byte).
+    pub parts_rewritten: Vec<String>,
+    pub parts_copied: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts_dropped: Vec<String>,
     pub build_ms: f64,
     pub write_ms: f64,
 }
@@ -242,9 +251,12 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
         workbook_id,
         bytes: bytes.len(),
         values_recalculated,
-        recalc,
+        recalc_changed: recalc.as_ref().map(|r: &RecalcReport| r.changed),
+        recalc_issues: recalc.as_ref().map(|r| r.issue_count),
         recalc_error,
-        parts,
+        parts_rewritten: parts.parts_rewritten,
+        parts_copied: parts.parts_copied,
+        parts_dropped: parts.parts_dropped,
         build_ms,
         write_ms,
     })
@@ -284,7 +296,13 @@ pub fn checkpoint_fork(engine: &Engine, p: CheckpointForkParams, _: &Budget) -> 
         ));
     }
     f.meta.seq += 1;
-    let c = Checkpoint { id: format!("cp-{}", f.meta.seq), name: p.name, ops: f.op_count(), created_unix: now_unix() };
+    let c = Checkpoint {
+        id: format!("cp-{}", f.meta.seq),
+        name: p.name,
+        ops: f.op_count(),
+        styles: f.style_count(),
+        created_unix: now_unix(),
+    };
     f.meta.checkpoints.push(c.clone());
     f.save_meta()?;
     Ok(info(&c))
@@ -327,8 +345,8 @@ pub fn restore_checkpoint(engine: &Engine, p: RestoreCheckpointParams, _: &Budge
             format!("no checkpoint '{id}' in this fork; checkpoints are: {}", crate::error::short_list(&ids, 20)),
         ));
     };
-    let ops = f.meta.checkpoints[pos].ops;
-    f.truncate(ops)?;
+    let (ops, styles) = (f.meta.checkpoints[pos].ops, f.meta.checkpoints[pos].styles);
+    f.truncate(ops, styles)?;
     let dropped: Vec<String> = f.meta.checkpoints.drain(pos + 1..).map(|c| c.id).collect();
     f.save_meta()?;
     Ok(RestoreCheckpointOutput {
@@ -377,6 +395,9 @@ pub fn apply_staged_change(engine: &Engine, p: StagedChangeParams, _: &Budget) -
     if let Err(e) = f.apply(staged.ops.clone(), engine.forks.cfg.max_ops) {
         f.meta.staged.push(staged);
         return Err(e);
+    }
+    for st in &staged.styles {
+        f.apply_style(st.clone())?;
     }
     f.save_meta()?;
     count_edits(&engine.forks.stats, n);

@@ -160,16 +160,16 @@ pub struct ErrorRow {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VerifyOutput {
-    /// No new errors, no calculation issues and nothing waiting for recalculation.
+    /// No new errors or calculation issues, and recalculated.
     pub ok: bool,
     pub needs_recalc: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetRow>,
-    /// Cells that hold an error now and did not in the original (first 100).
+    /// Errors now that were not in the original (first 100).
     pub new_errors: Vec<ErrorRow>,
-    /// Cells that held an error in the original and no longer do (first 100).
+    /// Errors of the original now gone (first 100).
     pub resolved_errors: Vec<ErrorRow>,
-    /// Cycles and unsupported functions from the last recalculation.
+    /// Cycles and unsupported functions at the last recalculation.
     pub calc_issues: usize,
 }
 

@@ -11,6 +11,41 @@ use super::cells::{Input, Scalar};
 use super::recalc::{Computed, Issue};
 use crate::error::{Result, SheetsError};
 
+/// In-process recalculations running now, including ones whose caller gave up at its deadline
+/// (the engine cannot be interrupted). Bounded, so runaway evaluations cannot pile up.
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MAX_RUNNING: usize = 4;
+
+/// A place among the running in-process recalculations, given back when dropped.
+pub struct EngineSlot;
+
+impl EngineSlot {
+    pub fn take(id: &str) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        let n = RUNNING.fetch_add(1, Ordering::AcqRel);
+        if n >= MAX_RUNNING {
+            RUNNING.fetch_sub(1, Ordering::AcqRel);
+            return Err(SheetsError::Unsupported {
+                workbook_id: id.to_string(),
+                reason: format!(
+                    "{n} in-process recalculations are still running (some past their deadline); try again later or use backend=\"libreoffice\""
+                ),
+            });
+        }
+        Ok(EngineSlot)
+    }
+
+    pub fn running() -> usize {
+        RUNNING.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for EngineSlot {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 pub struct IronSession {
     model: Model<'static>,
     /// Our sheet index → the model's sheet index.

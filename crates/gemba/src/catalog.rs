@@ -6,7 +6,7 @@ use rmcp::model::{Tool, ToolAnnotations};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sheets::tools::{discovery, formulas, reading, search, structure};
+use sheets::tools::{discovery, editing, forks, formulas, reading, search, structure, verify};
 use sheets::{Budget, Engine, SheetsError};
 
 use crate::schema::{input_schema, output_schema};
@@ -35,26 +35,54 @@ fn call<P: DeserializeOwned, O: Serialize>(
     Ok((v, validate))
 }
 
+/// What a tool does to state, for its annotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Reads only.
+    Read,
+    /// Changes a fork (never an original file); repeating it gives the same state.
+    Write,
+    /// Changes a fork in a way that adds state (a new fork, checkpoint or staged change).
+    Append,
+    /// Removes state or writes files (discard, restore, save).
+    Destructive,
+}
+
 fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
     name: &'static str,
+    effect: Effect,
     title: &str,
     description: &'static str,
 ) -> Tool {
     let mut t = Tool::new(name, description, input_schema::<P>());
     t.output_schema = Some(output_schema::<O>());
-    t.annotations =
-        Some(ToolAnnotations::with_title(title).read_only(true).destructive(false).idempotent(true).open_world(false));
+    let a = ToolAnnotations::with_title(title).open_world(false);
+    t.annotations = Some(match effect {
+        Effect::Read => a.read_only(true).destructive(false).idempotent(true),
+        Effect::Write => a.read_only(false).destructive(false).idempotent(true),
+        Effect::Append => a.read_only(false).destructive(false).idempotent(false),
+        Effect::Destructive => a.read_only(false).destructive(true).idempotent(false),
+    });
     t
 }
 
 macro_rules! catalog {
-    ($( $module:ident :: $name:ident ($P:ty) -> $O:ty, $title:literal, $desc:literal; )*) => {
+    ($( $module:ident :: $name:ident ($P:ty) -> $O:ty, $effect:ident, $title:literal, $desc:literal; )*) => {
         /// Tool names in listing order.
         pub const NAMES: &[&str] = &[$(stringify!($name)),*];
 
+        /// What each tool does to state, by name.
+        #[cfg(test)]
+        pub fn effect(name: &str) -> Option<Effect> {
+            match name {
+                $( stringify!($name) => Some(Effect::$effect), )*
+                _ => None,
+            }
+        }
+
         /// The tool definitions for `tools/list`.
         pub fn definitions() -> Vec<Tool> {
-            vec![$( tool::<$P, $O>(stringify!($name), $title, $desc) ),*]
+            vec![$( tool::<$P, $O>(stringify!($name), Effect::$effect, $title, $desc) ),*]
         }
 
         /// Run tool `name`; `None` when no tool has that name.
@@ -68,40 +96,70 @@ macro_rules! catalog {
 }
 
 catalog! {
-    discovery::list_workbooks(discovery::ListWorkbooksParams) -> discovery::ListWorkbooksOutput,
+    discovery::list_workbooks(discovery::ListWorkbooksParams) -> discovery::ListWorkbooksOutput, Read,
         "List workbooks", "List workbooks in the workspace with their ids. Start here.";
-    discovery::describe_workbook(discovery::WorkbookParams) -> discovery::DescribeWorkbookOutput,
+    discovery::describe_workbook(discovery::WorkbookParams) -> discovery::DescribeWorkbookOutput, Read,
         "Describe workbook", "Format, size, sheet names and counts of one workbook (cheap: reads no cells).";
-    discovery::list_sheets(discovery::WorkbookParams) -> discovery::ListSheetsOutput,
+    discovery::list_sheets(discovery::WorkbookParams) -> discovery::ListSheetsOutput, Read,
         "List sheets", "Sheets with used range, cell and formula counts.";
-    discovery::workbook_summary(discovery::WorkbookParams) -> discovery::WorkbookSummaryOutput,
+    discovery::workbook_summary(discovery::WorkbookParams) -> discovery::WorkbookSummaryOutput, Read,
         "Workbook summary", "One-call overview: every sheet with its detected regions and headers.";
-    discovery::named_ranges(discovery::WorkbookParams) -> discovery::NamedRangesOutput,
+    discovery::named_ranges(discovery::WorkbookParams) -> discovery::NamedRangesOutput, Read,
         "Named ranges", "Defined names and Excel tables.";
-    structure::sheet_overview(structure::SheetParams) -> structure::SheetOverviewOutput,
+    structure::sheet_overview(structure::SheetParams) -> structure::SheetOverviewOutput, Read,
         "Sheet overview", "Detect regions on a sheet (table, parameters, outputs, notes) with headers and confidence. Use region_id in read_table.";
-    structure::sheet_statistics(structure::SheetParams) -> structure::SheetStatisticsOutput,
+    structure::sheet_statistics(structure::SheetParams) -> structure::SheetStatisticsOutput, Read,
         "Sheet statistics", "Counts by type, formulas, uncalculated formulas, errors, density.";
-    structure::table_profile(structure::TableProfileParams) -> structure::TableProfileOutput,
+    structure::table_profile(structure::TableProfileParams) -> structure::TableProfileOutput, Read,
         "Table profile", "Per-column type, fill, distinct count, min/max/mean and top values of a table.";
-    reading::read_table(reading::ReadTableParams) -> reading::ReadTableOutput,
+    reading::read_table(reading::ReadTableParams) -> reading::ReadTableOutput, Read,
         "Read table", "Rows of a table (region_id, table or range) with header detection, column selection, filters, sampling and pagination. CSV by default.";
-    reading::range_values(reading::RangeValuesParams) -> reading::RangeValuesOutput,
+    reading::range_values(reading::RangeValuesParams) -> reading::RangeValuesOutput, Read,
         "Range values", "Values of A1 ranges, as CSV or arrays.";
-    reading::sheet_page(reading::SheetPageParams) -> reading::SheetPageOutput,
+    reading::sheet_page(reading::SheetPageParams) -> reading::SheetPageOutput, Read,
         "Sheet page", "A page of raw sheet rows with row numbers and column letters; continue with next_start_row.";
-    reading::inspect_cells(reading::InspectCellsParams) -> reading::InspectCellsOutput,
+    reading::inspect_cells(reading::InspectCellsParams) -> reading::InspectCellsOutput, Read,
         "Inspect cells", "Value, type, formula and merge info of specific cells.";
-    search::find_value(search::FindValueParams) -> search::FindValueOutput,
+    search::find_value(search::FindValueParams) -> search::FindValueOutput, Read,
         "Find value", "Find cells by value, or (mode=label) the value beside or below a label such as 'Total'.";
-    formulas::find_formula(formulas::FindFormulaParams) -> formulas::FindFormulaOutput,
+    formulas::find_formula(formulas::FindFormulaParams) -> formulas::FindFormulaOutput, Read,
         "Find formula", "Formulas containing some text, with their cached values.";
-    formulas::formula_trace(formulas::FormulaTraceParams) -> formulas::FormulaTraceOutput,
+    formulas::formula_trace(formulas::FormulaTraceParams) -> formulas::FormulaTraceOutput, Read,
         "Formula trace", "Precedents or dependents of a cell, level by level, with a cursor.";
-    formulas::scan_volatiles(formulas::ScanVolatilesParams) -> formulas::ScanVolatilesOutput,
+    formulas::scan_volatiles(formulas::ScanVolatilesParams) -> formulas::ScanVolatilesOutput, Read,
         "Scan volatiles", "Formulas calling volatile functions (NOW, TODAY, RAND, OFFSET, INDIRECT...).";
-    formulas::sheet_formula_map(formulas::SheetFormulaMapParams) -> formulas::SheetFormulaMapOutput,
+    formulas::sheet_formula_map(formulas::SheetFormulaMapParams) -> formulas::SheetFormulaMapOutput, Read,
         "Sheet formula map", "Formulas grouped by shape (copies of one formula share a group), largest first.";
+    forks::create_fork(forks::CreateForkParams) -> forks::CreateForkOutput, Append,
+        "Create fork", "Start editing a workbook: a fork takes every write; the original is untouched until save_fork. The fork_id works as a workbook_id in every read tool.";
+    forks::list_forks(forks::ListForksParams) -> forks::ListForksOutput, Read,
+        "List forks", "Open forks with their edits, checkpoints, staged changes and whether they need recalculation.";
+    editing::edit_batch(editing::EditBatchParams) -> editing::EditOutput, Write,
+        "Edit cells", "Write values and formulas into a fork: [\"A1=100\", \"B2==SUM(A1:A9)\", \"C3=\"]. mode=preview stages the change and shows before/after.";
+    editing::transform_batch(editing::TransformBatchParams) -> editing::EditOutput, Write,
+        "Transform ranges", "Clear, fill (formulas copied like Excel's fill), find/replace text, or write a matrix in a fork. mode=preview stages it.";
+    editing::style_batch(editing::StyleBatchParams) -> editing::StyleOutput, Write,
+        "Format ranges", "Set number format, font, fill, borders or alignment of ranges in a fork. mode=preview stages it.";
+    forks::apply_staged_change(forks::StagedChangeParams) -> forks::StagedChangeOutput, Write,
+        "Apply staged change", "Apply a change staged by a preview (its change_id).";
+    forks::discard_staged_change(forks::StagedChangeParams) -> forks::StagedChangeOutput, Destructive,
+        "Discard staged change", "Drop a change staged by a preview.";
+    verify::recalculate(verify::RecalculateParams) -> verify::RecalculateOutput, Write,
+        "Recalculate", "Recalculate a fork (in process by default, or LibreOffice). Reports changed cells, cycles and unsupported functions per cell.";
+    verify::get_changeset(verify::ChangesetParams) -> verify::ChangesetOutput, Read,
+        "Changeset", "Cell-level diff of a fork against its original: edited values and formulas, values changed by recalculation, new errors.";
+    verify::verify_workbook(verify::VerifyParams) -> verify::VerifyOutput, Read,
+        "Verify fork", "Check a fork before saving: target cells before/after, new and resolved errors, calculation issues.";
+    forks::checkpoint_fork(forks::CheckpointForkParams) -> forks::CheckpointInfo, Append,
+        "Checkpoint fork", "Remember the fork's current state to return to with restore_checkpoint.";
+    forks::list_checkpoints(forks::ForkParams) -> forks::ListCheckpointsOutput, Read,
+        "List checkpoints", "A fork's checkpoints.";
+    forks::restore_checkpoint(forks::RestoreCheckpointParams) -> forks::RestoreCheckpointOutput, Destructive,
+        "Restore checkpoint", "Return a fork to a checkpoint; later edits and checkpoints are dropped.";
+    forks::save_fork(forks::SaveForkParams) -> forks::SaveForkOutput, Destructive,
+        "Save fork", "Recalculate if needed and save the fork to a new path in the workspace (atomic; untouched parts kept byte for byte).";
+    forks::discard_fork(forks::ForkParams) -> forks::DiscardForkOutput, Destructive,
+        "Discard fork", "Delete a fork and its edits.";
 }
 
 #[cfg(test)]
@@ -123,7 +181,8 @@ mod tests {
             assert!(!has_bare_boolean(&input), "{} input has a bare boolean schema: {input}", t.name);
             assert!(!has_bare_boolean(&output), "{} output has a bare boolean schema: {output}", t.name);
             assert!(!listing.contains("\"$schema\""));
-            assert_eq!(t.annotations.as_ref().and_then(|a| a.read_only_hint), Some(true));
+            let read_only = effect(&t.name) == Some(Effect::Read);
+            assert_eq!(t.annotations.as_ref().and_then(|a| a.read_only_hint), Some(read_only), "{}", t.name);
             assert!(t.description.as_ref().is_some_and(|d| d.len() <= 200), "{} description too long", t.name);
         }
     }

@@ -94,6 +94,27 @@ pub struct ServeArgs {
     /// Most rows the request log keeps.
     #[arg(long, env = "GEMBA_LOG_MAX_ROWS")]
     pub log_max_rows: Option<u64>,
+    /// Let save_fork write over the original file (refused if it changed since the fork).
+    #[arg(long, env = "GEMBA_ALLOW_OVERWRITE")]
+    pub allow_overwrite: bool,
+    /// Default recalculation backend: in_process or libreoffice.
+    #[arg(long, env = "GEMBA_RECALC_BACKEND", value_name = "BACKEND")]
+    pub recalc_backend: Option<String>,
+    /// The LibreOffice program for the libreoffice backend (default: soffice on PATH).
+    #[arg(long, env = "GEMBA_LIBREOFFICE", value_name = "PATH")]
+    pub libreoffice: Option<PathBuf>,
+    /// A LibreOffice recalculation running longer is killed, in milliseconds.
+    #[arg(long, env = "GEMBA_RECALC_TIMEOUT_MS")]
+    pub recalc_timeout_ms: Option<u64>,
+    /// Most LibreOffice processes at once.
+    #[arg(long, env = "GEMBA_RECALC_CONCURRENCY")]
+    pub recalc_concurrency: Option<usize>,
+    /// Most forks open at once.
+    #[arg(long, env = "GEMBA_MAX_FORKS")]
+    pub max_forks: Option<usize>,
+    /// Forks older than this many days are removed at start.
+    #[arg(long, env = "GEMBA_FORK_MAX_AGE_DAYS")]
+    pub fork_max_age_days: Option<u64>,
 }
 
 /// The same settings as a config file.
@@ -120,6 +141,14 @@ pub struct FileConfig {
     pub slo: Option<PathBuf>,
     pub alert_webhook: Option<String>,
     pub load_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub allow_overwrite: bool,
+    pub recalc_backend: Option<String>,
+    pub libreoffice: Option<PathBuf>,
+    pub recalc_timeout_ms: Option<u64>,
+    pub recalc_concurrency: Option<usize>,
+    pub max_forks: Option<usize>,
+    pub fork_max_age_days: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +172,7 @@ pub struct ServeConfig {
     pub statsd: Option<SocketAddr>,
     pub kaizen: bool,
     pub retention: kaizen::store::Retention,
+    pub forks: sheets::forks::ForkConfig,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -167,6 +197,45 @@ impl ServeArgs {
         let mut allowed_origins = file.allowed_origins;
         allowed_origins.extend(self.allowed_origins);
         let defaults = sheets::Limits::default();
+        let state_dir = self.state_dir.or(file.state_dir).unwrap_or_else(|| workspace.join(".gemba"));
+        let forks = {
+            use sheets::forks::{ForkConfig, recalc::Backend};
+            let d = ForkConfig::default();
+            let backend = match self.recalc_backend.or(file.recalc_backend).as_deref().map(str::trim) {
+                None | Some("in_process") => Backend::InProcess,
+                Some("libreoffice") => Backend::Libreoffice,
+                Some(other) => bail!("recalc backend '{other}' is not known; use in_process or libreoffice"),
+            };
+            let mut lo = d.libreoffice.clone();
+            if let Some(p) = self.libreoffice.or(file.libreoffice) {
+                lo.program = p;
+            }
+            if let Some(ms) = self.recalc_timeout_ms.or(file.recalc_timeout_ms) {
+                lo.timeout = std::time::Duration::from_millis(ms.max(1));
+            }
+            if let Some(n) = self.recalc_concurrency.or(file.recalc_concurrency) {
+                lo.concurrency = n.max(1);
+            }
+            lo.work_dir = state_dir.join("forks").join(".libreoffice");
+            ForkConfig {
+                dir: state_dir.join("forks"),
+                max_forks: self.max_forks.or(file.max_forks).unwrap_or(d.max_forks),
+                max_age: self
+                    .fork_max_age_days
+                    .or(file.fork_max_age_days)
+                    .map(|days| std::time::Duration::from_secs(days * 86_400))
+                    .unwrap_or(d.max_age),
+                allow_overwrite: self.allow_overwrite || file.allow_overwrite,
+                default_backend: backend,
+                libreoffice: lo,
+                // Tests only: hold a save between writing and renaming, to kill the server there.
+                save_pause: std::env::var("GEMBA_TEST_SAVE_PAUSE_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(std::time::Duration::from_millis),
+                ..d
+            }
+        };
         let cfg = ServeConfig {
             http: if self.stdio { None } else { self.http.or(file.http) },
             workspace: workspace.clone(),
@@ -186,7 +255,7 @@ impl ServeArgs {
                 .unwrap_or(defaults.max_file_bytes),
             max_cells: self.max_cells.or(file.max_cells).unwrap_or(defaults.max_cells_per_sheet),
             admin: self.admin.or(file.admin),
-            state_dir: self.state_dir.or(file.state_dir).unwrap_or_else(|| workspace.join(".gemba")),
+            state_dir,
             statsd: self.statsd.or(file.statsd),
             kaizen: !self.no_kaizen,
             retention: kaizen::store::Retention {
@@ -195,6 +264,7 @@ impl ServeArgs {
                 ),
                 max_rows: self.log_max_rows.or(file.log_max_rows).unwrap_or(2_000_000),
             },
+            forks,
         };
         if cfg.timeout_ms == Some(0) || cfg.load_timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");

@@ -51,7 +51,12 @@ fn build_server(
         sheets::Limits { max_file_bytes: cfg.max_file_bytes, max_cells_per_sheet: cfg.max_cells, ..Default::default() };
     let engine = sheets::Engine::new(
         &cfg.workspace,
-        sheets::EngineConfig { cache_bytes: cfg.cache_bytes, limits, caps: sheets::Caps::default() },
+        sheets::EngineConfig {
+            cache_bytes: cfg.cache_bytes,
+            limits,
+            caps: sheets::Caps::default(),
+            forks: cfg.forks.clone(),
+        },
     )?;
     Ok(GembaServer::new(engine, timeouts, recorder, sli))
 }
@@ -66,6 +71,7 @@ fn signals(server: &GembaServer, recorder: &kaizen::Recorder) -> kaizen::operati
             + s.requests[kaizen::Outcome::Timeout as usize].load(Relaxed);
     }
     let cache = &server.engine().cache.stats;
+    let lo = &server.engine().forks.stats.libreoffice;
     let p = kaizen::process::process_stats();
     kaizen::operational::Signals {
         requests,
@@ -74,8 +80,9 @@ fn signals(server: &GembaServer, recorder: &kaizen::Recorder) -> kaizen::operati
         cache_misses: cache.misses.load(Relaxed),
         rss_bytes: p.resident_memory_bytes,
         memory_limit_bytes: p.memory_limit_bytes,
-        // Recalculation (retries, breaker, long runs) reports here once forks land.
-        ..Default::default()
+        retries: lo.retries.load(Relaxed),
+        breaker_open: lo.breaker_state.load(Relaxed) == 1,
+        longest_recalc_seconds: lo.longest_running_seconds(),
     }
 }
 

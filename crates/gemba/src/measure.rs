@@ -456,8 +456,39 @@ pub fn engine_samples(engine: &sheets::Engine, out: &mut Vec<Sample>) {
     out.push(c("gemba_workbooks_loaded", "Workbooks opened.", st.loads.load(Ordering::Relaxed)));
     out.push(c("gemba_sheets_loaded", "Sheets read into memory.", st.sheets_loaded.load(Ordering::Relaxed)));
     out.push(c("gemba_cells_loaded", "Cells read into memory.", st.cells_loaded.load(Ordering::Relaxed)));
-    out.push(c("gemba_forks_created", "Forks created.", 0));
-    out.push(c("gemba_forks_saved", "Forks saved.", 0));
+    let fs = &engine.forks.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    out.push(c("gemba_forks_created", "Forks created.", load(&fs.created)));
+    out.push(c("gemba_forks_saved", "Forks saved.", load(&fs.saved)));
+    out.push(c("gemba_forks_discarded", "Forks discarded.", load(&fs.discarded)));
+    out.push(g("gemba_forks_open", "Forks open.", engine.forks.count() as f64));
+    out.push(c("gemba_fork_cells_edited", "Cell writes applied to forks.", load(&fs.cells_edited)));
+    out.push(
+        c("gemba_recalc_runs", "Recalculations started.", load(&fs.recalcs_in_process)).label("backend", "in_process"),
+    );
+    let lo = &fs.libreoffice;
+    out.push(c("gemba_recalc_runs", "Recalculations started.", load(&lo.runs)).label("backend", "libreoffice"));
+    out.push(
+        c("gemba_recalc_failures", "Recalculations that failed.", load(&lo.failures)).label("backend", "libreoffice"),
+    );
+    out.push(c("gemba_recalc_timeouts", "Recalculations killed at their timeout.", load(&lo.timeouts)));
+    out.push(c("gemba_recalc_retries", "Recalculation retries after transient failures.", load(&lo.retries)));
+    out.push(c(
+        "gemba_recalc_rejected",
+        "Recalculations refused at once because the circuit breaker was open.",
+        load(&lo.rejected_open),
+    ));
+    out.push(c("gemba_recalc_breaker_transitions", "Circuit breaker state changes.", load(&lo.breaker_transitions)));
+    out.push(g(
+        "gemba_recalc_breaker_state",
+        "LibreOffice circuit breaker: 0 closed, 1 open, 2 half-open.",
+        f64::from(lo.breaker_state.load(Ordering::Relaxed)),
+    ));
+    out.push(g(
+        "gemba_recalc_running_seconds",
+        "How long the longest recalculation still running has taken.",
+        lo.longest_running_seconds(),
+    ));
 }
 
 #[cfg(test)]

@@ -30,7 +30,10 @@ Workflow: 1) list_workbooks for ids; 2) workbook_summary or list_sheets; 3) shee
 5) a targeted read: read_table (region_id, columns, filters, limit/offset), range_values or inspect_cells. \
 Search with find_value (mode=label for 'the value next to Total') and find_formula; follow formulas with \
 formula_trace. Responses are small by default: follow next_offset / next_start_row / next_cursor, and \
-narrow a call when truncated is true. Rows and columns are 1-based in arguments and results (A1 notation).";
+narrow a call when truncated is true. Rows and columns are 1-based in arguments and results (A1 notation). \
+To change a workbook: create_fork, then edit_batch / transform_batch (mode=preview first if unsure), \
+recalculate, get_changeset and verify_workbook, then save_fork to a new path. The original is never written \
+until save_fork; a fork_id works as a workbook_id in every read tool.";
 
 /// Shared, cheap-to-clone server state (one per process; HTTP makes a handler per session).
 pub struct State {

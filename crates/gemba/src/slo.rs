@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use kaizen::slo::SloConfig;
 
 /// Which tier each tool belongs to by default (seed 000, "Performance Budgets").
-pub const TOOL_TIERS: [(&str, &str); 17] = [
+pub const TOOL_TIERS: [(&str, &str); 32] = [
     ("list_workbooks", "metadata"),
     ("describe_workbook", "metadata"),
     ("list_sheets", "metadata"),
@@ -26,6 +26,21 @@ pub const TOOL_TIERS: [(&str, &str); 17] = [
     ("formula_trace", "compute"),
     ("scan_volatiles", "compute"),
     ("sheet_formula_map", "compute"),
+    ("create_fork", "data"),
+    ("list_forks", "metadata"),
+    ("edit_batch", "data"),
+    ("transform_batch", "data"),
+    ("style_batch", "data"),
+    ("apply_staged_change", "data"),
+    ("discard_staged_change", "metadata"),
+    ("recalculate", "compute"),
+    ("get_changeset", "analysis"),
+    ("verify_workbook", "analysis"),
+    ("checkpoint_fork", "metadata"),
+    ("list_checkpoints", "metadata"),
+    ("restore_checkpoint", "data"),
+    ("save_fork", "compute"),
+    ("discard_fork", "metadata"),
 ];
 
 /// Where alerts link by default (pass --runbook-url with your own copy's address).

@@ -2,6 +2,7 @@
 //! through the rmcp client, and report per tool the cold (first) and warm (median) latency,
 //! the server's RSS, and calamine's own read time of the same sheet measured in the same run.
 
+mod forks;
 pub mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Which part to run: reads, kaizen, or all.
+    /// Which part to run: reads, kaizen, forks, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
 }
@@ -411,6 +412,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.only == "all" || args.only == "kaizen" {
         bars.extend(kaizen_overhead(&dir, args.warm, &mut report).await?);
+    }
+    if args.only == "all" || args.only == "forks" {
+        bars.extend(forks::forks(&dir, args.warm, &mut report).await?);
     }
     println!();
     for (name, ok) in &bars {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what the tests need and run them all: formatting, lints, Rust unit and integration
-# tests, then the Python MCP SDK tests against the real binary. One release build serves all.
+# Install what the tests need (Prometheus tools, LibreOffice, the Python MCP SDK) and run them
+# all: formatting, lints, Rust unit and integration tests, then the Python MCP SDK tests against
+# the real binary. One release build serves all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,16 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     pkill -f '^/usr/bin/prometheus' >/dev/null 2>&1 || true
   else
     echo "warning: not root; install Debian's prometheus package to run the Prometheus tests" >&2
+  fi
+fi
+
+echo "== LibreOffice (the recalculation backend and the round-trip check of saved forks)"
+if ! command -v soffice >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libreoffice-calc-nogui >/dev/null
+  else
+    echo "warning: not root; install Debian's libreoffice-calc-nogui package to run the LibreOffice tests" >&2
   fi
 fi
 

@@ -23,7 +23,12 @@ TOOL_NAMES = [
     "sheet_overview", "sheet_statistics", "table_profile", "read_table", "range_values",
     "sheet_page", "inspect_cells", "find_value", "find_formula", "formula_trace",
     "scan_volatiles", "sheet_formula_map",
+    "create_fork", "list_forks", "edit_batch", "transform_batch", "style_batch", "apply_staged_change",
+    "discard_staged_change", "recalculate", "get_changeset", "verify_workbook", "checkpoint_fork",
+    "list_checkpoints", "restore_checkpoint", "save_fork", "discard_fork",
 ]
+READ_TOOLS = TOOL_NAMES[:17]
+READ_FORK_TOOLS = ["list_forks", "get_changeset", "verify_workbook", "list_checkpoints"]
 
 
 @pytest.fixture

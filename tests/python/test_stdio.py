@@ -11,7 +11,7 @@ from mcp import MCPError
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict
 
-from conftest import TOOL_NAMES, err, ids, ok, stdio
+from conftest import READ_FORK_TOOLS, READ_TOOLS, TOOL_NAMES, err, ids, ok, stdio
 
 pytestmark = pytest.mark.anyio
 MODES = ["legacy", "auto"]
@@ -39,7 +39,9 @@ async def test_handshake_identity_and_lean_listing(workspace, mode):
         assert len(listing) <= 40_000, len(listing)
         for t in tools.tools:
             assert t.output_schema and t.output_schema["type"] == "object"
-            assert t.annotations.read_only_hint is True
+            assert t.annotations.read_only_hint is (t.name in READ_TOOLS or t.name in READ_FORK_TOOLS)
+            if t.name in ("save_fork", "discard_fork", "restore_checkpoint"):
+                assert t.annotations.destructive_hint is True
         if mode == "legacy":
             instructions = c.session.initialize_result.instructions
         else:

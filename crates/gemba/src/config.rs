@@ -115,6 +115,12 @@ pub struct ServeArgs {
     /// Forks older than this many days are removed at start.
     #[arg(long, env = "GEMBA_FORK_MAX_AGE_DAYS")]
     pub fork_max_age_days: Option<u64>,
+    /// Tool calls that may run at once; more wait --queue-wait-ms for a slot, then are refused.
+    #[arg(long, env = "GEMBA_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// How long a call waits for a free slot before it is refused, in milliseconds.
+    #[arg(long, env = "GEMBA_QUEUE_WAIT_MS")]
+    pub queue_wait_ms: Option<u64>,
 }
 
 /// The same settings as a config file.
@@ -149,6 +155,8 @@ pub struct FileConfig {
     pub recalc_concurrency: Option<usize>,
     pub max_forks: Option<usize>,
     pub fork_max_age_days: Option<u64>,
+    pub max_inflight: Option<usize>,
+    pub queue_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +181,8 @@ pub struct ServeConfig {
     pub kaizen: bool,
     pub retention: kaizen::store::Retention,
     pub forks: sheets::forks::ForkConfig,
+    pub max_inflight: usize,
+    pub queue_wait_ms: u64,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -265,6 +275,8 @@ impl ServeArgs {
                 max_rows: self.log_max_rows.or(file.log_max_rows).unwrap_or(2_000_000),
             },
             forks,
+            max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(64).max(1),
+            queue_wait_ms: self.queue_wait_ms.or(file.queue_wait_ms).unwrap_or(250),
         };
         if cfg.timeout_ms == Some(0) || cfg.load_timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");

@@ -58,7 +58,9 @@ fn build_server(
             forks: cfg.forks.clone(),
         },
     )?;
-    Ok(GembaServer::new(engine, timeouts, recorder, sli))
+    let admission =
+        server::Admission { max_inflight: cfg.max_inflight, queue_wait: Duration::from_millis(cfg.queue_wait_ms) };
+    Ok(GembaServer::new(engine, timeouts, recorder, sli, admission))
 }
 
 /// What the operational alerts look at, read from the recorder, the cache and /proc.
@@ -151,6 +153,25 @@ async fn start_kaizen(
     let disk = Arc::new(parking_lot::Mutex::new((std::time::Instant::now(), 0u64, false)));
     recorder.set_provider(Box::new(move |out| {
         measure::engine_samples(s.engine(), out);
+        let (refused, adm, free) = s.admission_figures();
+        out.push(kaizen::exposition::Sample::new(
+            "gemba_requests_refused",
+            "Tool calls refused at once because every slot stayed busy (admission control).",
+            kaizen::exposition::Kind::Counter,
+            refused as f64,
+        ));
+        out.push(kaizen::exposition::Sample::new(
+            "gemba_inflight_limit",
+            "Tool calls that may run at once (--max-inflight).",
+            kaizen::exposition::Kind::Gauge,
+            adm.max_inflight as f64,
+        ));
+        out.push(kaizen::exposition::Sample::new(
+            "gemba_inflight_slots_free",
+            "Tool-call slots free now.",
+            kaizen::exposition::Kind::Gauge,
+            free as f64,
+        ));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         sli_for_samples.samples(now, out);
         // The state directory's size, re-measured at most every 10 s.

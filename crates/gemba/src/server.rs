@@ -49,6 +49,28 @@ pub struct State {
     /// Test-only fault injection (GEMBA_TEST_PANIC_TOOL=tool, or tool@N for every Nth call).
     pub panic_tool: Option<(String, u64)>,
     pub panic_count: std::sync::atomic::AtomicU64,
+    /// Test-only fault injection: GEMBA_TEST_SLOW_TOOL=tool@ms delays that tool (as a slow disk
+    /// would), checking its budget so a timeout or a cancel still stops it.
+    pub slow_tool: Option<(String, Duration)>,
+    /// Tool calls running at once; a call waits `queue_wait` for a slot, then is refused.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    pub admission: Admission,
+    /// Calls refused because every slot stayed busy.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+/// How much work the server takes on: past it, calls are refused at once with a clear error
+/// instead of queueing into slow death.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    pub max_inflight: usize,
+    pub queue_wait: Duration,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self { max_inflight: 64, queue_wait: Duration::from_millis(250) }
+    }
 }
 
 #[derive(Clone)]
@@ -62,6 +84,7 @@ impl GembaServer {
         timeouts: crate::slo::Timeouts,
         recorder: Option<Arc<kaizen::Recorder>>,
         sli: Option<Arc<kaizen::sli::SliEngine>>,
+        admission: Admission,
     ) -> Self {
         Self {
             state: Arc::new(State {
@@ -79,8 +102,21 @@ impl GembaServer {
                     }
                 }),
                 panic_count: std::sync::atomic::AtomicU64::new(0),
+                slow_tool: std::env::var("GEMBA_TEST_SLOW_TOOL").ok().and_then(|s| {
+                    let (t, ms) = s.split_once('@')?;
+                    Some((t.to_string(), Duration::from_millis(ms.parse().ok()?)))
+                }),
+                slots: Arc::new(tokio::sync::Semaphore::new(admission.max_inflight.max(1))),
+                admission,
+                refused: std::sync::atomic::AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Calls refused for capacity, the admission settings, and slots free now.
+    pub fn admission_figures(&self) -> (u64, Admission, usize) {
+        let s = &self.state;
+        (s.refused.load(Ordering::Relaxed), s.admission, s.slots.available_permits())
     }
 
     pub fn engine(&self) -> &Engine {
@@ -88,8 +124,29 @@ impl GembaServer {
     }
 
     /// Run one tool to completion, reporting details into `note` for the measurement layer.
-    pub async fn run_tool(&self, name: &str, args: Value, note: &Note) -> CallToolResult {
+    pub async fn run_tool(
+        &self,
+        name: &str,
+        args: Value,
+        note: &Note,
+        ct: &tokio_util::sync::CancellationToken,
+    ) -> CallToolResult {
         let state = self.state.clone();
+        // Admission: a slot, or a quick refusal. The slot goes with the work, so it is held
+        // until the work really ends (a timed-out call keeps it until it stops).
+        let adm = state.admission;
+        let permit = match tokio::time::timeout(adm.queue_wait, state.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                state.refused.fetch_add(1, Ordering::Relaxed);
+                note.set_outcome(Outcome::Rejected);
+                return tool_error(format!(
+                    "the server is at capacity ({} calls running, none finished within {} ms); retry after a short pause",
+                    adm.max_inflight,
+                    adm.queue_wait.as_millis()
+                ));
+            }
+        };
         let timeout = state.timeouts.get(name).copied().unwrap_or(state.default_timeout);
         let budget = Budget::with_timeouts(timeout, state.load_timeout);
         let canceller = budget.canceller();
@@ -97,7 +154,19 @@ impl GembaServer {
         let queued = Instant::now();
         let b = budget.clone();
         let work = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let queue = queued.elapsed();
+            if let Some((tool, delay)) = &state.slow_tool
+                && *tool == name_owned
+            {
+                let until = Instant::now() + *delay;
+                while Instant::now() < until {
+                    if let Err(e) = b.check() {
+                        return (queue, Duration::ZERO, Some(Err(CallError::Tool(e))));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             if let Some((tool, every)) = &state.panic_tool
                 && *tool == name_owned
                 && (state.panic_count.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(*every)
@@ -109,7 +178,15 @@ impl GembaServer {
             (queue, t.elapsed(), r)
         });
         let backstop = timeout.max(self.state.load_timeout) + Duration::from_millis(250);
-        let outcome = tokio::time::timeout(backstop, work).await;
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(backstop, work) => r,
+            _ = ct.cancelled() => {
+                // The client gave up (a cancel notification, or it went away): stop the work.
+                canceller.cancel();
+                note.set_outcome(Outcome::Rejected);
+                return tool_error(format!("{name} was cancelled by the client"));
+            }
+        };
         let stages = budget.stages();
         let result = match outcome {
             Err(_) => {
@@ -237,13 +314,7 @@ impl ServerHandler for GembaServer {
         let args = Value::Object(request.arguments.unwrap_or_default());
         let ct = context.ct.clone();
         let note = context.extensions.get::<Arc<Note>>().cloned().unwrap_or_default();
-        let result = tokio::select! {
-            r = self.run_tool(&name, args, &note) => r,
-            _ = ct.cancelled() => {
-                note.set_outcome(Outcome::Rejected);
-                tool_error(format!("{name} was cancelled by the client"))
-            }
-        };
+        let result = self.run_tool(&name, args, &note, &ct).await;
         Ok(CallToolResponse::from(result))
     }
 

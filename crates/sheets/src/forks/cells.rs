@@ -214,6 +214,7 @@ impl EditSpec {
                     )));
                 };
                 let (addr, rest) = (&s[..eq], &s[eq + 1..]);
+                check_text_length(rest).map_err(with_index)?;
                 let (sheet, at) = parse_address(FIELD, addr).map_err(with_index)?;
                 let input = match rest.strip_prefix('=') {
                     Some(f) => Input::Formula { f: check_formula(f).map_err(with_index)? },
@@ -231,13 +232,32 @@ impl EditSpec {
                         )));
                     }
                     (Some(f), None) => Input::Formula { f: check_formula(f).map_err(with_index)? },
-                    (None, Some(v)) => Input::Value { v: json_constant(FIELD, v).map_err(with_index)? },
+                    (None, Some(v)) => {
+                        if let Some(t) = v.as_str() {
+                            check_text_length(t).map_err(with_index)?;
+                        }
+                        Input::Value { v: json_constant(FIELD, v).map_err(with_index)? }
+                    }
                     (None, None) => Input::Value { v: Scalar::Empty },
                 };
                 Ok(Edit { sheet, at, input })
             }
         }
     }
+}
+
+/// Excel's limit on the characters of one cell.
+pub const MAX_CELL_CHARS: usize = 32_767;
+
+fn check_text_length(s: &str) -> Result<()> {
+    let n = s.chars().count();
+    if n > MAX_CELL_CHARS {
+        return Err(SheetsError::invalid(
+            "edits",
+            format!("the value has {n} characters; a cell holds at most {MAX_CELL_CHARS} — split it over cells"),
+        ));
+    }
+    Ok(())
 }
 
 /// Check a formula's syntax well enough to catch what agents get wrong (unbalanced parentheses
@@ -260,44 +280,14 @@ pub fn check_formula(text: &str) -> Result<String> {
     let mut last_significant = ' ';
     while let Some((i, c)) = chars.next() {
         match c {
-            '"' => {
-                // A string literal; "" inside is an escaped quote.
-                let mut closed = false;
-                while let Some((_, d)) = chars.next() {
-                    if d == '"' {
-                        if chars.peek().map(|(_, n)| *n) == Some('"') {
-                            chars.next();
-                        } else {
-                            closed = true;
-                            break;
-                        }
-                    }
-                }
-                if !closed {
-                    return Err(SheetsError::invalid(
-                        FIELD,
-                        format!("'={f}' has a text literal opened at character {} that is never closed", i + 1),
-                    ));
-                }
-            }
-            '\'' => {
-                let mut closed = false;
-                while let Some((_, d)) = chars.next() {
-                    if d == '\'' {
-                        if chars.peek().map(|(_, n)| *n) == Some('\'') {
-                            chars.next();
-                        } else {
-                            closed = true;
-                            break;
-                        }
-                    }
-                }
-                if !closed {
-                    return Err(SheetsError::invalid(
-                        FIELD,
-                        format!("'={f}' has a quoted sheet name opened at character {} that is never closed", i + 1),
-                    ));
-                }
+            // A text literal ("..."), or a quoted sheet name ('...'); a doubled quote inside is
+            // an escaped one.
+            '"' | '\'' if !skip_quoted(&mut chars, c) => {
+                let what = if c == '"' { "a text literal" } else { "a quoted sheet name" };
+                return Err(SheetsError::invalid(
+                    FIELD,
+                    format!("'={f}' has {what} opened at character {} that is never closed", i + 1),
+                ));
             }
             '(' => depth += 1,
             ')' => {
@@ -325,6 +315,20 @@ pub fn check_formula(text: &str) -> Result<String> {
         ));
     }
     Ok(f.to_string())
+}
+
+/// Move past a quoted run whose opening quote `q` was just read; false if it never closes.
+fn skip_quoted(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, q: char) -> bool {
+    while let Some((_, d)) = chars.next() {
+        if d == q {
+            if chars.peek().map(|(_, n)| *n) == Some(q) {
+                chars.next();
+            } else {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// `A1`-style name of a cell.

@@ -207,6 +207,14 @@ pub struct TransformBatchParams {
 }
 
 fn json_input(v: &serde_json::Value) -> Result<Input> {
+    if let Some(t) = v.as_str()
+        && t.chars().count() > crate::forks::cells::MAX_CELL_CHARS
+    {
+        return Err(SheetsError::invalid(
+            "value",
+            format!("a value has {} characters; a cell holds at most 32767", t.chars().count()),
+        ));
+    }
     Ok(match v {
         serde_json::Value::String(s) if s.starts_with('=') && s.len() > 1 => Input::Formula { f: check_formula(s)? },
         serde_json::Value::String(s) => {

@@ -2,6 +2,7 @@
 //! each in its own child process.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use crate::child::{EngineOutcome, ScanOutcome, Status};
 use crate::engines::EngineKind;
+use crate::libreoffice::{self, RunDir};
 use crate::runner::{ChildEnd, Limits, run_child};
 
 /// Settings of one `run`.
@@ -38,9 +40,11 @@ pub struct FileRow {
 /// Runs the whole benchmark; progress goes to stderr.
 pub fn run(config: &RunConfig) -> Result<Vec<FileRow>> {
     let files = corpus_files(&config.corpus)?;
+    let lo_dir = libreoffice_dir(config)?;
+    let lo_dir = lo_dir.as_ref().map(RunDir::path);
     let mut rows = Vec::with_capacity(files.len());
     for (index, path) in files.iter().enumerate() {
-        let row = run_file(path, config);
+        let row = run_file(path, config, lo_dir);
         eprintln!("[{}/{}] {}", index + 1, files.len(), progress_line(&row));
         rows.push(row);
     }
@@ -58,12 +62,24 @@ fn corpus_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The LibreOffice profile and work directories of this run, when the libreoffice engine
+/// runs; fails early when soffice cannot be started.
+fn libreoffice_dir(config: &RunConfig) -> Result<Option<RunDir>> {
+    if !config.engines.contains(&EngineKind::LibreOffice) {
+        return Ok(None);
+    }
+    let run_dir = RunDir::create()?;
+    let version = libreoffice::version(&run_dir)?;
+    eprintln!("libreoffice: {version}, profile in {}", run_dir.path().display());
+    Ok(Some(run_dir))
+}
+
 fn is_ooxml_workbook(path: &Path) -> bool {
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
     matches!(ext.as_deref(), Some("xlsx" | "xlsm"))
 }
 
-fn run_file(path: &Path, config: &RunConfig) -> FileRow {
+fn run_file(path: &Path, config: &RunConfig, lo_dir: Option<&Path>) -> FileRow {
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let scan = scan_file(path, config.limits);
     let mut row = FileRow {
@@ -77,7 +93,7 @@ fn run_file(path: &Path, config: &RunConfig) -> FileRow {
     };
     if row.skipped.is_none() {
         for engine in &config.engines {
-            row.engines.insert(engine.name().to_string(), run_engine(*engine, path, config.limits));
+            row.engines.insert(engine.name().to_string(), run_engine(*engine, path, config.limits, lo_dir));
         }
     }
     row
@@ -110,10 +126,10 @@ fn scan_file(path: &Path, limits: Limits) -> ScanOutcome {
     }
 }
 
-fn run_engine(engine: EngineKind, path: &Path, limits: Limits) -> EngineOutcome {
+fn run_engine(engine: EngineKind, path: &Path, limits: Limits, lo_dir: Option<&Path>) -> EngineOutcome {
     let harness =
         |status, error: String, phase| EngineOutcome { status, error: Some(error), phase, ..Default::default() };
-    match run_child(&["one", "--engine", engine.name()], path, limits) {
+    match run_child(&one_args(engine, lo_dir), path, limits) {
         Ok(ChildEnd::Finished { json }) => serde_json::from_str(&json)
             .unwrap_or_else(|e| harness(Status::HarnessError, format!("bad child output: {e}"), None)),
         Ok(ChildEnd::TimedOut { phase }) => {
@@ -124,6 +140,16 @@ fn run_engine(engine: EngineKind, path: &Path, limits: Limits) -> EngineOutcome 
         }
         Err(err) => harness(Status::HarnessError, format!("{err:#}"), None),
     }
+}
+
+/// `one --engine E [--lo-dir DIR]`; the file comes last.
+fn one_args(engine: EngineKind, lo_dir: Option<&Path>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["one", "--engine", engine.name()].into_iter().map(OsString::from).collect();
+    if let (EngineKind::LibreOffice, Some(dir)) = (engine, lo_dir) {
+        args.push("--lo-dir".into());
+        args.push(dir.into());
+    }
+    args
 }
 
 fn progress_line(row: &FileRow) -> String {

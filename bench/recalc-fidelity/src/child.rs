@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
 use crate::cached::{self, CachedBook, CachedCell};
-use crate::engines::{EngineKind, LoadedBook};
+use crate::engines::{EngineKind, EngineOptions, LoadFailure, LoadedBook};
 use crate::value::{Value, first_function, is_volatile, values_match};
 
 /// Mismatching cells kept per file as examples.
@@ -99,7 +99,7 @@ pub fn scan(path: &Path) -> ScanOutcome {
 }
 
 /// `one --engine E FILE`: loads, evaluates and compares.
-pub fn run_one(engine: EngineKind, path: &Path) -> EngineOutcome {
+pub fn run_one(engine: EngineKind, path: &Path, options: &EngineOptions) -> EngineOutcome {
     let book = match guarded(|| cached::read_cached(path)) {
         Ok(book) => book,
         Err(err) => return failed(Status::HarnessError, "calamine", err),
@@ -108,11 +108,10 @@ pub fn run_one(engine: EngineKind, path: &Path) -> EngineOutcome {
         Ok(bytes) => bytes,
         Err(err) => return failed(Status::HarnessError, "read", err.into()),
     };
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
 
     mark_phase("load");
     let started = Instant::now();
-    let mut loaded = match guarded(|| engine.load(bytes, &name)) {
+    let mut loaded = match guarded(|| engine.load(bytes, path, options)) {
         Ok(loaded) => loaded,
         Err(err) => return failed(Status::LoadFailed, "load", err),
     };
@@ -121,14 +120,18 @@ pub fn run_one(engine: EngineKind, path: &Path) -> EngineOutcome {
     mark_phase("evaluate");
     let started = Instant::now();
     if let Err(err) = guarded(|| loaded.evaluate()) {
-        let mut outcome = failed(Status::EvalFailed, "evaluate", err);
+        let mut outcome = evaluate_failed(err);
         outcome.load_ms = Some(load_ms);
         return outcome;
     }
     let eval_ms = elapsed_ms(started);
 
     mark_phase("compare");
-    let mut outcome = match guarded(|| Ok(compare(&book, loaded.as_ref()))) {
+    let compared = guarded(|| {
+        loaded.read_back()?;
+        Ok(compare(&book, loaded.as_ref()))
+    });
+    let mut outcome = match compared {
         Ok(outcome) => outcome,
         Err(err) => failed(Status::EvalFailed, "compare", err),
     };
@@ -170,6 +173,15 @@ fn record_mismatch(outcome: &mut EngineOutcome, cell: &CachedCell, computed: Val
             computed,
         });
     }
+}
+
+/// An evaluation error; a `LoadFailure` (the engine could not open the file) counts as a
+/// load failure.
+fn evaluate_failed(err: anyhow::Error) -> EngineOutcome {
+    if err.is::<LoadFailure>() {
+        return failed(Status::LoadFailed, "load", err);
+    }
+    failed(Status::EvalFailed, "evaluate", err)
 }
 
 fn failed(status: Status, phase: &str, err: anyhow::Error) -> EngineOutcome {

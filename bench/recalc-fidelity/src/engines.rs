@@ -1,10 +1,12 @@
 //! The engines under test, behind one small trait.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
 
+use crate::libreoffice;
 use crate::value::Value;
 
 /// Which engine to run.
@@ -12,25 +14,40 @@ use crate::value::Value;
 pub enum EngineKind {
     IronCalc,
     Formualizer,
+    LibreOffice,
+}
+
+/// Settings a child passes to the engine it runs.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// The run's LibreOffice directory (profile and work directories); `None` makes the
+    /// engine create its own.
+    pub lo_dir: Option<PathBuf>,
 }
 
 impl EngineKind {
-    pub const ALL: [EngineKind; 2] = [EngineKind::IronCalc, EngineKind::Formualizer];
+    pub const ALL: [EngineKind; 3] = [EngineKind::IronCalc, EngineKind::Formualizer, EngineKind::LibreOffice];
 
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::IronCalc => "ironcalc",
             EngineKind::Formualizer => "formualizer",
+            EngineKind::LibreOffice => "libreoffice",
         }
     }
 
-    /// Parses an xlsx file into the engine, without evaluating it.
-    pub fn load(self, bytes: Vec<u8>, name: &str) -> Result<Box<dyn LoadedBook>> {
+    /// Parses an xlsx file (`bytes`, read from `path`) into the engine, without evaluating it.
+    pub fn load(self, bytes: Vec<u8>, path: &Path, options: &EngineOptions) -> Result<Box<dyn LoadedBook>> {
         match self {
-            EngineKind::IronCalc => ironcalc_engine::load(&bytes, name),
+            EngineKind::IronCalc => ironcalc_engine::load(&bytes, &file_stem(path)),
             EngineKind::Formualizer => formualizer_engine::load(bytes),
+            EngineKind::LibreOffice => libreoffice::load(&bytes, path, options.lo_dir.as_deref()),
         }
     }
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 impl fmt::Display for EngineKind {
@@ -46,7 +63,8 @@ impl FromStr for EngineKind {
         match s {
             "ironcalc" => Ok(EngineKind::IronCalc),
             "formualizer" => Ok(EngineKind::Formualizer),
-            other => bail!("unknown engine '{other}' (expected ironcalc or formualizer)"),
+            "libreoffice" => Ok(EngineKind::LibreOffice),
+            other => bail!("unknown engine '{other}' (expected ironcalc, formualizer or libreoffice)"),
         }
     }
 }
@@ -55,9 +73,27 @@ impl FromStr for EngineKind {
 pub trait LoadedBook {
     /// Recalculates every formula.
     fn evaluate(&mut self) -> Result<()>;
+    /// Makes the results readable by `value`, for engines that compute out of process.
+    fn read_back(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The value of a cell (0-based row and column); `None` when the engine has no such sheet.
     fn value(&self, sheet: &str, row: u32, col: u32) -> Option<Value>;
 }
+
+/// Returned by `LoadedBook::evaluate` when the engine could not open the file at all; only
+/// engines that load and evaluate in one step (LibreOffice) find that out so late. It is
+/// reported as a load failure.
+#[derive(Debug)]
+pub struct LoadFailure(pub String);
+
+impl fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoadFailure {}
 
 mod ironcalc_engine {
     use std::collections::HashMap;

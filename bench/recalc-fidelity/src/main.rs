@@ -1,16 +1,18 @@
-//! Recalculation-fidelity benchmark for in-process Rust formula engines.
+//! Recalculation-fidelity benchmark for formula engines: two in-process Rust engines and
+//! LibreOffice headless.
 //!
 //! ```text
-//! recalc-fidelity run --corpus DIR [--json] [--engines ironcalc,formualizer]
+//! recalc-fidelity run --corpus DIR [--json] [--engines ironcalc,formualizer,libreoffice]
 //!                     [--timeout-secs 30] [--memory-mb 4096] [--all-producers]
-//! recalc-fidelity one --engine ENGINE FILE    (child: one engine on one file, JSON line)
-//! recalc-fidelity scan FILE                   (child: calamine scan of one file, JSON line)
+//! recalc-fidelity one --engine ENGINE [--lo-dir DIR] FILE  (child: one engine on one file)
+//! recalc-fidelity scan FILE                                (child: calamine scan of one file)
 //! ```
 
 mod bench;
 mod cached;
 mod child;
 mod engines;
+mod libreoffice;
 mod report;
 mod runner;
 mod value;
@@ -23,13 +25,13 @@ use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
 use crate::bench::RunConfig;
-use crate::engines::EngineKind;
+use crate::engines::{EngineKind, EngineOptions};
 use crate::runner::Limits;
 
 const USAGE: &str = "usage:
-  recalc-fidelity run --corpus DIR [--json] [--engines ironcalc,formualizer]
+  recalc-fidelity run --corpus DIR [--json] [--engines ironcalc,formualizer,libreoffice]
                       [--timeout-secs 30] [--memory-mb 4096] [--all-producers]
-  recalc-fidelity one --engine ENGINE FILE
+  recalc-fidelity one --engine ENGINE [--lo-dir DIR] FILE
   recalc-fidelity scan FILE";
 
 /// Stack of the thread that loads and evaluates in a child; deep dependency chains recurse.
@@ -95,15 +97,20 @@ fn parse_run_args(args: &[String]) -> Result<(RunConfig, bool)> {
 }
 
 fn one_command(args: &[String]) -> Result<()> {
-    let [flag, engine, file] = args else {
-        return Err(usage("expected: one --engine ENGINE FILE"));
+    let (engine, options, file) = parse_one_args(args)?;
+    print_json_line(&in_worker(move || child::run_one(engine, &file, &options))?)
+}
+
+/// `--engine ENGINE [--lo-dir DIR] FILE`.
+fn parse_one_args(args: &[String]) -> Result<(EngineKind, EngineOptions, PathBuf)> {
+    let (engine, lo_dir, file) = match args {
+        [flag, engine, file] if flag == "--engine" => (engine, None, file),
+        [flag, engine, option, dir, file] if flag == "--engine" && option == "--lo-dir" => {
+            (engine, Some(PathBuf::from(dir)), file)
+        }
+        _ => return Err(usage("expected: one --engine ENGINE [--lo-dir DIR] FILE")),
     };
-    if flag != "--engine" {
-        return Err(usage(format!("expected --engine, got '{flag}'")));
-    }
-    let engine: EngineKind = engine.parse()?;
-    let file = PathBuf::from(file);
-    print_json_line(&in_worker(move || child::run_one(engine, &file))?)
+    Ok((engine.parse()?, EngineOptions { lo_dir }, PathBuf::from(file)))
 }
 
 fn scan_command(args: &[String]) -> Result<()> {

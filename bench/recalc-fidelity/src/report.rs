@@ -114,9 +114,9 @@ fn summarize_engine(name: &str, rows: &[FileRow]) -> EngineSummary {
         crashes: count(&outcomes, |o| o.status == Status::Crashed),
         timeouts: count(&outcomes, |o| o.status == Status::Timeout),
         harness_errors: count(&outcomes, |o| o.status == Status::HarnessError),
-        total_eval_ms: eval_times.iter().sum(),
+        total_eval_ms: total(&eval_times),
         median_eval_ms: median(&mut eval_times),
-        total_load_ms: load_times.iter().sum(),
+        total_load_ms: total(&load_times),
         median_load_ms: median(&mut load_times),
         top_mismatch_functions: top(ok.iter().map(|o| &o.mismatch_functions)),
         top_mismatch_kinds: top(ok.iter().map(|o| &o.mismatch_kinds)),
@@ -138,6 +138,11 @@ fn count(outcomes: &[&EngineOutcome], pred: impl Fn(&EngineOutcome) -> bool) -> 
 
 fn percent(part: usize, whole: usize) -> f64 {
     if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 }
+}
+
+/// Sum that is `0.0`, not `-0.0`, for no values.
+fn total(values: &[f64]) -> f64 {
+    values.iter().fold(0.0, |sum, v| sum + v)
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {

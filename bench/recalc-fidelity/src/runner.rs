@@ -1,5 +1,6 @@
 //! Runs one child process of this binary with a timeout and a memory limit.
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -30,11 +31,14 @@ pub enum ChildEnd {
     Crashed { status: String, phase: Option<String>, stderr_tail: String },
 }
 
-/// Runs `this-binary ARGS...` and waits for it, at most `limits.timeout`.
-pub fn run_child(args: &[&str], file: &Path, limits: Limits) -> Result<ChildEnd> {
+/// Runs `this-binary ARGS... FILE` and waits for it, at most `limits.timeout`. The child
+/// leads a process group of its own, so that the processes it starts (LibreOffice) are
+/// killed with it on timeout.
+pub fn run_child<S: AsRef<OsStr>>(args: &[S], file: &Path, limits: Limits) -> Result<ChildEnd> {
     let exe = std::env::current_exe().context("locating the benchmark binary")?;
     let mut command = Command::new(exe);
     command.args(args).arg(file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.process_group(0);
     apply_memory_limit(&mut command, limits.memory_mb);
     let mut child = command.spawn().context("spawning child")?;
     let stdout = drain(child.stdout.take());
@@ -56,7 +60,8 @@ fn classify(status: Option<ExitStatus>, stdout: &str, stderr: &str) -> ChildEnd 
     }
 }
 
-/// Polls the child until it exits; kills it (and returns `None`) after `timeout`.
+/// Polls the child until it exits; kills its process group (and returns `None`) after
+/// `timeout`.
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -64,12 +69,22 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<Option<Exit
             return Ok(Some(status));
         }
         if Instant::now() >= deadline {
-            // Kill only this child (by its pid), then reap it.
-            let _ = child.kill();
+            kill_group(child);
             let _ = child.wait();
             return Ok(None);
         }
         thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills the child's process group: the child and whatever it started. The child leads
+/// the group and is not reaped yet, so the group id cannot name anything else.
+fn kill_group(child: &mut Child) {
+    let killed = libc::pid_t::try_from(child.id())
+        // SAFETY: kill has no memory-safety preconditions.
+        .is_ok_and(|pid| unsafe { libc::kill(-pid, libc::SIGKILL) } == 0);
+    if !killed {
+        let _ = child.kill();
     }
 }
 

@@ -55,7 +55,17 @@ fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
     description: &'static str,
 ) -> Tool {
     let mut t = Tool::new(name, description, input_schema::<P>());
-    t.output_schema = Some(output_schema::<O>());
+    let mut out = output_schema::<O>();
+    if effect != Effect::Read {
+        // A write tool's result is a short receipt: its field names say enough, and the
+        // listing every agent reads stays within its budget.
+        let mut v = serde_json::Value::Object((*out).clone());
+        strip_descriptions(&mut v);
+        if let serde_json::Value::Object(m) = v {
+            out = std::sync::Arc::new(m);
+        }
+    }
+    t.output_schema = Some(out);
     let a = ToolAnnotations::with_title(title).open_world(false);
     t.annotations = Some(match effect {
         Effect::Read => a.read_only(true).destructive(false).idempotent(true),
@@ -64,6 +74,19 @@ fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
         Effect::Destructive => a.read_only(false).destructive(true).idempotent(false),
     });
     t
+}
+
+fn strip_descriptions(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("description").is_some_and(serde_json::Value::is_string) && m.contains_key("type") {
+                m.remove("description");
+            }
+            m.values_mut().for_each(strip_descriptions);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
 }
 
 macro_rules! catalog {
@@ -131,13 +154,13 @@ catalog! {
     formulas::sheet_formula_map(formulas::SheetFormulaMapParams) -> formulas::SheetFormulaMapOutput, Read,
         "Sheet formula map", "Formulas grouped by shape (copies of one formula share a group), largest first.";
     forks::create_fork(forks::CreateForkParams) -> forks::CreateForkOutput, Append,
-        "Create fork", "Start editing a workbook: a fork takes every write; the original is untouched until save_fork. The fork_id works as a workbook_id in every read tool.";
+        "Create fork", "Start editing a workbook: writes go to the fork, the original is untouched until save_fork. Read tools take the fork_id as a workbook_id.";
     forks::list_forks(forks::ListForksParams) -> forks::ListForksOutput, Read,
-        "List forks", "Open forks with their edits, checkpoints, staged changes and whether they need recalculation.";
+        "List forks", "Open forks: edits, checkpoints, staged changes, recalculation state.";
     editing::edit_batch(editing::EditBatchParams) -> editing::EditOutput, Write,
-        "Edit cells", "Write values and formulas into a fork: [\"A1=100\", \"B2==SUM(A1:A9)\", \"C3=\"]. mode=preview stages the change and shows before/after.";
+        "Edit cells", "Write values and formulas into a fork: [\"A1=100\", \"B2==SUM(A1:A9)\", \"C3=\"]. mode=preview stages it.";
     editing::transform_batch(editing::TransformBatchParams) -> editing::EditOutput, Write,
-        "Transform ranges", "Clear, fill (formulas copied like Excel's fill), find/replace text, or write a matrix in a fork. mode=preview stages it.";
+        "Transform ranges", "Clear, fill, find/replace, write a matrix, copy or move ranges in a fork. mode=preview stages it.";
     editing::style_batch(editing::StyleBatchParams) -> editing::StyleOutput, Write,
         "Format ranges", "Set number format, font, fill, borders or alignment of ranges in a fork. mode=preview stages it.";
     forks::apply_staged_change(forks::StagedChangeParams) -> forks::StagedChangeOutput, Write,
@@ -145,9 +168,9 @@ catalog! {
     forks::discard_staged_change(forks::StagedChangeParams) -> forks::StagedChangeOutput, Destructive,
         "Discard staged change", "Drop a change staged by a preview.";
     verify::recalculate(verify::RecalculateParams) -> verify::RecalculateOutput, Write,
-        "Recalculate", "Recalculate a fork (in process by default, or LibreOffice). Reports changed cells, cycles and unsupported functions per cell.";
+        "Recalculate", "Recalculate a fork (in process, or backend=libreoffice); reports changed cells, cycles and unsupported functions.";
     verify::get_changeset(verify::ChangesetParams) -> verify::ChangesetOutput, Read,
-        "Changeset", "Cell-level diff of a fork against its original: edited values and formulas, values changed by recalculation, new errors.";
+        "Changeset", "Cell-level diff of a fork against its original: edits, recalculated values, new errors.";
     verify::verify_workbook(verify::VerifyParams) -> verify::VerifyOutput, Read,
         "Verify fork", "Check a fork before saving: target cells before/after, new and resolved errors, calculation issues.";
     forks::checkpoint_fork(forks::CheckpointForkParams) -> forks::CheckpointInfo, Append,
@@ -157,7 +180,7 @@ catalog! {
     forks::restore_checkpoint(forks::RestoreCheckpointParams) -> forks::RestoreCheckpointOutput, Destructive,
         "Restore checkpoint", "Return a fork to a checkpoint; later edits and checkpoints are dropped.";
     forks::save_fork(forks::SaveForkParams) -> forks::SaveForkOutput, Destructive,
-        "Save fork", "Recalculate if needed and save the fork to a new path in the workspace (atomic; untouched parts kept byte for byte).";
+        "Save fork", "Recalculate if needed, then save the fork atomically to a new workspace path; untouched parts kept byte for byte.";
     forks::discard_fork(forks::ForkParams) -> forks::DiscardForkOutput, Destructive,
         "Discard fork", "Delete a fork and its edits.";
 }
@@ -172,6 +195,7 @@ mod tests {
         let tools = definitions();
         assert_eq!(tools.len(), NAMES.len());
         let listing = serde_json::to_string(&rmcp::model::ListToolsResult::with_all_items(tools.clone())).unwrap();
+        eprintln!("tools/list is {} characters", listing.len());
         assert!(listing.len() <= 40_000, "tools/list is {} characters", listing.len());
         for t in &tools {
             let input = Value::Object((*t.input_schema).clone());

@@ -27,6 +27,8 @@ pub enum Command {
     Stats(crate::stats::StatsArgs),
     /// SLO configuration and the Prometheus rules generated from it.
     Slo(crate::slo::SloArgs),
+    /// Load any MCP server (HTTP on loopback, or stdio) with a scenario and report latency.
+    Loadtest(Box<crate::loadtest::LoadtestArgs>),
 }
 
 #[derive(Debug, Args, Default)]

@@ -7,6 +7,7 @@ mod catalog;
 mod config;
 mod dashboards;
 mod http;
+mod loadtest;
 mod measure;
 mod schema;
 mod server;
@@ -267,6 +268,7 @@ fn main() -> ExitCode {
             Command::Workloads(args) => bench::write_workloads(args),
             Command::Stats(args) => stats::run(args),
             Command::Slo(args) => slo::run(args),
+            Command::Loadtest(args) => loadtest::run(*args).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! JSON schemas for the tool listing: generated from the parameter and result types, then
-//! trimmed (no `$schema`, titles or numeric formats) so the listing every agent reads stays small.
+//! trimmed (no `$schema`, titles, numeric formats or empty defaults) so the listing every agent
+//! reads stays small.
 
 use std::sync::Arc;
 
@@ -16,6 +17,10 @@ fn trim(v: &mut Value) {
             m.remove("format");
             if m.get("minimum").and_then(Value::as_f64) == Some(0.0) {
                 m.remove("minimum");
+            }
+            // A schema's `default` of null or false says nothing an optional field does not.
+            if m.contains_key("type") && matches!(m.get("default"), Some(Value::Null | Value::Bool(false))) {
+                m.remove("default");
             }
             for (_, x) in m.iter_mut() {
                 trim(x);

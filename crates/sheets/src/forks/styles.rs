@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use super::xlsx::set_attr;
 use crate::error::{Result, SheetsError};
 
-/// Font changes; unset fields keep the cell's current font.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct FontSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -21,10 +20,8 @@ pub struct FontSpec {
     pub italic: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underline: Option<bool>,
-    /// Points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u32>,
-    /// RGB hex, e.g. "FF0000".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub color: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,7 +30,7 @@ pub struct FontSpec {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct BorderSpec {
-    /// thin, medium, thick, dashed, dotted, double or none.
+    /// thin, medium, thick, dashed, dotted, double, none.
     pub style: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub color: Option<String>,
@@ -41,10 +38,8 @@ pub struct BorderSpec {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct AlignSpec {
-    /// left, center, right, fill, justify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub horizontal: Option<String>,
-    /// top, center, bottom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertical: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,15 +49,14 @@ pub struct AlignSpec {
 /// A formatting change for a range.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct StyleSpec {
-    /// Excel number format, e.g. "0.00%", "#,##0", "yyyy-mm-dd".
+    /// e.g. "0.00%", "#,##0", "yyyy-mm-dd".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number_format: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub font: Option<FontSpec>,
-    /// Solid fill colour, RGB hex ("FFFF00"); "none" removes the fill.
+    /// RGB hex ("FFFF00"), or "none".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fill: Option<String>,
-    /// All four sides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub border: Option<BorderSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,7 +15,7 @@ use crate::forks::persist::{Op, Staged, StyleOp, now_unix};
 use crate::forks::styles::StyleSpec;
 use crate::limits::Budget;
 
-/// Apply now, or preview: show what would change and stage it for apply_staged_change.
+/// preview: stage it and show before/after.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -158,13 +158,12 @@ pub fn edit_batch(engine: &Engine, p: EditBatchParams, budget: &Budget) -> Resul
     commit(engine, &p.fork_id, ops, p.mode.unwrap_or_default(), "edit_batch", budget)
 }
 
-/// One transformation of a range.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum TransformOp {
-    /// Clear values and formulas (styles stay).
+    /// Values and formulas (styles stay).
     Clear { range: String },
-    /// One value, or a formula for the top-left cell copied like Excel's fill.
+    /// A value, or a formula for the top-left cell filled like Excel.
     Fill {
         range: String,
         #[serde(default)]
@@ -173,7 +172,7 @@ pub enum TransformOp {
         #[serde(default)]
         formula: Option<String>,
     },
-    /// Replace text in text cells (range defaults to the sheet).
+    /// In text cells (range: the sheet by default).
     Replace {
         #[serde(default)]
         range: Option<String>,
@@ -190,10 +189,9 @@ pub enum TransformOp {
         #[schemars(schema_with = "super::value_rows_schema")]
         rows: Vec<Vec<serde_json::Value>>,
     },
-    /// Copy a range to the cell `to` (its new top-left) like paste: formulas move.
+    /// Paste at `to` (top-left): formulas move.
     Copy { range: String, to: String },
-    /// Move a range to `to` like cut and paste: formulas keep their references; the source is
-    /// cleared.
+    /// Cut and paste: formulas keep their references.
     Move { range: String, to: String },
 }
 
@@ -410,7 +408,6 @@ fn replace_ci(text: &str, find: &str, replace: &str) -> String {
     out
 }
 
-/// A formatting change for one range.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct StyleRange {
     pub range: String,

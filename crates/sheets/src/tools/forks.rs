@@ -67,16 +67,13 @@ pub struct ForkInfo {
     pub label: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
-    /// Cells whose content the fork changed.
     pub cells_edited: usize,
-    /// Cells whose format the fork changed.
     pub cells_styled: usize,
     pub checkpoints: usize,
-    /// Previewed changes waiting for apply_staged_change.
+    /// Staged change ids.
     pub staged: Vec<String>,
-    /// Edits were made since the last recalculation.
     pub needs_recalc: bool,
-    /// The original file changed on disk since the fork was made (saving over it is refused).
+    /// The original changed on disk since the fork.
     pub source_changed: bool,
 }
 
@@ -273,7 +270,6 @@ pub struct CheckpointInfo {
     pub checkpoint_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Cell writes the fork had at the checkpoint.
     pub edits: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,

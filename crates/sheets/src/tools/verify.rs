@@ -48,7 +48,7 @@ pub fn recalculate(engine: &Engine, p: RecalculateParams, budget: &Budget) -> Re
 pub struct ChangesetParams {
     pub fork_id: String,
     pub sheet_name: Option<String>,
-    /// Only these kinds: value_edited, formula_edited, cleared, recalculated, new_error.
+    /// value_edited, formula_edited, cleared, recalculated, new_error.
     pub kinds: Option<Vec<String>>,
     /// Max changes (default 200).
     pub limit: Option<u32>,
@@ -85,7 +85,6 @@ pub struct ChangesetOutput {
     pub changes: Vec<ChangeRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_offset: Option<u32>,
-    /// Edits are newer than the last recalculation: recalculated values are missing.
     pub needs_recalc: bool,
 }
 
@@ -135,7 +134,7 @@ pub fn get_changeset(engine: &Engine, p: ChangesetParams, budget: &Budget) -> Re
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct VerifyParams {
     pub fork_id: String,
-    /// Cells to compare, like "Summary!B12" (the first sheet when none is named).
+    /// Cells like "Summary!B12".
     pub targets: Option<Vec<String>>,
 }
 
@@ -160,16 +159,14 @@ pub struct ErrorRow {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VerifyOutput {
-    /// No new errors or calculation issues, and recalculated.
     pub ok: bool,
     pub needs_recalc: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetRow>,
-    /// Errors now that were not in the original (first 100).
+    /// First 100.
     pub new_errors: Vec<ErrorRow>,
-    /// Errors of the original now gone (first 100).
+    /// First 100.
     pub resolved_errors: Vec<ErrorRow>,
-    /// Cycles and unsupported functions at the last recalculation.
     pub calc_issues: usize,
 }
 

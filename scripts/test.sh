@@ -33,6 +33,11 @@ if ! command -v soffice >/dev/null 2>&1; then
   fi
 fi
 
+echo "== the MCP reference server (npm), a second target for gemba loadtest"
+if command -v npm >/dev/null 2>&1 && [ ! -f .npm-tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
+  npm install --silent --no-audit --no-fund --prefix .npm-tools @modelcontextprotocol/server-everything@2026.8.31 >/dev/null
+fi
+
 echo "== python test environment"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -89,6 +89,7 @@ fn parse_duration(s: &str) -> Result<Duration> {
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" => n * 60.0,
+        "h" => n * 3600.0,
         _ => bail!("'{s}' is not a duration; write 30s, 500ms or 2m"),
     };
     if secs.is_nan() || secs <= 0.0 {

@@ -26,7 +26,7 @@ fn plain_write(path: &Path, bytes: &[u8]) -> Result<f64> {
 
 /// Rewrite a whole xlsx: every part decompressed and compressed again, written and fsynced —
 /// what saving costs for a writer that does not patch.
-fn full_rewrite(src: &[u8], path: &Path) -> Result<f64> {
+pub(super) fn full_rewrite(src: &[u8], path: &Path) -> Result<f64> {
     let t = Instant::now();
     let mut zin = zip::ZipArchive::new(std::io::Cursor::new(src))?;
     let f = std::fs::File::create(path)?;

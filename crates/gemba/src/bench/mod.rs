@@ -3,6 +3,7 @@
 //! the server's RSS, and calamine's own read time of the same sheet measured in the same run.
 
 mod forks;
+mod gate;
 pub mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,13 @@ pub struct BenchArgs {
     /// Which part to run: reads, kaizen, forks, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
+    /// Regression gate: a quick run compared with this baseline (fails when a figure is more
+    /// than 10 % worse every time it is measured).
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// With --baseline: write this run's figures as the new baseline instead of comparing.
+    #[arg(long, requires = "baseline")]
+    pub update_baseline: bool,
 }
 
 type Client = RunningService<RoleClient, ()>;
@@ -405,6 +413,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         eprintln!("generated in {:.1}s", t.elapsed().as_secs_f64());
     }
     let dir = dir.canonicalize()?;
+    if let Some(baseline) = &args.baseline {
+        if !gate::gate(&dir, baseline, args.update_baseline).await? {
+            bail!("a figure regressed by more than 10 % against {}", baseline.display());
+        }
+        return Ok(());
+    }
     let mut report = serde_json::Map::new();
     let mut bars: Vec<(String, bool)> = Vec::new();
     if args.only == "all" || args.only == "reads" {

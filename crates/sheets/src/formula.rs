@@ -299,9 +299,120 @@ pub fn shift(formula: &str, dr: i64, dc: i64) -> String {
     out
 }
 
+/// Which way a structural edit moves cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    Rows,
+    Cols,
+}
+
+/// The formula (on sheet `host`) after `count` rows or columns were inserted (`count > 0`) or
+/// deleted (`count < 0`) at 0-based index `at` of sheet `target`, the way Excel rewrites it:
+/// references at or past the edit move (absolute ones too), a range spanning it grows or
+/// shrinks, and a reference whose cells were all deleted becomes `#REF!`. Whole-column
+/// references are untouched by row edits (and whole rows by column edits).
+pub fn adjust_structure(formula: &str, host: &str, target: &str, axis: Axis, at: u32, count: i64) -> String {
+    let mut out = String::with_capacity(formula.len() + 8);
+    let mut last = 0;
+    let at = i64::from(at);
+    // New index of a single position; None when deleted.
+    let one = |p: u32| -> Option<i64> {
+        let p = i64::from(p);
+        if count >= 0 {
+            Some(if p >= at { p + count } else { p })
+        } else if p < at {
+            Some(p)
+        } else if p < at - count {
+            None
+        } else {
+            Some(p + count)
+        }
+    };
+    let coord = |e: &RefEnd| match axis {
+        Axis::Rows => e.row,
+        Axis::Cols => e.col,
+    };
+    let render = |e: &RefEnd, new: Option<i64>| -> String {
+        let mut e = *e;
+        if let Some(n) = new {
+            match axis {
+                Axis::Rows => e.row = e.row.map(|(_, abs)| (n as u32, abs)),
+                Axis::Cols => e.col = e.col.map(|(_, abs)| (n as u32, abs)),
+            }
+        }
+        let mut s = String::new();
+        if let Some((c, abs)) = e.col {
+            if abs {
+                s.push('$');
+            }
+            s.push_str(&crate::address::col_name(c));
+        }
+        if let Some((r, abs)) = e.row {
+            if abs {
+                s.push('$');
+            }
+            s.push_str(&(r + 1).to_string());
+        }
+        s
+    };
+    let limit = match axis {
+        Axis::Rows => i64::from(MAX_ROWS),
+        Axis::Cols => i64::from(MAX_COLS),
+    };
+    scan(formula, |t| {
+        let Token::Ref { span, sheet, a, b } = t else { return };
+        if !sheet.as_deref().unwrap_or(host).eq_ignore_ascii_case(target) {
+            return;
+        }
+        let replacement = match (b, coord(&a)) {
+            (_, None) => return, // a whole column (row) under a row (column) edit
+            (None, Some((p, _))) => match one(p) {
+                Some(n) if n < limit => render(&a, Some(n)),
+                _ => "#REF!".to_string(),
+            },
+            (Some(b), Some((p0, _))) => {
+                let Some((p1, _)) = coord(&b) else { return };
+                let (lo, hi) = (p0.min(p1), p0.max(p1));
+                let new_lo = if count >= 0 || i64::from(lo) < at { one(lo) } else { Some(one(lo).unwrap_or(at)) };
+                let new_hi = one(hi).or_else(|| (at > 0).then_some(at - 1));
+                match (new_lo, new_hi) {
+                    (Some(l), Some(h)) if l <= h && h < limit => {
+                        let (na, nb) = if p0 <= p1 { (l, h) } else { (h, l) };
+                        format!("{}:{}", render(&a, Some(na)), render(&b, Some(nb)))
+                    }
+                    _ => "#REF!".to_string(),
+                }
+            }
+        };
+        out.push_str(&formula[last..span.0]);
+        out.push_str(&replacement);
+        last = span.1;
+    });
+    out.push_str(&formula[last..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn structural_edits_move_references_like_excel() {
+        let ins = |f: &str| adjust_structure(f, "S", "S", Axis::Rows, 4, 2); // 2 rows before row 5
+        assert_eq!(ins("A4+A5+$B$9"), "A4+A7+$B$11");
+        assert_eq!(ins("SUM(A1:A10)"), "SUM(A1:A12)", "a range across the insert grows");
+        assert_eq!(ins("SUM(C:C)+Other!A9"), "SUM(C:C)+Other!A9", "whole columns and other sheets stay");
+        assert_eq!(adjust_structure("S!A9*2", "X", "S", Axis::Rows, 4, 2), "S!A11*2");
+        let del = |f: &str| adjust_structure(f, "S", "S", Axis::Rows, 4, -2); // delete rows 5-6
+        assert_eq!(del("A5"), "#REF!");
+        assert_eq!(del("A7+A4"), "A5+A4");
+        assert_eq!(del("SUM(A1:A10)"), "SUM(A1:A8)", "a range across the delete shrinks");
+        assert_eq!(del("SUM(A5:A6)"), "SUM(#REF!)");
+        assert_eq!(del("SUM(A6:A9)"), "SUM(A5:A7)");
+        assert_eq!(del("SUM(A2:A5)"), "SUM(A2:A4)");
+        let cols = adjust_structure("B1+D1+SUM(A:C)+1:1", "S", "S", Axis::Cols, 1, 1); // insert before B
+        assert_eq!(cols, "C1+E1+SUM(A:D)+1:1");
+    }
 
     #[test]
     fn shifting_moves_relative_references_only() {

@@ -86,10 +86,34 @@ impl Value {
 /// A number as Excel shows it in General format: at most 15 significant digits, so binary
 /// noise such as 0.15000000000000002 reads 0.15.
 pub fn excel_round(n: f64) -> f64 {
-    if !n.is_finite() || n == 0.0 {
+    if !n.is_finite() || n == 0.0 || (n.fract() == 0.0 && n.abs() < 1e15) {
+        return n;
+    }
+    // Most values already print in 15 significant digits or fewer: check on the shortest
+    // round-trip text (ryu, no allocation) before the slow exact rounding.
+    let mut buf = ryu::Buffer::new();
+    if significant_digits(buf.format_finite(n)) <= 15 {
         return n;
     }
     format!("{n:.14e}").parse().unwrap_or(n)
+}
+
+/// Significant digits of a number's text (`-0.00123e5` has 3).
+fn significant_digits(s: &str) -> usize {
+    let mantissa = s.split(['e', 'E']).next().unwrap_or(s);
+    let digits = mantissa.bytes().filter(u8::is_ascii_digit).skip_while(|&d| d == b'0');
+    let mut n = 0;
+    let mut trailing_zeros = 0;
+    for d in digits {
+        n += 1;
+        if d == b'0' {
+            trailing_zeros += 1;
+        } else {
+            trailing_zeros = 0;
+        }
+    }
+    // Trailing zeros after the point do not count ("1.50"); ryu never writes them anyway.
+    if mantissa.contains('.') { n - trailing_zeros } else { n }
 }
 
 /// Shortest text of a number at Excel's 15-digit precision; integers without a fraction.
@@ -241,6 +265,29 @@ mod tests {
         assert_eq!(o, "3 0.3 -150000000000000000000");
         assert_eq!(excel_round(0.15000000000000002), 0.15);
         assert_eq!(excel_round(1.0 / 3.0), 0.333333333333333);
+    }
+
+    #[test]
+    fn the_fast_path_rounds_like_the_exact_one() {
+        assert_eq!(significant_digits("0.30000000000000004"), 17);
+        assert_eq!(significant_digits("-0.00123e5"), 3);
+        assert_eq!(significant_digits("1.5"), 2);
+        let exact = |n: f64| -> f64 { format!("{n:.14e}").parse().unwrap() };
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = f64::from_bits(x);
+            if !n.is_finite() {
+                continue;
+            }
+            for v in [n, (x % 1_000_000) as f64 / 1000.0, (x % 997) as f64 * 0.1] {
+                if v != 0.0 {
+                    assert_eq!(excel_round(v), exact(v), "{v:e}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl Input {
     }
 }
 
-/// One edit: `"A1=100"`, or `{"cell": "A1", "value": 1}` / `{"cell": "A1", "formula": "=B1*2"}`.
+// One edit: `"A1=100"`, or `{"cell": "A1", "value": 1}` / `{"cell": "A1", "formula": "=B1*2"}`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum EditSpec {

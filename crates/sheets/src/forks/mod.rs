@@ -90,6 +90,8 @@ pub type ForkHandle = Arc<Mutex<Fork>>;
 
 pub struct ForkStore {
     pub cfg: ForkConfig,
+    /// Why forks cannot be made (the forks directory is not writable); reads still work.
+    pub unavailable: Option<String>,
     forks: Mutex<HashMap<String, ForkHandle>>,
     pub stats: Arc<ForkStats>,
     pub libreoffice: LibreOffice,
@@ -98,13 +100,17 @@ pub struct ForkStore {
 
 impl ForkStore {
     /// Open the store and bring back the forks persisted in its directory.
+    /// A forks directory that cannot be created leaves the store unavailable (every fork tool
+    /// says why) rather than stopping the server: reading needs no state.
     pub fn open(cfg: ForkConfig, limits: &Limits, cache_stats: &Arc<CacheStats>) -> Result<Self> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| {
-            SheetsError::Workspace(format!(
-                "cannot create the forks directory {} ({e}); pass a writable --state-dir",
+        let unavailable = std::fs::create_dir_all(&cfg.dir).err().map(|e| {
+            let why = format!(
+                "forks are unavailable: the forks directory {} cannot be created ({e}); start the server with a writable --state-dir",
                 cfg.dir.display()
-            ))
-        })?;
+            );
+            tracing::warn!("{why}");
+            why
+        });
         let stats = Arc::new(ForkStats::default());
         let mut lo_cfg = cfg.libreoffice.clone();
         if lo_cfg.work_dir == LibreOfficeConfig::default().work_dir {
@@ -113,6 +119,7 @@ impl ForkStore {
         let store = Self {
             libreoffice: LibreOffice::new(lo_cfg, stats.libreoffice.clone()),
             cfg,
+            unavailable,
             forks: Mutex::new(HashMap::new()),
             stats,
             seq: AtomicU64::new(0),
@@ -184,6 +191,9 @@ impl ForkStore {
 
     /// Make a fork of a workbook already loaded from `entry`.
     pub fn create(&self, entry: &Entry, original: Arc<Workbook>, label: Option<String>) -> Result<ForkHandle> {
+        if let Some(why) = &self.unavailable {
+            return Err(SheetsError::Workspace(why.clone()));
+        }
         if original.format != crate::load::Format::Xlsx {
             return Err(SheetsError::Unsupported {
                 workbook_id: entry.id.clone(),

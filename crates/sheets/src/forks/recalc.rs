@@ -7,14 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use super::cells::Scalar;
 
-/// Which engine recalculates.
+// Which engine recalculates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
-    /// IronCalc inside the server (default): fast, no process to start.
+    // IronCalc inside the server (default): fast, no process to start.
     #[default]
     InProcess,
-    /// LibreOffice headless in a child process: broader function coverage, slower.
+    // LibreOffice headless in a child process: broader function coverage, slower.
     Libreoffice,
 }
 

@@ -123,10 +123,9 @@ pub fn discard_fork(engine: &Engine, p: ForkParams, _: &Budget) -> Result<Discar
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct SaveForkParams {
     pub fork_id: String,
-    /// Where to save, relative to the workspace (e.g. "out/model-v2.xlsx"). The original's own
-    /// path overwrites it, which needs a server started with --allow-overwrite.
+    /// Relative to the workspace, e.g. "out/v2.xlsx" (the original's path needs --allow-overwrite).
     pub target_path: String,
-    /// Recalculate first when edits are newer than the last recalculation (default true).
+    /// Default true.
     pub recalculate: Option<bool>,
 }
 

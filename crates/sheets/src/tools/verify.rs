@@ -18,7 +18,7 @@ use crate::limits::Budget;
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct RecalculateParams {
     pub fork_id: String,
-    /// in_process (default, fast) or libreoffice (broader function coverage, slower).
+    /// in_process (default) or libreoffice.
     pub backend: Option<Backend>,
 }
 

@@ -206,3 +206,59 @@ async def test_disk_full_while_saving_a_fork(scratch_workspace, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_stdio_client_that_stops_reading_holds_memory_bounded(workspace, tmp_path):
+    """Requests keep coming but no answer is read: the server stops reading requests once a
+    bounded number of answers is owed, memory stays flat, and everything is answered once the
+    client reads again."""
+    import json
+
+    proc = subprocess.Popen([BIN, "serve", "--stdio", "--workspace", str(workspace), "--state-dir", str(tmp_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        def send(obj):
+            proc.stdin.write((json.dumps(obj) + "\n").encode())
+            proc.stdin.flush()
+
+        send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "chaos", "version": "1"}}})
+        assert b'"id":0' in proc.stdout.readline()
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_workbooks", "arguments": {}}})
+        books = json.loads(proc.stdout.readline())["result"]["structuredContent"]["workbooks"]
+        book = next(b["workbook_id"] for b in books if b["path"] == "sales.xlsx")
+        os.set_blocking(proc.stdin.fileno(), False)
+        sent, stalled, t = 0, None, time.monotonic()
+        while sent < 20000 and time.monotonic() - t < 30:
+            msg = json.dumps({"jsonrpc": "2.0", "id": 100 + sent, "method": "tools/call", "params": {
+                "name": "read_table", "arguments": {"workbook_id": book, "sheet_name": "Sales", "limit": 100}}})
+            try:
+                os.write(proc.stdin.fileno(), (msg + "\n").encode())
+                sent += 1
+                stalled = None
+            except BlockingIOError:
+                stalled = stalled or time.monotonic()
+                if time.monotonic() - stalled > 2:
+                    break
+                time.sleep(0.01)
+        rss1 = rss_bytes(proc.pid)
+        time.sleep(1)
+        rss2 = rss_bytes(proc.pid)
+        assert sent < 5000, f"the server kept reading: {sent} requests taken without an answer read"
+        assert rss2 < 200 * 1024 * 1024 and rss2 <= rss1 + 5 * 1024 * 1024, (rss1, rss2)
+        # The client reads again: every request taken is answered.
+        os.set_blocking(proc.stdin.fileno(), True)
+        want = 100 + sent - 1
+        t = time.monotonic()
+        while True:
+            line = proc.stdout.readline()
+            assert line, "the server went away"
+            if json.loads(line).get("id") == want:
+                break
+            assert time.monotonic() - t < 60
+        print(f"stdio: paused after {sent} unread requests; RSS {rss2 // 2**20} MB; all answered "
+              f"{time.monotonic() - t:.1f} s after reading resumed")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -2,6 +2,7 @@
 //! crate and measurement in `kaizen`; this crate adapts them to MCP.
 
 mod admin;
+mod backpressure;
 mod bench;
 mod catalog;
 mod config;
@@ -238,7 +239,10 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
 
 async fn serve_stdio(server: measure::Measured<GembaServer>, cfg: &ServeConfig) -> Result<()> {
     tracing::info!("gemba serving MCP on stdio (workspace {})", cfg.workspace.display());
-    let running = server.serve(rmcp::transport::stdio()).await.context("MCP stdio session failed to start")?;
+    // A client that stops reading its answers pauses the reading of its requests.
+    let (stdin, stdout) = rmcp::transport::stdio();
+    let transport = backpressure::pair(stdin, stdout, backpressure::MAX_OWED);
+    let running = server.serve(transport).await.context("MCP stdio session failed to start")?;
     tokio::select! {
         r = running.waiting() => { r.context("MCP stdio session ended with an error")?; }
         _ = shutdown_signal() => {}

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.request
 
 import pytest
 from mcp import Client, StdioServerParameters
@@ -137,3 +138,12 @@ async def err(client, tool, args) -> str:
     r = await client.call_tool(tool, args)
     assert r.is_error, f"{tool} should have failed: {r.structured_content}"
     return r.content[0].text
+
+
+def metric(admin, name):
+    """The first sample of `name` on the admin listener's /metrics (None when absent)."""
+    text = urllib.request.urlopen(admin + "/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None

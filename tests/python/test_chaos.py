@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 import zipfile
 
 import httpx2
@@ -19,7 +18,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import BIN, err, http_server, ids, ok
+from conftest import BIN, err, http_server, ids, metric, ok
 
 pytestmark = pytest.mark.anyio
 
@@ -27,14 +26,6 @@ pytestmark = pytest.mark.anyio
 def client(url):
     return Client(streamable_http_client(url, http_client=httpx2.AsyncClient(timeout=30)), mode="legacy",
                   read_timeout_seconds=30, cache=None)
-
-
-def metric(admin, name):
-    text = urllib.request.urlopen(admin + "/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def rss_bytes(pid):
@@ -98,8 +89,12 @@ async def test_a_cancelled_call_stops_its_work(workspace):
         async with client(srv.url) as c:
             book = (await ids(c))["sales.xlsx"]
             task = asyncio.create_task(c.call_tool("list_sheets", {"workbook_id": book}))
-            await asyncio.sleep(0.5)
-            assert metric(srv.admin, "gemba_inflight_slots_free") == 0
+            # Wait until the call holds the only slot (it holds it for 5 s if nothing stops it).
+            t = time.monotonic()
+            while metric(srv.admin, "gemba_inflight_slots_free") != 0:
+                assert time.monotonic() - t < 3, "the call never started"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

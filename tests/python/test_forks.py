@@ -10,7 +10,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 import zipfile
 
 import httpx2
@@ -18,7 +17,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import CORPUS, err, http_server, ids, ok, stdio
+from conftest import CORPUS, err, http_server, ids, metric, ok, stdio
 
 pytestmark = pytest.mark.anyio
 
@@ -231,14 +230,6 @@ async def test_server_killed_during_save_leaves_old_or_new_file(scratch_workspac
         s = await ok(c, "save_fork", {"fork_id": fork, "target_path": "model.xlsx"})
         assert s["values_recalculated"]
         assert await value(c, (await ids(c))["model.xlsx"], "Inputs", "B3") == 777
-
-
-def metric(admin, name):
-    text = urllib.request.urlopen(admin + "/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 async def test_libreoffice_hang_is_killed_and_breaker_fails_fast(scratch_workspace, tmp_path):

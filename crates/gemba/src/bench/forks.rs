@@ -6,10 +6,10 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{call, id_of, median, ms, start};
+use super::{call, median, model_fork, ms};
 
 fn number(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
@@ -51,15 +51,7 @@ pub async fn forks(
     warm: usize,
     report: &mut serde_json::Map<String, Value>,
 ) -> Result<Vec<(String, bool)>> {
-    // A private workspace: saves land here, never beside the shared workloads.
-    let ws = dir.join("forks-scratch");
-    let _ = std::fs::remove_dir_all(&ws);
-    std::fs::create_dir_all(ws.join("out"))?;
-    std::fs::copy(dir.join("model.xlsx"), ws.join("model.xlsx")).context("model workload missing")?;
-    let (client, _) = start(&ws).await?;
-    let model = id_of(&client, "model.xlsx").await?;
-    let (_, r) = call(&client, "create_fork", &json!({"workbook_id": model})).await?;
-    let fork = r.structured_content.as_ref().and_then(|v| v["fork_id"].as_str()).context("no fork id")?.to_string();
+    let (client, ws, fork) = model_fork(dir, "forks-scratch").await?;
 
     // edit_batch of 100 cells (Calc!A2:A101), a new value each round.
     let mut edit = Vec::new();

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::{calamine_read, call, id_of, ms, start};
+use super::{call, cold_reads, id_of, model_fork, ms, start};
 
 /// The 10th percentile: interference on a shared machine only ever adds time, so the low end
 /// of many samples is what the code itself costs.
@@ -51,15 +51,7 @@ async fn measure(dir: &Path, only: Option<&str>) -> Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
     let sales = dir.join("sales_100k.xlsx");
     if want("cold_read_vs_calamine") {
-        let (mut cold, mut cal) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            cal.push(ms(calamine_read(&sales, "Sales")?));
-            let (client, _) = start(dir).await?;
-            let id = id_of(&client, "sales_100k.xlsx").await?;
-            let (d, _) = call(&client, "sheet_page", &json!({"workbook_id": id, "page_size": 50})).await?;
-            cold.push(ms(d));
-            client.cancel().await.ok();
-        }
+        let (cold, cal) = cold_reads(dir, &sales, 3).await?;
         out.push(("cold_read_vs_calamine".into(), low(cold) / low(cal)));
     }
     let (client, _) = start(dir).await?;
@@ -95,14 +87,7 @@ async fn measure(dir: &Path, only: Option<&str>) -> Result<Vec<(String, f64)>> {
 
 async fn fork_figures(dir: &Path, only: Option<&str>) -> Result<Vec<(String, f64)>> {
     let want = |n: &str| only.is_none_or(|o| o == n);
-    let ws = dir.join("gate-scratch");
-    let _ = std::fs::remove_dir_all(&ws);
-    std::fs::create_dir_all(ws.join("out"))?;
-    std::fs::copy(dir.join("model.xlsx"), ws.join("model.xlsx")).context("model workload missing")?;
-    let (client, _) = start(&ws).await?;
-    let model = id_of(&client, "model.xlsx").await?;
-    let (_, r) = call(&client, "create_fork", &json!({"workbook_id": model})).await?;
-    let fork = r.structured_content.as_ref().and_then(|v| v["fork_id"].as_str()).context("no fork id")?.to_string();
+    let (client, ws, fork) = model_fork(dir, "gate-scratch").await?;
     let mut out = Vec::new();
     let mut edit = Vec::new();
     let mut eval = Vec::new();

@@ -135,6 +135,35 @@ fn calamine_read(path: &Path, sheet: &str) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
+/// Cold first reads of sales_100k (a fresh server each) and calamine's own read of the same
+/// sheet, alternating so both see the same machine state; milliseconds.
+async fn cold_reads(dir: &Path, sales: &Path, runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut cold, mut cal) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        cal.push(ms(calamine_read(sales, "Sales")?));
+        let (client, _) = start(dir).await?;
+        let id = id_of(&client, "sales_100k.xlsx").await?;
+        let (d, _) = call(&client, "sheet_page", &json!({"workbook_id": id, "page_size": 50})).await?;
+        cold.push(ms(d));
+        client.cancel().await.ok();
+    }
+    Ok((cold, cal))
+}
+
+/// A fork of the model workload in a private copy of it (`dir/<scratch>`), so saves never
+/// land beside the shared workloads: the client, the scratch directory and the fork id.
+async fn model_fork(dir: &Path, scratch: &str) -> Result<(Client, PathBuf, String)> {
+    let ws = dir.join(scratch);
+    let _ = std::fs::remove_dir_all(&ws);
+    std::fs::create_dir_all(ws.join("out"))?;
+    std::fs::copy(dir.join("model.xlsx"), ws.join("model.xlsx")).context("model workload missing")?;
+    let (client, _) = start(&ws).await?;
+    let model = id_of(&client, "model.xlsx").await?;
+    let (_, r) = call(&client, "create_fork", &json!({"workbook_id": model})).await?;
+    let fork = r.structured_content.as_ref().and_then(|v| v["fork_id"].as_str()).context("no fork id")?.to_string();
+    Ok((client, ws, fork))
+}
+
 struct Case {
     name: String,
     tool: &'static str,
@@ -263,17 +292,7 @@ async fn reads(
 ) -> Result<Vec<(String, bool)>> {
     let sales = dir.join("sales_100k.xlsx");
 
-    // Cold first read vs calamine's own read, alternating so both see the same machine state.
-    let mut cold = Vec::new();
-    let mut cal = Vec::new();
-    for _ in 0..args.cold_runs.max(1) {
-        cal.push(ms(calamine_read(&sales, "Sales")?));
-        let (client, _) = start(dir).await?;
-        let id = id_of(&client, "sales_100k.xlsx").await?;
-        let (d, _) = call(&client, "sheet_page", &json!({"workbook_id": id, "page_size": 50})).await?;
-        cold.push(ms(d));
-        client.cancel().await.ok();
-    }
+    let (cold, cal) = cold_reads(dir, &sales, args.cold_runs).await?;
     let (cold_ms, cal_ms) = (median(cold), median(cal));
     println!(
         "cold first read of sales_100k (sheet_page, fresh server): {cold_ms:.1} ms; calamine alone: {cal_ms:.1} ms; ratio {:.2}",

@@ -50,7 +50,10 @@ def test_closed_loop_over_stdio(workspace):
 def test_step_mode_reports_a_capacity(workspace):
     with http_server(workspace) as srv:
         report, table = loadtest("--url", srv.url, "--scenario", str(SCENARIOS / "gemba-reads.toml"),
-                                 "--rate", "50/s", "--step", "50/s", "--max-steps", "3", "--duration", "1s")
+                                 "--rate", "50/s", "--step", "50/s", "--max-steps", "3", "--duration", "1s",
+                                 # The steps' mechanics are under test, not the latency: with 50
+                                 # calls a step, p99 is the slowest call, so bound it loosely.
+                                 "--max-p99-ms", "2000")
     assert len(report["steps"]) == 3 and all(s["passed"] for s in report["steps"])
     assert report["capacity"]["rate"] == 150
     assert "capacity: 150" in table

@@ -277,7 +277,7 @@ impl LibreOffice {
             .stderr(log2);
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd.spawn().map_err(|e| {
+        let mut child = spawn_retrying_busy(&mut cmd).map_err(|e| {
             RunError::Permanent(format!(
                 "cannot start '{}': {e}; install LibreOffice (libreoffice-calc-nogui) or pass --libreoffice PATH",
                 self.cfg.program.display()
@@ -374,6 +374,23 @@ struct DirGuard(PathBuf);
 impl Drop for DirGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Spawns, retrying briefly while the program's file is "busy" (ETXTBSY): on Linux a
+/// program just written, or being replaced by a package upgrade, cannot be executed while
+/// any process (even another thread's child between fork and exec) holds it open for writing.
+fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    const ETXTBSY: i32 = 26;
+    let mut attempt = 0u64;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && attempt < 8 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(5 * attempt));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -33,6 +33,16 @@ if ! command -v soffice >/dev/null 2>&1; then
   fi
 fi
 
+echo "== valgrind (the performance gate counts instructions with it)"
+if ! command -v valgrind >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+  else
+    echo "warning: not root; install Debian's valgrind package to run the performance gate" >&2
+  fi
+fi
+
 echo "== the MCP reference server (npm), a second target for gemba loadtest"
 if command -v npm >/dev/null 2>&1 && [ ! -f .npm-tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
   npm install --silent --no-audit --no-fund --prefix .npm-tools @modelcontextprotocol/server-everything@2026.8.31 >/dev/null
@@ -56,3 +66,6 @@ cargo test --release --locked --workspace -j "$JOBS" -- --test-threads "$JOBS"
 echo "== python MCP SDK tests"
 cargo build --release --locked --bin gemba
 GEMBA_BIN="$PWD/target/release/gemba" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
+
+echo "== performance gate (instructions per call under valgrind, against bench/baseline.json)"
+./target/release/gemba bench --dir target/gemba-bench --baseline bench/baseline.json

@@ -253,7 +253,7 @@ async fn serve_stdio(server: measure::Measured<GembaServer>, cfg: &ServeConfig) 
 fn main() -> ExitCode {
     // Logs go to stderr: in stdio mode stdout belongs to MCP.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("GEMBA_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_env("GEMBA_LOG").unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn")))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();

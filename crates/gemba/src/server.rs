@@ -52,6 +52,9 @@ pub struct State {
     /// Test-only fault injection: GEMBA_TEST_SLOW_TOOL=tool@ms delays that tool (as a slow disk
     /// would), checking its budget so a timeout or a cancel still stops it.
     pub slow_tool: Option<(String, Duration)>,
+    /// Test-only fault injection: GEMBA_TEST_BURN_TOOL=tool@N adds N rounds of pointless CPU
+    /// work to every call of that tool: a planted regression for the performance gate to catch.
+    pub burn_tool: Option<(String, u64)>,
     /// Tool calls running at once; a call waits `queue_wait` for a slot, then is refused.
     pub slots: Arc<tokio::sync::Semaphore>,
     pub admission: Admission,
@@ -105,6 +108,10 @@ impl GembaServer {
                 slow_tool: std::env::var("GEMBA_TEST_SLOW_TOOL").ok().and_then(|s| {
                     let (t, ms) = s.split_once('@')?;
                     Some((t.to_string(), Duration::from_millis(ms.parse().ok()?)))
+                }),
+                burn_tool: std::env::var("GEMBA_TEST_BURN_TOOL").ok().and_then(|s| {
+                    let (t, n) = s.split_once('@')?;
+                    Some((t.to_string(), n.parse().ok()?))
                 }),
                 slots: Arc::new(tokio::sync::Semaphore::new(admission.max_inflight.max(1))),
                 admission,
@@ -175,6 +182,15 @@ impl GembaServer {
             }
             let t = Instant::now();
             let r = catalog::dispatch(&name_owned, &state.engine, args, &b);
+            if let Some((tool, rounds)) = &state.burn_tool
+                && *tool == name_owned
+            {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for i in 0..*rounds {
+                    h = (h ^ i).wrapping_mul(0x0100_0000_01b3);
+                }
+                std::hint::black_box(h);
+            }
             (queue, t.elapsed(), r)
         });
         let backstop = timeout.max(self.state.load_timeout) + Duration::from_millis(250);

@@ -316,3 +316,12 @@ pub fn write_bench(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The regression gate's small workspace, into `dir`: sales_10k.xlsx and model.xlsx (~8,000
+/// formulas). Small, because the gate runs the server under valgrind.
+pub fn write_gate(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_single_sales(&dir.join("sales_10k.xlsx"), 10_000, 2)?;
+    write_model(&dir.join("model.xlsx"), 2_000)?;
+    Ok(())
+}

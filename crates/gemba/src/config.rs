@@ -117,12 +117,17 @@ pub struct ServeArgs {
     /// Forks older than this many days are removed at start.
     #[arg(long, env = "GEMBA_FORK_MAX_AGE_DAYS")]
     pub fork_max_age_days: Option<u64>,
-    /// Tool calls that may run at once; more wait --queue-wait-ms for a slot, then are refused.
+    /// Tool calls that may run at once (default 4 per CPU core, at least 4); more wait
+    /// --queue-wait-ms for a slot, then are refused.
     #[arg(long, env = "GEMBA_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
     /// How long a call waits for a free slot before it is refused, in milliseconds.
     #[arg(long, env = "GEMBA_QUEUE_WAIT_MS")]
     pub queue_wait_ms: Option<u64>,
+    /// Calls that may wait for a slot (default 4 x --max-inflight); past it a call is refused
+    /// at once, so a flood gets quick refusals instead of a growing queue.
+    #[arg(long, env = "GEMBA_MAX_QUEUED")]
+    pub max_queued: Option<usize>,
 }
 
 /// The same settings as a config file.
@@ -159,6 +164,7 @@ pub struct FileConfig {
     pub fork_max_age_days: Option<u64>,
     pub max_inflight: Option<usize>,
     pub queue_wait_ms: Option<u64>,
+    pub max_queued: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +191,7 @@ pub struct ServeConfig {
     pub forks: sheets::forks::ForkConfig,
     pub max_inflight: usize,
     pub queue_wait_ms: u64,
+    pub max_queued: usize,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -248,6 +255,10 @@ impl ServeArgs {
                 ..d
             }
         };
+        // Tool calls are mostly CPU work: a few per core keep the cores busy, and leave the
+        // async runtime the CPU it needs to answer (or refuse) everything else at once.
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let max_inflight = self.max_inflight.or(file.max_inflight).unwrap_or((4 * cores).max(4)).max(1);
         let cfg = ServeConfig {
             http: if self.stdio { None } else { self.http.or(file.http) },
             workspace: workspace.clone(),
@@ -277,8 +288,9 @@ impl ServeArgs {
                 max_rows: self.log_max_rows.or(file.log_max_rows).unwrap_or(2_000_000),
             },
             forks,
-            max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(64).max(1),
+            max_inflight,
             queue_wait_ms: self.queue_wait_ms.or(file.queue_wait_ms).unwrap_or(250),
+            max_queued: self.max_queued.or(file.max_queued).unwrap_or(4 * max_inflight),
         };
         if cfg.timeout_ms == Some(0) || cfg.load_timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");

@@ -60,8 +60,11 @@ fn build_server(
             forks: cfg.forks.clone(),
         },
     )?;
-    let admission =
-        server::Admission { max_inflight: cfg.max_inflight, queue_wait: Duration::from_millis(cfg.queue_wait_ms) };
+    let admission = server::Admission {
+        max_inflight: cfg.max_inflight,
+        queue_wait: Duration::from_millis(cfg.queue_wait_ms),
+        max_queued: cfg.max_queued,
+    };
     Ok(GembaServer::new(engine, timeouts, recorder, sli, admission))
 }
 

@@ -60,6 +60,8 @@ pub struct State {
     pub admission: Admission,
     /// Calls refused because every slot stayed busy.
     pub refused: std::sync::atomic::AtomicU64,
+    /// Calls waiting for a slot now.
+    pub waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// How much work the server takes on: past it, calls are refused at once with a clear error
@@ -68,11 +70,13 @@ pub struct State {
 pub struct Admission {
     pub max_inflight: usize,
     pub queue_wait: Duration,
+    /// Calls that may wait for a slot at once; past it a call is refused without waiting.
+    pub max_queued: usize,
 }
 
 impl Default for Admission {
     fn default() -> Self {
-        Self { max_inflight: 64, queue_wait: Duration::from_millis(250) }
+        Self { max_inflight: 8, queue_wait: Duration::from_millis(250), max_queued: 32 }
     }
 }
 
@@ -116,6 +120,7 @@ impl GembaServer {
                 slots: Arc::new(tokio::sync::Semaphore::new(admission.max_inflight.max(1))),
                 admission,
                 refused: std::sync::atomic::AtomicU64::new(0),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -142,16 +147,28 @@ impl GembaServer {
         // Admission: a slot, or a quick refusal. The slot goes with the work, so it is held
         // until the work really ends (a timed-out call keeps it until it stops).
         let adm = state.admission;
-        let permit = match tokio::time::timeout(adm.queue_wait, state.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                state.refused.fetch_add(1, Ordering::Relaxed);
-                note.set_outcome(Outcome::Rejected);
-                return tool_error(format!(
-                    "the server is at capacity ({} calls running, none finished within {} ms); retry after a short pause",
-                    adm.max_inflight,
-                    adm.queue_wait.as_millis()
-                ));
+        let permit = match state.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let refuse = |why: String| {
+                    state.refused.fetch_add(1, Ordering::Relaxed);
+                    note.set_outcome(Outcome::Rejected);
+                    tool_error(format!(
+                        "the server is at capacity ({} calls running, {why}); retry after a short pause",
+                        adm.max_inflight
+                    ))
+                };
+                // A bounded queue: past it, refuse at once rather than let waiters pile up.
+                if state.waiting.fetch_add(1, Ordering::AcqRel) >= adm.max_queued {
+                    state.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return refuse(format!("{} more waiting", adm.max_queued));
+                }
+                let got = tokio::time::timeout(adm.queue_wait, state.slots.clone().acquire_owned()).await;
+                state.waiting.fetch_sub(1, Ordering::AcqRel);
+                match got {
+                    Ok(Ok(p)) => p,
+                    _ => return refuse(format!("none finished within {} ms", adm.queue_wait.as_millis())),
+                }
             }
         };
         let timeout = state.timeouts.get(name).copied().unwrap_or(state.default_timeout);

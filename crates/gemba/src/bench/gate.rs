@@ -135,6 +135,9 @@ async fn run_counted(ws: &Path, fig: &Figure, reps: u64, env: &[(String, String)
         .arg(ws)
         .arg("--state-dir")
         .arg(scratch.join("state"))
+        // Under valgrind on a busy machine a call can take 50-100x its usual time: budgets
+        // are for agents, not for this count.
+        .args(["--timeout-ms", "600000", "--load-timeout-ms", "600000"])
         .env("GEMBA_LOG", "error")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())

@@ -24,7 +24,7 @@ TOOL_NAMES = [
     "sheet_overview", "sheet_statistics", "table_profile", "read_table", "range_values",
     "sheet_page", "inspect_cells", "find_value", "find_formula", "formula_trace",
     "scan_volatiles", "sheet_formula_map",
-    "create_fork", "list_forks", "edit_batch", "transform_batch", "style_batch", "apply_staged_change",
+    "create_fork", "list_forks", "edit_batch", "transform_batch", "structure_batch", "style_batch", "apply_staged_change",
     "discard_staged_change", "recalculate", "get_changeset", "verify_workbook", "checkpoint_fork",
     "list_checkpoints", "restore_checkpoint", "save_fork", "discard_fork",
 ]

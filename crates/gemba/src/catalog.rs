@@ -6,7 +6,7 @@ use rmcp::model::{Tool, ToolAnnotations};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sheets::tools::{discovery, editing, forks, formulas, reading, search, structure, verify};
+use sheets::tools::{discovery, editing, forks, formulas, reading, restructure, search, structure, verify};
 use sheets::{Budget, Engine, SheetsError};
 
 use crate::schema::{input_schema, output_schema};
@@ -56,14 +56,13 @@ fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
 ) -> Tool {
     let mut t = Tool::new(name, description, input_schema::<P>());
     let mut out = output_schema::<O>();
-    if effect != Effect::Read {
-        // A write tool's result is a short receipt: its field names say enough, and the
-        // listing every agent reads stays within its budget.
-        let mut v = serde_json::Value::Object((*out).clone());
-        strip_descriptions(&mut v);
-        if let serde_json::Value::Object(m) = v {
-            out = std::sync::Arc::new(m);
-        }
+    // Results are described by the tool's description and their own field names; the input
+    // schemas keep their descriptions, and the listing every agent reads stays within its
+    // budget (40,000 characters for 33 tools).
+    let mut v = serde_json::Value::Object((*out).clone());
+    strip_descriptions(&mut v);
+    if let serde_json::Value::Object(m) = v {
+        out = std::sync::Arc::new(m);
     }
     t.output_schema = Some(out);
     let a = ToolAnnotations::with_title(title).open_world(false);
@@ -161,6 +160,8 @@ catalog! {
         "Edit cells", "Write values and formulas into a fork: [\"A1=100\", \"B2==SUM(A1:A9)\", \"C3=\"]. mode=preview stages it.";
     editing::transform_batch(editing::TransformBatchParams) -> editing::EditOutput, Write,
         "Transform ranges", "Clear, fill, find/replace, write a matrix, copy or move ranges in a fork. mode=preview stages it.";
+    restructure::structure_batch(restructure::StructureBatchParams) -> restructure::StructureOutput, Append,
+        "Restructure", "Insert/delete rows or columns (formulas everywhere follow) or create/rename/delete/copy sheets in a fork, all or none. mode=preview stages it.";
     editing::style_batch(editing::StyleBatchParams) -> editing::StyleOutput, Write,
         "Format ranges", "Set number format, font, fill, borders or alignment of ranges in a fork. mode=preview stages it.";
     forks::apply_staged_change(forks::StagedChangeParams) -> forks::StagedChangeOutput, Write,

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use kaizen::slo::SloConfig;
 
 /// Which tier each tool belongs to by default (seed 000, "Performance Budgets").
-pub const TOOL_TIERS: [(&str, &str); 32] = [
+pub const TOOL_TIERS: [(&str, &str); 33] = [
     ("list_workbooks", "metadata"),
     ("describe_workbook", "metadata"),
     ("list_sheets", "metadata"),
@@ -30,6 +30,7 @@ pub const TOOL_TIERS: [(&str, &str); 32] = [
     ("list_forks", "metadata"),
     ("edit_batch", "data"),
     ("transform_batch", "data"),
+    ("structure_batch", "compute"),
     ("style_batch", "data"),
     ("apply_staged_change", "data"),
     ("discard_staged_change", "metadata"),

@@ -35,7 +35,7 @@ async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) 
 
 async fn exercise(client: &RunningService<RoleClient, ()>) {
     let tools = client.list_all_tools().await.unwrap();
-    assert_eq!(tools.len(), 32);
+    assert_eq!(tools.len(), 33);
     assert_eq!(tools[0].name, "list_workbooks");
     let list = call(client, "list_workbooks", json!({})).await;
     let sales =

@@ -144,6 +144,12 @@ impl Fork {
         self.stale
     }
 
+    /// After a structural edit the stored values may be out of date (a deleted row's
+    /// dependents): recalculate, or have Excel recalculate on open.
+    pub fn mark_structure_stale(&mut self) {
+        self.stale = true;
+    }
+
     pub fn last_recalc(&self) -> Option<&RecalcReport> {
         self.last_recalc.as_ref()
     }
@@ -501,7 +507,7 @@ impl Fork {
         let plan = PatchPlan {
             sheets: plan_sheets,
             drop_calc_chain,
-            full_calc_on_load: has_edits && (!with_values || self.stale),
+            full_calc_on_load: (has_edits || self.meta.epoch > 0) && (!with_values || self.stale),
             styles_xml,
         };
         xlsx::patch(&self.meta.id, &bytes, &plan)

@@ -9,6 +9,7 @@ pub mod fork;
 pub mod libreoffice;
 pub mod persist;
 pub mod recalc;
+pub mod structure;
 pub mod styles;
 pub mod xlsx;
 
@@ -27,7 +28,7 @@ use crate::workbook::Workbook;
 use crate::workspace::{Entry, FileIdentity};
 use fork::Fork;
 use libreoffice::{LibreOffice, LibreOfficeConfig};
-use persist::{ForkDir, ForkMeta, SourceIdentity, now_unix};
+use persist::{ForkDir, ForkMeta, Op, SourceIdentity, StyleOp, now_unix};
 use recalc::{Backend, RecalcStats};
 
 pub const FORK_PREFIX: &str = "fork-";
@@ -229,6 +230,8 @@ impl ForkStore {
                 staged: Vec::new(),
                 saved_paths: Vec::new(),
                 seq: 0,
+                epoch: 0,
+                structure: Vec::new(),
             };
             dir.save_meta(&meta)?;
             Fork::new(meta, ForkDir::new(&self.cfg.dir, &id), original, Vec::new(), Vec::new())
@@ -258,15 +261,119 @@ impl ForkStore {
     pub fn view(&self, id: &str, budget: &Budget) -> Result<Arc<Workbook>> {
         let handle = self.get(id)?;
         let mut f = handle.lock();
-        let base = f.base().clone();
-        let entry = Entry {
-            id: f.meta.id.clone(),
-            rel_path: base.entry.rel_path.clone(),
-            abs_path: base.entry.abs_path.clone(),
-            size: base.entry.size,
-            modified: base.entry.modified,
-        };
+        let entry = view_entry(&f);
         f.view(&entry, budget)
+    }
+
+    /// Apply structural edits (all or none): the fork with every edit so far is rendered, the
+    /// edits are applied to the file, and the result becomes the fork's base in a new epoch.
+    pub fn restructure(
+        &self,
+        handle: &ForkHandle,
+        ops: &[structure::StructOp],
+        limits: &Limits,
+        cache_stats: &Arc<CacheStats>,
+        budget: &Budget,
+    ) -> Result<Vec<String>> {
+        let mut f = handle.lock();
+        let (mut bytes, _) = f.render(true, budget)?;
+        let base = f.base().clone();
+        let entry = view_entry(&f);
+        let view = f.view(&entry, budget)?;
+        // Sheet names as the ops rename, copy and create them → the view's sheet they show.
+        let mut alias: HashMap<String, Option<String>> =
+            view.sheets.iter().map(|s| (s.name.to_lowercase(), Some(s.name.clone()))).collect();
+        let mut names: Vec<String> = view.sheets.iter().map(|s| s.name.clone()).collect();
+        for op in ops {
+            budget.check()?;
+            // A shared group still in the file sits on a sheet no earlier edit shifted (a shift
+            // writes out the groups of its sheet), so its cells are where the view has them.
+            let lookup = |sheet: &str, r: u32, c: u32| -> Option<String> {
+                let name = alias.get(&sheet.to_lowercase())?.as_ref()?;
+                let i = view.sheet_index(Some(name)).ok()?;
+                let s = view.sheet_at(i, budget).ok()?;
+                s.formula_at(crate::address::CellRef::new(r, c)).map(|f| f.to_string())
+            };
+            bytes = structure::apply(&f.meta.id, &bytes, op, &lookup)?;
+            use structure::StructOp as S;
+            match op {
+                S::InsertRows { .. } | S::DeleteRows { .. } | S::InsertCols { .. } | S::DeleteCols { .. } => {}
+                S::CreateSheet { name } => {
+                    alias.insert(name.trim().to_lowercase(), None);
+                    names.push(name.trim().to_string());
+                }
+                S::CopySheet { sheet, new_name } => {
+                    let src = alias.get(&sheet.to_lowercase()).cloned().flatten();
+                    alias.insert(new_name.trim().to_lowercase(), src);
+                    let after = names.iter().position(|n| n.eq_ignore_ascii_case(sheet)).map_or(names.len(), |i| i + 1);
+                    names.insert(after, new_name.trim().to_string());
+                }
+                S::RenameSheet { sheet, new_name } => {
+                    let src = alias.remove(&sheet.to_lowercase()).flatten();
+                    alias.insert(new_name.trim().to_lowercase(), src);
+                    for n in &mut names {
+                        if n.eq_ignore_ascii_case(sheet) {
+                            *n = new_name.trim().to_string();
+                        }
+                    }
+                }
+                S::DeleteSheet { sheet } => {
+                    alias.remove(&sheet.to_lowercase());
+                    names.retain(|n| !n.eq_ignore_ascii_case(sheet));
+                }
+            }
+        }
+        drop(view);
+        if bytes.len() as u64 > limits.max_file_bytes {
+            return Err(SheetsError::invalid(
+                "ops",
+                format!(
+                    "the restructured file would be {} bytes, over the {} byte limit",
+                    bytes.len(),
+                    limits.max_file_bytes
+                ),
+            ));
+        }
+        let epoch = f.meta.epoch;
+        f.dir.begin_epoch(epoch, &bytes)?;
+        let mut meta = f.meta.clone();
+        meta.epoch = epoch + 1;
+        meta.structure.extend(ops.iter().map(|op| persist::StructRecord { epoch: epoch + 1, op: op.clone() }));
+        let dir = ForkDir::new(&self.cfg.dir, &meta.id);
+        dir.save_meta(&meta)?;
+        let new_base = open_base(&meta, &dir, limits, cache_stats)?;
+        let _ = base;
+        let mut fresh = Fork::new(meta, dir, new_base, Vec::new(), Vec::new())?;
+        fresh.mark_structure_stale();
+        *f = fresh;
+        Ok(names)
+    }
+
+    /// Restore a checkpoint taken in an earlier structural epoch: that epoch's base and log
+    /// come back, and later epochs are removed.
+    pub fn rewind(
+        &self,
+        handle: &ForkHandle,
+        cp: &persist::Checkpoint,
+        limits: &Limits,
+        cache_stats: &Arc<CacheStats>,
+    ) -> Result<()> {
+        let mut f = handle.lock();
+        let (ops, styles) = f.dir.load_epoch_ops(cp.epoch, f.meta.epoch)?;
+        let ops: Vec<Op> = ops.into_iter().take(cp.ops).collect();
+        let styles: Vec<StyleOp> = styles.into_iter().take(cp.styles).collect();
+        let mut meta = f.meta.clone();
+        let from = meta.epoch;
+        meta.epoch = cp.epoch;
+        meta.structure.retain(|r| r.epoch <= cp.epoch);
+        let dir = ForkDir::new(&self.cfg.dir, &meta.id);
+        let base = open_base(&meta, &dir, limits, cache_stats)?;
+        dir.rewind_to(cp.epoch, from, &ops, &styles)?;
+        dir.save_meta(&meta)?;
+        let mut fresh = Fork::new(meta, dir, base, ops, styles)?;
+        fresh.mark_structure_stale();
+        *f = fresh;
+        Ok(())
     }
 
     fn new_id(&self, rel: &str) -> String {
@@ -286,8 +393,20 @@ impl ForkStore {
     }
 }
 
+/// The workspace entry a fork's view answers as: the fork id, over the original's path.
+fn view_entry(f: &Fork) -> Entry {
+    let base = f.base();
+    Entry {
+        id: f.meta.id.clone(),
+        rel_path: base.entry.rel_path.clone(),
+        abs_path: base.entry.abs_path.clone(),
+        size: base.entry.size,
+        modified: base.entry.modified,
+    }
+}
+
 fn open_base(meta: &ForkMeta, dir: &ForkDir, limits: &Limits, stats: &Arc<CacheStats>) -> Result<Arc<Workbook>> {
-    let path = dir.base();
+    let path = dir.base_for(meta.epoch);
     let identity = FileIdentity::of(&path)
         .map_err(|e| SheetsError::Workspace(format!("fork {} lost its base copy {}: {e}", meta.id, path.display())))?;
     let entry = Entry {

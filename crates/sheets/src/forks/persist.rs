@@ -4,7 +4,13 @@
 //! <state>/forks/<fork-id>/base.xlsx   the original as it was when the fork was made
 //!                        /fork.json   what the fork is (source, checkpoints, staged changes)
 //!                        /ops.jsonl   its edits, one batch per line, appended as they happen
+//!                        /base-N.xlsx the fork after its Nth structural edit (epoch N)
+//!                        /ops-N.jsonl the edit log of epoch N, kept when epoch N+1 began
 //! ```
+//!
+//! A structural edit (rows, columns, sheets) rebases the fork: the file with every edit so far
+//! becomes the new base, and the edit log starts again. Earlier epochs stay on disk so that a
+//! checkpoint taken before a structural edit can still be restored.
 //!
 //! `fork.json` is replaced atomically (write, fsync, rename); `ops.jsonl` is appended, and a
 //! torn last line (a crash mid-append) is dropped when the fork is read back.
@@ -60,7 +66,17 @@ pub struct Checkpoint {
     /// Formatting changes it had.
     #[serde(default)]
     pub styles: usize,
+    /// The structural epoch it belongs to (0 before any structural edit).
+    #[serde(default)]
+    pub epoch: u32,
     pub created_unix: u64,
+}
+
+/// A structural edit the fork went through, and the epoch it began.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StructRecord {
+    pub epoch: u32,
+    pub op: super::structure::StructOp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +87,8 @@ pub struct Staged {
     pub ops: Vec<Op>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub styles: Vec<StyleOp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub structure: Vec<super::structure::StructOp>,
     pub created_unix: u64,
 }
 
@@ -112,6 +130,11 @@ pub struct ForkMeta {
     /// Counter for checkpoint and change ids.
     #[serde(default)]
     pub seq: u64,
+    /// Structural edits so far; the fork's base is `base-<epoch>.xlsx` once it is above 0.
+    #[serde(default)]
+    pub epoch: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub structure: Vec<StructRecord>,
 }
 
 pub fn now_unix() -> u64 {
@@ -162,6 +185,50 @@ impl ForkDir {
 
     pub fn base(&self) -> PathBuf {
         self.dir.join("base.xlsx")
+    }
+
+    /// The base file of a structural epoch.
+    pub fn base_for(&self, epoch: u32) -> PathBuf {
+        if epoch == 0 { self.base() } else { self.dir.join(format!("base-{epoch}.xlsx")) }
+    }
+
+    fn archived_ops(&self, epoch: u32) -> PathBuf {
+        self.dir.join(format!("ops-{epoch}.jsonl"))
+    }
+
+    /// Begin epoch `epoch + 1` with `base`: written atomically first, then the current log is
+    /// kept as `ops-<epoch>.jsonl` and a new empty log starts.
+    pub fn begin_epoch(&self, epoch: u32, base: &[u8]) -> Result<()> {
+        let next = self.base_for(epoch + 1);
+        write_atomic(&next, base, None).map_err(|e| io_err("write", &next, e))?;
+        let (cur, kept) = (self.ops_path(), self.archived_ops(epoch));
+        match std::fs::rename(&cur, &kept) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_atomic(&kept, b"", None).map_err(|e| io_err("write", &kept, e))?;
+            }
+            Err(e) => return Err(io_err("keep", &cur, e)),
+        }
+        write_atomic(&cur, b"", None).map_err(|e| io_err("write", &cur, e))
+    }
+
+    /// Go back to epoch `epoch` with this log; later epochs' files are removed.
+    pub fn rewind_to(&self, epoch: u32, from_epoch: u32, ops: &[Op], styles: &[StyleOp]) -> Result<()> {
+        self.rewrite_ops(ops, styles)?;
+        for e in epoch..=from_epoch {
+            let _ = std::fs::remove_file(self.archived_ops(e));
+            if e > epoch {
+                let _ = std::fs::remove_file(self.base_for(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The edit log of an earlier epoch (or the current one).
+    pub fn load_epoch_ops(&self, epoch: u32, current: u32) -> Result<(Vec<Op>, Vec<StyleOp>)> {
+        let path = if epoch == current { self.ops_path() } else { self.archived_ops(epoch) };
+        let text = std::fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))?;
+        Ok(parse_log(&text, &self.dir.display().to_string()))
     }
 
     fn meta_path(&self) -> PathBuf {
@@ -218,23 +285,10 @@ impl ForkDir {
     pub fn load(&self) -> Result<(ForkMeta, Vec<Op>, Vec<StyleOp>)> {
         let raw = std::fs::read(self.meta_path()).map_err(|e| io_err("read", &self.meta_path(), e))?;
         let meta: ForkMeta = serde_json::from_slice(&raw).map_err(|e| io_err("parse", &self.meta_path(), e))?;
-        let mut ops = Vec::new();
-        let mut styles = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(self.ops_path()) {
-            for (n, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<LogLine>(line) {
-                    Ok(LogLine::Cells(batch)) => ops.extend(batch),
-                    Ok(LogLine::Style { style }) => styles.push(*style),
-                    Err(e) => {
-                        tracing::warn!(fork = %meta.id, line = n + 1, "dropping a torn edit batch: {e}");
-                        break;
-                    }
-                }
-            }
-        }
+        let (ops, styles) = match std::fs::read_to_string(self.ops_path()) {
+            Ok(text) => parse_log(&text, &meta.id),
+            Err(_) => (Vec::new(), Vec::new()),
+        };
         Ok((meta, ops, styles))
     }
 
@@ -243,4 +297,24 @@ impl ForkDir {
             tracing::warn!(dir = %self.dir.display(), "cannot remove fork directory: {e}");
         }
     }
+}
+
+/// Cell batches and formatting changes of a log; a torn last line is dropped.
+fn parse_log(text: &str, who: &str) -> (Vec<Op>, Vec<StyleOp>) {
+    let mut ops = Vec::new();
+    let mut styles = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<LogLine>(line) {
+            Ok(LogLine::Cells(batch)) => ops.extend(batch),
+            Ok(LogLine::Style { style }) => styles.push(*style),
+            Err(e) => {
+                tracing::warn!(fork = %who, line = n + 1, "dropping a torn edit batch: {e}");
+                break;
+            }
+        }
+    }
+    (ops, styles)
 }

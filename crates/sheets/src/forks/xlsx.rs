@@ -128,7 +128,7 @@ pub fn patch(id: &str, original: &[u8], plan: &PatchPlan<'_>) -> Result<(Vec<u8>
 }
 
 /// A part name as Excel compares them: forward slashes, no leading slash, any case.
-fn norm(name: &str) -> String {
+pub(super) fn norm(name: &str) -> String {
     name.replace('\\', "/").trim_start_matches('/').to_ascii_lowercase()
 }
 
@@ -159,7 +159,7 @@ fn raw_attr<T>(e: &BytesStart<'_>, name: &str, f: impl FnOnce(&str) -> T) -> Opt
     e.attributes().flatten().find(|a| a.key.as_ref() == name).map(|a| f(&a.value))
 }
 
-fn attr(e: &BytesStart<'_>, local: &str) -> Option<String> {
+pub(super) fn attr(e: &BytesStart<'_>, local: &str) -> Option<String> {
     e.attributes()
         .flatten()
         .find(|a| a.key.local_name().as_ref() == local)
@@ -210,7 +210,7 @@ fn sheet_parts(id: &str, zip: &mut ZipArchive<Cursor<&[u8]>>) -> Result<Parts> {
 }
 
 /// (Id, Type, Target) of every relationship in a .rels part.
-fn relationships(xml: &[u8]) -> Vec<(String, String, String)> {
+pub(super) fn relationships(xml: &[u8]) -> Vec<(String, String, String)> {
     let mut reader = Reader::from_reader(xml);
     let mut out = Vec::new();
     while let Ok(ev) = reader.read_event() {
@@ -230,7 +230,7 @@ fn relationships(xml: &[u8]) -> Vec<(String, String, String)> {
 }
 
 /// A relationship target as a zip part name.
-fn resolve_target(dir: &str, target: &str) -> String {
+pub(super) fn resolve_target(dir: &str, target: &str) -> String {
     let joined = match target.strip_prefix('/') {
         Some(abs) => abs.to_string(),
         None if dir.is_empty() => target.to_string(),
@@ -250,7 +250,7 @@ fn resolve_target(dir: &str, target: &str) -> String {
 }
 
 /// Remove the first element starting with `open` (e.g. `<Override`) whose tag mentions `needle`.
-fn remove_element_containing(xml: &str, open: &str, needle: &str) -> String {
+pub(super) fn remove_element_containing(xml: &str, open: &str, needle: &str) -> String {
     let mut from = 0;
     while let Some(i) = xml[from..].find(open) {
         let start = from + i;

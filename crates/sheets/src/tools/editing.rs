@@ -113,6 +113,7 @@ fn commit(engine: &Engine, fork_id: &str, ops: Vec<Op>, mode: Mode, tool: &str, 
                 tool: tool.into(),
                 ops,
                 styles: Vec::new(),
+                structure: Vec::new(),
                 created_unix: now_unix(),
             });
             f.save_meta()?;
@@ -485,6 +486,7 @@ pub fn style_batch(engine: &Engine, p: StyleBatchParams, budget: &Budget) -> Res
                 tool: "style_batch".into(),
                 ops: Vec::new(),
                 styles: ops,
+                structure: Vec::new(),
                 created_unix: now_unix(),
             });
             f.save_meta()?;

@@ -296,6 +296,7 @@ pub fn checkpoint_fork(engine: &Engine, p: CheckpointForkParams, _: &Budget) -> 
         name: p.name,
         ops: f.op_count(),
         styles: f.style_count(),
+        epoch: f.meta.epoch,
         created_unix: now_unix(),
     };
     f.meta.checkpoints.push(c.clone());
@@ -340,10 +341,20 @@ pub fn restore_checkpoint(engine: &Engine, p: RestoreCheckpointParams, _: &Budge
             format!("no checkpoint '{id}' in this fork; checkpoints are: {}", crate::error::short_list(&ids, 20)),
         ));
     };
-    let (ops, styles) = (f.meta.checkpoints[pos].ops, f.meta.checkpoints[pos].styles);
-    f.truncate(ops, styles)?;
-    let dropped: Vec<String> = f.meta.checkpoints.drain(pos + 1..).map(|c| c.id).collect();
-    f.save_meta()?;
+    let cp = f.meta.checkpoints[pos].clone();
+    let dropped: Vec<String> = f.meta.checkpoints[pos + 1..].iter().map(|c| c.id.clone()).collect();
+    if cp.epoch == f.meta.epoch {
+        f.truncate(cp.ops, cp.styles)?;
+        f.meta.checkpoints.truncate(pos + 1);
+        f.save_meta()?;
+    } else {
+        // Taken before a structural edit: that epoch's file and log come back.
+        f.meta.checkpoints.truncate(pos + 1);
+        f.save_meta()?;
+        drop(f);
+        engine.forks.rewind(&handle, &cp, &engine.limits, &engine.cache.stats)?;
+        f = handle.lock();
+    }
     Ok(RestoreCheckpointOutput {
         restored: id.to_string(),
         cells_edited: f.cells_edited(),
@@ -382,10 +393,25 @@ fn take_staged(f: &mut crate::forks::fork::Fork, change_id: &str) -> Result<pers
     Ok(f.meta.staged.remove(pos))
 }
 
-pub fn apply_staged_change(engine: &Engine, p: StagedChangeParams, _: &Budget) -> Result<StagedChangeOutput> {
+pub fn apply_staged_change(engine: &Engine, p: StagedChangeParams, budget: &Budget) -> Result<StagedChangeOutput> {
     let handle = engine.forks.get(&p.fork_id)?;
     let mut f = handle.lock();
     let staged = take_staged(&mut f, &p.change_id)?;
+    if !staged.structure.is_empty() {
+        // A structural change rebases the fork: its staging entry goes first, then the edits.
+        f.save_meta()?;
+        drop(f);
+        let n = staged.structure.len();
+        if let Err(e) =
+            engine.forks.restructure(&handle, &staged.structure, &engine.limits, &engine.cache.stats, budget)
+        {
+            let mut f = handle.lock();
+            f.meta.staged.push(staged);
+            f.save_meta()?;
+            return Err(e);
+        }
+        return Ok(StagedChangeOutput { change_id: staged.id, cells: n, applied: true });
+    }
     let n = staged.ops.len();
     if let Err(e) = f.apply(staged.ops.clone(), engine.forks.cfg.max_ops) {
         f.meta.staged.push(staged);

@@ -7,6 +7,7 @@ pub mod editing;
 pub mod forks;
 pub mod formulas;
 pub mod reading;
+pub mod restructure;
 pub mod search;
 pub mod structure;
 pub mod verify;

@@ -86,6 +86,10 @@ pub struct ChangesetOutput {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_offset: Option<u32>,
     pub needs_recalc: bool,
+    /// Structural edits (rows, columns, sheets), in order. Cell changes are listed against
+    /// the workbook as the last of them left it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub structure: Vec<String>,
 }
 
 fn row(c: &CellChange) -> ChangeRow {
@@ -128,7 +132,8 @@ pub fn get_changeset(engine: &Engine, p: ChangesetParams, budget: &Budget) -> Re
         all.iter().filter(|c| p.kinds.as_ref().is_none_or(|k| k.iter().any(|k| k == c.kind))).collect();
     let changes: Vec<ChangeRow> = wanted.iter().skip(offset).take(limit).map(|c| row(c)).collect();
     let next_offset = (offset + changes.len() < wanted.len()).then_some((offset + changes.len()) as u32);
-    Ok(ChangesetOutput { summary, changes, next_offset, needs_recalc: f.is_stale() })
+    let structure = f.meta.structure.iter().map(|r| r.op.describe()).collect();
+    Ok(ChangesetOutput { summary, changes, next_offset, needs_recalc: f.is_stale(), structure })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -91,10 +91,20 @@ async def test_rows_and_columns_move_formulas_everywhere(workspace):
         f = [x.get("formula", "").lstrip("=") for x in rep["cells"]]
         assert f == ["Data!H1", "SUM(Data!E2:E7)", "Data!C6", "'Data'!D7+1"], f
 
+        # The changeset is against the original, with its cells carried through the edits:
+        # moved cells and rewritten references are not changes, the edit made before them is.
         cs = await ok(c, "get_changeset", {"fork_id": fork})
         assert cs["structure"] == r["done"]
+        assert [(x["cell"], x["kind"], x["before"], x["after"]) for x in cs["changes"]] == [
+            ("Data!C2", "value_edited", 1, 7)], cs
         rc = await ok(c, "recalculate", {"fork_id": fork})
         assert rc["issue_count"] == 0, rc
+        cs = await ok(c, "get_changeset", {"fork_id": fork, "kinds": ["recalculated"]})
+        # openpyxl writes formulas without cached values: every formula gets its first value.
+        got = {x["cell"]: x["after"] for x in cs["changes"]}
+        assert all(x["before"] is None for x in cs["changes"]), cs
+        assert (got["Data!E2"], got["Data!H1"], got["Report!B1"], got["Report!B2"]) == (70, 450, 450, 450), got
+        assert len(got) == 9, got  # E2, E5, E6, E7, H1 and Report's four
         # item1 7*10, item2 2*20, item3 3*30, item5 5*50 (item4's row was deleted).
         assert await values(c, fork, "Data", "E2:E2") == [[70]]
         assert await values(c, fork, "Report", "B1:B2") == [[450], [450]]
@@ -223,7 +233,7 @@ async def test_inserting_a_row_works_on_every_corpus_workbook(tmp_path):
     sources = sorted(p for p in CORPUS.iterdir() if p.suffix.lower() in (".xlsx", ".xlsm"))
     for i, p in enumerate(sources):
         shutil.copy(p, ws / f"c{i:03d}{p.suffix.lower()}")
-    done, failed = [], []
+    done, failed, diffs = [], [], []
     async with stdio(ws, extra=["--timeout-ms", "30000"]) as c:
         books = await ids(c)
         for path, book in sorted(books.items()):
@@ -253,6 +263,10 @@ async def test_inserting_a_row_works_on_every_corpus_workbook(tmp_path):
                 continue
             moved = f"{col}{row + 1}:{col}{row + 21}"
             assert await values(c, fork, target["name"], moved) == before, path
+            # Against the original, carried through the insert, nothing changed.
+            cs = await ok(c, "get_changeset", {"fork_id": fork, "limit": 3})
+            if cs["summary"]["total"]:
+                diffs.append((path, cs["summary"]["total"], cs["changes"][:2]))
             s = await c.call_tool("save_fork", {"fork_id": fork, "target_path": f"saved/{pathlib.Path(path).name}",
                                                 "recalculate": False})
             if s.is_error:
@@ -264,6 +278,7 @@ async def test_inserting_a_row_works_on_every_corpus_workbook(tmp_path):
             assert (await ok(c, "sheet_statistics", stats))["formulas"] == formulas, path
             done.append(path)
             await ok(c, "discard_fork", {"fork_id": fork})
-    print(f"row insert: {len(done)} workbooks restructured and saved; failed {failed}")
+    print(f"row insert: {len(done)} workbooks restructured and saved; failed {failed}; changesets not empty {diffs}")
     assert not failed
+    assert not diffs
     assert len(done) >= 70

@@ -4,6 +4,7 @@
 //! saved faithfully and atomically.
 
 pub mod cells;
+pub mod diff;
 pub mod engine;
 pub mod fork;
 pub mod libreoffice;
@@ -374,6 +375,31 @@ impl ForkStore {
         fresh.mark_structure_stale();
         *f = fresh;
         Ok(())
+    }
+
+    /// Every changed cell of a fork against its original (optionally one sheet of the fork).
+    /// After structural edits the original's cells are carried through them first.
+    pub fn changes(
+        &self,
+        handle: &ForkHandle,
+        sheet: Option<&str>,
+        limits: &Limits,
+        cache_stats: &Arc<CacheStats>,
+        budget: &Budget,
+    ) -> Result<Vec<fork::CellChange>> {
+        let mut f = handle.lock();
+        let only = match sheet {
+            Some(n) => Some(f.base().sheet_index(Some(n))?),
+            None => None,
+        };
+        if f.meta.epoch == 0 {
+            return f.changes(only, budget);
+        }
+        let entry = view_entry(&f);
+        let now = f.view(&entry, budget)?;
+        let first = ForkMeta { epoch: 0, ..f.meta.clone() };
+        let original = open_base(&first, &f.dir, limits, cache_stats)?;
+        diff::changes(&original, &now, &f.meta.structure, only, budget)
     }
 
     fn new_id(&self, rel: &str) -> String {

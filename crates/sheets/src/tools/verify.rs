@@ -110,12 +110,8 @@ pub fn get_changeset(engine: &Engine, p: ChangesetParams, budget: &Budget) -> Re
         return Err(SheetsError::invalid("kinds", format!("'{k}' is not a kind; use {}", KINDS.join(", "))));
     }
     let handle = engine.forks.get(&p.fork_id)?;
+    let all = engine.forks.changes(&handle, p.sheet_name.as_deref(), &engine.limits, &engine.cache.stats, budget)?;
     let f = handle.lock();
-    let sheet = match p.sheet_name.as_deref() {
-        Some(n) => Some(f.base().sheet_index(Some(n))?),
-        None => None,
-    };
-    let all = f.changes(sheet, budget)?;
     let mut summary = ChangeSummary { total: all.len(), ..Default::default() };
     for c in &all {
         match c.kind {
@@ -177,6 +173,7 @@ pub struct VerifyOutput {
 
 pub fn verify_workbook(engine: &Engine, p: VerifyParams, budget: &Budget) -> Result<VerifyOutput> {
     let handle = engine.forks.get(&p.fork_id)?;
+    let changes = engine.forks.changes(&handle, None, &engine.limits, &engine.cache.stats, budget)?;
     let f = handle.lock();
     let mut targets = Vec::new();
     for t in p.targets.iter().flatten() {
@@ -194,7 +191,6 @@ pub fn verify_workbook(engine: &Engine, p: VerifyParams, budget: &Budget) -> Res
             after: after.to_json(),
         });
     }
-    let changes = f.changes(None, budget)?;
     let mut new_errors = Vec::new();
     let mut resolved_errors = Vec::new();
     for c in &changes {

@@ -105,6 +105,9 @@ async def test_rows_and_columns_move_formulas_everywhere(workspace):
         assert all(x["before"] is None for x in cs["changes"]), cs
         assert (got["Data!E2"], got["Data!H1"], got["Report!B1"], got["Report!B2"]) == (70, 450, 450, 450), got
         assert len(got) == 9, got  # E2, E5, E6, E7, H1 and Report's four
+        v = await ok(c, "verify_workbook", {"fork_id": fork, "targets": ["Data!C2", "Data!A5", "Report!B2"]})
+        assert [(t["cell"], t["before"], t["after"], t["changed"]) for t in v["targets"]] == [
+            ("Data!C2", 1, 7, True), ("Data!A5", "item2", "item2", False), ("Report!B2", None, 450, True)], v
         # item1 7*10, item2 2*20, item3 3*30, item5 5*50 (item4's row was deleted).
         assert await values(c, fork, "Data", "E2:E2") == [[70]]
         assert await values(c, fork, "Report", "B1:B2") == [[450], [450]]

@@ -145,7 +145,8 @@ impl ForkStore {
                     return Err(SheetsError::invalid("fork", "expired"));
                 }
                 let base = open_base(&meta, &dir, limits, cache_stats)?;
-                Fork::new(meta, ForkDir::new(&self.cfg.dir, &name), base, ops, styles)
+                let epoch = meta.epoch;
+                Fork::new(meta, ForkDir::new(&self.cfg.dir, &name).at_epoch(epoch), base, ops, styles)
             });
             match loaded {
                 Ok(f) => {
@@ -278,7 +279,6 @@ impl ForkStore {
     ) -> Result<Vec<String>> {
         let mut f = handle.lock();
         let (mut bytes, _) = f.render(true, budget)?;
-        let base = f.base().clone();
         let entry = view_entry(&f);
         let view = f.view(&entry, budget)?;
         // Sheet names as the ops rename, copy and create them → the view's sheet they show.
@@ -336,15 +336,30 @@ impl ForkStore {
             ));
         }
         let epoch = f.meta.epoch;
-        f.dir.begin_epoch(epoch, &bytes)?;
         let mut meta = f.meta.clone();
         meta.epoch = epoch + 1;
         meta.structure.extend(ops.iter().map(|op| persist::StructRecord { epoch: epoch + 1, op: op.clone() }));
-        let dir = ForkDir::new(&self.cfg.dir, &meta.id);
-        dir.save_meta(&meta)?;
-        let new_base = open_base(&meta, &dir, limits, cache_stats)?;
-        let _ = base;
-        let mut fresh = Fork::new(meta, dir, new_base, Vec::new(), Vec::new())?;
+        let dir = ForkDir::new(&self.cfg.dir, &meta.id).at_epoch(meta.epoch);
+        // The new epoch's files first, then the fork's description: the commit point.
+        dir.prepare_epoch(epoch, &bytes)?;
+        let committed = open_base(&meta, &dir, limits, cache_stats)
+            .and_then(|base| {
+                Fork::new(
+                    meta.clone(),
+                    ForkDir::new(&self.cfg.dir, &meta.id).at_epoch(meta.epoch),
+                    base,
+                    Vec::new(),
+                    Vec::new(),
+                )
+            })
+            .and_then(|fresh| dir.save_meta(&meta).map(|()| fresh));
+        let mut fresh = match committed {
+            Ok(f) => f,
+            Err(e) => {
+                dir.remove_epochs(epoch + 1, epoch + 1);
+                return Err(e);
+            }
+        };
         fresh.mark_structure_stale();
         *f = fresh;
         Ok(names)
@@ -360,18 +375,19 @@ impl ForkStore {
         cache_stats: &Arc<CacheStats>,
     ) -> Result<()> {
         let mut f = handle.lock();
-        let (ops, styles) = f.dir.load_epoch_ops(cp.epoch, f.meta.epoch)?;
+        let (ops, styles) = f.dir.load_epoch_ops(cp.epoch)?;
         let ops: Vec<Op> = ops.into_iter().take(cp.ops).collect();
         let styles: Vec<StyleOp> = styles.into_iter().take(cp.styles).collect();
         let mut meta = f.meta.clone();
         let from = meta.epoch;
         meta.epoch = cp.epoch;
         meta.structure.retain(|r| r.epoch <= cp.epoch);
-        let dir = ForkDir::new(&self.cfg.dir, &meta.id);
+        let dir = ForkDir::new(&self.cfg.dir, &meta.id).at_epoch(cp.epoch);
         let base = open_base(&meta, &dir, limits, cache_stats)?;
-        dir.rewind_to(cp.epoch, from, &ops, &styles)?;
+        dir.rewrite_ops(&ops, &styles)?;
         dir.save_meta(&meta)?;
-        let mut fresh = Fork::new(meta, dir, base, ops, styles)?;
+        dir.remove_epochs(cp.epoch + 1, from);
+        let mut fresh = Fork::new(meta, ForkDir::new(&self.cfg.dir, &f.meta.id).at_epoch(cp.epoch), base, ops, styles)?;
         fresh.mark_structure_stale();
         *f = fresh;
         Ok(())

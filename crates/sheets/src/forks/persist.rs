@@ -5,12 +5,14 @@
 //!                        /fork.json   what the fork is (source, checkpoints, staged changes)
 //!                        /ops.jsonl   its edits, one batch per line, appended as they happen
 //!                        /base-N.xlsx the fork after its Nth structural edit (epoch N)
-//!                        /ops-N.jsonl the edit log of epoch N, kept when epoch N+1 began
+//!                        /ops-N.jsonl the edit log of epoch N
 //! ```
 //!
 //! A structural edit (rows, columns, sheets) rebases the fork: the file with every edit so far
-//! becomes the new base, and the edit log starts again. Earlier epochs stay on disk so that a
-//! checkpoint taken before a structural edit can still be restored.
+//! becomes the new base, and a new, empty log begins. The new epoch's files are written first
+//! and `fork.json` (written atomically) is the commit point, so a crash leaves the fork in one
+//! epoch or the other. Earlier epochs stay on disk so that a checkpoint taken before a
+//! structural edit can still be restored.
 //!
 //! `fork.json` is replaced atomically (write, fsync, rename); `ops.jsonl` is appended, and a
 //! torn last line (a crash mid-append) is dropped when the fork is read back.
@@ -176,11 +178,18 @@ pub fn write_atomic(path: &Path, data: &[u8], pause: Option<std::time::Duration>
 
 pub struct ForkDir {
     pub dir: PathBuf,
+    /// The structural epoch whose log this appends to.
+    epoch: u32,
 }
 
 impl ForkDir {
     pub fn new(root: &Path, id: &str) -> Self {
-        Self { dir: root.join(id) }
+        Self { dir: root.join(id), epoch: 0 }
+    }
+
+    /// The same directory, appending to epoch `epoch`'s log.
+    pub fn at_epoch(self, epoch: u32) -> Self {
+        Self { epoch, ..self }
     }
 
     pub fn base(&self) -> PathBuf {
@@ -192,43 +201,36 @@ impl ForkDir {
         if epoch == 0 { self.base() } else { self.dir.join(format!("base-{epoch}.xlsx")) }
     }
 
-    fn archived_ops(&self, epoch: u32) -> PathBuf {
-        self.dir.join(format!("ops-{epoch}.jsonl"))
+    fn ops_path_for(&self, epoch: u32) -> PathBuf {
+        if epoch == 0 { self.dir.join("ops.jsonl") } else { self.dir.join(format!("ops-{epoch}.jsonl")) }
     }
 
-    /// Begin epoch `epoch + 1` with `base`: written atomically first, then the current log is
-    /// kept as `ops-<epoch>.jsonl` and a new empty log starts.
-    pub fn begin_epoch(&self, epoch: u32, base: &[u8]) -> Result<()> {
+    /// Write epoch `epoch + 1`'s base and its empty log. The epoch begins when `fork.json`
+    /// says so; until then these files are unused.
+    pub fn prepare_epoch(&self, epoch: u32, base: &[u8]) -> Result<()> {
         let next = self.base_for(epoch + 1);
         write_atomic(&next, base, None).map_err(|e| io_err("write", &next, e))?;
-        let (cur, kept) = (self.ops_path(), self.archived_ops(epoch));
-        match std::fs::rename(&cur, &kept) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_atomic(&kept, b"", None).map_err(|e| io_err("write", &kept, e))?;
-            }
-            Err(e) => return Err(io_err("keep", &cur, e)),
-        }
-        write_atomic(&cur, b"", None).map_err(|e| io_err("write", &cur, e))
+        let log = self.ops_path_for(epoch + 1);
+        write_atomic(&log, b"", None).map_err(|e| io_err("write", &log, e))
     }
 
-    /// Go back to epoch `epoch` with this log; later epochs' files are removed.
-    pub fn rewind_to(&self, epoch: u32, from_epoch: u32, ops: &[Op], styles: &[StyleOp]) -> Result<()> {
-        self.rewrite_ops(ops, styles)?;
-        for e in epoch..=from_epoch {
-            let _ = std::fs::remove_file(self.archived_ops(e));
-            if e > epoch {
-                let _ = std::fs::remove_file(self.base_for(e));
-            }
+    /// Remove the files of epochs `from..=to` (a prepared epoch that failed, or epochs a
+    /// restored checkpoint left behind).
+    pub fn remove_epochs(&self, from: u32, to: u32) {
+        for e in from.max(1)..=to {
+            let _ = std::fs::remove_file(self.base_for(e));
+            let _ = std::fs::remove_file(self.ops_path_for(e));
         }
-        Ok(())
     }
 
-    /// The edit log of an earlier epoch (or the current one).
-    pub fn load_epoch_ops(&self, epoch: u32, current: u32) -> Result<(Vec<Op>, Vec<StyleOp>)> {
-        let path = if epoch == current { self.ops_path() } else { self.archived_ops(epoch) };
-        let text = std::fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))?;
-        Ok(parse_log(&text, &self.dir.display().to_string()))
+    /// The edit log of an epoch.
+    pub fn load_epoch_ops(&self, epoch: u32) -> Result<(Vec<Op>, Vec<StyleOp>)> {
+        let path = self.ops_path_for(epoch);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(parse_log(&text, &self.dir.display().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), Vec::new())),
+            Err(e) => Err(io_err("read", &path, e)),
+        }
     }
 
     fn meta_path(&self) -> PathBuf {
@@ -236,7 +238,7 @@ impl ForkDir {
     }
 
     fn ops_path(&self) -> PathBuf {
-        self.dir.join("ops.jsonl")
+        self.ops_path_for(self.epoch)
     }
 
     pub fn save_meta(&self, meta: &ForkMeta) -> Result<()> {
@@ -285,7 +287,7 @@ impl ForkDir {
     pub fn load(&self) -> Result<(ForkMeta, Vec<Op>, Vec<StyleOp>)> {
         let raw = std::fs::read(self.meta_path()).map_err(|e| io_err("read", &self.meta_path(), e))?;
         let meta: ForkMeta = serde_json::from_slice(&raw).map_err(|e| io_err("parse", &self.meta_path(), e))?;
-        let (ops, styles) = match std::fs::read_to_string(self.ops_path()) {
+        let (ops, styles) = match std::fs::read_to_string(self.ops_path_for(meta.epoch)) {
             Ok(text) => parse_log(&text, &meta.id),
             Err(_) => (Vec::new(), Vec::new()),
         };
@@ -317,4 +319,55 @@ fn parse_log(text: &str, who: &str) -> (Vec<Op>, Vec<StyleOp>) {
         }
     }
     (ops, styles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forks::cells::Scalar;
+
+    fn meta(epoch: u32) -> ForkMeta {
+        ForkMeta {
+            id: "fork-test".into(),
+            workbook_id: "w".into(),
+            source_path: "a.xlsx".into(),
+            source: SourceIdentity { len: 1, mtime_ns: None, inode: 1 },
+            created_unix: 0,
+            label: None,
+            checkpoints: Vec::new(),
+            staged: Vec::new(),
+            saved_paths: Vec::new(),
+            seq: 0,
+            epoch,
+            structure: Vec::new(),
+        }
+    }
+
+    fn op(v: f64) -> Op {
+        Op { s: "S".into(), r: 0, c: 0, i: Input::Value { v: Scalar::Number(v) } }
+    }
+
+    #[test]
+    fn an_epoch_begins_only_when_the_description_says_so() {
+        let root = std::env::temp_dir().join(format!("gemba-epoch-{}", std::process::id()));
+        let dir = ForkDir::new(&root, "fork-test");
+        std::fs::create_dir_all(&dir.dir).unwrap();
+        dir.save_meta(&meta(0)).unwrap();
+        dir.append_ops(&[op(1.0), op(2.0)]).unwrap();
+        // A crash after the next epoch's files were written but before fork.json: still epoch 0.
+        dir.prepare_epoch(0, b"new base").unwrap();
+        let (m, ops, _) = dir.load().unwrap();
+        assert_eq!((m.epoch, ops.len()), (0, 2));
+        // Committed: epoch 1 starts with an empty log, epoch 0's log is kept for its checkpoints.
+        dir.save_meta(&meta(1)).unwrap();
+        let (m, ops, _) = dir.load().unwrap();
+        assert_eq!((m.epoch, ops.len()), (1, 0));
+        let d1 = ForkDir::new(&root, "fork-test").at_epoch(1);
+        d1.append_ops(&[op(3.0)]).unwrap();
+        assert_eq!(dir.load().unwrap().1, vec![op(3.0)]);
+        assert_eq!(d1.load_epoch_ops(0).unwrap().0.len(), 2);
+        d1.remove_epochs(1, 1);
+        assert!(!d1.base_for(1).exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -181,9 +181,14 @@ pub fn verify_workbook(engine: &Engine, p: VerifyParams, budget: &Budget) -> Res
         let at = parse_cell(addr.trim().replace('$', "").as_str())
             .ok_or_else(|| SheetsError::invalid("targets", format!("'{t}' is not a cell like \"Summary!B12\"")))?;
         let i = f.base().sheet_index(sheet.as_deref().or_else(|| f.base().sheets.first().map(|s| s.name.as_str())))?;
-        let base = f.base().sheet_at(i, budget)?;
-        let before = crate::forks::cells::Scalar::from_value(&base.get(at.row, at.col), &base.strings);
         let (after, _) = f.current(i, at.row, at.col, budget)?;
+        // Before is the original's cell (carried through any structural edits): the
+        // changeset's, or the cell as it is when it did not change.
+        let name = &f.base().sheets[i].name;
+        let before = changes
+            .iter()
+            .find(|c| c.at == at && c.sheet.eq_ignore_ascii_case(name))
+            .map_or_else(|| after.clone(), |c| c.before.clone());
         targets.push(TargetRow {
             cell: format!("{}!{}", quote_sheet(&f.base().sheets[i].name), a1(at)),
             changed: !before.same_as(&after),

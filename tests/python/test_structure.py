@@ -218,6 +218,21 @@ async def test_a_column_edit_through_a_table_is_refused(workspace):
         assert "table 'Codes'" in e, e
         # All or none: the row insert before it did not happen either.
         assert await values(c, fork, "Data", "A2:A2") == [["item1"]]
+        # Range copies and moves run in the batch's order, all or none with the rest.
+        e = await err(c, "structure_batch", {"fork_id": fork, "ops": [
+            {"op": "copy_range", "sheet_name": "Data", "range": "A2:D2", "to": "A10"},
+            {"op": "delete_cols", "sheet_name": "Lookup", "at": "A"}]})
+        assert "table 'Codes'" in e, e
+        assert await values(c, fork, "Data", "A10:A10") == [[None]], "the copy before the refused edit was undone"
+        r = await ok(c, "structure_batch", {"fork_id": fork, "ops": [
+            {"op": "insert_rows", "sheet_name": "Data", "at": 2},
+            {"op": "copy_range", "sheet_name": "Data", "range": "A3:D3", "to": "A20"},
+            {"op": "move_range", "sheet_name": "Data", "range": "A20:C20", "to": "F20"}]})
+        assert r["done"][1:] == ["copy Data!A3:D3 to A20", "move Data!A20:C20 to F20"]
+        assert await values(c, fork, "Data", "A20:H20") == [[None, None, None, None, None, "item1", 1, 10]]
+        # The copy shifted its formula like Excel's paste.
+        cells = await ok(c, "inspect_cells", {"workbook_id": fork, "sheet_name": "Data", "cells": ["D20"]})
+        assert cells["cells"][0]["formula"].lstrip("=") == "B20*C20", cells
         # Rows through a table are fine: the table grows.
         await ok(c, "structure_batch", {"fork_id": fork, "ops": [{"op": "insert_rows", "sheet_name": "Lookup", "at": 3}]})
         await ok(c, "save_fork", {"fork_id": fork, "target_path": "out/table.xlsx"})

@@ -56,7 +56,10 @@ fn carry_formula(f: &str, host: &str, op: &StructOp) -> String {
         }
         StructOp::RenameSheet { sheet, new_name } => rename_refs(f, sheet, Some(new_name)),
         StructOp::DeleteSheet { sheet } => rename_refs(f, sheet, None),
-        StructOp::CreateSheet { .. } | StructOp::CopySheet { .. } => f.to_string(),
+        StructOp::CreateSheet { .. }
+        | StructOp::CopySheet { .. }
+        | StructOp::CopyRange { .. }
+        | StructOp::MoveRange { .. } => f.to_string(),
     }
 }
 

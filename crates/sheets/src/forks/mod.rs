@@ -298,7 +298,12 @@ impl ForkStore {
             bytes = structure::apply(&f.meta.id, &bytes, op, &lookup)?;
             use structure::StructOp as S;
             match op {
-                S::InsertRows { .. } | S::DeleteRows { .. } | S::InsertCols { .. } | S::DeleteCols { .. } => {}
+                S::InsertRows { .. }
+                | S::DeleteRows { .. }
+                | S::InsertCols { .. }
+                | S::DeleteCols { .. }
+                | S::CopyRange { .. }
+                | S::MoveRange { .. } => {}
                 S::CreateSheet { name } => {
                     alias.insert(name.trim().to_lowercase(), None);
                     names.push(name.trim().to_string());

@@ -29,14 +29,58 @@ use crate::formula::{Axis, Token, adjust_structure, scan};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum StructOp {
-    InsertRows { sheet: String, at: u32, count: u32 },
-    DeleteRows { sheet: String, at: u32, count: u32 },
-    InsertCols { sheet: String, at: u32, count: u32 },
-    DeleteCols { sheet: String, at: u32, count: u32 },
-    CreateSheet { name: String },
-    RenameSheet { sheet: String, new_name: String },
-    DeleteSheet { sheet: String },
-    CopySheet { sheet: String, new_name: String },
+    InsertRows {
+        sheet: String,
+        at: u32,
+        count: u32,
+    },
+    DeleteRows {
+        sheet: String,
+        at: u32,
+        count: u32,
+    },
+    InsertCols {
+        sheet: String,
+        at: u32,
+        count: u32,
+    },
+    DeleteCols {
+        sheet: String,
+        at: u32,
+        count: u32,
+    },
+    CreateSheet {
+        name: String,
+    },
+    RenameSheet {
+        sheet: String,
+        new_name: String,
+    },
+    DeleteSheet {
+        sheet: String,
+    },
+    CopySheet {
+        sheet: String,
+        new_name: String,
+    },
+    /// Cell ops, carried out by the transform tools in the batch's order (not a file edit).
+    CopyRange {
+        sheet: String,
+        range: String,
+        to: String,
+    },
+    MoveRange {
+        sheet: String,
+        range: String,
+        to: String,
+    },
+}
+
+impl StructOp {
+    /// A copy or move of a range: cell edits, not a structural change of the file.
+    pub fn is_range_op(&self) -> bool {
+        matches!(self, StructOp::CopyRange { .. } | StructOp::MoveRange { .. })
+    }
 }
 
 impl StructOp {
@@ -60,6 +104,8 @@ impl StructOp {
             StructOp::RenameSheet { sheet, new_name } => format!("rename sheet {sheet} to {new_name}"),
             StructOp::DeleteSheet { sheet } => format!("delete sheet {sheet}"),
             StructOp::CopySheet { sheet, new_name } => format!("copy sheet {sheet} as {new_name}"),
+            StructOp::CopyRange { sheet, range, to } => format!("copy {sheet}!{range} to {to}"),
+            StructOp::MoveRange { sheet, range, to } => format!("move {sheet}!{range} to {to}"),
         }
     }
 
@@ -487,6 +533,9 @@ pub fn apply(
         }
         StructOp::RenameSheet { sheet, new_name } => rename_sheet(id, &mut pkg, sheet, new_name)?,
         StructOp::DeleteSheet { sheet } => delete_sheet(id, &mut pkg, sheet)?,
+        StructOp::CopyRange { .. } | StructOp::MoveRange { .. } => {
+            return Err(SheetsError::Internal("a range copy is a cell edit, not a file edit".into()));
+        }
     }
     pkg.drop_calc_chain();
     pkg.write(id)

@@ -5,11 +5,12 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::editing::Mode;
+use super::editing::{Mode, TransformBatchParams, TransformOp, transform_batch};
 use crate::Engine;
 use crate::address::{MAX_COLS, MAX_ROWS, parse_col};
 use crate::error::{Result, SheetsError};
-use crate::forks::persist::{Staged, now_unix};
+use crate::forks::ForkHandle;
+use crate::forks::persist::{Checkpoint, Staged, now_unix};
 use crate::forks::structure::{StructOp, check_sheet_name};
 use crate::limits::Budget;
 
@@ -27,6 +28,8 @@ pub enum StructKind {
     RenameSheet,
     DeleteSheet,
     CopySheet,
+    CopyRange,
+    MoveRange,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -40,6 +43,9 @@ pub struct StructEdit {
     /// Default 1.
     pub count: Option<u32>,
     pub new_name: Option<String>,
+    /// copy_range/move_range: the source ("B2:D9") and the top-left target ("F2").
+    pub range: Option<String>,
+    pub to: Option<String>,
 }
 
 fn at_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -191,6 +197,16 @@ fn to_ops(
                 names.insert(after, new_name.clone());
                 StructOp::CopySheet { sheet, new_name }
             }
+            K::CopyRange | K::MoveRange => {
+                let sheet = find(&names, need(&e.sheet_name, "sheet_name", &opname)?)?;
+                let range = need(&e.range, "range", &opname)?.to_string();
+                let to = need(&e.to, "to", &opname)?.to_string();
+                if e.op == K::CopyRange {
+                    StructOp::CopyRange { sheet, range, to }
+                } else {
+                    StructOp::MoveRange { sheet, range, to }
+                }
+            }
         };
         out.push(op);
     }
@@ -225,6 +241,75 @@ pub fn structure_batch(engine: &Engine, p: StructureBatchParams, budget: &Budget
             needs_recalc: false,
         });
     }
-    let sheets = engine.forks.restructure(&handle, &ops, &engine.limits, &engine.cache.stats, budget)?;
+    let sheets = apply_batch(engine, &p.fork_id, &handle, &ops, budget)?;
     Ok(StructureOutput { mode: "apply".into(), done, sheets, change_id: None, needs_recalc: true })
+}
+
+/// Carry out a batch in order, all or none: runs of structural edits rebase the fork, range
+/// copies and moves go through the transform tool; a failure returns the fork to where the
+/// batch began.
+pub fn apply_batch(
+    engine: &Engine,
+    fork_id: &str,
+    handle: &ForkHandle,
+    ops: &[StructOp],
+    budget: &Budget,
+) -> Result<Vec<String>> {
+    let start = {
+        let f = handle.lock();
+        Checkpoint {
+            id: String::new(),
+            name: None,
+            ops: f.op_count(),
+            styles: f.style_count(),
+            epoch: f.meta.epoch,
+            created_unix: 0,
+        }
+    };
+    let run = || -> Result<()> {
+        let mut i = 0;
+        while i < ops.len() {
+            let (sheet, range, to, moving) = match &ops[i] {
+                StructOp::CopyRange { sheet, range, to } => (sheet, range, to, false),
+                StructOp::MoveRange { sheet, range, to } => (sheet, range, to, true),
+                _ => {
+                    let end = ops[i..].iter().position(StructOp::is_range_op).map_or(ops.len(), |k| i + k);
+                    engine.forks.restructure(handle, &ops[i..end], &engine.limits, &engine.cache.stats, budget)?;
+                    i = end;
+                    continue;
+                }
+            };
+            let (range, to) = (range.clone(), to.clone());
+            let op = if moving { TransformOp::Move { range, to } } else { TransformOp::Copy { range, to } };
+            let params = TransformBatchParams {
+                fork_id: fork_id.to_string(),
+                sheet_name: Some(sheet.clone()),
+                ops: vec![op],
+                mode: None,
+            };
+            transform_batch(engine, params, budget)?;
+            i += 1;
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        let (same_epoch, untouched) = {
+            let f = handle.lock();
+            let same = f.meta.epoch == start.epoch;
+            (same, same && f.op_count() == start.ops && f.style_count() == start.styles)
+        };
+        if untouched {
+            return Err(e);
+        }
+        let undo = if same_epoch {
+            handle.lock().truncate(start.ops, start.styles)
+        } else {
+            engine.forks.rewind(handle, &start, &engine.limits, &engine.cache.stats)
+        };
+        if let Err(u) = undo {
+            tracing::warn!(fork = %fork_id, "could not undo a failed structure_batch: {u}");
+        }
+        return Err(e);
+    }
+    Ok(handle.lock().base().sheets.iter().map(|s| s.name.clone()).collect())
 }

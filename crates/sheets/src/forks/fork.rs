@@ -123,6 +123,28 @@ impl Fork {
         Ok(())
     }
 
+    /// Stage a change a preview showed, to apply or discard later: returns its change id.
+    pub fn stage(
+        &mut self,
+        tool: &str,
+        ops: Vec<Op>,
+        styles: Vec<StyleOp>,
+        structure: Vec<super::structure::StructOp>,
+    ) -> Result<String> {
+        self.meta.seq += 1;
+        let id = format!("chg-{}", self.meta.seq);
+        self.meta.staged.push(super::persist::Staged {
+            id: id.clone(),
+            tool: tool.into(),
+            ops,
+            styles,
+            structure,
+            created_unix: super::persist::now_unix(),
+        });
+        self.save_meta()?;
+        Ok(id)
+    }
+
     /// Persist the fork's description (checkpoints, staged changes, saved paths).
     pub fn save_meta(&self) -> Result<()> {
         self.dir.save_meta(&self.meta)

@@ -11,7 +11,7 @@ use crate::Engine;
 use crate::address::{CellRef, Rect, parse_cell, quote_sheet};
 use crate::error::{Result, SheetsError};
 use crate::forks::cells::{EditSpec, Input, Scalar, a1, check_formula, error_kind};
-use crate::forks::persist::{Op, Staged, StyleOp, now_unix};
+use crate::forks::persist::{Op, StyleOp};
 use crate::forks::styles::StyleSpec;
 use crate::limits::Budget;
 
@@ -106,17 +106,7 @@ fn commit(engine: &Engine, fork_id: &str, ops: Vec<Op>, mode: Mode, tool: &str, 
                     after: op.i.to_json(),
                 });
             }
-            f.meta.seq += 1;
-            let id = format!("chg-{}", f.meta.seq);
-            f.meta.staged.push(Staged {
-                id: id.clone(),
-                tool: tool.into(),
-                ops,
-                styles: Vec::new(),
-                structure: Vec::new(),
-                created_unix: now_unix(),
-            });
-            f.save_meta()?;
+            let id = f.stage(tool, ops, Vec::new(), Vec::new())?;
             Ok(EditOutput {
                 mode: "preview".into(),
                 cells,
@@ -479,17 +469,7 @@ pub fn style_batch(engine: &Engine, p: StyleBatchParams, budget: &Budget) -> Res
             if f.meta.staged.len() >= engine.forks.cfg.max_staged {
                 return Err(SheetsError::invalid("mode", "too many staged changes; apply or discard some first"));
             }
-            f.meta.seq += 1;
-            let id = format!("chg-{}", f.meta.seq);
-            f.meta.staged.push(Staged {
-                id: id.clone(),
-                tool: "style_batch".into(),
-                ops: Vec::new(),
-                styles: ops,
-                structure: Vec::new(),
-                created_unix: now_unix(),
-            });
-            f.save_meta()?;
+            let id = f.stage("style_batch", Vec::new(), ops, Vec::new())?;
             Ok(StyleOutput { mode: "preview".into(), cells: cells as usize, change_id: Some(id) })
         }
     }

@@ -10,7 +10,7 @@ use crate::Engine;
 use crate::address::{MAX_COLS, MAX_ROWS, parse_col};
 use crate::error::{Result, SheetsError};
 use crate::forks::ForkHandle;
-use crate::forks::persist::{Checkpoint, Staged, now_unix};
+use crate::forks::persist::Checkpoint;
 use crate::forks::structure::{StructOp, check_sheet_name};
 use crate::limits::Budget;
 
@@ -222,17 +222,7 @@ pub fn structure_batch(engine: &Engine, p: StructureBatchParams, budget: &Budget
         if f.meta.staged.len() >= engine.forks.cfg.max_staged {
             return Err(SheetsError::invalid("mode", "too many staged changes; apply or discard some first"));
         }
-        f.meta.seq += 1;
-        let id = format!("chg-{}", f.meta.seq);
-        f.meta.staged.push(Staged {
-            id: id.clone(),
-            tool: "structure_batch".into(),
-            ops: Vec::new(),
-            styles: Vec::new(),
-            structure: ops,
-            created_unix: now_unix(),
-        });
-        f.save_meta()?;
+        let id = f.stage("structure_batch", Vec::new(), Vec::new(), ops)?;
         return Ok(StructureOutput {
             mode: "preview".into(),
             done,

@@ -6,8 +6,9 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
-from conftest import BIN
+from conftest import BIN, STRICT
 
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(not PROMTOOL, reason="promtool is not installed (scripts/test.sh installs it)")
@@ -17,7 +18,7 @@ def rules(tmp_path):
     out = subprocess.run([BIN, "slo", "rules"], capture_output=True, text=True, check=True).stdout
     path = tmp_path / "rules.yml"
     path.write_text(out)
-    return json.loads(out), path
+    return yaml.safe_load(out), path
 
 
 def alert_of(rules_json, alert, slo):
@@ -42,9 +43,26 @@ def run_tests(tmp_path, tests):
 
 
 def test_generated_rules_pass_promtool_check(tmp_path):
-    _, path = rules(tmp_path)
+    parsed, path = rules(tmp_path)
     res = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True)
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+    text = path.read_text()
+    # YAML as people keep it in git: block style, not JSON; thresholds as a person writes them.
+    assert text.startswith("groups:\n- name: ") and "{\"groups\"" not in text
+    import re
+    long_floats = re.findall(r"\d+\.\d{10,}", text)
+    assert not long_floats, long_floats[:5]
+    assert "> 0.0144 and" in text, "14.4 x a 0.1 % budget, written as 0.0144"
+
+
+def test_printing_commands_exit_quietly_when_the_reader_goes_away():
+    for args in (["slo", "rules"], ["slo", "config"], ["slo", "dashboards"]):
+        p = subprocess.Popen([BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.readline()
+        p.stdout.close()  # like `| head -1`
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=30) == 0, (args, err)
+        assert "panicked" not in err and "Broken pipe" not in err, (args, err)
 
 
 def requests(ok, internal, minutes=120):
@@ -121,7 +139,8 @@ def test_alertmanager_example_and_dashboards(tmp_path):
     am = subprocess.run([BIN, "slo", "alertmanager"], capture_output=True, text=True, check=True).stdout
     assert "receiver: gemba-pager" in am and "inhibit_rules" in am
     amtool = shutil.which("amtool")
-    if amtool:
+    if STRICT or amtool:
+        assert amtool, "amtool is needed (scripts/test.sh installs it)"
         path = tmp_path / "am.yml"
         path.write_text(am)
         res = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True)

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kaizen::exposition::{Kind, Sample};
-use kaizen::recorder::{OpSpec, protocol_index};
+use kaizen::naming::{Naming, SemanticConvention};
+use kaizen::recorder::OpSpec;
 use kaizen::{Completion, OpId, Outcome, Recorder};
 use parking_lot::Mutex;
 use rmcp::model::*;
@@ -53,8 +54,38 @@ pub fn op_specs() -> Vec<OpSpec> {
     v
 }
 
+/// MCP protocol versions, as a closed label set (anything else is `other`).
+pub const PROTOCOLS: [&str; 5] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
+/// Where a request came in ("pipe" for stdio, "tcp" for HTTP, as the OpenTelemetry conventions say).
+pub const TRANSPORTS: [&str; 2] = ["pipe", "tcp"];
+
+/// The names Gemba's exports carry: `gemba_*` metrics with a `tool` label, `Gemba*` alerts, MCP
+/// protocol versions and transports, and OpenTelemetry's MCP semantic conventions.
+pub fn naming() -> Naming {
+    Naming {
+        metric_prefix: "gemba".into(),
+        op_label: "tool".into(),
+        alert_prefix: "Gemba".into(),
+        service: "gemba".into(),
+        protocols: PROTOCOLS.iter().map(|p| p.to_string()).collect(),
+        transports: TRANSPORTS.iter().map(|t| t.to_string()).collect(),
+        semantic_convention: Some(SemanticConvention {
+            operation_metric: "mcp_server_operation_duration_seconds".into(),
+            operation_help: "MCP request duration (OpenTelemetry MCP semantic conventions).".into(),
+            session_metric: "mcp_server_session_duration_seconds".into(),
+            session_help: "MCP session duration (OpenTelemetry MCP semantic conventions).".into(),
+            method_label: "mcp_method_name".into(),
+            target_label: "gen_ai_tool_name".into(),
+            error_label: "error_type".into(),
+            transport_label: "network_transport".into(),
+            protocol_label: "mcp_protocol_version".into(),
+        }),
+    }
+}
+
 pub fn new_recorder(enabled: bool) -> Arc<Recorder> {
     Recorder::with_histograms(
+        naming(),
         op_specs(),
         STAGES.iter().map(|s| s.to_string()).collect(),
         vec![(CACHE_LOAD_HISTOGRAM.into(), "Time to open a workbook on a cache miss.".into())],
@@ -89,48 +120,30 @@ impl Note {
         self.stage_nanos[i].fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
     pub fn set_error(&self, class: &str, message: &str) {
-        *self.error.lock() = Some((class.into(), normalize(message)));
+        *self.error.lock() = Some((class.into(), log_message(message)));
     }
 }
 
-/// An error message with the specifics taken out, so one kind of mistake has one signature:
-/// quoted names become '?', numbers '#'.
-pub fn normalize(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len().min(200));
-    let mut chars = msg.chars().peekable();
-    while let Some(c) = chars.next() {
-        if out.len() >= 200 {
-            break;
-        }
-        match c {
-            '\'' | '"' => {
-                for d in chars.by_ref() {
-                    if d == c {
-                        break;
-                    }
-                }
-                out.push_str("'?'");
-            }
-            d if d.is_ascii_digit() => {
-                while chars.peek().is_some_and(|x| x.is_ascii_digit() || *x == '.') {
-                    chars.next();
-                }
-                out.push('#');
-            }
-            _ => out.push(c),
-        }
+/// Longest error message kept for the request log (signatures are made from it later, by
+/// `kaizen::learn`, which takes the specifics out).
+const MAX_MESSAGE_CHARS: usize = 500;
+
+/// An error message as the request log keeps it: whole, up to a bound.
+pub fn log_message(msg: &str) -> String {
+    match msg.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((i, _)) => msg[..i].to_string(),
+        None => msg.to_string(),
     }
-    out
 }
 
-/// The class of an outcome for the request log's taxonomy.
+/// The category of an outcome in the error taxonomy (user / data / transient / system), when
+/// the handler did not say more precisely (an unreadable workbook is `data`).
 pub fn error_class(o: Outcome) -> &'static str {
     match o {
         Outcome::Ok => "",
         Outcome::ToolError | Outcome::InvalidParams => "user",
-        Outcome::Timeout => "transient",
+        Outcome::Timeout | Outcome::Rejected | Outcome::Cancelled => "transient",
         Outcome::Internal => "system",
-        Outcome::Rejected => "transient",
     }
 }
 
@@ -184,7 +197,7 @@ impl<H: Clone> Measured<H> {
                 started: Instant::now(),
                 recorder: recorder.clone(),
                 transport,
-                protocol: AtomicU8::new((kaizen::recorder::PROTOCOLS.len() - 1) as u8),
+                protocol: AtomicU8::new(recorder.naming().other_protocol() as u8),
             }),
             inner,
             recorder,
@@ -203,8 +216,8 @@ impl<H: Clone> Measured<H> {
     }
 
     fn protocol(&self, ctx: &RequestContext<RoleServer>) -> usize {
-        let p =
-            ctx.protocol_version().map(|v| protocol_index(v.as_str())).unwrap_or(kaizen::recorder::PROTOCOLS.len() - 1);
+        let naming = self.recorder.naming();
+        let p = ctx.protocol_version().map(|v| naming.protocol_index(v.as_str())).unwrap_or(naming.other_protocol());
         self.session.protocol.store(p as u8, Ordering::Relaxed);
         p
     }
@@ -217,7 +230,7 @@ impl<H: Clone> Measured<H> {
                     ErrorCode::INTERNAL_ERROR => Outcome::Internal,
                     _ => Outcome::InvalidParams,
                 };
-                (o, Some((error_class(o).to_string(), normalize(&e.message))))
+                (o, Some((error_class(o).to_string(), log_message(&e.message))))
             }
         };
         Completion {
@@ -263,11 +276,11 @@ impl<H: ServerHandler + Clone> ServerHandler for Measured<H> {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
-        let p = protocol_index(request.protocol_version.as_str());
+        let p = self.recorder.naming().protocol_index(request.protocol_version.as_str());
         self.session.protocol.store(p as u8, Ordering::Relaxed);
         let timer = self.recorder.start(self.op("initialize"));
         let r = self.inner.initialize(request, context).await;
-        let p = r.as_ref().map(|i| protocol_index(i.protocol_version.as_str())).unwrap_or(p);
+        let p = r.as_ref().map(|i| self.recorder.naming().protocol_index(i.protocol_version.as_str())).unwrap_or(p);
         self.session.protocol.store(p as u8, Ordering::Relaxed);
         timer.finish(self.completion(&r, p));
         r
@@ -356,7 +369,7 @@ impl<H: ServerHandler + Clone> ServerHandler for Measured<H> {
             c.outcome = Some(outcome);
             if outcome != Outcome::Ok {
                 let text = result.content.first().and_then(|b| b.as_text()).map(|t| t.text.as_str()).unwrap_or("");
-                c.error = note.error.lock().clone().or_else(|| Some((error_class(outcome).into(), normalize(text))));
+                c.error = note.error.lock().clone().or_else(|| Some((error_class(outcome).into(), log_message(text))));
             }
         }
         c.rows = note.rows.load(Ordering::Relaxed);
@@ -493,13 +506,12 @@ pub fn engine_samples(engine: &sheets::Engine, out: &mut Vec<Sample>) {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::log_message;
 
     #[test]
-    fn normalizes_specifics_out() {
-        assert_eq!(
-            normalize("no sheet 'Sumary' in workbook sales-3f2a; row 12"),
-            "no sheet '?' in workbook sales-#f#a; row #"
-        );
+    fn messages_are_kept_whole_up_to_a_bound() {
+        assert_eq!(log_message("no sheet 'Sumary'"), "no sheet 'Sumary'");
+        let long = "é".repeat(600);
+        assert_eq!(log_message(&long).chars().count(), 500);
     }
 }

@@ -7,6 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use kaizen::slo::SloConfig;
 
+use crate::operational::OperationalConfig;
+
 /// Which tier each tool belongs to by default (seed 000, "Performance Budgets").
 pub const TOOL_TIERS: [(&str, &str); 33] = [
     ("list_workbooks", "metadata"),
@@ -43,6 +45,75 @@ pub const TOOL_TIERS: [(&str, &str); 33] = [
     ("save_fork", "compute"),
     ("discard_fork", "metadata"),
 ];
+
+/// The seed's own figures for some tools (p50, p95, p99 in ms, timeout in ms), over their tier's.
+const SEED_FIGURES: [(&str, f64, f64, f64, u64); 12] = [
+    ("list_workbooks", 10.0, 50.0, 100.0, 1_000),
+    ("list_sheets", 5.0, 20.0, 50.0, 500),
+    ("describe_workbook", 20.0, 100.0, 200.0, 2_000),
+    ("sheet_overview", 100.0, 500.0, 1_000.0, 5_000),
+    ("table_profile", 200.0, 1_000.0, 2_000.0, 10_000),
+    ("find_value", 50.0, 200.0, 500.0, 5_000),
+    ("find_formula", 100.0, 500.0, 1_000.0, 10_000),
+    ("read_table", 50.0, 200.0, 500.0, 5_000),
+    ("range_values", 30.0, 150.0, 300.0, 3_000),
+    ("sheet_page", 100.0, 500.0, 1_000.0, 10_000),
+    ("formula_trace", 500.0, 2_000.0, 5_000.0, 30_000),
+    ("scan_volatiles", 1_000.0, 5_000.0, 10_000.0, 60_000),
+];
+
+/// The default SLO configuration: the seed's tiers, every tool in its tier, and the seed's own
+/// figures where it gives them.
+pub fn seed() -> SloConfig {
+    let mut cfg = SloConfig::with_tiers(&TOOL_TIERS);
+    for (tool, p50, p95, p99, timeout) in SEED_FIGURES {
+        if let Some(o) = cfg.tools.get_mut(tool) {
+            o.p50_ms = Some(p50);
+            o.p95_ms = Some(p95);
+            o.p99_ms = Some(p99);
+            o.timeout_ms = Some(timeout);
+        }
+    }
+    cfg
+}
+
+/// The names Gemba's exports carry (metrics `gemba_*`, alerts `Gemba*`, the `tool` label, MCP
+/// protocol versions and transports, and OpenTelemetry's MCP conventions).
+pub fn naming() -> kaizen::Naming {
+    crate::measure::naming()
+}
+
+/// An SLO file: the objectives, and the thresholds of the operational alerts.
+#[derive(Debug, Clone)]
+pub struct SloFile {
+    pub slo: SloConfig,
+    pub operational: OperationalConfig,
+}
+
+impl SloFile {
+    /// The Prometheus rules: SLO groups, then the operational group.
+    pub fn rules(&self, runbook_url: &str) -> serde_json::Value {
+        let naming = naming();
+        let mut rules = kaizen::slo::prometheus_rules(&self.slo, runbook_url, &naming);
+        let ops = kaizen::operational::prometheus_group(
+            "gemba-operational",
+            &crate::operational::rules(&self.operational),
+            &naming.service,
+            runbook_url,
+        );
+        if let Some(groups) = rules["groups"].as_array_mut() {
+            groups.push(ops);
+        }
+        rules
+    }
+
+    /// The effective configuration as TOML (a starting point for --slo FILE).
+    fn to_toml(&self) -> Result<String> {
+        let mut table = toml::Table::try_from(&self.slo)?;
+        table.insert("operational".into(), toml::Value::try_from(&self.operational)?);
+        Ok(toml::to_string_pretty(&table)?)
+    }
+}
 
 /// Where alerts link by default (pass --runbook-url with your own copy's address).
 pub const RUNBOOK_URL: &str = "docs/runbooks.md";
@@ -116,34 +187,44 @@ pub fn status_json(engine: &kaizen::sli::SliEngine) -> serde_json::Value {
 }
 
 /// The SLO config from a file, or the seed default.
-pub fn load(path: Option<&PathBuf>) -> Result<SloConfig> {
-    let cfg = match path {
+pub fn load(path: Option<&PathBuf>) -> Result<SloFile> {
+    let file = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read SLO file {}", p.display()))?;
-            let mut cfg: SloConfig =
-                toml::from_str(&text).with_context(|| format!("SLO file {} is not valid", p.display()))?;
+            let mut table: toml::Table =
+                toml::from_str(&text).with_context(|| format!("SLO file {} is not valid TOML", p.display()))?;
+            let operational = match table.remove("operational") {
+                Some(v) => v
+                    .try_into()
+                    .with_context(|| format!("SLO file {}: the [operational] table is not valid", p.display()))?,
+                None => OperationalConfig::default(),
+            };
+            let mut cfg: SloConfig = toml::Value::Table(table)
+                .try_into()
+                .with_context(|| format!("SLO file {} is not valid", p.display()))?;
             // Tiers not given in the file keep the seed's figures.
-            let seed = SloConfig::seed_default(&TOOL_TIERS);
+            let seed = seed();
             for (k, v) in seed.tiers {
                 cfg.tiers.entry(k).or_insert(v);
             }
             if cfg.tools.is_empty() {
                 cfg.tools = seed.tools;
             }
-            cfg
+            SloFile { slo: cfg, operational }
         }
-        None => SloConfig::seed_default(&TOOL_TIERS),
+        None => SloFile { slo: seed(), operational: OperationalConfig::default() },
     };
-    if let Err(e) = cfg.validate() {
+    if let Err(e) = file.slo.validate() {
         bail!("SLO config: {e}");
     }
-    Ok(cfg)
+    Ok(file)
 }
 
 pub fn run(args: SloArgs) -> Result<()> {
-    let cfg = load(args.slo.as_ref())?;
+    let file = load(args.slo.as_ref())?;
+    let cfg = file.slo.clone();
     match args.command {
-        SloCommand::Config => println!("{}", toml::to_string_pretty(&cfg)?),
+        SloCommand::Config => outln!("{}", file.to_toml()?),
         SloCommand::Status { workspace, state_dir, json } => {
             let dir = match (state_dir, workspace) {
                 (Some(d), _) => d,
@@ -156,21 +237,27 @@ pub fn run(args: SloArgs) -> Result<()> {
             }
             let names: Vec<String> = TOOL_TIERS.iter().map(|(t, _)| t.to_string()).collect();
             let period_min = u64::from(cfg.period_days) * 1440;
-            let engine = kaizen::sli::SliEngine::new(cfg, &names, RUNBOOK_URL);
+            let engine = kaizen::sli::SliEngine::new(cfg, &names, RUNBOOK_URL, &naming());
             engine.restore(kaizen::store::load_slo_minutes(&db, (now_secs() / 60).saturating_sub(period_min))?);
             let status = engine.status(now_secs());
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?);
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:<30} {:>9} {:>10} {:>12} {:>9} {:>9} {:>8}",
-                "slo", "objective", "sli", "budget left", "burn 1h", "requests", "state"
+                "slo",
+                "objective",
+                "sli",
+                "budget left",
+                "burn 1h",
+                "requests",
+                "state"
             );
             for s in status.iter().filter(|s| s.requests_period > 0) {
                 let burn = s.burn_rates.iter().find(|(w, _)| w == "1h").map(|(_, b)| *b).unwrap_or(0.0);
                 let state = if s.budget_low && s.state == "ok" { "budget_low".to_string() } else { s.state.clone() };
-                println!(
+                outln!(
                     "{:<30} {:>8.2}% {:>9.3}% {:>11.1}% {:>9.2} {:>9} {:>8}",
                     s.slo,
                     s.objective * 100.0,
@@ -182,7 +269,7 @@ pub fn run(args: SloArgs) -> Result<()> {
                 );
             }
             if status.iter().all(|s| s.requests_period == 0) {
-                println!("(no requests recorded in the SLO period)");
+                outln!("(no requests recorded in the SLO period)");
             }
         }
         SloCommand::Dashboards { out } => {
@@ -194,16 +281,14 @@ pub fn run(args: SloArgs) -> Result<()> {
                         let uid = d["uid"].as_str().unwrap_or("gemba");
                         let path = dir.join(format!("{uid}.json"));
                         std::fs::write(&path, serde_json::to_string_pretty(d)?)?;
-                        println!("{}", path.display());
+                        outln!("{}", path.display());
                     }
                 }
-                None => println!("{}", serde_json::to_string_pretty(&dashboards)?),
+                None => outln!("{}", serde_json::to_string_pretty(&dashboards)?),
             }
         }
-        SloCommand::Alertmanager => print!("{}", crate::dashboards::ALERTMANAGER_EXAMPLE),
-        SloCommand::Rules { runbook_url } => {
-            println!("{}", serde_json::to_string_pretty(&kaizen::slo::prometheus_rules(&cfg, &runbook_url))?)
-        }
+        SloCommand::Alertmanager => out!("{}", crate::dashboards::ALERTMANAGER_EXAMPLE),
+        SloCommand::Rules { runbook_url } => out!("{}", crate::yaml::to_string(&file.rules(&runbook_url))),
     }
     Ok(())
 }
@@ -215,7 +300,10 @@ mod tests {
         for name in crate::catalog::NAMES {
             assert!(super::TOOL_TIERS.iter().any(|(t, _)| t == name), "{name} has no tier");
         }
-        let cfg = super::load(None).unwrap();
+        let cfg = super::load(None).unwrap().slo;
         assert_eq!(cfg.objectives().len(), 2 * crate::catalog::NAMES.len());
+        assert_eq!(cfg.timeout_ms("list_workbooks"), Some(1_000));
+        assert_eq!(cfg.timeout_ms("read_table"), Some(5_000));
+        assert_eq!(cfg.timeout_ms("scan_volatiles"), Some(60_000));
     }
 }

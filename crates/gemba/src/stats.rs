@@ -57,15 +57,21 @@ pub fn run(args: StatsArgs) -> Result<()> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let stats = kaizen::store::tool_stats(&db, now_ms - since.as_millis() as i64, args.tool.as_deref())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        outln!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<22} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "tool", "count", "errors", "p50 ms", "p95 ms", "p99 ms", "max ms"
+        "tool",
+        "count",
+        "errors",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms"
     );
     for s in &stats {
-        println!(
+        outln!(
             "{:<22} {:>8} {:>7.1}% {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
             s.tool,
             s.count,
@@ -77,15 +83,15 @@ pub fn run(args: StatsArgs) -> Result<()> {
         );
     }
     if stats.is_empty() {
-        println!("(no requests in the last {})", args.since);
+        outln!("(no requests in the last {})", args.since);
         return Ok(());
     }
-    println!();
-    println!("where the time goes (value stream; share of total request time):");
+    outln!();
+    outln!("where the time goes (value stream; share of total request time):");
     for s in stats.iter().filter(|s| !s.stages.is_empty()) {
         let work: f64 = s.stages.iter().filter(|(n, _)| WORK_STAGES.contains(&n.as_str())).map(|(_, v)| v).sum();
         let parts: Vec<String> = s.stages.iter().map(|(n, v)| format!("{n} {:.0}%", v * 100.0)).collect();
-        println!(
+        outln!(
             "  {:<22} {}; queue {:.0}%; the work itself {:.0}%",
             s.tool,
             parts.join(" · "),

@@ -7,18 +7,20 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::sli::AlertEvent;
+use crate::event::AlertEvent;
 
-/// An `http://host:port/path` webhook target.
+/// An `http://host:port/path` webhook target, and the service name its messages carry.
 #[derive(Debug, Clone)]
 pub struct Webhook {
     host: String,
     port: u16,
     path: String,
+    service: String,
 }
 
 impl Webhook {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    /// A webhook at `url` for alerts of `service` (the `service` label and receiver name).
+    pub fn parse(url: &str, service: &str) -> Result<Self, String> {
         let rest = url
             .strip_prefix("http://")
             .ok_or_else(|| format!("webhook '{url}' must start with http:// (put a TLS proxy in front for https)"))?;
@@ -33,7 +35,12 @@ impl Webhook {
         if host.is_empty() {
             return Err(format!("webhook '{url}' has no host"));
         }
-        Ok(Self { host: host.trim_matches(['[', ']']).to_string(), port, path: path.to_string() })
+        Ok(Self {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+            path: path.to_string(),
+            service: service.to_string(),
+        })
     }
 
     /// POST the events as one Alertmanager webhook message; errors are returned, never panics.
@@ -41,7 +48,7 @@ impl Webhook {
         if events.is_empty() {
             return Ok(());
         }
-        let body = payload(events).to_string();
+        let body = payload(events, &self.service).to_string();
         let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| e.to_string())?
@@ -102,8 +109,8 @@ fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-fn labels(e: &AlertEvent) -> serde_json::Value {
-    let mut l = json!({"alertname": e.alert, "severity": e.severity, "service": "gemba"});
+fn labels(e: &AlertEvent, service: &str) -> serde_json::Value {
+    let mut l = json!({"alertname": e.alert, "severity": e.severity, "service": service});
     if !e.slo.is_empty() {
         l["slo"] = json!(e.slo);
         l["tool"] = json!(e.tool);
@@ -111,28 +118,28 @@ fn labels(e: &AlertEvent) -> serde_json::Value {
     l
 }
 
-/// The Alertmanager webhook message for these events.
-pub fn payload(events: &[AlertEvent]) -> serde_json::Value {
+/// The Alertmanager webhook message for these events of `service`.
+pub fn payload(events: &[AlertEvent], service: &str) -> serde_json::Value {
     let firing = events.iter().any(|e| e.status == "firing");
     let alerts: Vec<serde_json::Value> = events
         .iter()
         .map(|e| {
             json!({
                 "status": e.status,
-                "labels": labels(e),
+                "labels": labels(e, service),
                 "annotations": {"summary": e.summary, "runbook_url": e.runbook},
                 "startsAt": rfc3339(e.at_secs),
                 "endsAt": if e.status == "resolved" { rfc3339(e.at_secs) } else { "0001-01-01T00:00:00Z".to_string() },
-                "generatorURL": "gemba://slo",
+                "generatorURL": format!("{service}://alerts"),
             })
         })
         .collect();
     json!({
         "version": "4",
         "status": if firing { "firing" } else { "resolved" },
-        "receiver": "gemba",
-        "groupLabels": {"service": "gemba"},
-        "commonLabels": {"service": "gemba"},
+        "receiver": service,
+        "groupLabels": {"service": service},
+        "commonLabels": {"service": service},
         "alerts": alerts,
     })
 }
@@ -143,10 +150,10 @@ mod tests {
 
     #[test]
     fn parses_urls_and_formats_times() {
-        let w = Webhook::parse("http://127.0.0.1:9093/hook").unwrap();
+        let w = Webhook::parse("http://127.0.0.1:9093/hook", "svc").unwrap();
         assert_eq!((w.host.as_str(), w.port, w.path.as_str()), ("127.0.0.1", 9093, "/hook"));
-        assert!(Webhook::parse("https://x").is_err());
-        assert!(Webhook::parse("http://:80/").is_err());
+        assert!(Webhook::parse("https://x", "svc").is_err());
+        assert!(Webhook::parse("http://:80/", "svc").is_err());
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }
@@ -163,7 +170,7 @@ mod tests {
             String::from_utf8_lossy(&buf[..n]).to_string()
         });
         let ev = AlertEvent {
-            alert: "GembaSLOBurnRatePage".into(),
+            alert: "SvcSLOBurnRatePage".into(),
             slo: "read_table-availability".into(),
             tool: "read_table".into(),
             severity: "page".into(),
@@ -172,9 +179,10 @@ mod tests {
             summary: "s".into(),
             runbook: "docs/runbooks.md#slo-burn-rate".into(),
         };
-        Webhook::parse(&url).unwrap().send(&[ev]).unwrap();
+        Webhook::parse(&url, "svc").unwrap().send(&[ev]).unwrap();
         let got = h.join().unwrap();
         assert!(got.starts_with("POST /alerts HTTP/1.1"));
-        assert!(got.contains("\"alertname\":\"GembaSLOBurnRatePage\""));
+        assert!(got.contains("\"alertname\":\"SvcSLOBurnRatePage\""));
+        assert!(got.contains("\"service\":\"svc\""));
     }
 }

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use crate::buckets::{EDGES_SECONDS, OTEL_EDGES_SECONDS, grouped};
 use crate::outcome::Outcome;
 use crate::process::process_stats;
-use crate::recorder::{PROTOCOLS, Recorder, TRANSPORTS};
+use crate::recorder::Recorder;
 use crate::windows::WINDOWS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,9 @@ fn hist(
 impl Collector for KaizenCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let r = &self.0;
-        let names: Vec<&str> = r.names().iter().map(String::as_str).collect();
+        let naming = r.naming();
+        let m = |suffix: &str| naming.metric(suffix);
+        let op = naming.op_label.as_str();
         let ops: Vec<_> = r.ops().collect();
 
         let mut requests = Vec::new();
@@ -101,18 +103,19 @@ impl Collector for KaizenCollector {
             for o in Outcome::ALL {
                 let v = s.requests[o as usize].load(Ordering::Relaxed);
                 if v > 0 || o == Outcome::Ok {
-                    requests.push((vec![("tool", *name), ("outcome", o.as_str())], v as f64));
+                    requests.push((vec![(op, *name), ("outcome", o.as_str())], v as f64));
                 }
             }
         }
-        counter(&mut enc, "gemba_tool_requests", "Requests by tool (or protocol method) and outcome.", &requests)?;
+        counter(&mut enc, &m("tool_requests"), "Requests by tool (or protocol method) and outcome.", &requests)?;
         let in_flight: Vec<_> =
-            ops.iter().map(|(n, s)| (vec![("tool", *n)], s.in_flight.load(Ordering::Relaxed) as f64)).collect();
-        gauge(&mut enc, "gemba_tool_in_flight", "Requests being served now.", &in_flight)?;
+            ops.iter().map(|(n, s)| (vec![(op, *n)], s.in_flight.load(Ordering::Relaxed) as f64)).collect();
+        gauge(&mut enc, &m("tool_in_flight"), "Requests being served now.", &in_flight)?;
 
         {
-            let mut m = enc.encode_descriptor(
-                "gemba_tool_duration_seconds",
+            let name = m("tool_duration_seconds");
+            let mut h = enc.encode_descriptor(
+                &name,
                 "Time from a request's arrival to its answer, by tool.",
                 None,
                 MetricType::Histogram,
@@ -121,8 +124,8 @@ impl Collector for KaizenCollector {
                 let mut acc = [0u64; 24];
                 let (mut sum, mut count) = (0.0, 0);
                 for o in Outcome::ALL {
-                    for p in 0..PROTOCOLS.len() {
-                        for t in 0..TRANSPORTS.len() {
+                    for p in 0..naming.protocol_count() {
+                        for t in 0..naming.transport_count() {
                             let b = s.duration(o, p, t);
                             b.add_into(&mut acc);
                             sum += b.sum_seconds();
@@ -130,13 +133,14 @@ impl Collector for KaizenCollector {
                         }
                     }
                 }
-                let labels = [("tool", *name)];
-                hist(&mut m, &labels, &acc, sum, count, &EDGES_SECONDS)?;
+                let labels = [(op, *name)];
+                hist(&mut h, &labels, &acc, sum, count, &EDGES_SECONDS)?;
             }
         }
         {
-            let mut m = enc.encode_descriptor(
-                "gemba_tool_queue_seconds",
+            let name = m("tool_queue_seconds");
+            let mut h = enc.encode_descriptor(
+                &name,
                 "Time a request waited before its work started, by tool.",
                 None,
                 MetricType::Histogram,
@@ -144,28 +148,28 @@ impl Collector for KaizenCollector {
             for (name, s) in &ops {
                 let mut acc = [0u64; 24];
                 s.queue.add_into(&mut acc);
-                let labels = [("tool", *name)];
-                hist(&mut m, &labels, &acc, s.queue.sum_seconds(), s.queue.count(), &EDGES_SECONDS)?;
+                let labels = [(op, *name)];
+                hist(&mut h, &labels, &acc, s.queue.sum_seconds(), s.queue.count(), &EDGES_SECONDS)?;
             }
         }
         let per_op = |f: &dyn Fn(&crate::recorder::OpStats) -> u64| -> Vec<(Labels, f64)> {
-            ops.iter().map(|(n, s)| (vec![("tool", *n)], f(s) as f64)).collect()
+            ops.iter().map(|(n, s)| (vec![(op, *n)], f(s) as f64)).collect()
         };
         counter(
             &mut enc,
-            "gemba_tool_request_bytes",
+            &m("tool_request_bytes"),
             "Request bytes received, by tool.",
             &per_op(&|s| s.request_bytes.load(Ordering::Relaxed)),
         )?;
         counter(
             &mut enc,
-            "gemba_tool_response_bytes",
+            &m("tool_response_bytes"),
             "Response bytes sent, by tool.",
             &per_op(&|s| s.response_bytes.load(Ordering::Relaxed)),
         )?;
         counter(
             &mut enc,
-            "gemba_tool_rows",
+            &m("tool_rows"),
             "Rows (or items) returned, by tool.",
             &per_op(&|s| s.rows.load(Ordering::Relaxed)),
         )?;
@@ -174,25 +178,25 @@ impl Collector for KaizenCollector {
             for (i, st) in r.stage_names().iter().enumerate() {
                 let v = s.stage_nanos[i].load(Ordering::Relaxed);
                 if v > 0 {
-                    stages.push((vec![("tool", *n), ("stage", st.as_str())], v as f64 / 1e9));
+                    stages.push((vec![(op, *n), ("stage", st.as_str())], v as f64 / 1e9));
                 }
             }
         }
         counter(
             &mut enc,
-            "gemba_tool_stage_seconds",
+            &m("tool_stage_seconds"),
             "Time spent in each stage of a request (value stream), by tool.",
             &stages,
         )?;
         counter(
             &mut enc,
-            "gemba_kaizen_dropped_events",
+            &m("kaizen_dropped_events"),
             "Measurement events dropped because the aggregator queue was full.",
             &[(vec![], r.dropped_events.load(Ordering::Relaxed) as f64)],
         )?;
         counter(
             &mut enc,
-            "gemba_kaizen_dropped_log_rows",
+            &m("kaizen_dropped_log_rows"),
             "Request-log rows dropped because the writer queue was full.",
             &[(vec![], r.dropped_log_rows.load(Ordering::Relaxed) as f64)],
         )?;
@@ -200,84 +204,78 @@ impl Collector for KaizenCollector {
         let p = process_stats();
         gauge(
             &mut enc,
-            "gemba_process_resident_memory_bytes",
+            &m("process_resident_memory_bytes"),
             "Resident memory of the server process.",
             &[(vec![], p.resident_memory_bytes as f64)],
         )?;
         counter(
             &mut enc,
-            "gemba_process_cpu_seconds",
+            &m("process_cpu_seconds"),
             "CPU time used by the server process.",
             &[(vec![], p.cpu_seconds)],
         )?;
-        gauge(&mut enc, "gemba_process_open_fds", "Open file descriptors.", &[(vec![], p.open_fds as f64)])?;
+        gauge(&mut enc, &m("process_open_fds"), "Open file descriptors.", &[(vec![], p.open_fds as f64)])?;
         gauge(
             &mut enc,
-            "gemba_process_memory_limit_bytes",
+            &m("process_memory_limit_bytes"),
             "Memory the process may use (cgroup limit, else the machine's memory).",
             &[(vec![], p.memory_limit_bytes as f64)],
         )?;
-        gauge(&mut enc, "gemba_process_threads", "Threads of the server process.", &[(vec![], p.threads as f64)])?;
+        gauge(&mut enc, &m("process_threads"), "Threads of the server process.", &[(vec![], p.threads as f64)])?;
 
-        // OpenTelemetry MCP semantic conventions, from the same counters.
-        {
-            let mut m = enc.encode_descriptor(
-                "mcp_server_operation_duration_seconds",
-                "MCP request duration (OpenTelemetry MCP semantic conventions).",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (i, (_, s)) in ops.iter().enumerate() {
-                let spec = &r.specs()[i];
-                for o in Outcome::ALL {
-                    for (pi, proto) in PROTOCOLS.iter().enumerate() {
-                        for (ti, transport) in TRANSPORTS.iter().enumerate() {
-                            let b = s.duration(o, pi, ti);
-                            if b.count() == 0 {
-                                continue;
+        // A semantic convention's histograms (OpenTelemetry's MCP conventions, say), from the
+        // same counters.
+        if let Some(sc) = &naming.semantic_convention {
+            let protocols: Vec<&str> = naming.protocol_labels().collect();
+            {
+                let mut h =
+                    enc.encode_descriptor(&sc.operation_metric, &sc.operation_help, None, MetricType::Histogram)?;
+                for (i, (_, s)) in ops.iter().enumerate() {
+                    let spec = &r.specs()[i];
+                    for o in Outcome::ALL {
+                        for (pi, proto) in protocols.iter().enumerate() {
+                            for (ti, transport) in naming.transports.iter().enumerate() {
+                                let b = s.duration(o, pi, ti);
+                                if b.count() == 0 {
+                                    continue;
+                                }
+                                let mut acc = [0u64; 24];
+                                b.add_into(&mut acc);
+                                let error_type = if o == Outcome::Ok { "" } else { o.as_str() };
+                                let labels = [
+                                    (sc.method_label.as_str(), spec.method.as_str()),
+                                    (sc.target_label.as_str(), spec.target.as_deref().unwrap_or("")),
+                                    (sc.error_label.as_str(), error_type),
+                                    (sc.transport_label.as_str(), transport.as_str()),
+                                    (sc.protocol_label.as_str(), proto),
+                                ];
+                                hist(&mut h, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                             }
-                            let mut acc = [0u64; 24];
-                            b.add_into(&mut acc);
-                            let error_type = if o == Outcome::Ok { "" } else { o.as_str() };
-                            let labels = [
-                                ("mcp_method_name", spec.method.as_str()),
-                                ("gen_ai_tool_name", spec.target.as_deref().unwrap_or("")),
-                                ("error_type", error_type),
-                                ("network_transport", transport),
-                                ("mcp_protocol_version", proto),
-                            ];
-                            hist(&mut m, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                         }
                     }
                 }
             }
-        }
-        {
-            let mut m = enc.encode_descriptor(
-                "mcp_server_session_duration_seconds",
-                "MCP session duration (OpenTelemetry MCP semantic conventions).",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (pi, proto) in PROTOCOLS.iter().enumerate() {
-                for (ti, transport) in TRANSPORTS.iter().enumerate() {
+            let mut h = enc.encode_descriptor(&sc.session_metric, &sc.session_help, None, MetricType::Histogram)?;
+            for (pi, proto) in protocols.iter().enumerate() {
+                for (ti, transport) in naming.transports.iter().enumerate() {
                     let b = r.sessions(pi, ti);
                     if b.count() == 0 {
                         continue;
                     }
                     let mut acc = [0u64; 24];
                     b.add_into(&mut acc);
-                    let labels = [("network_transport", *transport), ("mcp_protocol_version", *proto)];
-                    hist(&mut m, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
+                    let labels =
+                        [(sc.transport_label.as_str(), transport.as_str()), (sc.protocol_label.as_str(), *proto)];
+                    hist(&mut h, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                 }
             }
         }
 
         for (name, help, b) in r.histograms() {
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            let mut h = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
             let mut acc = [0u64; 24];
             b.add_into(&mut acc);
-            hist(&mut m, &[], &acc, b.sum_seconds(), b.count(), &EDGES_SECONDS)?;
+            hist(&mut h, &[], &acc, b.sum_seconds(), b.count(), &EDGES_SECONDS)?;
         }
 
         // Extra samples from the embedding program, grouped into families by name.
@@ -300,7 +298,6 @@ impl Collector for KaizenCollector {
                 }
             }
         }
-        let _ = names;
         Ok(())
     }
 }

@@ -7,10 +7,15 @@
 //! - `store`: the SQLite request log, written off the hot path
 //! - `process`: RSS, CPU, file descriptors, disk
 //! - `statsd`: optional UDP push
+//! - `naming`: the names exports carry, all given by the embedder
+//! - `slo`, `sli`: objectives and their in-process judge (an `Observer` of finished requests)
+//! - `operational`: threshold alerts over the embedder's signals; `event`, `alerts`: delivery
 
 pub mod alerts;
 pub mod buckets;
+pub mod event;
 pub mod exposition;
+pub mod naming;
 pub mod operational;
 pub mod outcome;
 pub mod process;
@@ -21,5 +26,6 @@ pub mod statsd;
 pub mod store;
 pub mod windows;
 
+pub use naming::Naming;
 pub use outcome::Outcome;
-pub use recorder::{Completion, OpId, OpSpec, Recorder, Timer};
+pub use recorder::{Completion, Finished, Observer, OpId, OpSpec, Recorder, Timer};

@@ -1,177 +1,155 @@
-//! Operational alerts from seed 000's alerting section, evaluated in process beside the SLO
-//! alerts and rendered as Prometheus rules from the same thresholds: error-rate spike, recalc
-//! circuit breaker open, memory near its limit, low cache hit rate, retry storm, usage spike,
-//! long-running recalculation.
+//! Operational alerts (seed 000's alerting section), generic: the embedder declares rules over
+//! named signals it reports each evaluation (counters as totals since start, gauges as they
+//! are), each with how long its condition must hold and the PromQL that says the same thing in
+//! Prometheus. Kaizen evaluates them in process and renders them as one rule group, so the two
+//! judges cannot drift apart.
 
 use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::sli::AlertEvent;
+use crate::event::AlertEvent;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OperationalConfig {
-    /// Share of requests that are `internal` or `timeout` over 5 min (HighErrorRate), for 2 min.
-    pub error_rate: f64,
-    /// Resident memory over this share of the limit (MemoryExhaustion), for 5 min.
-    pub memory_fraction: f64,
-    /// Cache hit rate under this (LowCacheHitRate), for 15 min, with at least `min_lookups`.
-    pub cache_hit_rate: f64,
-    pub min_lookups: u64,
-    /// Recalc retries per second over 5 min (HighRetryRate), for 5 min.
-    pub retries_per_second: f64,
-    /// Request rate over 5 min above this many times its 1 h average (UsageSpike), for 10 min.
-    pub usage_spike_factor: f64,
-    /// A recalculation running longer than this many seconds (LongRunningRecalc).
-    pub recalc_seconds: f64,
-    /// Minutes the recalc breaker must stay open (CircuitBreakerOpen).
-    pub breaker_open_minutes: u64,
+/// Signal values at one evaluation: counters are totals since start, gauges are current.
+pub type Signals = Vec<(String, f64)>;
+
+/// What must be true for a rule to fire.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    /// A gauge above `threshold`; with `per`, the gauge as a share of another (a zero or
+    /// missing denominator never holds).
+    Above { signal: String, per: Option<String>, threshold: f64 },
+    /// Over `window_secs`: the increase of the `num` counters divided by the increase of the `den`
+    /// counters, above (or, with `below`, under) `threshold`, once `den` grew by `min_den`.
+    Ratio { num: Vec<String>, den: Vec<String>, window_secs: u64, below: bool, threshold: f64, min_den: f64 },
+    /// A counter's rate per second over `window_secs` above `threshold`.
+    Rate { signal: String, window_secs: u64, threshold: f64 },
+    /// A counter's rate over `short_secs` above `factor` times its rate over `long_secs`, with at
+    /// least `min_increase` in the short window and half the long window of history.
+    Spike { signal: String, short_secs: u64, long_secs: u64, factor: f64, min_increase: f64 },
 }
 
-impl Default for OperationalConfig {
-    fn default() -> Self {
-        Self {
-            error_rate: 0.1,
-            memory_fraction: 0.9,
-            cache_hit_rate: 0.5,
-            min_lookups: 20,
-            retries_per_second: 10.0,
-            usage_spike_factor: 2.0,
-            recalc_seconds: 120.0,
-            breaker_open_minutes: 5,
-        }
-    }
+/// One operational alert.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// "page", "ticket" or "info".
+    pub severity: String,
+    /// How long the condition must hold before the alert fires.
+    pub hold_secs: u64,
+    /// The runbook section (anchor) the alert links to.
+    pub runbook_anchor: String,
+    pub summary: String,
+    pub condition: Condition,
+    /// The same condition in PromQL, and its `for:` duration, for the rule file.
+    pub promql: String,
+    pub prom_for: String,
 }
 
-/// What the process reports each evaluation (counters are totals since start).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Signals {
-    pub requests: u64,
-    pub server_errors: u64,
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub retries: u64,
-    pub rss_bytes: u64,
-    pub memory_limit_bytes: u64,
-    pub breaker_open: bool,
-    pub longest_recalc_seconds: f64,
-}
-
-struct Rule {
-    name: &'static str,
-    severity: &'static str,
-    /// How long the condition must hold.
-    hold_secs: u64,
-    anchor: &'static str,
-}
-
-const RULES: [Rule; 7] = [
-    Rule { name: "GembaHighErrorRate", severity: "page", hold_secs: 120, anchor: "high-error-rate" },
-    Rule { name: "GembaCircuitBreakerOpen", severity: "page", hold_secs: 300, anchor: "circuit-breaker-open" },
-    Rule { name: "GembaMemoryExhaustion", severity: "page", hold_secs: 300, anchor: "memory-exhaustion" },
-    Rule { name: "GembaLowCacheHitRate", severity: "ticket", hold_secs: 900, anchor: "low-cache-hit-rate" },
-    Rule { name: "GembaHighRetryRate", severity: "ticket", hold_secs: 300, anchor: "high-retry-rate" },
-    Rule { name: "GembaUsageSpike", severity: "info", hold_secs: 600, anchor: "usage-spike" },
-    Rule { name: "GembaLongRunningRecalc", severity: "info", hold_secs: 0, anchor: "long-running-recalc" },
-];
+/// History kept for the longest window (an hour and a bit).
+const KEEP_SECS: u64 = 3_700;
 
 pub struct Operational {
-    cfg: OperationalConfig,
+    rules: Vec<Rule>,
     runbook: String,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    /// (time, signals), one per evaluation, kept for an hour.
-    history: VecDeque<(u64, Signals)>,
+    /// (time, signal values), one per evaluation.
+    history: VecDeque<(u64, HashMap<String, f64>)>,
     /// Since when each rule's condition has held.
-    since: HashMap<&'static str, u64>,
-    firing: HashMap<&'static str, bool>,
+    since: HashMap<String, u64>,
+    firing: HashMap<String, bool>,
 }
 
-fn rate(history: &VecDeque<(u64, Signals)>, now: u64, window: u64, f: impl Fn(&Signals) -> u64) -> Option<f64> {
-    let (t_last, last) = history.back()?;
-    let (t0, first) = history.iter().find(|(t, _)| *t + window >= now)?;
-    let dt = t_last.saturating_sub(*t0);
-    (dt > 0).then(|| f(last).saturating_sub(f(first)) as f64 / dt as f64)
+fn value(s: &HashMap<String, f64>, names: &[String]) -> f64 {
+    names.iter().map(|n| s.get(n).copied().unwrap_or(0.0)).sum()
 }
 
-fn delta(history: &VecDeque<(u64, Signals)>, now: u64, window: u64, f: impl Fn(&Signals) -> u64) -> u64 {
-    match (history.iter().find(|(t, _)| *t + window >= now), history.back()) {
-        (Some((_, a)), Some((_, b))) => f(b).saturating_sub(f(a)),
-        _ => 0,
+/// The increase of `names` (summed) over the window ending at the last evaluation, and the
+/// seconds it spans.
+fn increase(h: &VecDeque<(u64, HashMap<String, f64>)>, now: u64, window: u64, names: &[String]) -> Option<(f64, u64)> {
+    let (t_last, last) = h.back()?;
+    let (t0, first) = h.iter().find(|(t, _)| *t + window >= now)?;
+    Some(((value(last, names) - value(first, names)).max(0.0), t_last.saturating_sub(*t0)))
+}
+
+fn holds(c: &Condition, h: &VecDeque<(u64, HashMap<String, f64>)>, now: u64) -> bool {
+    let Some((_, cur)) = h.back() else { return false };
+    match c {
+        Condition::Above { signal, per, threshold } => {
+            let v = cur.get(signal).copied().unwrap_or(0.0);
+            match per {
+                Some(d) => cur.get(d).is_some_and(|d| *d > 0.0 && v / d > *threshold),
+                None => v > *threshold,
+            }
+        }
+        Condition::Ratio { num, den, window_secs, below, threshold, min_den } => {
+            match (increase(h, now, *window_secs, num), increase(h, now, *window_secs, den)) {
+                (Some((n, _)), Some((d, _))) if d >= *min_den && d > 0.0 => {
+                    let r = n / d;
+                    if *below { r < *threshold } else { r > *threshold }
+                }
+                _ => false,
+            }
+        }
+        Condition::Rate { signal, window_secs, threshold } => {
+            increase(h, now, *window_secs, std::slice::from_ref(signal))
+                .is_some_and(|(inc, dt)| dt > 0 && inc / dt as f64 > *threshold)
+        }
+        Condition::Spike { signal, short_secs, long_secs, factor, min_increase } => {
+            let enough_history = h.front().is_some_and(|(t, _)| now.saturating_sub(*t) >= long_secs / 2);
+            let names = std::slice::from_ref(signal);
+            match (increase(h, now, *short_secs, names), increase(h, now, *long_secs, names)) {
+                (Some((si, sdt)), Some((li, ldt))) if enough_history && sdt > 0 && ldt > 0 => {
+                    let (short, long) = (si / sdt as f64, li / ldt as f64);
+                    si >= *min_increase && long > 0.0 && short > factor * long
+                }
+                _ => false,
+            }
+        }
     }
 }
 
 impl Operational {
-    pub fn new(cfg: OperationalConfig, runbook: &str) -> Self {
-        Self { cfg, runbook: runbook.into(), state: Mutex::new(State::default()) }
+    pub fn new(rules: Vec<Rule>, runbook: &str) -> Self {
+        Self { rules, runbook: runbook.into(), state: Mutex::new(State::default()) }
     }
 
-    /// Which conditions hold now, by rule name.
-    fn conditions(&self, h: &VecDeque<(u64, Signals)>, now: u64, s: &Signals) -> Vec<(&'static str, bool)> {
-        let c = &self.cfg;
-        let req5 = delta(h, now, 300, |x| x.requests);
-        let err5 = delta(h, now, 300, |x| x.server_errors);
-        let lookups15 = delta(h, now, 900, |x| x.cache_hits + x.cache_misses);
-        let hits15 = delta(h, now, 900, |x| x.cache_hits);
-        let rate5 = rate(h, now, 300, |x| x.requests);
-        let rate1h = rate(h, now, 3600, |x| x.requests);
-        let hour_of_data = h.front().is_some_and(|(t, _)| now.saturating_sub(*t) >= 1800);
-        vec![
-            ("GembaHighErrorRate", req5 >= 10 && err5 as f64 / req5.max(1) as f64 > c.error_rate),
-            ("GembaCircuitBreakerOpen", s.breaker_open),
-            (
-                "GembaMemoryExhaustion",
-                s.memory_limit_bytes > 0 && s.rss_bytes as f64 > c.memory_fraction * s.memory_limit_bytes as f64,
-            ),
-            (
-                "GembaLowCacheHitRate",
-                lookups15 >= c.min_lookups && (hits15 as f64 / lookups15 as f64) < c.cache_hit_rate,
-            ),
-            ("GembaHighRetryRate", rate(h, now, 300, |x| x.retries).is_some_and(|r| r > c.retries_per_second)),
-            (
-                "GembaUsageSpike",
-                hour_of_data
-                    && matches!((rate5, rate1h), (Some(a), Some(b)) if b > 0.0 && a > c.usage_spike_factor * b && req5 >= 100),
-            ),
-            ("GembaLongRunningRecalc", s.longest_recalc_seconds > c.recalc_seconds),
-        ]
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 
-    /// Record the signals at `now` and return alert transitions.
-    pub fn evaluate(&self, now: u64, s: Signals) -> Vec<AlertEvent> {
+    /// Record the signals at `now` (unix seconds) and return alert transitions.
+    pub fn evaluate(&self, now: u64, signals: Signals) -> Vec<AlertEvent> {
         let mut st = self.state.lock();
-        st.history.push_back((now, s));
-        while st.history.front().is_some_and(|(t, _)| *t + 3700 < now) {
+        st.history.push_back((now, signals.into_iter().collect()));
+        while st.history.front().is_some_and(|(t, _)| *t + KEEP_SECS < now) {
             st.history.pop_front();
         }
-        let conds = self.conditions(&st.history, now, &s);
         let mut out = Vec::new();
-        for (name, holds) in conds {
-            let Some(rule) = RULES.iter().find(|r| r.name == name) else { continue };
-            if holds {
-                st.since.entry(name).or_insert(now);
+        for rule in &self.rules {
+            if holds(&rule.condition, &st.history, now) {
+                st.since.entry(rule.name.clone()).or_insert(now);
             } else {
-                st.since.remove(name);
+                st.since.remove(&rule.name);
             }
-            let should = st.since.get(name).is_some_and(|t| now.saturating_sub(*t) >= rule.hold_secs);
-            let was = st.firing.get(name).copied().unwrap_or(false);
+            let should = st.since.get(&rule.name).is_some_and(|t| now.saturating_sub(*t) >= rule.hold_secs);
+            let was = st.firing.get(&rule.name).copied().unwrap_or(false);
             if should != was {
-                st.firing.insert(name, should);
+                st.firing.insert(rule.name.clone(), should);
                 out.push(AlertEvent {
-                    alert: name.into(),
+                    alert: rule.name.clone(),
                     slo: String::new(),
                     tool: String::new(),
-                    severity: rule.severity.into(),
+                    severity: rule.severity.clone(),
                     status: if should { "firing" } else { "resolved" }.into(),
                     at_secs: now,
-                    summary: summary(name, &self.cfg),
-                    runbook: format!("{}#{}", self.runbook, rule.anchor),
+                    summary: rule.summary.clone(),
+                    runbook: format!("{}#{}", self.runbook, rule.runbook_anchor),
                 });
             }
         }
@@ -181,130 +159,156 @@ impl Operational {
     /// Names of the alerts firing now.
     pub fn firing(&self) -> Vec<String> {
         let st = self.state.lock();
-        let mut v: Vec<String> = st.firing.iter().filter(|(_, on)| **on).map(|(k, _)| k.to_string()).collect();
+        let mut v: Vec<String> = st.firing.iter().filter(|(_, on)| **on).map(|(k, _)| k.clone()).collect();
         v.sort();
         v
     }
 }
 
-fn summary(name: &str, c: &OperationalConfig) -> String {
-    match name {
-        "GembaHighErrorRate" => {
-            format!("more than {:.0}% of requests failed on the server for 2 minutes", c.error_rate * 100.0)
-        }
-        "GembaCircuitBreakerOpen" => {
-            format!("the recalc circuit breaker has been open for {} minutes", c.breaker_open_minutes)
-        }
-        "GembaMemoryExhaustion" => {
-            format!("resident memory above {:.0}% of its limit for 5 minutes", c.memory_fraction * 100.0)
-        }
-        "GembaLowCacheHitRate" => {
-            format!("workbook cache hit rate below {:.0}% for 15 minutes", c.cache_hit_rate * 100.0)
-        }
-        "GembaHighRetryRate" => format!("recalc retries above {}/s for 5 minutes", c.retries_per_second),
-        "GembaUsageSpike" => format!("request rate {}x its hourly average for 10 minutes", c.usage_spike_factor),
-        _ => format!("a recalculation has run for more than {} s", c.recalc_seconds),
-    }
-}
-
-/// The same alerts as Prometheus alerting rules.
-pub fn prometheus_rules(c: &OperationalConfig, runbook: &str) -> Value {
-    let f = |x: f64| format!("{x}");
-    let exprs: [(&str, String, &str); 7] = [
-        (
-            "GembaHighErrorRate",
-            format!(
-                "sum(rate(gemba_tool_requests_total{{outcome=~\"internal|timeout\"}}[5m])) / sum(rate(gemba_tool_requests_total[5m])) > {} and sum(increase(gemba_tool_requests_total[5m])) >= 10",
-                f(c.error_rate)
-            ),
-            "2m",
-        ),
-        ("GembaCircuitBreakerOpen", "max(gemba_recalc_breaker_state) == 1".into(), "5m"),
-        (
-            "GembaMemoryExhaustion",
-            format!(
-                "gemba_process_resident_memory_bytes / gemba_process_memory_limit_bytes > {}",
-                f(c.memory_fraction)
-            ),
-            "5m",
-        ),
-        (
-            "GembaLowCacheHitRate",
-            format!(
-                "sum(increase(gemba_cache_hits_total[15m])) / (sum(increase(gemba_cache_hits_total[15m])) + sum(increase(gemba_cache_misses_total[15m]))) < {} and (sum(increase(gemba_cache_hits_total[15m])) + sum(increase(gemba_cache_misses_total[15m]))) >= {}",
-                f(c.cache_hit_rate),
-                c.min_lookups
-            ),
-            "15m",
-        ),
-        (
-            "GembaHighRetryRate",
-            format!("sum(rate(gemba_recalc_retries_total[5m])) > {}", f(c.retries_per_second)),
-            "5m",
-        ),
-        (
-            "GembaUsageSpike",
-            format!(
-                "sum(rate(gemba_tool_requests_total[5m])) > {} * avg_over_time(sum(rate(gemba_tool_requests_total[5m]))[1h:1m])",
-                f(c.usage_spike_factor)
-            ),
-            "10m",
-        ),
-        ("GembaLongRunningRecalc", format!("max(gemba_recalc_running_seconds) > {}", f(c.recalc_seconds)), "1m"),
-    ];
-    let rules: Vec<Value> = exprs
+/// The rules as one Prometheus alerting-rule group named `group`, labelled with `service`.
+pub fn prometheus_group(group: &str, rules: &[Rule], service: &str, runbook: &str) -> Value {
+    let rules: Vec<Value> = rules
         .iter()
-        .map(|(name, expr, hold)| {
-            let rule = RULES.iter().find(|r| r.name == *name).map(|r| (r.severity, r.anchor)).unwrap_or(("info", ""));
+        .map(|r| {
             json!({
-                "alert": name,
-                "expr": expr,
-                "for": hold,
-                "labels": {"severity": rule.0, "service": "gemba"},
-                "annotations": {"summary": summary(name, c), "runbook_url": format!("{runbook}#{}", rule.1)},
+                "alert": r.name,
+                "expr": r.promql,
+                "for": r.prom_for,
+                "labels": {"severity": r.severity, "service": service},
+                "annotations": {"summary": r.summary, "runbook_url": format!("{runbook}#{}", r.runbook_anchor)},
             })
         })
         .collect();
-    json!({"name": "gemba-operational", "interval": "30s", "rules": rules})
+    json!({"name": group, "interval": "30s", "rules": rules})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn rule(name: &str, hold_secs: u64, condition: Condition) -> Rule {
+        Rule {
+            name: name.into(),
+            severity: "page".into(),
+            hold_secs,
+            runbook_anchor: name.to_lowercase(),
+            summary: format!("{name} holds"),
+            condition,
+            promql: "vector(1)".into(),
+            prom_for: "1m".into(),
+        }
+    }
+
+    fn rules() -> Vec<Rule> {
+        let s = |x: &str| x.to_string();
+        vec![
+            rule(
+                "Errors",
+                120,
+                Condition::Ratio {
+                    num: vec![s("errors")],
+                    den: vec![s("requests")],
+                    window_secs: 300,
+                    below: false,
+                    threshold: 0.1,
+                    min_den: 10.0,
+                },
+            ),
+            rule("Memory", 300, Condition::Above { signal: s("rss"), per: Some(s("limit")), threshold: 0.9 }),
+            rule(
+                "LowHits",
+                900,
+                Condition::Ratio {
+                    num: vec![s("hits")],
+                    den: vec![s("hits"), s("misses")],
+                    window_secs: 900,
+                    below: true,
+                    threshold: 0.5,
+                    min_den: 20.0,
+                },
+            ),
+            rule(
+                "Spike",
+                600,
+                Condition::Spike {
+                    signal: s("requests"),
+                    short_secs: 300,
+                    long_secs: 3600,
+                    factor: 2.0,
+                    min_increase: 100.0,
+                },
+            ),
+        ]
+    }
+
+    fn signals(requests: f64, errors: f64, hits: f64, misses: f64, rss: f64) -> Signals {
+        [
+            ("requests", requests),
+            ("errors", errors),
+            ("hits", hits),
+            ("misses", misses),
+            ("rss", rss),
+            ("limit", 1000.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     #[test]
     fn conditions_must_hold_for_their_duration() {
-        let o = Operational::new(OperationalConfig::default(), "docs/runbooks.md");
-        let mut s = Signals { memory_limit_bytes: 1000, rss_bytes: 950, ..Default::default() };
+        let o = Operational::new(rules(), "docs/runbooks.md");
+        let (mut req, mut err, mut hits, mut misses) = (0.0, 0.0, 0.0, 0.0);
         let mut fired = Vec::new();
         for t in (0..=600).step_by(10) {
-            s.requests += 100;
-            s.server_errors += 50; // 50 % server errors
-            s.cache_hits += 1;
-            s.cache_misses += 9;
-            for e in o.evaluate(1_000 + t, s) {
+            req += 100.0;
+            err += 50.0; // 50 % server errors
+            hits += 1.0;
+            misses += 9.0;
+            for e in o.evaluate(1_000 + t, signals(req, err, hits, misses, 950.0)) {
                 fired.push((t, e.alert, e.status));
             }
         }
         let at = |n: &str| fired.iter().find(|(_, a, st)| a == n && st == "firing").map(|(t, _, _)| *t);
-        // The rate needs two samples (t = 10), then must hold for 2 minutes.
-        assert_eq!(at("GembaHighErrorRate"), Some(130));
-        assert_eq!(at("GembaMemoryExhaustion"), Some(300));
-        assert_eq!(at("GembaLowCacheHitRate"), None, "needs 15 minutes");
-        assert_eq!(at("GembaUsageSpike"), None, "steady traffic is no spike");
+        // The ratio needs two samples (t = 10), then must hold for 2 minutes.
+        assert_eq!(at("Errors"), Some(130));
+        assert_eq!(at("Memory"), Some(300));
+        assert_eq!(at("LowHits"), None, "needs 15 minutes");
+        assert_eq!(at("Spike"), None, "steady traffic is no spike");
+        assert_eq!(o.firing(), vec!["Errors".to_string(), "Memory".to_string()]);
         // Healthy again: they resolve.
-        s.rss_bytes = 100;
         let resolved: Vec<String> = (1..=40)
             .flat_map(|k| {
-                s.requests += 100;
-                o.evaluate(1_600 + k * 10, s)
+                req += 100.0;
+                o.evaluate(1_600 + k * 10, signals(req, err, hits, misses, 100.0))
             })
             .filter(|e| e.status == "resolved")
             .map(|e| e.alert)
             .collect();
-        assert!(
-            resolved.contains(&"GembaHighErrorRate".to_string())
-                && resolved.contains(&"GembaMemoryExhaustion".to_string())
-        );
+        assert!(resolved.contains(&"Errors".to_string()) && resolved.contains(&"Memory".to_string()));
+    }
+
+    #[test]
+    fn a_spike_needs_history_and_volume() {
+        let o = Operational::new(rules(), "r");
+        let mut req = 0.0;
+        let mut first = None;
+        // 40 minutes at 1/s, then 10/s.
+        for t in (0..4_800).step_by(10) {
+            req += if t < 2_400 { 10.0 } else { 100.0 };
+            if o.evaluate(t, signals(req, 0.0, 0.0, 0.0, 0.0)).iter().any(|e| e.alert == "Spike") && first.is_none() {
+                first = Some(t);
+            }
+        }
+        let first = first.expect("the spike fired");
+        assert!((3_000..=3_100).contains(&first), "fired at {first}");
+    }
+
+    #[test]
+    fn the_group_renders_every_rule() {
+        let g = prometheus_group("svc-operational", &rules(), "svc", "docs/runbooks.md");
+        assert_eq!(g["rules"].as_array().map(Vec::len), Some(4));
+        assert_eq!(g["rules"][0]["labels"]["service"], "svc");
+        assert_eq!(g["rules"][0]["annotations"]["runbook_url"], "docs/runbooks.md#errors");
     }
 }

@@ -15,18 +15,22 @@ pub enum Outcome {
     Internal = 4,
     /// Refused before any work (overload, auth, limits).
     Rejected = 5,
+    /// The client withdrew the request (a cancel notification, or it went away) before the
+    /// answer: neither the server's success nor its failure, so it stays out of availability.
+    Cancelled = 6,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::ToolError,
         Outcome::InvalidParams,
         Outcome::Timeout,
         Outcome::Internal,
         Outcome::Rejected,
+        Outcome::Cancelled,
     ];
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -36,6 +40,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Internal => "internal",
             Outcome::Rejected => "rejected",
+            Outcome::Cancelled => "cancelled",
         }
     }
 
@@ -46,5 +51,11 @@ impl Outcome {
     /// Whether the outcome spends availability error budget (the server's fault).
     pub fn is_server_error(self) -> bool {
         matches!(self, Outcome::Timeout | Outcome::Internal)
+    }
+
+    /// Whether the outcome says anything about the server at all: a request the client
+    /// cancelled has neither a real latency nor a success or failure, so SLIs leave it out.
+    pub fn is_judged(self) -> bool {
+        self != Outcome::Cancelled
     }
 }

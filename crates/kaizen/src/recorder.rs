@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::buckets::Buckets;
+use crate::naming::Naming;
 use crate::outcome::Outcome;
 use crate::store::Row;
 use crate::windows::OpWindows;
@@ -17,15 +18,6 @@ use crate::windows::OpWindows;
 /// An operation's index in the recorder (a tool, or a protocol method).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OpId(pub u16);
-
-/// Protocol versions as a closed label set; anything else is "other".
-pub const PROTOCOLS: [&str; 6] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28", "other"];
-/// Where the request came in ("pipe" for stdio, "tcp" for HTTP, as the OpenTelemetry conventions say).
-pub const TRANSPORTS: [&str; 2] = ["pipe", "tcp"];
-
-pub fn protocol_index(v: &str) -> usize {
-    PROTOCOLS.iter().position(|p| *p == v).unwrap_or(PROTOCOLS.len() - 1)
-}
 
 /// Most stages in a value-stream map.
 pub const MAX_STAGES: usize = 8;
@@ -36,6 +28,8 @@ pub struct OpStats {
     pub in_flight: AtomicI64,
     /// Duration by (outcome, protocol version, transport).
     duration: Vec<Buckets>,
+    protocols: usize,
+    transports: usize,
     pub queue: Buckets,
     pub request_bytes: AtomicU64,
     pub response_bytes: AtomicU64,
@@ -46,12 +40,14 @@ pub struct OpStats {
     pub stage_nanos: [AtomicU64; MAX_STAGES],
 }
 
-impl Default for OpStats {
-    fn default() -> Self {
+impl OpStats {
+    fn new(protocols: usize, transports: usize) -> Self {
         Self {
+            protocols,
+            transports,
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: AtomicI64::new(0),
-            duration: (0..Outcome::COUNT * PROTOCOLS.len() * TRANSPORTS.len()).map(|_| Buckets::default()).collect(),
+            duration: (0..Outcome::COUNT * protocols * transports).map(|_| Buckets::default()).collect(),
             queue: Buckets::default(),
             request_bytes: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
@@ -64,13 +60,16 @@ impl Default for OpStats {
 }
 
 impl OpStats {
-    fn slot(outcome: usize, proto: usize, transport: usize) -> usize {
-        (outcome * PROTOCOLS.len() + proto) * TRANSPORTS.len() + transport
+    fn slot(&self, outcome: usize, proto: usize, transport: usize) -> usize {
+        let proto = proto.min(self.protocols - 1);
+        let transport = transport.min(self.transports - 1);
+        (outcome * self.protocols + proto) * self.transports + transport
     }
 
-    /// The duration histogram of one (outcome, protocol, transport) combination.
+    /// The duration histogram of one (outcome, protocol, transport) combination (indices into
+    /// the naming's label sets; out-of-range indices count as the last label).
     pub fn duration(&self, outcome: Outcome, proto: usize, transport: usize) -> &Buckets {
-        &self.duration[Self::slot(outcome as usize, proto, transport)]
+        &self.duration[self.slot(outcome as usize, proto, transport)]
     }
 
     pub fn total_requests(&self) -> u64 {
@@ -88,9 +87,9 @@ pub struct Completion {
     pub cache_hit: Option<bool>,
     pub session: u64,
     pub args_hash: u64,
-    /// Index into `PROTOCOLS`.
+    /// Index into the naming's protocols (`Naming::protocol_index`).
     pub protocol: usize,
-    /// Index into `TRANSPORTS`.
+    /// Index into the naming's transports.
     pub transport: usize,
     pub queue: Duration,
     /// Stage durations (index into the recorder's stage names).
@@ -99,12 +98,30 @@ pub struct Completion {
     pub error: Option<(String, String)>,
 }
 
-/// One finished request, sent to the aggregator.
-struct Event {
-    op: u16,
-    micros: u64,
-    at: SystemTime,
-    completion: Completion,
+/// One finished request, as the aggregator hands it to observers (off the hot path).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The operation's index (`OpId.0`).
+    pub op: u16,
+    pub micros: u64,
+    pub at: SystemTime,
+    pub completion: Completion,
+}
+
+impl Finished {
+    pub fn outcome(&self) -> Outcome {
+        self.completion.outcome.unwrap_or(Outcome::Internal)
+    }
+
+    pub fn at_secs(&self) -> u64 {
+        unix_secs(self.at)
+    }
+}
+
+/// Something that learns from finished requests: SLIs, anomaly detection, experiments. Called
+/// on the aggregator thread with each batch (every ~20 ms), never on the request's path.
+pub trait Observer: Send + Sync {
+    fn observe(&self, batch: &[Finished]);
 }
 
 /// An operation the recorder knows, with the attributes exporters need.
@@ -121,21 +138,22 @@ pub struct OpSpec {
 pub type Provider = Box<dyn Fn(&mut Vec<crate::exposition::Sample>) + Send + Sync>;
 
 pub struct Recorder {
+    naming: Naming,
     specs: Vec<OpSpec>,
     names: Vec<String>,
     pub(crate) extra: OnceLock<Provider>,
-    sli: OnceLock<Arc<crate::sli::SliEngine>>,
+    observers: parking_lot::RwLock<Vec<Arc<dyn Observer>>>,
     sessions: Vec<Buckets>,
     /// Named histograms of other durations (e.g. loads), in `EDGES_SECONDS` buckets.
     histograms: Vec<(String, String, Buckets)>,
     stage_names: Vec<String>,
     ops: Vec<OpStats>,
-    tx: SyncSender<Event>,
+    tx: SyncSender<Finished>,
     pub dropped_events: AtomicU64,
     pub dropped_log_rows: AtomicU64,
     windows: Arc<Mutex<Vec<OpWindows>>>,
     log: Arc<OnceLock<SyncSender<Row>>>,
-    rx: Arc<Mutex<Receiver<Event>>>,
+    rx: Arc<Mutex<Receiver<Finished>>>,
     started: Instant,
     enabled: bool,
 }
@@ -155,12 +173,13 @@ const AGGREGATE_EVERY: Duration = Duration::from_millis(20);
 impl Recorder {
     /// A recorder for a closed set of operation names and stage names. `enabled: false` makes
     /// every call a no-op (for measuring the cost of measurement).
-    pub fn new(specs: Vec<OpSpec>, stage_names: Vec<String>, enabled: bool) -> Arc<Self> {
-        Self::with_histograms(specs, stage_names, Vec::new(), enabled)
+    pub fn new(naming: Naming, specs: Vec<OpSpec>, stage_names: Vec<String>, enabled: bool) -> Arc<Self> {
+        Self::with_histograms(naming, specs, stage_names, Vec::new(), enabled)
     }
 
     /// As `new`, with extra named duration histograms `(name, help)` recorded by `observe`.
     pub fn with_histograms(
+        naming: Naming,
         specs: Vec<OpSpec>,
         stage_names: Vec<String>,
         histograms: Vec<(String, String)>,
@@ -171,13 +190,15 @@ impl Recorder {
         let rx = Arc::new(Mutex::new(rx));
         let windows = Arc::new(Mutex::new((0..names.len()).map(|_| OpWindows::default()).collect()));
         let log: Arc<OnceLock<SyncSender<Row>>> = Arc::new(OnceLock::new());
+        let (protocols, transports) = (naming.protocol_count(), naming.transport_count());
         let r = Arc::new(Self {
-            ops: (0..names.len()).map(|_| OpStats::default()).collect(),
+            ops: (0..names.len()).map(|_| OpStats::new(protocols, transports)).collect(),
             specs,
             names,
             extra: OnceLock::new(),
-            sli: OnceLock::new(),
-            sessions: (0..PROTOCOLS.len() * TRANSPORTS.len()).map(|_| Buckets::default()).collect(),
+            observers: parking_lot::RwLock::new(Vec::new()),
+            sessions: (0..protocols * transports).map(|_| Buckets::default()).collect(),
+            naming,
             histograms: histograms.into_iter().map(|(n, h)| (n, h, Buckets::default())).collect(),
             stage_names: stage_names.into_iter().take(MAX_STAGES).collect(),
             tx,
@@ -202,9 +223,14 @@ impl Recorder {
         let _ = self.log.set(tx);
     }
 
-    /// Feed finished requests to an SLI engine from now on.
-    pub fn attach_sli(&self, sli: Arc<crate::sli::SliEngine>) {
-        let _ = self.sli.set(sli);
+    /// Feed finished requests to an observer (SLIs, detection, experiments) from now on.
+    pub fn attach_observer(&self, observer: Arc<dyn Observer>) {
+        self.observers.write().push(observer);
+    }
+
+    /// The names this recorder's exports carry.
+    pub fn naming(&self) -> &Naming {
+        &self.naming
     }
 
     /// Add samples from the embedding program to every export.
@@ -230,13 +256,17 @@ impl Recorder {
     /// Record a finished session's length.
     pub fn record_session(&self, length: Duration, protocol: usize, transport: usize) {
         if self.enabled {
-            let i = protocol.min(PROTOCOLS.len() - 1) * TRANSPORTS.len() + transport.min(TRANSPORTS.len() - 1);
-            self.sessions[i].record(length.as_nanos() as u64);
+            self.sessions[self.session_slot(protocol, transport)].record(length.as_nanos() as u64);
         }
     }
 
+    fn session_slot(&self, protocol: usize, transport: usize) -> usize {
+        let (p, t) = (self.naming.protocol_count(), self.naming.transport_count());
+        protocol.min(p - 1) * t + transport.min(t - 1)
+    }
+
     pub fn sessions(&self, protocol: usize, transport: usize) -> &Buckets {
-        &self.sessions[protocol * TRANSPORTS.len() + transport]
+        &self.sessions[self.session_slot(protocol, transport)]
     }
 
     pub fn enabled(&self) -> bool {
@@ -286,7 +316,7 @@ impl Recorder {
         s.in_flight.fetch_sub(1, Ordering::Relaxed);
         s.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
         let nanos = elapsed.as_nanos() as u64;
-        s.duration(outcome, c.protocol.min(PROTOCOLS.len() - 1), c.transport.min(TRANSPORTS.len() - 1)).record(nanos);
+        s.duration(outcome, c.protocol, c.transport).record(nanos);
         if !c.queue.is_zero() {
             s.queue.record(c.queue.as_nanos() as u64);
         }
@@ -303,7 +333,7 @@ impl Recorder {
                 acc.fetch_add(v, Ordering::Relaxed);
             }
         }
-        let event = Event { op: op.0, micros: (nanos / 1000).max(1), at: SystemTime::now(), completion: c };
+        let event = Finished { op: op.0, micros: (nanos / 1000).max(1), at: SystemTime::now(), completion: c };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(event) {
             self.dropped_events.fetch_add(1, Ordering::Relaxed);
         }
@@ -354,21 +384,24 @@ impl Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         if !self.done {
-            self.recorder.finish(
-                self.op,
-                self.started.elapsed(),
+            // Unwinding through the request is the server's failure; a future dropped without a
+            // panic is a request withdrawn (the client cancelled it or went away).
+            let c = if std::thread::panicking() {
                 Completion {
                     outcome: Some(Outcome::Internal),
-                    error: Some(("system".into(), "request dropped before completion".into())),
+                    error: Some(("system".into(), "request handler panicked".into())),
                     ..Default::default()
-                },
-            );
+                }
+            } else {
+                Completion { outcome: Some(Outcome::Cancelled), ..Default::default() }
+            };
+            self.recorder.finish(self.op, self.started.elapsed(), c);
         }
     }
 }
 
 fn aggregate(
-    rx: Arc<Mutex<Receiver<Event>>>,
+    rx: Arc<Mutex<Receiver<Finished>>>,
     windows: Arc<Mutex<Vec<OpWindows>>>,
     log: Arc<OnceLock<SyncSender<Row>>>,
     recorder: std::sync::Weak<Recorder>,
@@ -386,12 +419,12 @@ fn aggregate(
 
 /// Move queued events into the windows and the request log.
 fn drain(
-    rx: &Mutex<Receiver<Event>>,
+    rx: &Mutex<Receiver<Finished>>,
     windows: &Mutex<Vec<OpWindows>>,
     log: &OnceLock<SyncSender<Row>>,
     recorder: &std::sync::Weak<Recorder>,
 ) {
-    let batch: Vec<Event> = {
+    let batch: Vec<Finished> = {
         let rx = rx.lock();
         std::iter::from_fn(|| rx.try_recv().ok()).collect()
     };
@@ -409,12 +442,8 @@ fn drain(
     let Some(rec) = recorder.upgrade() else {
         return;
     };
-    if let Some(sli) = rec.sli.get() {
-        sli.observe(
-            batch
-                .iter()
-                .map(|e| (e.op as usize, unix_secs(e.at), e.micros, e.completion.outcome.unwrap_or(Outcome::Internal))),
-        );
+    for o in rec.observers.read().iter() {
+        o.observe(&batch);
     }
     let Some(tx) = log.get() else {
         return;
@@ -456,22 +485,28 @@ mod tests {
     #[test]
     fn records_outcomes_in_flight_and_drops() {
         let spec = |n: &str| OpSpec { name: n.into(), method: "tools/call".into(), target: Some(n.into()) };
-        let r = Recorder::new(vec![spec("read"), spec("list")], vec!["load".into()], true);
+        let r = Recorder::new(Naming::plain("test"), vec![spec("read"), spec("list")], vec!["load".into()], true);
         let op = r.op("read").unwrap();
         let t = r.start(op);
         assert_eq!(r.stats(op).in_flight.load(Ordering::Relaxed), 1);
         t.finish(Completion { outcome: Some(Outcome::Ok), response_bytes: 100, rows: 5, ..Default::default() });
         {
-            let _t = r.start(op); // dropped unfinished: counted as internal
+            let _t = r.start(op); // dropped unfinished: the request was withdrawn
         }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _t = r.start(op);
+            panic!("a handler panics"); // dropped while unwinding: internal
+        }));
+        assert!(panicked.is_err());
         let s = r.stats(op);
         assert_eq!(s.in_flight.load(Ordering::Relaxed), 0);
         assert_eq!(s.requests[Outcome::Ok as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(s.requests[Outcome::Cancelled as usize].load(Ordering::Relaxed), 1);
         assert_eq!(s.requests[Outcome::Internal as usize].load(Ordering::Relaxed), 1);
         assert_eq!(s.rows.load(Ordering::Relaxed), 5);
         // The aggregator sees both within a moment.
         for _ in 0..100 {
-            if r.window_summaries()[0][0].as_ref().is_some_and(|w| w.count == 2) {
+            if r.window_summaries()[0][0].as_ref().is_some_and(|w| w.count == 3) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -482,6 +517,7 @@ mod tests {
     #[test]
     fn disabled_recorder_records_nothing() {
         let r = Recorder::new(
+            Naming::plain("test"),
             vec![OpSpec { name: "read".into(), method: "tools/call".into(), target: None }],
             vec![],
             false,

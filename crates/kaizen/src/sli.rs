@@ -8,8 +8,11 @@ use std::collections::VecDeque;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+pub use crate::event::AlertEvent;
+use crate::naming::Naming;
 use crate::outcome::Outcome;
-use crate::slo::{self, Indicator, Objective, SloConfig};
+use crate::recorder::{Finished, Observer};
+use crate::slo::{self, Indicator, Objective, SloConfig, budget_min_requests};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -25,21 +28,6 @@ impl Counts {
     fn bad(&self) -> u64 {
         self.total.saturating_sub(self.good)
     }
-}
-
-/// An alert's transition, for delivery (log, webhook).
-#[derive(Debug, Clone, Serialize)]
-pub struct AlertEvent {
-    /// `GembaSLOBurnRatePage`, `GembaSLOBurnRateTicket`, `GembaSLOErrorBudgetLow`.
-    pub alert: String,
-    pub slo: String,
-    pub tool: String,
-    pub severity: String,
-    /// "firing" or "resolved".
-    pub status: String,
-    pub at_secs: u64,
-    pub summary: String,
-    pub runbook: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +65,8 @@ struct PerObjective {
 pub struct SliEngine {
     cfg: SloConfig,
     runbook: String,
+    /// Alert names and metric names for this embedder.
+    naming: Naming,
     /// For each recorder op index, the objectives it feeds.
     op_objectives: Vec<Vec<usize>>,
     state: Mutex<Vec<PerObjective>>,
@@ -105,8 +95,9 @@ impl SliEngine {
 }
 
 impl SliEngine {
-    /// An engine for the objectives of `cfg`, fed by the ops named `op_names` (a recorder's).
-    pub fn new(cfg: SloConfig, op_names: &[String], runbook: &str) -> Self {
+    /// An engine for the objectives of `cfg`, fed by the ops named `op_names` (a recorder's);
+    /// alerts and series are named by `naming`.
+    pub fn new(cfg: SloConfig, op_names: &[String], runbook: &str, naming: &Naming) -> Self {
         let objectives = cfg.objectives();
         let op_objectives = op_names
             .iter()
@@ -126,7 +117,7 @@ impl SliEngine {
                 budget_low: false,
             })
             .collect();
-        Self { cfg, runbook: runbook.to_string(), op_objectives, state: Mutex::new(state) }
+        Self { cfg, runbook: runbook.to_string(), naming: naming.clone(), op_objectives, state: Mutex::new(state) }
     }
 
     pub fn config(&self) -> &SloConfig {
@@ -155,10 +146,13 @@ impl SliEngine {
     }
 
     /// Count finished requests: (op index, unix seconds, duration µs, outcome).
-    pub fn observe(&self, events: impl IntoIterator<Item = (usize, u64, u64, Outcome)>) {
+    pub fn count(&self, events: impl IntoIterator<Item = (usize, u64, u64, Outcome)>) {
         let keep = self.keep();
         let mut st = self.state.lock();
         for (op, secs, micros, outcome) in events {
+            if !outcome.is_judged() {
+                continue;
+            }
             let Some(objs) = self.op_objectives.get(op) else { continue };
             for &i in objs {
                 let p = &mut st[i];
@@ -276,7 +270,7 @@ impl SliEngine {
             if severity != p.firing {
                 if let Some(old) = p.firing {
                     events.push(mk(
-                        alert_name(old),
+                        &self.alert_name(old),
                         old,
                         "resolved",
                         format!("{} is no longer burning its error budget too fast ({old})", p.obj.name),
@@ -285,7 +279,7 @@ impl SliEngine {
                 }
                 if let Some(new) = severity {
                     events.push(mk(
-                        alert_name(new),
+                        &self.alert_name(new),
                         new,
                         "firing",
                         format!("{} is spending its error budget too fast ({new})", p.obj.name),
@@ -296,7 +290,7 @@ impl SliEngine {
             }
             if status.budget_low != p.budget_low {
                 events.push(mk(
-                    "GembaSLOErrorBudgetLow",
+                    &self.naming.alert("SLOErrorBudgetLow"),
                     "ticket",
                     if status.budget_low { "firing" } else { "resolved" },
                     format!(
@@ -313,67 +307,46 @@ impl SliEngine {
     }
 }
 
-/// Requests needed before the budget alert means anything: enough that the budget allows at
-/// least ten bad requests (1,000 for 99 %, 10,000 for 99.9 %).
-pub fn budget_min_requests(o: &Objective, min_requests: u64) -> u64 {
-    ((10.0 / o.error_budget()).ceil() as u64).max(min_requests)
-}
-
 impl SliEngine {
-    /// The `gemba_slo_*` series for the exposition.
+    /// The `<prefix>_slo_*` series for the exposition.
     pub fn samples(&self, now_secs: u64, out: &mut Vec<crate::exposition::Sample>) {
         use crate::exposition::{Kind, Sample};
+        let op = self.naming.op_label.as_str();
         for st in self.status(now_secs) {
             let g = |n: &str, h: &str, v: f64| {
-                Sample::new(n, h, Kind::Gauge, v).label("slo", &st.slo).label("tool", &st.tool)
+                Sample::new(&self.naming.metric(n), h, Kind::Gauge, v).label("slo", &st.slo).label(op, &st.tool)
             };
-            out.push(g(
-                "gemba_slo_objective_ratio",
-                "The objective: share of requests that must be good.",
-                st.objective,
-            ));
+            out.push(g("slo_objective_ratio", "The objective: share of requests that must be good.", st.objective));
             if let Some(t) = st.latency_threshold_seconds {
-                out.push(g("gemba_slo_latency_threshold_seconds", "The latency objective's threshold.", t));
+                out.push(g("slo_latency_threshold_seconds", "The latency objective's threshold.", t));
             }
             if let Some(sli) = st.sli {
-                out.push(g("gemba_slo_sli_ratio", "Share of good requests over the SLO period so far.", sli));
+                out.push(g("slo_sli_ratio", "Share of good requests over the SLO period so far.", sli));
             }
             out.push(g(
-                "gemba_slo_error_budget_remaining_ratio",
+                "slo_error_budget_remaining_ratio",
                 "Share of the period's error budget left (negative when overspent).",
                 st.error_budget_remaining,
             ));
             for (w, b) in &st.burn_rates {
                 out.push(
-                    g("gemba_slo_burn_rate", "Error-budget burn rate per window (1 = spending exactly on budget).", *b)
+                    g("slo_burn_rate", "Error-budget burn rate per window (1 = spending exactly on budget).", *b)
                         .label("window", w),
                 );
             }
             if let Some(t) = st.time_to_exhaustion_secs {
-                out.push(g(
-                    "gemba_slo_time_to_exhaustion_seconds",
-                    "Time until the budget is gone at the 1h burn rate.",
-                    t,
-                ));
+                out.push(g("slo_time_to_exhaustion_seconds", "Time until the budget is gone at the 1h burn rate.", t));
             }
             for (sev, on) in
                 [("page", st.state == "page"), ("ticket", st.state == "ticket"), ("budget_low", st.budget_low)]
             {
                 out.push(
-                    g("gemba_slo_alert_firing", "1 while the alert of this severity fires.", f64::from(u8::from(on)))
+                    g("slo_alert_firing", "1 while the alert of this severity fires.", f64::from(u8::from(on)))
                         .label("severity", sev),
                 );
             }
         }
     }
-}
-
-/// One evaluation: alerts delivered, minutes saved. Called by the evaluator and at shutdown.
-pub fn tick(engine: &SliEngine, store: Option<&crate::store::Store>, webhook: Option<&crate::alerts::Webhook>) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let events = engine.evaluate(now);
-    crate::alerts::deliver(&events, webhook);
-    save(engine, store);
 }
 
 /// Save the minutes changed since the last save.
@@ -388,17 +361,29 @@ pub fn save(engine: &SliEngine, store: Option<&crate::store::Store>) {
     }
 }
 
-fn alert_name(severity: &str) -> &'static str {
-    if severity == "page" { "GembaSLOBurnRatePage" } else { "GembaSLOBurnRateTicket" }
+impl SliEngine {
+    fn alert_name(&self, severity: &str) -> String {
+        self.naming.alert(if severity == "page" { "SLOBurnRatePage" } else { "SLOBurnRateTicket" })
+    }
+}
+
+impl Observer for SliEngine {
+    fn observe(&self, batch: &[Finished]) {
+        self.count(batch.iter().map(|e| (e.op as usize, e.at_secs(), e.micros, e.outcome())));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn naming() -> Naming {
+        Naming { alert_prefix: "Test".into(), ..Naming::plain("test") }
+    }
+
     fn engine() -> SliEngine {
-        let cfg = SloConfig::seed_default(&[("read_table", "data")]);
-        SliEngine::new(cfg, &["read_table".to_string()], "docs/runbooks.md")
+        let cfg = SloConfig::with_tiers(&[("read_table", "data")]);
+        SliEngine::new(cfg, &["read_table".to_string()], "docs/runbooks.md", &naming())
     }
 
     const T0: u64 = 1_800_000_000;
@@ -409,10 +394,10 @@ mod tests {
         let mut paged_at = None;
         // Ten requests a second, all failing, evaluated every 10 s.
         for s in 0..120u64 {
-            e.observe((0..10).map(|_| (0, T0 + s, 1_000, Outcome::Internal)));
+            e.count((0..10).map(|_| (0, T0 + s, 1_000, Outcome::Internal)));
             if s % 10 == 9 {
                 let ev = e.evaluate(T0 + s);
-                if paged_at.is_none() && ev.iter().any(|a| a.alert == "GembaSLOBurnRatePage" && a.status == "firing") {
+                if paged_at.is_none() && ev.iter().any(|a| a.alert == "TestSLOBurnRatePage" && a.status == "firing") {
                     paged_at = Some(s + 1);
                 }
             }
@@ -422,12 +407,12 @@ mod tests {
         // Healthy again: once the short windows are clean, the page resolves (once).
         let mut resolved = 0;
         for s in 120..(120 + 40 * 60) {
-            e.observe((0..10).map(|_| (0, T0 + s, 1_000, Outcome::Ok)));
+            e.count((0..10).map(|_| (0, T0 + s, 1_000, Outcome::Ok)));
             if s % 60 == 0 {
                 resolved += e
                     .evaluate(T0 + s)
                     .iter()
-                    .filter(|a| a.alert == "GembaSLOBurnRatePage" && a.status == "resolved")
+                    .filter(|a| a.alert == "TestSLOBurnRatePage" && a.status == "resolved")
                     .count();
             }
         }
@@ -440,7 +425,7 @@ mod tests {
         let mut alerts = 0;
         // 30 simulated minutes, 20 requests a second, 0.05 % errors, all fast.
         for s in 0..1800u64 {
-            e.observe((0..20).map(|k| {
+            e.count((0..20).map(|k| {
                 let bad = (s * 20 + k) % 2000 == 0;
                 (0, T0 + s, 900, if bad { Outcome::Internal } else { Outcome::Ok })
             }));
@@ -459,7 +444,7 @@ mod tests {
     fn saved_minutes_restore_the_same_burn_rates() {
         let e = engine();
         for s in 0..300u64 {
-            e.observe([(0, T0 + s, if s % 4 == 0 { 900_000 } else { 1_000 }, Outcome::Ok)]);
+            e.count([(0, T0 + s, if s % 4 == 0 { 900_000 } else { 1_000 }, Outcome::Ok)]);
         }
         let saved = e.take_dirty();
         assert!(!saved.is_empty());

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::naming::Naming;
+
 /// Burn-rate alert windows: (severity, long window, short window, factor).
 pub const BURN_ALERTS: [(&str, &str, &str, f64); 4] =
     [("page", "1h", "5m", 14.4), ("page", "6h", "30m", 6.0), ("ticket", "1d", "2h", 3.0), ("ticket", "3d", "6h", 1.0)];
@@ -53,9 +55,6 @@ pub struct SloConfig {
     pub tiers: BTreeMap<String, Tier>,
     #[serde(default)]
     pub tools: BTreeMap<String, ToolObjectives>,
-    /// Thresholds of the operational alerts.
-    #[serde(default)]
-    pub operational: crate::operational::OperationalConfig,
     /// Scale every window (and the period) by this factor — only for tests that need hours to
     /// pass in seconds. 1 in production.
     #[serde(default = "default_scale")]
@@ -110,52 +109,30 @@ impl Objective {
 }
 
 impl SloConfig {
-    /// The seed's four tiers (metadata, analysis, data, compute) and per-tool figures.
-    pub fn seed_default(tool_tiers: &[(&str, &str)]) -> Self {
+    /// The seed's four tiers (seed 000, "Performance Budgets"): metadata, analysis, data and
+    /// compute, with p50/p95/p99 targets and timeouts in milliseconds.
+    pub fn seed_tiers() -> BTreeMap<String, Tier> {
         let tier = |p50, p95, p99, t| Tier { p50_ms: p50, p95_ms: p95, p99_ms: p99, timeout_ms: t };
         let mut tiers = BTreeMap::new();
         tiers.insert("metadata".into(), tier(20.0, 100.0, 200.0, 2_000));
         tiers.insert("analysis".into(), tier(200.0, 1_000.0, 2_000.0, 10_000));
         tiers.insert("data".into(), tier(100.0, 500.0, 1_000.0, 10_000));
         tiers.insert("compute".into(), tier(1_000.0, 5_000.0, 10_000.0, 60_000));
-        // The seed's own per-tool figures.
-        let seed: [(&str, f64, f64, f64, u64); 11] = [
-            ("list_workbooks", 10.0, 50.0, 100.0, 1_000),
-            ("list_sheets", 5.0, 20.0, 50.0, 500),
-            ("describe_workbook", 20.0, 100.0, 200.0, 2_000),
-            ("sheet_overview", 100.0, 500.0, 1_000.0, 5_000),
-            ("table_profile", 200.0, 1_000.0, 2_000.0, 10_000),
-            ("find_value", 50.0, 200.0, 500.0, 5_000),
-            ("find_formula", 100.0, 500.0, 1_000.0, 10_000),
-            ("read_table", 50.0, 200.0, 500.0, 5_000),
-            ("range_values", 30.0, 150.0, 300.0, 3_000),
-            ("sheet_page", 100.0, 500.0, 1_000.0, 10_000),
-            ("formula_trace", 500.0, 2_000.0, 5_000.0, 30_000),
-        ];
-        let mut tools = BTreeMap::new();
-        for (tool, t) in tool_tiers {
-            let mut o = ToolObjectives { tier: Some((*t).to_string()), ..Default::default() };
-            if let Some((_, p50, p95, p99, to)) = seed.iter().find(|s| s.0 == *tool) {
-                o.p50_ms = Some(*p50);
-                o.p95_ms = Some(*p95);
-                o.p99_ms = Some(*p99);
-                o.timeout_ms = Some(*to);
-            }
-            tools.insert((*tool).to_string(), o);
-        }
-        if let Some(sv) = tools.get_mut("scan_volatiles") {
-            sv.p50_ms = Some(1_000.0);
-            sv.p95_ms = Some(5_000.0);
-            sv.p99_ms = Some(10_000.0);
-            sv.timeout_ms = Some(60_000);
-        }
+        tiers
+    }
+
+    /// The seed's tiers, and each operation in the tier the embedder gives it.
+    pub fn with_tiers(op_tiers: &[(&str, &str)]) -> Self {
+        let tools = op_tiers
+            .iter()
+            .map(|(op, t)| ((*op).to_string(), ToolObjectives { tier: Some((*t).to_string()), ..Default::default() }))
+            .collect();
         Self {
-            period_days: 30,
+            period_days: default_period(),
             min_requests: default_min_requests(),
             budget_alert_at: default_budget_alert(),
-            tiers,
+            tiers: Self::seed_tiers(),
             tools,
-            operational: Default::default(),
             window_scale: 1.0,
             resolution_secs: 60,
         }
@@ -271,6 +248,12 @@ pub fn evaluate(burn: impl Fn(&str) -> (f64, f64), min_requests: u64) -> Option<
     fired
 }
 
+/// Requests needed before the budget alert means anything: enough that the budget allows at
+/// least ten bad requests (1,000 for 99 %, 10,000 for 99.9 %).
+pub fn budget_min_requests(o: &Objective, min_requests: u64) -> u64 {
+    ((10.0 / o.error_budget()).ceil() as u64).max(min_requests)
+}
+
 pub fn window_seconds(w: &str) -> u64 {
     let (n, unit) = w.split_at(w.len() - 1);
     let n: u64 = n.parse().unwrap_or(0);
@@ -284,35 +267,40 @@ pub fn window_seconds(w: &str) -> u64 {
 
 /// Prometheus recording and alerting rules for the objectives (the shapes Sloth generates):
 /// error ratios per window, then multi-window burn-rate alerts and a budget-spent alert.
-/// The result is JSON, which is valid YAML for Prometheus and promtool.
-pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str) -> Value {
+/// Metric, label and alert names come from `naming`. The result is a JSON value (print it as
+/// YAML or JSON; both are valid rule files for Prometheus and promtool).
+pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str, naming: &Naming) -> Value {
     let mut groups = Vec::new();
+    let requests = naming.metric("tool_requests_total");
+    let duration = naming.metric("tool_duration_seconds");
+    let op = naming.op_label.as_str();
     for o in cfg.objectives() {
-        let sel = format!("tool=\"{}\"", o.tool);
-        let labels = json!({"slo": o.name, "tool": o.tool, "tier": o.tier});
+        let sel = format!("{op}=\"{}\"", o.tool);
+        let mut labels = json!({"slo": o.name, "tier": o.tier});
+        labels[op] = json!(o.tool);
         let mut rules = Vec::new();
         for w in WINDOWS {
             let r = cfg.range(w);
             let expr = match &o.indicator {
                 Indicator::Availability => format!(
-                    "(sum(rate(gemba_tool_requests_total{{{sel},outcome=~\"internal|timeout\"}}[{r}])) or vector(0)) / sum(rate(gemba_tool_requests_total{{{sel}}}[{r}]))"
+                    "(sum(rate({requests}{{{sel},outcome=~\"internal|timeout\"}}[{r}])) or vector(0)) / sum(rate({requests}{{{sel},outcome!=\"cancelled\"}}[{r}]))"
                 ),
                 Indicator::Latency { threshold_seconds } => format!(
-                    "1 - (sum(rate(gemba_tool_duration_seconds_bucket{{{sel},le=\"{}\"}}[{r}])) / sum(rate(gemba_tool_duration_seconds_count{{{sel}}}[{r}])))",
+                    "1 - (sum(rate({duration}_bucket{{{sel},le=\"{}\"}}[{r}])) / sum(rate({duration}_count{{{sel}}}[{r}])))",
                     prom_float(*threshold_seconds)
                 ),
             };
             rules.push(json!({"record": format!("slo:sli_error:ratio_rate{w}"), "expr": expr, "labels": labels}));
             rules.push(json!({
                 "record": format!("slo:requests:increase{w}"),
-                "expr": format!("sum(increase(gemba_tool_requests_total{{{sel}}}[{r}]))"),
+                "expr": format!("sum(increase({requests}{{{sel}}}[{r}]))"),
                 "labels": labels,
             }));
         }
         rules.push(
-            json!({"record": "slo:objective:ratio", "expr": format!("vector({})", o.objective), "labels": labels}),
+            json!({"record": "slo:objective:ratio", "expr": format!("vector({})", prom_float(o.objective)), "labels": labels}),
         );
-        rules.push(json!({"record": "slo:error_budget:ratio", "expr": format!("vector({})", o.error_budget()), "labels": labels}));
+        rules.push(json!({"record": "slo:error_budget:ratio", "expr": format!("vector({})", prom_float(o.error_budget())), "labels": labels}));
         let period = cfg.period_window();
         let period_range = cfg.range(&period);
         rules.push(json!({
@@ -322,12 +310,12 @@ pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str) -> Value {
         }));
         rules.push(json!({
             "record": format!("slo:requests:increase{period}"),
-            "expr": format!("sum(increase(gemba_tool_requests_total{{{sel}}}[{period_range}]))"),
+            "expr": format!("sum(increase({requests}{{{sel}}}[{period_range}]))"),
             "labels": labels,
         }));
         rules.push(json!({
             "record": "slo:error_budget_remaining:ratio",
-            "expr": format!("1 - (slo:sli_error:ratio_rate{period}{{slo=\"{}\"}} / {})", o.name, o.error_budget()),
+            "expr": format!("1 - (slo:sli_error:ratio_rate{period}{{slo=\"{}\"}} / {})", o.name, prom_float(o.error_budget())),
             "labels": labels,
         }));
         let rec = |w: &str| format!("slo:sli_error:ratio_rate{w}{{slo=\"{}\"}}", o.name);
@@ -350,44 +338,58 @@ pub fn prometheus_rules(cfg: &SloConfig, runbook_base: &str) -> Value {
                     )
                 })
                 .collect();
-            let alert = if severity == "page" { "GembaSLOBurnRatePage" } else { "GembaSLOBurnRateTicket" };
+            let alert = naming.alert(if severity == "page" { "SLOBurnRatePage" } else { "SLOBurnRateTicket" });
+            let mut alert_labels = json!({"severity": severity, "slo": o.name, "tier": o.tier});
+            alert_labels[op] = json!(o.tool);
             rules.push(json!({
                 "alert": alert,
                 "expr": conds.join(" or "),
-                "labels": {"severity": severity, "slo": o.name, "tool": o.tool, "tier": o.tier},
+                "labels": alert_labels,
                 "annotations": {
                     "summary": format!("{} is spending its error budget too fast ({severity})", o.name),
-                    "description": format!("Objective {} for {}: burn rate above the multi-window threshold.", o.objective, o.tool),
+                    "description": format!("Objective {} for {}: burn rate above the multi-window threshold.", prom_float(o.objective), o.tool),
                     "runbook_url": anchor,
                 },
             }));
         }
+        let mut budget_labels = json!({"severity": "ticket", "slo": o.name, "tier": o.tier});
+        budget_labels[op] = json!(o.tool);
         rules.push(json!({
-            "alert": "GembaSLOErrorBudgetLow",
+            "alert": naming.alert("SLOErrorBudgetLow"),
             "expr": format!(
                 "(1 - slo:error_budget_remaining:ratio{{slo=\"{}\"}}) >= {} and slo:requests:increase{period}{{slo=\"{}\"}} >= {}",
                 o.name,
                 prom_float(cfg.budget_alert_at),
                 o.name,
-                crate::sli::budget_min_requests(&o, cfg.min_requests)
+                budget_min_requests(&o, cfg.min_requests)
             ),
-            "labels": {"severity": "ticket", "slo": o.name, "tool": o.tool, "tier": o.tier},
+            "labels": budget_labels,
             "annotations": {
                 "summary": format!("{} has spent {:.0}% of its error budget", o.name, cfg.budget_alert_at * 100.0),
                 "description": "Error budget consumption over the SLO period crossed the alert threshold.",
                 "runbook_url": format!("{runbook_base}#slo-error-budget-low"),
             },
         }));
-        groups.push(json!({"name": format!("gemba-slo-{}", o.name), "interval": "30s", "rules": rules}));
+        groups.push(
+            json!({"name": format!("{}-slo-{}", naming.metric_prefix, o.name), "interval": "30s", "rules": rules}),
+        );
     }
-    groups.push(crate::operational::prometheus_rules(&cfg.operational, runbook_base));
     json!({ "groups": groups })
 }
 
-/// A float as PromQL writes it (no exponent for ordinary values).
-fn prom_float(v: f64) -> String {
-    let s = format!("{v}");
-    if s.contains('e') { format!("{v:.12}") } else { s }
+/// A float as a person writes it in a rule file: rounded to 12 significant digits, so
+/// `0.72` and not `0.7200000000000006`, no exponent, no trailing zeros.
+pub fn prom_float(v: f64) -> String {
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let digits = 12 - 1 - v.abs().log10().floor() as i32;
+    let s = format!("{:.*}", digits.clamp(0, 30) as usize, v);
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    if s == "-0" { "0".into() } else { s }
 }
 
 #[cfg(test)]
@@ -395,25 +397,37 @@ mod tests {
     use super::*;
 
     fn cfg() -> SloConfig {
-        SloConfig::seed_default(&[
-            ("read_table", "data"),
-            ("list_workbooks", "metadata"),
-            ("scan_volatiles", "compute"),
-        ])
+        let mut c = SloConfig::with_tiers(&[("read", "data"), ("list", "metadata"), ("scan", "compute")]);
+        if let Some(t) = c.tools.get_mut("read") {
+            t.p95_ms = Some(200.0);
+            t.timeout_ms = Some(5_000);
+        }
+        c
     }
 
     #[test]
-    fn seed_defaults_and_timeouts() {
+    fn tiers_and_per_operation_figures() {
         let c = cfg();
         assert!(c.validate().is_ok());
-        assert_eq!(c.timeout_ms("read_table"), Some(5_000));
-        assert_eq!(c.timeout_ms("list_workbooks"), Some(1_000));
-        assert_eq!(c.timeout_ms("scan_volatiles"), Some(60_000));
+        assert_eq!(c.timeout_ms("read"), Some(5_000));
+        assert_eq!(c.timeout_ms("list"), Some(2_000));
+        assert_eq!(c.timeout_ms("scan"), Some(60_000));
         let objs = c.objectives();
-        let rt = objs.iter().find(|o| o.name == "read_table-latency").unwrap();
+        let rt = objs.iter().find(|o| o.name == "read-latency").unwrap();
         assert_eq!(rt.indicator, Indicator::Latency { threshold_seconds: 0.2 });
-        let av = objs.iter().find(|o| o.name == "read_table-availability").unwrap();
+        let av = objs.iter().find(|o| o.name == "read-availability").unwrap();
         assert!((av.error_budget() - 0.001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn floats_read_as_people_write_them() {
+        assert_eq!(prom_float(0.7200000000000006), "0.72");
+        assert_eq!(prom_float(14.4 * 0.001), "0.0144");
+        assert_eq!(prom_float(1.0 - 0.999), "0.001");
+        assert_eq!(prom_float(0.2), "0.2");
+        assert_eq!(prom_float(10.0), "10");
+        assert_eq!(prom_float(0.0), "0");
+        assert_eq!(prom_float(1e-7), "0.0000001");
     }
 
     #[test]
@@ -434,12 +448,14 @@ mod tests {
 
     #[test]
     fn rules_render_every_window_and_alert() {
-        let rules = prometheus_rules(&cfg(), "https://example.invalid/runbooks.md");
+        let naming = Naming { alert_prefix: "Svc".into(), op_label: "tool".into(), ..Naming::plain("svc") };
+        let rules = prometheus_rules(&cfg(), "https://example.invalid/runbooks.md", &naming);
         let text = rules.to_string();
         for w in WINDOWS {
             assert!(text.contains(&format!("slo:sli_error:ratio_rate{w}")), "{w}");
         }
-        assert!(text.contains("GembaSLOBurnRatePage") && text.contains("GembaSLOErrorBudgetLow"));
+        assert!(text.contains("SvcSLOBurnRatePage") && text.contains("SvcSLOErrorBudgetLow"));
+        assert!(text.contains("svc_tool_requests_total{tool=\\\"read\\\""), "metric and label names from the naming");
         assert!(text.contains("le=\\\"0.2\\\""), "read_table's p95 threshold is a bucket edge");
     }
 }

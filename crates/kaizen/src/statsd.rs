@@ -34,6 +34,7 @@ pub fn spawn(recorder: Arc<Recorder>, addr: SocketAddr, every: Duration) -> std:
 /// The StatsD lines for the counts since `last` (which is updated).
 pub fn lines(r: &Recorder, last: &mut Vec<[u64; Outcome::COUNT]>) -> Vec<String> {
     let mut out = Vec::new();
+    let prefix = &r.naming().metric_prefix;
     if last.len() != r.names().len() {
         last.resize(r.names().len(), [0; Outcome::COUNT]);
     }
@@ -44,10 +45,10 @@ pub fn lines(r: &Recorder, last: &mut Vec<[u64; Outcome::COUNT]>) -> Vec<String>
             let delta = now.saturating_sub(last[i][o as usize]);
             last[i][o as usize] = now;
             if delta > 0 {
-                out.push(format!("gemba.tool.requests.{tool}.{}:{delta}|c", o.as_str()));
+                out.push(format!("{prefix}.tool.requests.{tool}.{}:{delta}|c", o.as_str()));
             }
         }
-        out.push(format!("gemba.tool.in_flight.{tool}:{}|g", s.in_flight.load(Ordering::Relaxed)));
+        out.push(format!("{prefix}.tool.in_flight.{tool}:{}|g", s.in_flight.load(Ordering::Relaxed)));
     }
     out
 }
@@ -60,6 +61,7 @@ mod tests {
     #[test]
     fn pushes_deltas_over_udp() {
         let r = Recorder::new(
+            crate::Naming::plain("svc"),
             vec![OpSpec { name: "tools/list".into(), method: "tools/list".into(), target: None }],
             vec![],
             true,
@@ -74,6 +76,6 @@ mod tests {
         let mut buf = [0u8; 2048];
         let n = sink.recv(&mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.contains("gemba.tool.requests.tools_list.ok:3|c"), "{text}");
+        assert!(text.contains("svc.tool.requests.tools_list.ok:3|c"), "{text}");
     }
 }

@@ -99,21 +99,21 @@ pub async fn forks(
     let (build_ms, write_ms) = (median(build), median(write));
     let _ = std::fs::remove_dir_all(&ws);
 
-    println!("\nforks on model.xlsx ({formulas} formulas)");
-    println!("  edit_batch 100 cells, p50:                 {edit_ms:8.2} ms");
-    println!(
+    outln!("\nforks on model.xlsx ({formulas} formulas)");
+    outln!("  edit_batch 100 cells, p50:                 {edit_ms:8.2} ms");
+    outln!(
         "  recalculate, first (engine load + eval):   {:8.1} ms (load {:.1} ms, evaluate {:.1} ms)",
         ms(first),
         number(&first_report, "load_ms"),
         number(&first_report, "evaluate_ms")
     );
-    println!("  recalculate in process, evaluate p50:      {eval_ms:8.2} ms (whole call {recalc_call_ms:.2} ms)");
-    println!(
+    outln!("  recalculate in process, evaluate p50:      {eval_ms:8.2} ms (whole call {recalc_call_ms:.2} ms)");
+    outln!(
         "  save_fork p50: {save_ms:.2} ms; writing the file: {plain_ms:.2} ms (bytes+fsync), {full_ms:.2} ms (whole-file rewrite); ratios {:.2} / {:.2}",
         save_ms / plain_ms,
         save_ms / full_ms
     );
-    println!("    (inside save_fork: building the file {build_ms:.2} ms, writing it {write_ms:.2} ms)");
+    outln!("    (inside save_fork: building the file {build_ms:.2} ms, writing it {write_ms:.2} ms)");
     report.insert(
         "forks".into(),
         json!({

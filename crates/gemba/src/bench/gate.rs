@@ -218,7 +218,7 @@ pub async fn gate(dir: &Path, opts: &GateOptions) -> Result<bool> {
         let mut map = serde_json::Map::new();
         for fig in &figures {
             let v = measure(&ws, fig, &env).await?;
-            println!("{:18} {v:>14.0}  {}", fig.name, fig.about);
+            outln!("{:18} {v:>14.0}  {}", fig.name, fig.about);
             map.insert(fig.name.into(), json!(v.round()));
         }
         let doc = json!({
@@ -228,7 +228,7 @@ pub async fn gate(dir: &Path, opts: &GateOptions) -> Result<bool> {
         });
         std::fs::write(&opts.baseline, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("cannot write {}", opts.baseline.display()))?;
-        println!("baseline written to {} in {:.0}s", opts.baseline.display(), started.elapsed().as_secs_f64());
+        outln!("baseline written to {} in {:.0}s", opts.baseline.display(), started.elapsed().as_secs_f64());
         return Ok(true);
     }
     let text = std::fs::read_to_string(&opts.baseline).with_context(|| {
@@ -237,10 +237,10 @@ pub async fn gate(dir: &Path, opts: &GateOptions) -> Result<bool> {
     let doc: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", opts.baseline.display()))?;
     let threshold = doc["threshold"].as_f64().unwrap_or(THRESHOLD);
     let mut passed = true;
-    println!("{:18} {:>14} {:>14} {:>8}  verdict", "figure (instr.)", "baseline", "now", "change");
+    outln!("{:18} {:>14} {:>14} {:>8}  verdict", "figure (instr.)", "baseline", "now", "change");
     for fig in figures {
         let Some(base) = doc["figures"][fig.name].as_f64() else {
-            println!(
+            outln!(
                 "{:18} {:>14} {:>14.0} {:>8}  new (not in the baseline)",
                 fig.name,
                 "-",
@@ -265,9 +265,9 @@ pub async fn gate(dir: &Path, opts: &GateOptions) -> Result<bool> {
         } else {
             "ok".to_string()
         };
-        println!("{:18} {base:>14.0} {best:>14.0} {:>+7.1}%  {verdict}", fig.name, change * 100.0);
+        outln!("{:18} {base:>14.0} {best:>14.0} {:>+7.1}%  {verdict}", fig.name, change * 100.0);
     }
-    println!("{} performance gate ({:.0}s)", if passed { "PASS" } else { "FAIL" }, started.elapsed().as_secs_f64());
+    outln!("{} performance gate ({:.0}s)", if passed { "PASS" } else { "FAIL" }, started.elapsed().as_secs_f64());
     Ok(passed)
 }
 

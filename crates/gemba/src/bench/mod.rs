@@ -204,7 +204,7 @@ async fn kaizen_overhead(
         r.start(op).finish(kaizen::Completion { outcome: Some(kaizen::Outcome::Ok), ..Default::default() });
     }
     let per_call_ns = t.elapsed().as_nanos() as f64 / n as f64;
-    println!("recorder cost in process: {per_call_ns:.0} ns per request (start + finish, {n} requests)");
+    outln!("recorder cost in process: {per_call_ns:.0} ns per request (start + finish, {n} requests)");
     report.insert("recorder_ns_per_request".into(), json!(per_call_ns));
 
     let port = free_port()?;
@@ -233,7 +233,7 @@ async fn kaizen_overhead(
     let (ma, mb) = (median(a), median(b));
     let extra_us = (ma - mb) * 1000.0;
     let ratio = ma / mb;
-    println!(
+    outln!(
         "warm read_table 100 rows over stdio, {rounds} alternating calls each: kaizen on {ma:.3} ms, off {mb:.3} ms; ratio {ratio:.3}, {extra_us:+.1} µs per call"
     );
     report.insert("kaizen_on_ms".into(), json!(ma));
@@ -277,7 +277,7 @@ async fn kaizen_overhead(
     on.cancel().await.ok();
     let max_scrape = scrapes.iter().cloned().fold(0.0, f64::max);
     let med_scrape = median(scrapes);
-    println!(
+    outln!(
         "/metrics while 8 callers ran ({calls} calls): scrape p50 {med_scrape:.2} ms, max {max_scrape:.2} ms, {size} bytes"
     );
     report.insert("scrape_p50_ms".into(), json!(med_scrape));
@@ -297,7 +297,7 @@ async fn reads(
 
     let (cold, cal) = cold_reads(dir, &sales, args.cold_runs).await?;
     let (cold_ms, cal_ms) = (median(cold), median(cal));
-    println!(
+    outln!(
         "cold first read of sales_100k (sheet_page, fresh server): {cold_ms:.1} ms; calamine alone: {cal_ms:.1} ms; ratio {:.2}",
         cold_ms / cal_ms
     );
@@ -389,7 +389,7 @@ async fn reads(
             }
             let w = median(warm.clone());
             let p_max = warm.iter().cloned().fold(0.0, f64::max);
-            println!(
+            outln!(
                 "{:<40} cold {:>9.3} ms   warm p50 {:>8.3} ms   max {:>8.3} ms   {:>7} bytes",
                 c.name,
                 ms(first),
@@ -401,11 +401,11 @@ async fn reads(
         }
         if group == "sales" {
             rss_sales = rss_bytes(pid).unwrap_or(0);
-            println!("server RSS with sales_100k cached: {:.1} MB", rss_sales as f64 / 1e6);
+            outln!("server RSS with sales_100k cached: {:.1} MB", rss_sales as f64 / 1e6);
         }
     }
     let rss_end = rss_bytes(pid).unwrap_or(0);
-    println!("server RSS at the end (all workloads cached): {:.1} MB", rss_end as f64 / 1e6);
+    outln!("server RSS at the end (all workloads cached): {:.1} MB", rss_end as f64 / 1e6);
     client.cancel().await.ok();
     report.insert("cases".into(), Value::Array(rows.clone()));
     report.insert("rss_sales_100k_bytes".into(), json!(rss_sales));
@@ -455,9 +455,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.only == "all" || args.only == "forks" {
         bars.extend(forks::forks(&dir, args.warm, &mut report).await?);
     }
-    println!();
+    outln!();
     for (name, ok) in &bars {
-        println!("{} {name}", if *ok { "PASS" } else { "FAIL" });
+        outln!("{} {name}", if *ok { "PASS" } else { "FAIL" });
     }
     report.insert("bars".into(), json!(bars.iter().map(|(n, ok)| json!({"bar": n, "pass": ok})).collect::<Vec<_>>()));
     if let Some(path) = &args.json {

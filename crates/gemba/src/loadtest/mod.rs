@@ -453,13 +453,13 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         None => {
             let (stats, wall) = run_once(client.clone(), prep.clone(), &spec).await;
             let (j, lines) = summarize(&stats, wall);
-            println!(
+            outln!(
                 "{target}: {mode} loop{}, {:.1} s",
                 spec.rate.map(|r| format!(" at {r}/s")).unwrap_or_default(),
                 wall.as_secs_f64()
             );
             for l in lines {
-                println!("{l}");
+                outln!("{l}");
             }
             report["result"] = j;
         }
@@ -471,7 +471,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             let mut steps = Vec::new();
             let mut capacity: Option<Value> = None;
             let mut r = rate;
-            println!(
+            outln!(
                 "{target}: step mode from {rate}/s by {step}/s, bound p99 <= {} ms and errors <= {:.2} %",
                 args.max_p99_ms,
                 args.max_error_rate * 100.0
@@ -485,7 +485,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
                 let ok = j["total"]["ok"].as_f64().unwrap_or(0.0);
                 let err_rate = if count > 0.0 { 1.0 - ok / count } else { 1.0 };
                 let passed = p99 <= args.max_p99_ms && err_rate <= args.max_error_rate;
-                println!(
+                outln!(
                     "  {r:>8.0}/s  achieved {:>8.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>6.2} %  {}",
                     j["total"]["throughput"].as_f64().unwrap_or(0.0),
                     j["total"]["p50_ms"].as_f64().unwrap_or(0.0),
@@ -505,9 +505,9 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
             }
             match &capacity {
                 Some(c) => {
-                    println!("capacity: {} calls/s (p99 {:.2} ms)", c["rate"], c["p99_ms"].as_f64().unwrap_or(0.0))
+                    outln!("capacity: {} calls/s (p99 {:.2} ms)", c["rate"], c["p99_ms"].as_f64().unwrap_or(0.0))
                 }
-                None => println!("capacity: below the first step ({rate}/s already breaks the bound)"),
+                None => outln!("capacity: below the first step ({rate}/s already breaks the bound)"),
             }
             report["steps"] = Value::Array(steps);
             report["capacity"] = capacity.unwrap_or(Value::Null);

@@ -1,50 +1,47 @@
 #!/usr/bin/env bash
-# Install what the tests need (Prometheus tools, LibreOffice, the Python MCP SDK) and run them
-# all: formatting, lints, Rust unit and integration tests, then the Python MCP SDK tests against
-# the real binary. One release build serves all.
+# Install what the tests need (Prometheus tools, LibreOffice, valgrind, the Python MCP SDK, the MCP
+# reference server) and run them all: formatting, lints, Rust unit and integration tests, then the
+# Python MCP SDK tests against the real binary, then the performance gate. One release build
+# (with the test-only fault switches compiled in) serves all.
+#
+# Strict: a test that would be skipped (a missing install, a missing corpus) fails the run.
+# GEMBA_CORPUS=DIR points at the shared corpus (default ../shared/corpus/files);
+# GEMBA_CORPUS=none leaves the corpus tests out on purpose (they are deselected, and said so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
+export GEMBA_STRICT=1
 JOBS="${GEMBA_TEST_JOBS:-2}"
+FEATURES=(--features gemba/test-faults)
 
-echo "== system packages (prometheus, promtool, amtool for the exposition and SLO tests)"
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null
-    # The packages start services where they can; the tests run their own on loopback.
-    for svc in prometheus prometheus-alertmanager; do
-      (service "$svc" stop || systemctl stop "$svc") >/dev/null 2>&1 || true
-    done
-    pkill -f '^/usr/bin/prometheus' >/dev/null 2>&1 || true
-  else
-    echo "warning: not root; install Debian's prometheus package to run the Prometheus tests" >&2
+# Debian packages: installed only when missing, with the packages' services kept from starting
+# (policy-rc.d), so nothing is started here that the tests did not start themselves, and nothing
+# the machine was running is stopped.
+need=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v soffice >/dev/null 2>&1 || need+=(libreoffice-calc-nogui)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "== system packages: ${need[*]}"
+  if [ "$(id -u)" != 0 ]; then
+    echo "error: not root; install Debian's ${need[*]} (the tests need them)" >&2
+    exit 1
   fi
-fi
-
-echo "== LibreOffice (the recalculation backend and the round-trip check of saved forks)"
-if ! command -v soffice >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libreoffice-calc-nogui >/dev/null
-  else
-    echo "warning: not root; install Debian's libreoffice-calc-nogui package to run the LibreOffice tests" >&2
+  created_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# scripts/test.sh: keep package services from starting during the install\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
   fi
-fi
-
-echo "== valgrind (the performance gate counts instructions with it)"
-if ! command -v valgrind >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-  else
-    echo "warning: not root; install Debian's valgrind package to run the performance gate" >&2
-  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 echo "== the MCP reference server (npm), a second target for gemba loadtest"
-if command -v npm >/dev/null 2>&1 && [ ! -f .npm-tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
+if [ ! -f .npm-tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
   npm install --silent --no-audit --no-fund --prefix .npm-tools @modelcontextprotocol/server-everything@2026.8.31 >/dev/null
 fi
 
@@ -54,18 +51,25 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
+rust_skip=()
+if [ "${GEMBA_CORPUS:-}" = none ]; then
+  echo "== NOTE: GEMBA_CORPUS=none: the corpus tests are left out of this run"
+  rust_skip=(--skip corpus_)
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
-cargo clippy --release --locked --all-targets -- -D warnings
+echo "== cargo clippy (with and without the test-only fault switches)"
+cargo clippy --release --locked --all-targets "${FEATURES[@]}" -- -D warnings
+cargo clippy --release --locked -p gemba --bins -- -D warnings
 
 echo "== cargo test (release)"
-cargo test --release --locked --workspace -j "$JOBS" -- --test-threads "$JOBS"
+cargo test --release --locked --workspace "${FEATURES[@]}" -j "$JOBS" -- --test-threads "$JOBS" "${rust_skip[@]}"
 
 echo "== python MCP SDK tests"
-cargo build --release --locked --bin gemba
-GEMBA_BIN="$PWD/target/release/gemba" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
+cargo build --release --locked "${FEATURES[@]}" --bin gemba
+GEMBA_BIN="$PWD/target/release/gemba" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider -rfE
 
 echo "== performance gate (instructions per call under valgrind, against bench/baseline.json)"
 ./target/release/gemba bench --dir target/gemba-bench --baseline bench/baseline.json

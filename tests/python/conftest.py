@@ -16,8 +16,50 @@ from mcp import Client, StdioServerParameters
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("GEMBA_BIN", str(ROOT / "target" / "release" / "gemba"))
-CORPUS = ROOT.parent / "shared" / "corpus" / "files"
+# The shared corpus: ../shared/corpus/files, or GEMBA_CORPUS=DIR; GEMBA_CORPUS=none leaves the
+# corpus tests out on purpose (they are deselected, never passed without running).
+_CORPUS_ENV = os.environ.get("GEMBA_CORPUS", "")
+CORPUS = pathlib.Path(_CORPUS_ENV) if _CORPUS_ENV not in ("", "none") else ROOT.parent / "shared" / "corpus" / "files"
+HAVE_CORPUS = _CORPUS_ENV != "none" and CORPUS.is_dir()
+# GEMBA_STRICT=1 (scripts/test.sh sets it): a skipped test is a failure, so a broken install
+# step fails the run instead of quietly skipping what it was meant to test.
+STRICT = os.environ.get("GEMBA_STRICT") == "1"
 TIMEOUT = 60
+
+needs_corpus = pytest.mark.needs_corpus
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_corpus: reads the shared corpus (../shared/corpus/files)")
+
+
+def pytest_collection_modifyitems(config, items):
+    wanting = [i for i in items if i.get_closest_marker("needs_corpus")]
+    if not wanting:
+        return
+    if HAVE_CORPUS:
+        if not (CORPUS.parent / "MANIFEST.tsv").is_file():
+            raise pytest.UsageError(f"the corpus at {CORPUS} has no ../MANIFEST.tsv beside it")
+        return
+    if _CORPUS_ENV == "none":
+        config.hook.pytest_deselected(items=wanting)
+        items[:] = [i for i in items if i not in wanting]
+        config.issue_config_time_warning(
+            pytest.PytestWarning(f"GEMBA_CORPUS=none: {len(wanting)} corpus tests deselected"), stacklevel=2)
+        return
+    for i in wanting:
+        i.add_marker(pytest.mark.skip(reason=f"the shared corpus is not at {CORPUS} (set GEMBA_CORPUS=DIR, "
+                                             "or GEMBA_CORPUS=none to leave the corpus tests out)"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if STRICT and rep.skipped and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under GEMBA_STRICT=1 (what it needs must be installed, not skipped): {reason}"
 
 TOOL_NAMES = [
     "list_workbooks", "describe_workbook", "list_sheets", "workbook_summary", "named_ranges",

@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from conftest import CORPUS, stdio
+from conftest import CORPUS, needs_corpus, stdio
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus is not beside the project")
+@needs_corpus
 async def test_every_corpus_file_answers_or_fails_clearly():
     outcomes = {"ok": 0, "error": 0}
     slow = []

@@ -17,7 +17,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import CORPUS, err, http_server, ids, metric, ok, stdio
+from conftest import CORPUS, needs_corpus, err, http_server, ids, metric, ok, stdio
 
 pytestmark = pytest.mark.anyio
 
@@ -126,7 +126,7 @@ def libreoffice_csv(files, out_dir, timeout=240):
     return texts
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus is not beside the project")
+@needs_corpus
 async def test_corpus_round_trip_keeps_untouched_parts(tmp_path):
     ws = tmp_path / "ws"
     (ws / "saved").mkdir(parents=True)

@@ -248,10 +248,7 @@ impl ServeArgs {
                 default_backend: backend,
                 libreoffice: lo,
                 // Tests only: hold a save between writing and renaming, to kill the server there.
-                save_pause: std::env::var("GEMBA_TEST_SAVE_PAUSE_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .map(std::time::Duration::from_millis),
+                save_pause: crate::faults::save_pause(),
                 ..d
             }
         };

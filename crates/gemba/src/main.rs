@@ -1,19 +1,25 @@
 //! The `gemba` binary: CLI, transports and wiring. The spreadsheet domain lives in the `sheets`
 //! crate and measurement in `kaizen`; this crate adapts them to MCP.
 
+// Command output macros (outln!, out!) come first so every module can use them.
+#[macro_use]
+mod output;
 mod admin;
 mod backpressure;
 mod bench;
 mod catalog;
 mod config;
 mod dashboards;
+mod faults;
 mod http;
 mod loadtest;
 mod measure;
+mod operational;
 mod schema;
 mod server;
 mod slo;
 mod stats;
+mod yaml;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -68,31 +74,6 @@ fn build_server(
     Ok(GembaServer::new(engine, timeouts, recorder, sli, admission))
 }
 
-/// What the operational alerts look at, read from the recorder, the cache and /proc.
-fn signals(server: &GembaServer, recorder: &kaizen::Recorder) -> kaizen::operational::Signals {
-    use std::sync::atomic::Ordering::Relaxed;
-    let (mut requests, mut server_errors) = (0, 0);
-    for (_, s) in recorder.ops() {
-        requests += s.total_requests();
-        server_errors += s.requests[kaizen::Outcome::Internal as usize].load(Relaxed)
-            + s.requests[kaizen::Outcome::Timeout as usize].load(Relaxed);
-    }
-    let cache = &server.engine().cache.stats;
-    let lo = &server.engine().forks.stats.libreoffice;
-    let p = kaizen::process::process_stats();
-    kaizen::operational::Signals {
-        requests,
-        server_errors,
-        cache_hits: cache.hits.load(Relaxed),
-        cache_misses: cache.misses.load(Relaxed),
-        rss_bytes: p.resident_memory_bytes,
-        memory_limit_bytes: p.memory_limit_bytes,
-        retries: lo.retries.load(Relaxed),
-        breaker_open: lo.breaker_state.load(Relaxed) == 1,
-        longest_recalc_seconds: lo.longest_running_seconds(),
-    }
-}
-
 /// Every 10 s: evaluate the SLO and operational alerts, deliver transitions, save SLI minutes.
 fn spawn_evaluator(
     server: GembaServer,
@@ -100,15 +81,16 @@ fn spawn_evaluator(
     sli: Arc<kaizen::sli::SliEngine>,
     store: Option<Arc<kaizen::store::Store>>,
     webhook: Option<kaizen::alerts::Webhook>,
+    operational: operational::OperationalConfig,
 ) {
-    let ops = kaizen::operational::Operational::new(sli.config().operational.clone(), slo::RUNBOOK_URL);
+    let ops = kaizen::operational::Operational::new(operational::rules(&operational), slo::RUNBOOK_URL);
     let spawned = std::thread::Builder::new().name("gemba-alerts".into()).spawn(move || {
         loop {
             std::thread::sleep(Duration::from_secs(10));
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let mut events = sli.evaluate(now);
-            events.extend(ops.evaluate(now, signals(&server, &recorder)));
+            events.extend(ops.evaluate(now, operational::signals(&server, &recorder)));
             kaizen::alerts::deliver(&events, webhook.as_ref());
             kaizen::sli::save(&sli, store.as_deref());
         }
@@ -125,6 +107,7 @@ async fn start_kaizen(
     recorder: &Arc<kaizen::Recorder>,
     sli: &Arc<kaizen::sli::SliEngine>,
     webhook: Option<kaizen::alerts::Webhook>,
+    operational: operational::OperationalConfig,
 ) -> Result<Option<Arc<kaizen::store::Store>>> {
     let r = recorder.clone();
     let _ =
@@ -149,8 +132,8 @@ async fn start_kaizen(
         }
     }
     if recorder.enabled() {
-        recorder.attach_sli(sli.clone());
-        spawn_evaluator(server.clone(), recorder.clone(), sli.clone(), store.clone(), webhook);
+        recorder.attach_observer(sli.clone());
+        spawn_evaluator(server.clone(), recorder.clone(), sli.clone(), store.clone(), webhook, operational);
     }
     let sli_for_samples = sli.clone();
     let s = server.clone();
@@ -214,16 +197,21 @@ async fn start_kaizen(
 }
 
 async fn serve(cfg: ServeConfig) -> Result<()> {
-    let slo_cfg = slo::load(cfg.slo_file.as_ref())?;
-    let timeouts = slo::Timeouts::from(&slo_cfg, cfg.timeout_ms, cfg.load_timeout_ms);
+    let slo_file = slo::load(cfg.slo_file.as_ref())?;
+    let timeouts = slo::Timeouts::from(&slo_file.slo, cfg.timeout_ms, cfg.load_timeout_ms);
     let webhook = match &cfg.alert_webhook {
-        Some(url) => Some(kaizen::alerts::Webhook::parse(url).map_err(anyhow::Error::msg)?),
+        Some(url) => Some(kaizen::alerts::Webhook::parse(url, &slo::naming().service).map_err(anyhow::Error::msg)?),
         None => None,
     };
     let recorder = measure::new_recorder(cfg.kaizen);
-    let sli = Arc::new(kaizen::sli::SliEngine::new(slo_cfg, recorder.names(), slo::RUNBOOK_URL));
+    let sli = Arc::new(kaizen::sli::SliEngine::new(
+        slo_file.slo.clone(),
+        recorder.names(),
+        slo::RUNBOOK_URL,
+        recorder.naming(),
+    ));
     let server = build_server(&cfg, timeouts, Some(recorder.clone()), Some(sli.clone()))?;
-    let store = start_kaizen(&cfg, &server, &recorder, &sli, webhook.clone()).await?;
+    let store = start_kaizen(&cfg, &server, &recorder, &sli, webhook.clone(), slo_file.operational.clone()).await?;
     let result = if cfg.http.is_some() {
         http::serve(measure::Measured::new(server, recorder.clone(), 1), &cfg).await
     } else {
@@ -232,7 +220,9 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     // Nothing measured is lost at shutdown: drain the queue, save the SLI minutes, let the log catch up.
     recorder.flush();
     if recorder.enabled() {
-        kaizen::sli::tick(&sli, store.as_deref(), webhook.as_ref());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        kaizen::alerts::deliver(&sli.evaluate(now), webhook.as_ref());
+        kaizen::sli::save(&sli, store.as_deref());
     }
     if let Some(s) = store {
         s.flush(Duration::from_secs(3));
@@ -242,15 +232,28 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
 
 async fn serve_stdio(server: measure::Measured<GembaServer>, cfg: &ServeConfig) -> Result<()> {
     tracing::info!("gemba serving MCP on stdio (workspace {})", cfg.workspace.display());
+    let mcp_out = mcp_stream().context("cannot set up the MCP stream on stdout")?;
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(tokio::io::stdin(), mcp_out);
     // A client that stops reading its answers pauses the reading of its requests.
-    let (stdin, stdout) = rmcp::transport::stdio();
-    let transport = backpressure::pair(stdin, stdout, backpressure::MAX_OWED);
+    let transport = backpressure::Backpressured::new(transport, backpressure::MAX_OWED);
     let running = server.serve(transport).await.context("MCP stdio session failed to start")?;
     tokio::select! {
         r = running.waiting() => { r.context("MCP stdio session ended with an error")?; }
         _ = shutdown_signal() => {}
     }
     Ok(())
+}
+
+/// The MCP stream: a private handle on stdout, with fd 1 itself pointed at stderr so nothing
+/// else in the process can write to the client.
+#[cfg(unix)]
+fn mcp_stream() -> std::io::Result<tokio::fs::File> {
+    backpressure::private_stdout()
+}
+
+#[cfg(not(unix))]
+fn mcp_stream() -> std::io::Result<tokio::io::Stdout> {
+    Ok(tokio::io::stdout())
 }
 
 fn main() -> ExitCode {

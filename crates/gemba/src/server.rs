@@ -46,15 +46,8 @@ pub struct State {
     pub load_timeout: Duration,
     pub sli: Option<Arc<kaizen::sli::SliEngine>>,
     pub recorder: Option<Arc<kaizen::Recorder>>,
-    /// Test-only fault injection (GEMBA_TEST_PANIC_TOOL=tool, or tool@N for every Nth call).
-    pub panic_tool: Option<(String, u64)>,
-    pub panic_count: std::sync::atomic::AtomicU64,
-    /// Test-only fault injection: GEMBA_TEST_SLOW_TOOL=tool@ms delays that tool (as a slow disk
-    /// would), checking its budget so a timeout or a cancel still stops it.
-    pub slow_tool: Option<(String, Duration)>,
-    /// Test-only fault injection: GEMBA_TEST_BURN_TOOL=tool@N adds N rounds of pointless CPU
-    /// work to every call of that tool: a planted regression for the performance gate to catch.
-    pub burn_tool: Option<(String, u64)>,
+    /// Test-only fault injection (compiled only with `--features test-faults`).
+    pub faults: crate::faults::Faults,
     /// Tool calls running at once; a call waits `queue_wait` for a slot, then is refused.
     pub slots: Arc<tokio::sync::Semaphore>,
     pub admission: Admission,
@@ -102,21 +95,7 @@ impl GembaServer {
                 load_timeout: timeouts.load,
                 sli,
                 recorder,
-                panic_tool: std::env::var("GEMBA_TEST_PANIC_TOOL").ok().filter(|s| !s.is_empty()).map(|s| {
-                    match s.split_once('@') {
-                        Some((t, n)) => (t.to_string(), n.parse().unwrap_or(1).max(1)),
-                        None => (s, 1),
-                    }
-                }),
-                panic_count: std::sync::atomic::AtomicU64::new(0),
-                slow_tool: std::env::var("GEMBA_TEST_SLOW_TOOL").ok().and_then(|s| {
-                    let (t, ms) = s.split_once('@')?;
-                    Some((t.to_string(), Duration::from_millis(ms.parse().ok()?)))
-                }),
-                burn_tool: std::env::var("GEMBA_TEST_BURN_TOOL").ok().and_then(|s| {
-                    let (t, n) = s.split_once('@')?;
-                    Some((t.to_string(), n.parse().ok()?))
-                }),
+                faults: crate::faults::Faults::from_env(),
                 slots: Arc::new(tokio::sync::Semaphore::new(admission.max_inflight.max(1))),
                 admission,
                 refused: std::sync::atomic::AtomicU64::new(0),
@@ -180,34 +159,12 @@ impl GembaServer {
         let work = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let queue = queued.elapsed();
-            if let Some((tool, delay)) = &state.slow_tool
-                && *tool == name_owned
-            {
-                let until = Instant::now() + *delay;
-                while Instant::now() < until {
-                    if let Err(e) = b.check() {
-                        return (queue, Duration::ZERO, Some(Err(CallError::Tool(e))));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-            if let Some((tool, every)) = &state.panic_tool
-                && *tool == name_owned
-                && (state.panic_count.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(*every)
-            {
-                panic!("injected fault: GEMBA_TEST_PANIC_TOOL={name_owned}");
+            if let Err(e) = state.faults.before(&name_owned, &b) {
+                return (queue, Duration::ZERO, Some(Err(CallError::Tool(e))));
             }
             let t = Instant::now();
             let r = catalog::dispatch(&name_owned, &state.engine, args, &b);
-            if let Some((tool, rounds)) = &state.burn_tool
-                && *tool == name_owned
-            {
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                for i in 0..*rounds {
-                    h = (h ^ i).wrapping_mul(0x0100_0000_01b3);
-                }
-                std::hint::black_box(h);
-            }
+            state.faults.after(&name_owned);
             (queue, t.elapsed(), r)
         });
         let backstop = timeout.max(self.state.load_timeout) + Duration::from_millis(250);
@@ -216,7 +173,7 @@ impl GembaServer {
             _ = ct.cancelled() => {
                 // The client gave up (a cancel notification, or it went away): stop the work.
                 canceller.cancel();
-                note.set_outcome(Outcome::Rejected);
+                note.set_outcome(Outcome::Cancelled);
                 return tool_error(format!("{name} was cancelled by the client"));
             }
         };
@@ -267,7 +224,11 @@ impl GembaServer {
                                 note.set_outcome(Outcome::Internal);
                             }
                             ErrorClass::Timeout => note.set_outcome(Outcome::Timeout),
-                            ErrorClass::User | ErrorClass::Workbook => note.set_outcome(Outcome::ToolError),
+                            ErrorClass::User => note.set_outcome(Outcome::ToolError),
+                            ErrorClass::Workbook => {
+                                note.set_outcome(Outcome::ToolError);
+                                note.set_error("data", &e.to_string());
+                            }
                         }
                         tool_error(e.to_string())
                     }

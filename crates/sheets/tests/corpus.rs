@@ -9,17 +9,25 @@ use sheets::tools::discovery::{ListWorkbooksParams, list_workbooks};
 use sheets::tools::reading::{SheetPageParams, sheet_page};
 use sheets::{Budget, Engine, EngineConfig};
 
-fn corpus() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/files");
-    p.is_dir().then_some(p)
+/// The shared corpus (`../shared/corpus/files`, or `GEMBA_CORPUS=DIR`). A missing corpus fails
+/// the test rather than letting it pass untested; leave it out on purpose with
+/// `cargo test -- --skip corpus_` (scripts/test.sh does when `GEMBA_CORPUS=none`).
+fn corpus() -> PathBuf {
+    let p = match std::env::var("GEMBA_CORPUS") {
+        Ok(d) if !d.is_empty() && d != "none" => PathBuf::from(d),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/files"),
+    };
+    assert!(
+        p.is_dir() && p.join("../MANIFEST.tsv").is_file(),
+        "the shared corpus (with ../MANIFEST.tsv) is not at {}: put it there, set GEMBA_CORPUS=DIR, or run `cargo test -- --skip corpus_`",
+        p.display()
+    );
+    p
 }
 
 #[test]
 fn corpus_files_load_or_fail_clearly() {
-    let Some(dir) = corpus() else {
-        eprintln!("shared corpus not found; skipping");
-        return;
-    };
+    let dir = corpus();
     let engine = std::sync::Arc::new(Engine::new(&dir, EngineConfig::default()).unwrap());
     let list = list_workbooks(
         &engine,
@@ -28,7 +36,7 @@ fn corpus_files_load_or_fail_clearly() {
     )
     .unwrap();
     assert!(list.workbooks.len() >= 150, "{}", list.workbooks.len());
-    let manifest = std::fs::read_to_string(dir.join("../MANIFEST.tsv")).unwrap_or_default();
+    let manifest = std::fs::read_to_string(dir.join("../MANIFEST.tsv")).expect("the corpus manifest reads");
     let (mut ok, mut failed) = (0, Vec::new());
     for w in &list.workbooks {
         let (tx, rx) = mpsc::channel();

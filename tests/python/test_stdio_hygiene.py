@@ -1,0 +1,123 @@
+"""The stdio stream itself, byte for byte: nothing but JSON-RPC on stdout, whatever a library
+prints, and a long session of notifications never stalls the reader."""
+
+import json
+import subprocess
+import time
+
+import openpyxl
+from openpyxl.styles import Font
+
+from conftest import BIN
+
+
+class RawStdio:
+    """The real binary over a raw pipe, so every line it writes is seen."""
+
+    def __init__(self, workspace, state_dir):
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--stdio", "--workspace", str(workspace), "--state-dir", str(state_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines = []
+        self.next_id = 1
+
+    def send(self, obj):
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def read_line(self, timeout=60):
+        # The server answers well within the timeout; a missing answer fails instead of hanging.
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"no output from the server within {timeout} s"
+        line = self.proc.stdout.readline()
+        assert line, "the server closed stdout"
+        self.lines.append(line)
+        return line
+
+    def request(self, method, params=None, timeout=60):
+        rid = self.next_id
+        self.next_id += 1
+        self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}})
+        while True:
+            msg = json.loads(self.read_line(timeout))
+            if msg.get("id") == rid:
+                return msg
+
+    def initialize(self):
+        r = self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                        "clientInfo": {"name": "raw", "version": "1"}})
+        assert "result" in r, r
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def call(self, tool, args):
+        r = self.request("tools/call", {"name": tool, "arguments": args})
+        assert "result" in r, r
+        assert not r["result"].get("isError"), r["result"]["content"]
+        return r["result"]["structuredContent"]
+
+    def close(self):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        rest = self.proc.stdout.read()
+        self.lines.extend(rest.splitlines(keepends=True))
+        return self.proc.stderr.read().decode(errors="replace")
+
+
+def test_a_library_printing_to_stdout_never_reaches_the_mcp_stream(tmp_path):
+    # IronCalc's importer prints "Unexpected feature ..." for a font feature it does not know
+    # (here a superscript), on stdout, while the fork is recalculated in process.
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    wb = openpyxl.Workbook()
+    sh = wb.active
+    sh.title = "Calc"
+    sh["A1"] = 2
+    sh["A2"] = "=A1*21"
+    sh["B1"] = "x2"
+    sh["B1"].font = Font(vertAlign="superscript")
+    wb.save(ws / "styled.xlsx")
+    s = RawStdio(ws, tmp_path / "state")
+    try:
+        s.initialize()
+        book = s.call("list_workbooks", {})["workbooks"][0]["workbook_id"]
+        fork = s.call("create_fork", {"workbook_id": book})["fork_id"]
+        s.call("edit_batch", {"fork_id": fork, "sheet_name": "Calc", "edits": ["A1=3"]})
+        r = s.call("recalculate", {"fork_id": fork})
+        assert r["backend"] == "in_process", r
+        v = s.call("range_values", {"workbook_id": fork, "sheet_name": "Calc", "ranges": ["A2"], "format": "values"})
+        assert "63" in json.dumps(v)
+    finally:
+        stderr = s.close()
+    assert s.lines, "no output at all"
+    for line in s.lines:
+        msg = json.loads(line)  # every line on stdout is a JSON-RPC message
+        assert msg.get("jsonrpc") == "2.0", line
+    # What the library printed went to stderr instead.
+    assert "Unexpected feature" in stderr
+
+
+def test_hundreds_of_notifications_never_stall_the_reader(tmp_path, workspace):
+    """Client notifications are never answered; a long session sends many of them (progress,
+    cancels of finished calls, roots changed), and the server must keep reading."""
+    s = RawStdio(workspace, tmp_path / "state")
+    try:
+        s.initialize()
+        for i in range(300):
+            s.send({"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": "client-side", "progress": i}})
+        for i in range(300):
+            s.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": 10_000 + i, "reason": "already finished"}})
+        t = time.monotonic()
+        r = s.request("ping", timeout=30)
+        assert r.get("result") == {}, r
+        books = s.call("list_workbooks", {})
+        assert books["workbooks"]
+        print(f"ping answered {(time.monotonic() - t) * 1000:.0f} ms after 600 notifications")
+    finally:
+        s.close()

@@ -17,6 +17,7 @@ pub mod process;
 pub mod recorder;
 pub mod sli;
 pub mod slo;
+pub mod stats;
 pub mod statsd;
 pub mod store;
 pub mod windows;

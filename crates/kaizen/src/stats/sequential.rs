@@ -285,8 +285,9 @@ pub fn inflation_factor(alpha: f64, power: f64, looks: usize, sides: Sides) -> R
     let ts: Vec<f64> = (1..=looks).map(|k| k as f64 / looks as f64).collect();
     let bounds = boundaries(&ts, alpha, sides)?;
     let fixed = sides.z_alpha(alpha) + normal_quantile(power);
-    let (mut lo, mut hi) = (0.0, fixed * 2.0);
-    for _ in 0..60 {
+    // O'Brien–Fleming designs inflate by well under 1.3² = 1.69; 30 halvings give ~1e-9.
+    let (mut lo, mut hi) = (fixed, fixed * 1.3);
+    for _ in 0..30 {
         let mid = 0.5 * (lo + hi);
         if upper_crossing_probability(&ts, &bounds, sides, mid) < power {
             lo = mid;

@@ -657,8 +657,9 @@ fn advance_canary(
     let Some(cfg) = &p.canary else { return };
     let n = stats.get(1).map_or(0, |s| s.samples);
     let in_step = n.saturating_sub(c.step_base);
-    // Guards hold: none broken, and no point estimate beyond its tolerance.
-    let within = c.monitors.iter().all(|m| m.report.z.is_none_or(|z| z <= 0.0));
+    // Guards hold: none broken, and no running guard's point estimate beyond its tolerance (a
+    // guard that concluded "held" at its planned samples no longer blocks; gross rules remain).
+    let within = c.monitors.iter().all(|m| m.status.concluded() || m.report.z.is_none_or(|z| z <= 0.0));
     if in_step < cfg.min_samples_per_step || !within || c.step + 1 >= cfg.steps.len() {
         return;
     }

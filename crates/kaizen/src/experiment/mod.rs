@@ -35,3 +35,6 @@ pub use config::ExperimentsConfig;
 pub use engine::{Engine, SavedExperiment, State, Transition, TransitionKind};
 pub use knob::{KnobSpec, KnobValue};
 pub use plan::ConfigError;
+
+#[cfg(test)]
+mod tests;

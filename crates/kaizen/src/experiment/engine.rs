@@ -352,15 +352,14 @@ impl Engine {
             else {
                 continue;
             };
-            if !pick.counted || !p.counts(o.operation) {
-                if !pick.counted
-                    && let Some(s) = run.stats.get(pick.variant as usize)
-                {
-                    s.lock().forced += 1;
-                }
+            if !p.counts(o.operation) || !run.routing.read().active {
                 continue;
             }
-            if !run.routing.read().active {
+            if !pick.counted {
+                // Allow/deny lists, or a key-unit experiment without a key: shown, not tested.
+                if let Some(s) = run.stats.get(pick.variant as usize) {
+                    s.lock().forced += 1;
+                }
                 continue;
             }
             if let Some(s) = run.stats.get(pick.variant as usize) {

@@ -207,7 +207,8 @@ impl Monitor {
                 (h / h_max, Some(h_max * (1.0 + 1.0 / ratio)))
             }
         };
-        r.predicted_samples = predicted.map(|p| p.ceil() as u64);
+        // No test looks before `min_samples`, so nothing concludes earlier than that.
+        r.predicted_samples = predicted.map(|p| (p.ceil() as u64).max(plan.min_samples));
         r.information = t_raw.min(1.0);
         r.p_value = est.p_value;
         r.mann_whitney_p = est.mann_whitney_p;

@@ -260,7 +260,8 @@ fn a_slower_canary_rolls_back_within_the_predicted_samples() {
         let variant_samples = st["variants"][1]["samples"].as_u64().unwrap_or(0);
         let predicted = st["predicted_samples"].as_u64().unwrap_or(0);
         assert!(predicted > 0, "{st}");
-        within += u32::from(variant_samples <= predicted + 40);
+        // Slack: the calls one evaluation interval adds at the step's share.
+        within += u32::from(variant_samples <= predicted + 10);
         // After the rollback every call gets control.
         assert_eq!(e.assign("anyone", None).float("slowdown"), Some(1.0));
     }

@@ -539,3 +539,83 @@ fn status_json_follows_the_contract_and_samples_are_labelled() {
         && s.labels.iter().any(|(k, v)| k == "state" && v == "running")));
     let _ = State::Running;
 }
+
+/// A business metric recorded by the embedder decides an A/B test.
+#[test]
+fn a_custom_metric_decides_an_ab_test() {
+    let e = engine(
+        r#"
+        [[experiment]]
+        name = "workflow"
+        kind = "ab"
+        unit = "session"
+        primary = { metric = "calls_per_workflow", mde = 1.0 }
+        [experiment.metrics.calls_per_workflow]
+        better = "lower"
+        assumed_sd = 3.0
+        [[experiment.variant]]
+        name = "csv"
+        [[experiment.variant]]
+        name = "json"
+        knobs = { format = "json" }
+        "#,
+    );
+    let mut rng = Rng::new(17);
+    let mut done = Vec::new();
+    for i in 0..20_000u64 {
+        let a = e.assign(&format!("agent-{i}"), None);
+        // JSON saves agents two calls per workflow on average (8 vs 10, SD 3).
+        let mean = if a.string("format") == Some("json") { 8.0 } else { 10.0 };
+        e.record_metric(&a, "calls_per_workflow", (mean + 3.0 * rng.normal()).max(1.0));
+        e.record_metric(&a, "undeclared", 1.0);
+        if i % 50 == 0 {
+            done.extend(e.evaluate(i, false));
+            if done.iter().any(|t| t.kind == TransitionKind::Completed) {
+                break;
+            }
+        }
+    }
+    let st = status(&e);
+    assert_eq!(st["state"], "completed", "{st}");
+    assert!(st["decision"].as_str().unwrap_or("").contains("'json' wins"), "{st}");
+    let effect = st["effect"].as_f64().unwrap_or(0.0);
+    assert!((effect + 2.0).abs() < 0.6, "effect {effect}");
+    assert!(st["variants"][1]["metrics"]["calls_per_workflow"].as_f64().is_some());
+    // After the decision everyone gets the winner.
+    assert_eq!(e.assign("new-agent", None).string("format"), Some("json"));
+}
+
+/// The SLO-burn guard: a variant whose calls are mostly slower than the SLO threshold burns
+/// the budget far above the tolerated rate and is rolled back.
+#[test]
+fn an_slo_burn_guard_rolls_back_a_variant_that_burns_the_budget() {
+    let e = engine(
+        r#"
+        [[experiment]]
+        name = "burn"
+        kind = "canary"
+        unit = "request"
+        canary = { steps = [0.05, 1.0], min_samples_per_step = 100 }
+        [[experiment.guard]]
+        metric = "slo_burn"
+        objective = 0.99
+        latency_ms = 6
+        max_worse = 2.0
+        detect = 10.0
+        [[experiment.variant]]
+        name = "control"
+        [[experiment.variant]]
+        name = "slow"
+        knobs = { slowdown = 2.0 }
+        "#,
+    );
+    // Control: P(latency > 6 ms) = P(Z > ln 3 / 0.5) ≈ 1.4 % plus 1 % errors; the variant
+    // (twice as slow): P(Z > ln 1.5 / 0.5) ≈ 21 % — a burn rate near 22 against 2 tolerated.
+    let mut rng = Rng::new(4);
+    let (ts, _) = drive(&e, &mut rng, 50_000, 100, &[TransitionKind::RolledBack]);
+    let st = status(&e);
+    assert_eq!(st["state"], "rolled_back", "{st}");
+    assert!(ts.iter().any(|t| t.message.contains("slo_burn")), "{ts:?}");
+    let burn = st["effect"].as_f64().unwrap_or(0.0);
+    assert!(burn > 10.0, "measured burn rate {burn}");
+}

@@ -10,10 +10,13 @@
 //! - `naming`: the names exports carry, all given by the embedder
 //! - `slo`, `sli`: objectives and their in-process judge (an `Observer` of finished requests)
 //! - `operational`: threshold alerts over the embedder's signals; `event`, `alerts`: delivery
+//! - `experiment`: flags, A/B tests, canaries with automatic rollback, a bandit; `stats`: the
+//!   statistics they rest on (Welch, Mann–Whitney, proportions, power, alpha spending)
 
 pub mod alerts;
 pub mod buckets;
 pub mod event;
+pub mod experiment;
 pub mod exposition;
 pub mod naming;
 pub mod operational;
@@ -22,6 +25,7 @@ pub mod process;
 pub mod recorder;
 pub mod sli;
 pub mod slo;
+pub mod stats;
 pub mod statsd;
 pub mod store;
 pub mod windows;

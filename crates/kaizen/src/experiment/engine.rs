@@ -478,16 +478,15 @@ impl Engine {
             let c = run.control.lock();
             let routing = run.routing.read().clone();
             let stats: Vec<VariantStats> = run.stats.iter().map(|s| s.lock().clone()).collect();
-            super::status::samples(
-                naming,
-                p,
-                c.state,
-                c.frozen,
-                c.step,
-                &effective_shares(p, &routing),
-                &stats,
-                &mut out,
-            );
+            let shares = effective_shares(p, &routing);
+            let now = super::status::Standing {
+                state: c.state,
+                frozen: c.frozen,
+                step: c.step,
+                shares: &shares,
+                stats: &stats,
+            };
+            super::status::samples(naming, p, &now, &mut out);
         }
         out
     }

@@ -175,17 +175,18 @@ pub fn experiment_json(p: &ExperimentPlan, v: &View) -> Value {
     Value::Object(o)
 }
 
+/// Where an experiment stands, for its metric samples.
+pub struct Standing<'a> {
+    pub state: State,
+    pub frozen: bool,
+    pub step: usize,
+    pub shares: &'a [f64],
+    pub stats: &'a [VariantStats],
+}
+
 /// Metric samples for one experiment.
-pub fn samples(
-    naming: &crate::naming::Naming,
-    p: &ExperimentPlan,
-    state: State,
-    frozen: bool,
-    step: usize,
-    shares: &[f64],
-    stats: &[VariantStats],
-    out: &mut Vec<Sample>,
-) {
+pub fn samples(naming: &crate::naming::Naming, p: &ExperimentPlan, now: &Standing, out: &mut Vec<Sample>) {
+    let Standing { state, frozen, step, shares, stats } = *now;
     let current = state_name(state, frozen);
     for s in ["running", "rolled_back", "completed", "frozen"] {
         out.push(

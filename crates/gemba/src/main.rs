@@ -5,6 +5,7 @@
 #[macro_use]
 mod output;
 mod admin;
+mod admission;
 mod backpressure;
 mod bench;
 mod catalog;

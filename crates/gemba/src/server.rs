@@ -48,30 +48,11 @@ pub struct State {
     pub recorder: Option<Arc<kaizen::Recorder>>,
     /// Test-only fault injection (compiled only with `--features test-faults`).
     pub faults: crate::faults::Faults,
-    /// Tool calls running at once; a call waits `queue_wait` for a slot, then is refused.
-    pub slots: Arc<tokio::sync::Semaphore>,
-    pub admission: Admission,
-    /// Calls refused because every slot stayed busy.
-    pub refused: std::sync::atomic::AtomicU64,
-    /// Calls waiting for a slot now.
-    pub waiting: std::sync::atomic::AtomicUsize,
+    /// Admission control: slots for tool calls, refusals past them.
+    pub gate: crate::admission::Gate,
 }
 
-/// How much work the server takes on: past it, calls are refused at once with a clear error
-/// instead of queueing into slow death.
-#[derive(Debug, Clone, Copy)]
-pub struct Admission {
-    pub max_inflight: usize,
-    pub queue_wait: Duration,
-    /// Calls that may wait for a slot at once; past it a call is refused without waiting.
-    pub max_queued: usize,
-}
-
-impl Default for Admission {
-    fn default() -> Self {
-        Self { max_inflight: 8, queue_wait: Duration::from_millis(250), max_queued: 32 }
-    }
-}
+pub use crate::admission::Admission;
 
 #[derive(Clone)]
 pub struct GembaServer {
@@ -96,18 +77,15 @@ impl GembaServer {
                 sli,
                 recorder,
                 faults: crate::faults::Faults::from_env(),
-                slots: Arc::new(tokio::sync::Semaphore::new(admission.max_inflight.max(1))),
-                admission,
-                refused: std::sync::atomic::AtomicU64::new(0),
-                waiting: std::sync::atomic::AtomicUsize::new(0),
+                gate: crate::admission::Gate::new(admission),
             }),
         }
     }
 
     /// Calls refused for capacity, the admission settings, and slots free now.
     pub fn admission_figures(&self) -> (u64, Admission, usize) {
-        let s = &self.state;
-        (s.refused.load(Ordering::Relaxed), s.admission, s.slots.available_permits())
+        let g = &self.state.gate;
+        (g.refused(), g.config, g.free())
     }
 
     pub fn engine(&self) -> &Engine {
@@ -124,40 +102,23 @@ impl GembaServer {
     ) -> CallToolResult {
         let state = self.state.clone();
         // Admission: a slot, or a quick refusal. The slot goes with the work, so it is held
-        // until the work really ends (a timed-out call keeps it until it stops).
-        let adm = state.admission;
-        let permit = match state.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let refuse = |why: String| {
-                    state.refused.fetch_add(1, Ordering::Relaxed);
-                    note.set_outcome(Outcome::Rejected);
-                    tool_error(format!(
-                        "the server is at capacity ({} calls running, {why}); retry after a short pause",
-                        adm.max_inflight
-                    ))
-                };
-                // A bounded queue: past it, refuse at once rather than let waiters pile up.
-                if state.waiting.fetch_add(1, Ordering::AcqRel) >= adm.max_queued {
-                    state.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return refuse(format!("{} more waiting", adm.max_queued));
-                }
-                let got = tokio::time::timeout(adm.queue_wait, state.slots.clone().acquire_owned()).await;
-                state.waiting.fetch_sub(1, Ordering::AcqRel);
-                match got {
-                    Ok(Ok(p)) => p,
-                    _ => return refuse(format!("none finished within {} ms", adm.queue_wait.as_millis())),
-                }
+        // until the work really ends (a timed-out call keeps it until it stops); it is lent out
+        // while the call waits for another call's load.
+        let ticket = match state.gate.admit(name).await {
+            Ok(t) => Arc::new(t),
+            Err(why) => {
+                note.set_outcome(Outcome::Rejected);
+                return tool_error(why);
             }
         };
         let timeout = state.timeouts.get(name).copied().unwrap_or(state.default_timeout);
-        let budget = Budget::with_timeouts(timeout, state.load_timeout);
+        let budget = Budget::with_timeouts(timeout, state.load_timeout).with_waiting(ticket.clone());
         let canceller = budget.canceller();
         let name_owned = name.to_string();
         let queued = Instant::now();
         let b = budget.clone();
         let work = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _ticket = ticket;
             let queue = queued.elapsed();
             if let Err(e) = state.faults.before(&name_owned, &b) {
                 return (queue, Duration::ZERO, Some(Err(CallError::Tool(e))));

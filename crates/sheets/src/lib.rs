@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::{ErrorClass, Result, SheetsError};
-pub use limits::{Budget, Limits};
+pub use limits::{Budget, Limits, Waiting};
 
 use cache::{Lookup, WorkbookCache};
 use sheet::Sheet;

@@ -36,9 +36,19 @@ impl Default for Limits {
     }
 }
 
+/// Told when a call starts and stops waiting for work another call is doing (a workbook or
+/// sheet that call is loading), so the embedder can lend the call's share of the server (an
+/// admission slot) to others meanwhile: waiting is not work.
+pub trait Waiting: Send + Sync {
+    /// The call is about to wait.
+    fn begin(&self);
+    /// The wait is over; false if the call could not get its share back before `deadline`.
+    fn end(&self, deadline: Option<Instant>) -> bool;
+}
+
 /// The time a call may take, and a flag the caller can raise to cancel it. Long loops check it
 /// every few thousand steps, so a timeout actually stops the work.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Budget {
     deadline: Option<Instant>,
     total: Duration,
@@ -48,6 +58,13 @@ pub struct Budget {
     load_total: Duration,
     cancelled: Arc<AtomicBool>,
     stages: Arc<StageTimes>,
+    waiting: Option<Arc<dyn Waiting>>,
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget").field("total", &self.total).field("load_total", &self.load_total).finish()
+    }
 }
 
 /// Where a call's time went, filled in by the domain as it works (for the value-stream map),
@@ -94,7 +111,23 @@ impl Budget {
             load_total: Duration::MAX,
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
+            waiting: None,
         }
+    }
+
+    /// Tell `w` whenever this call waits for another call's work.
+    pub fn with_waiting(mut self, w: Arc<dyn Waiting>) -> Self {
+        self.waiting = Some(w);
+        self
+    }
+
+    /// Run `wait` (a blocking wait for another call's work) with the call's share of the server
+    /// lent out meanwhile; an error if it cannot be had back within the load budget.
+    pub fn while_waiting<T>(&self, wait: impl FnOnce() -> T) -> Result<T> {
+        let Some(w) = &self.waiting else { return Ok(wait()) };
+        w.begin();
+        let r = wait();
+        if w.end(self.load_deadline) { Ok(r) } else { Err(self.load_timeout_error()) }
     }
 
     pub fn stages(&self) -> &StageTimes {
@@ -115,6 +148,7 @@ impl Budget {
             load_total: load.max(work),
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
+            waiting: None,
         }
     }
 
@@ -179,5 +213,29 @@ mod tests {
         assert!(b.check().is_ok());
         b.canceller().cancel();
         assert!(matches!(b.check(), Err(SheetsError::Cancelled)));
+    }
+
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicI32, AtomicBool);
+
+    impl Waiting for Counting {
+        fn begin(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn end(&self, _deadline: Option<Instant>) -> bool {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+            !self.1.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn waits_lend_the_share_out_and_take_it_back() {
+        let w = Arc::new(Counting::default());
+        let b = Budget::with_timeout(Duration::from_secs(5)).with_waiting(w.clone());
+        let inside = b.while_waiting(|| w.0.load(Ordering::SeqCst)).unwrap();
+        assert_eq!((inside, w.0.load(Ordering::SeqCst)), (1, 0), "lent during the wait, back after");
+        w.1.store(true, Ordering::SeqCst);
+        assert!(matches!(b.while_waiting(|| ()), Err(SheetsError::Timeout { .. })), "no share back: a timeout");
+        assert_eq!(Budget::unlimited().while_waiting(|| 7).unwrap(), 7);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -163,7 +164,15 @@ impl Workbook {
             Source::File { book, file } => (book, file),
             Source::Overlay { base } => return base.sheet_at(i, budget),
         };
-        let mut book = book.lock();
+        // One sheet loads at a time per workbook: a caller that finds another loading waits
+        // for it (lending its share of the server out meanwhile), up to its load budget.
+        let mut book = match book.try_lock() {
+            Some(b) => b,
+            None => {
+                let wait = budget.load_remaining().unwrap_or(Duration::from_secs(3600));
+                budget.while_waiting(|| book.try_lock_for(wait))?.ok_or_else(|| budget.load_timeout_error())?
+            }
+        };
         if let Some(Some(s)) = self.loaded.read().get(i) {
             return Ok(s.clone());
         }

@@ -7,10 +7,12 @@
 //! - `store`: the SQLite request log, written off the hot path
 //! - `process`: RSS, CPU, file descriptors, disk
 //! - `statsd`: optional UDP push
+//! - `learn`: error signatures, usage patterns, cache what-if, trends, backlog and reports
 
 pub mod alerts;
 pub mod buckets;
 pub mod exposition;
+pub mod learn;
 pub mod operational;
 pub mod outcome;
 pub mod process;

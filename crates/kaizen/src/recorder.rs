@@ -506,4 +506,37 @@ mod tests {
         r.start(OpId(0)).finish(Completion::default());
         assert_eq!(r.stats(OpId(0)).total_requests(), 0);
     }
+
+    #[test]
+    fn completions_reach_the_request_log_with_key_and_excerpt() {
+        let spec = OpSpec { name: "read".into(), method: "tools/call".into(), target: Some("read".into()) };
+        let r = Recorder::new(vec![spec], vec![], true);
+        let (tx, rx) = sync_channel(16);
+        r.attach_log(tx);
+        let op = r.op("read").unwrap();
+        r.start(op).finish(Completion {
+            outcome: Some(Outcome::ToolError),
+            error: Some(("user".into(), "x".repeat(800))),
+            key: Some("sales-3f2a".into()),
+            key_bytes: 123,
+            truncated: true,
+            args_excerpt: Some("a".repeat(400)),
+            ..Default::default()
+        });
+        r.start(op).finish(Completion {
+            outcome: Some(Outcome::Ok),
+            args_excerpt: Some("{}".into()),
+            ..Default::default()
+        });
+        r.flush();
+        // The aggregator thread may have taken the events first: wait for both rows.
+        let rows: Vec<Row> = (0..2).filter_map(|_| rx.recv_timeout(Duration::from_secs(5)).ok()).collect();
+        assert_eq!(rows.len(), 2);
+        let (failed, ok) = (&rows[0], &rows[1]);
+        assert_eq!((failed.key.as_deref(), failed.key_bytes, failed.truncated), (Some("sales-3f2a"), 123, true));
+        assert_eq!(failed.error_class.as_deref(), Some("user"));
+        assert_eq!(failed.error_message.as_ref().map(String::len), Some(crate::store::MAX_ERROR_MESSAGE));
+        assert_eq!(failed.args_excerpt.as_ref().map(String::len), Some(crate::store::MAX_ARGS_EXCERPT));
+        assert_eq!(ok.args_excerpt, None);
+    }
 }

@@ -594,4 +594,38 @@ mod tests {
         assert!(tool_stats(&dir.join("gemba.db"), now_ms() + 60_000, None).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn caps_texts_and_keeps_arguments_only_for_failures() {
+        let dir = std::env::temp_dir().join(format!("kaizen-store-caps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gemba.db");
+        let mut conn = open_rw(&path).unwrap();
+        let long = "é".repeat(MAX_ERROR_MESSAGE + 50);
+        let mut failed = row("read_table", 1000, "tool_error");
+        failed.error_message = Some(long.clone());
+        failed.args_excerpt = Some("x".repeat(1000));
+        failed.key = Some("sales-3f2a".into());
+        failed.key_bytes = 4096;
+        failed.truncated = true;
+        let mut ok = row("read_table", 1000, "ok");
+        ok.args_excerpt = Some("{\"secret\":1}".into());
+        write_batch(&mut conn, &[failed, ok]).unwrap();
+        type Stored = (Option<String>, Option<String>, Option<String>, i64, bool);
+        let got: Vec<Stored> = conn
+            .prepare("SELECT error_message, args_excerpt, key, key_bytes, truncated FROM requests ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(got[0].0.as_deref().map(|m| m.chars().count()), Some(MAX_ERROR_MESSAGE));
+        assert_eq!(got[0].1.as_deref().map(str::len), Some(MAX_ARGS_EXCERPT));
+        assert_eq!((got[0].2.as_deref(), got[0].3, got[0].4), (Some("sales-3f2a"), 4096, true));
+        assert_eq!(got[1].1, None, "arguments of a successful request are not kept");
+        assert_eq!(cap_chars("héllo", 2), "hé");
+        assert_eq!(cap_chars("hi", 5), "hi");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

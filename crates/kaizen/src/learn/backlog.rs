@@ -13,7 +13,7 @@ use super::compliance::SloLine;
 use super::ids::stable_id;
 use super::signature::{Category, ErrorsSection};
 use super::stream::StageLine;
-use super::trends::{Direction, ToolChange};
+use super::trends::{Direction, ToolChange, TrendRow};
 use super::usage::UsageSection;
 
 /// What kind of improvement.
@@ -98,6 +98,7 @@ pub(crate) struct Inputs<'a> {
     pub cache: &'a CacheSection,
     pub slo: &'a [SloLine],
     pub changes: &'a [ToolChange],
+    pub trends: &'a [TrendRow],
     pub stream: &'a [StageLine],
 }
 
@@ -360,8 +361,9 @@ fn slo_items(slo: &[SloLine], out: &mut Vec<Draft>) {
 }
 
 fn stream_items(stream: &[StageLine], out: &mut Vec<Draft>) {
-    for (i, l) in stream.iter().enumerate().take(5) {
-        if l.share_of_all_time < 0.05 {
+    // The tools that take a tenth of all the time served or more, at most three.
+    for (i, l) in stream.iter().enumerate().take(3) {
+        if l.share_of_all_time < 0.1 {
             continue;
         }
         if let Some((j, s)) = l.stages.iter().enumerate().next()
@@ -441,7 +443,8 @@ fn truncation_items(u: &UsageSection, out: &mut Vec<Draft>) {
     }
 }
 
-fn regression_items(changes: &[ToolChange], out: &mut Vec<Draft>) {
+fn regression_items(changes: &[ToolChange], trends: &[TrendRow], out: &mut Vec<Draft>) {
+    let mut seen: Vec<String> = Vec::new();
     for (i, t) in changes.iter().enumerate() {
         let Some(c) = &t.change else { continue };
         if !c.significant || c.direction != Direction::Worse {
@@ -458,6 +461,7 @@ fn regression_items(changes: &[ToolChange], out: &mut Vec<Draft>) {
             what.push(format!("error rate {} → {}", pct(c.prev_error_rate), pct(t.error_rate)));
         }
         let metric = if c.latency_significant { "latency" } else { "errors" };
+        seen.push(t.tool.clone());
         out.push(Draft {
             id: stable_id("regression", &[&t.tool, metric]),
             kind: Kind::Regression,
@@ -467,6 +471,34 @@ fn regression_items(changes: &[ToolChange], out: &mut Vec<Draft>) {
             evidence: vec![ev(
                 format!("{} calls vs {} before; {}", t.calls, c.prev_calls, what.join("; ")),
                 format!("/tool_changes/{i}"),
+            )],
+            reach: t.calls as f64,
+            impact: 1.0,
+            confidence: 0.8,
+        });
+    }
+    // A tool whose last day got worse than the day before (a change too recent for the period).
+    let Some(last) = trends.iter().map(|t| t.day.as_str()).max() else { return };
+    for (i, t) in trends.iter().enumerate() {
+        let Some(c) = &t.change else { continue };
+        if t.day != last || !c.significant || c.direction != Direction::Worse || seen.contains(&t.tool) {
+            continue;
+        }
+        let metric = if c.latency_significant { "latency" } else { "errors" };
+        let what = if c.latency_significant {
+            format!("p95 {:.1} → {:.1} ms, p50 {:.1} → {:.1} ms", c.prev_p95_ms, t.p95_ms, c.prev_p50_ms, t.p50_ms)
+        } else {
+            format!("error rate {} → {}", pct(c.prev_error_rate), pct(t.error_rate))
+        };
+        out.push(Draft {
+            id: stable_id("regression", &[&t.tool, metric]),
+            kind: Kind::Regression,
+            title: format!("{} got worse on {}: {what}", t.tool, t.day),
+            suggestion:
+                "A recent change: look at the runs and configuration changes of that day and the tool's stages.".into(),
+            evidence: vec![ev(
+                format!("{} calls vs {} the day before; {what}", t.calls, c.prev_calls),
+                format!("/trends/{i}"),
             )],
             reach: t.calls as f64,
             impact: 1.0,
@@ -483,7 +515,7 @@ pub(crate) fn build(inputs: &Inputs<'_>, overrides: &EffortOverrides) -> Vec<Bac
     slo_items(inputs.slo, &mut drafts);
     stream_items(inputs.stream, &mut drafts);
     truncation_items(inputs.usage, &mut drafts);
-    regression_items(inputs.changes, &mut drafts);
+    regression_items(inputs.changes, inputs.trends, &mut drafts);
     let mut items: Vec<BacklogItem> = drafts
         .into_iter()
         .map(|d| {

@@ -2,8 +2,11 @@
 //! at other capacities and policies, to predict the hit rate each would have had.
 //!
 //! The models follow the embedder's cache: byte-bounded, an entry's size grows as more of it is
-//! loaded (a request that grows a resident entry is a miss: it loaded something), and after each
-//! load the least valuable entries are evicted until the total fits, never the one just used.
+//! loaded, and after each load the least valuable entries are evicted until the total fits,
+//! never the one just used. A request that grows a resident entry loaded something: it counts as
+//! a miss when the embedder logged it as one (Gemba counts a sheet loaded into a cached workbook
+//! as a miss on the read tools, as a hit where a listing loads every sheet), so the replay keeps
+//! the embedder's own accounting and models only what depends on capacity: residency.
 //! An entry that is reloaded starts at the size logged with that access; a resident one keeps
 //! the largest size seen since it was loaded. A replay step is O(1) for LRU (an intrusive list)
 //! and O(log n) for the priority policies (GDSF, LFU), so each capacity costs one pass over the
@@ -39,7 +42,11 @@ impl Policy {
     }
 }
 
-/// The logged accesses, compactly: one (key index, bytes) per request that touched the cache.
+/// The top bit of a logged size: the request was logged as a miss.
+const MISS: u64 = 1 << 63;
+
+/// The logged accesses, compactly: one (key index, bytes with the `MISS` bit) per request that
+/// touched the cache.
 #[derive(Debug, Default)]
 pub(crate) struct Trace {
     keys: Vec<u32>,
@@ -60,7 +67,7 @@ impl Trace {
         self.measured_hits += u64::from(hit);
         if let Some(k) = key {
             self.keys.push(k);
-            self.bytes.push(key_bytes);
+            self.bytes.push(key_bytes.min(MISS - 1) | if hit { 0 } else { MISS });
             self.nkeys = self.nkeys.max(k as usize + 1);
             self.keyed_hits += u64::from(hit);
         }
@@ -75,22 +82,23 @@ impl Trace {
         let mut max = vec![0u64; self.nkeys];
         for (k, b) in self.keys.iter().zip(&self.bytes) {
             let m = &mut max[*k as usize];
-            *m = (*m).max(*b);
+            *m = (*m).max(*b & !MISS);
         }
         max.iter().sum()
     }
 
-    /// The hit rate with unbounded capacity: only first loads and growths miss.
+    /// The hit rate with unbounded capacity: only first loads and growths logged as misses miss.
     pub fn achievable(&self) -> f64 {
         let mut max: Vec<Option<u64>> = vec![None; self.nkeys];
         let mut hits = 0u64;
-        for (k, b) in self.keys.iter().zip(&self.bytes) {
+        for (k, raw) in self.keys.iter().zip(&self.bytes) {
+            let (b, logged_miss) = (raw & !MISS, raw & MISS != 0);
             let m = &mut max[*k as usize];
             match m {
-                Some(s) if *b <= *s => hits += 1,
+                Some(s) if b <= *s || !logged_miss => hits += 1,
                 _ => {}
             }
-            *m = Some(m.unwrap_or(0).max(*b));
+            *m = Some(m.unwrap_or(0).max(b));
         }
         ratio(hits, self.len() as u64)
     }
@@ -125,13 +133,16 @@ impl Trace {
                 if nx == NIL { tail = p } else { prev[nx as usize] = p }
             }};
         }
-        for (&k, &b) in self.keys.iter().zip(&self.bytes) {
+        for (&k, &raw) in self.keys.iter().zip(&self.bytes) {
+            let (b, logged_miss) = (raw & !MISS, raw & MISS != 0);
             let ku = k as usize;
             if resident[ku] {
-                if b > size[ku] {
+                let grew = b > size[ku];
+                if grew {
                     total += b - size[ku];
                     size[ku] = b;
-                } else {
+                }
+                if !(grew && logged_miss) {
                     hits += 1;
                 }
                 unlink!(k);
@@ -171,13 +182,16 @@ impl Trace {
         let mut inflation = 0.0f64;
         let mut total = 0u64;
         let mut hits = 0u64;
-        for (seq, (&k, &b)) in self.keys.iter().zip(&self.bytes).enumerate() {
+        for (seq, (&k, &raw)) in self.keys.iter().zip(&self.bytes).enumerate() {
+            let (b, logged_miss) = (raw & !MISS, raw & MISS != 0);
             let ku = k as usize;
             if resident[ku] {
-                if b > size[ku] {
+                let grew = b > size[ku];
+                if grew {
                     total += b - size[ku];
                     size[ku] = b;
-                } else {
+                }
+                if !(grew && logged_miss) {
                     hits += 1;
                 }
                 freq[ku] += 1;
@@ -394,9 +408,6 @@ pub(crate) fn analyse(trace: &Trace, capacity: Option<u64>) -> CacheSection {
             break;
         }
         let rates = par_map(&points, |c| rate(Policy::Lru, c * MIB));
-        for (p, r) in points.iter().zip(&rates) {
-            lru.push((*p, *r));
-        }
         match points.iter().zip(&rates).find(|(_, r)| **r >= target) {
             Some((p, r)) => {
                 hi = *p;
@@ -460,11 +471,21 @@ mod tests {
         // One entry larger than the cache stays while it is the one in use.
         let t = trace(&[(0, 20), (0, 20), (1, 1), (0, 20)]);
         assert_eq!(t.replay(Policy::Lru, 10), 1);
-        // Growth of a resident entry is a miss; later accesses at that size are hits.
+        // Growth of a resident entry logged as a miss is a miss; later accesses at that size hit.
         let t = trace(&[(0, 5), (0, 8), (0, 8), (0, 3)]);
         assert_eq!(t.replay(Policy::Lru, 100), 2);
         assert_eq!(t.achievable(), 0.5);
         assert_eq!(t.working_set(), 8);
+        // Logged as a hit (the embedder does not count that load as a miss): a hit while resident.
+        let mut t = Trace::default();
+        for (hit, b) in [(false, 5), (true, 8), (true, 8)] {
+            t.observe(Some(hit), Some(0), b);
+        }
+        t.observe(Some(false), Some(1), 95);
+        t.observe(Some(true), Some(0), 8);
+        assert_eq!(t.replay(Policy::Lru, 200), 3);
+        // ...but not once capacity evicted it.
+        assert_eq!(t.replay(Policy::Lru, 100), 2);
     }
 
     #[test]

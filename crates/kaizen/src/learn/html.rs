@@ -126,7 +126,18 @@ fn slo(s: &mut String, r: &Report) {
 fn trends(s: &mut String, r: &Report) {
     section(s, "/trends", "Latency and error trends");
     let days: Vec<String> = r.trends.iter().map(|t| t.day.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let top: Vec<&str> = r.tool_changes.iter().take(6).map(|t| t.tool.as_str()).collect();
+    // Tools with a flagged day first, then the busiest, six at most.
+    let mut top: Vec<&str> = Vec::new();
+    for t in r.trends.iter().filter(|t| t.change.as_ref().is_some_and(|c| c.significant)) {
+        if top.len() < 3 && !top.contains(&t.tool.as_str()) {
+            top.push(t.tool.as_str());
+        }
+    }
+    for t in &r.tool_changes {
+        if top.len() < 6 && !top.contains(&t.tool.as_str()) {
+            top.push(t.tool.as_str());
+        }
+    }
     if !days.is_empty() && !top.is_empty() {
         let series = |f: &dyn Fn(&super::trends::TrendRow) -> f64| -> Vec<(String, Vec<Option<f64>>)> {
             top.iter()
@@ -137,7 +148,12 @@ fn trends(s: &mut String, r: &Report) {
                 })
                 .collect()
         };
-        s.push_str(&svg::lines("p95 latency per day (busiest tools)", &days, &series(&|t| t.p95_ms), " ms"));
+        s.push_str(&svg::lines(
+            "p95 latency per day (changed and busiest tools)",
+            &days,
+            &series(&|t| t.p95_ms),
+            " ms",
+        ));
         s.push_str(&svg::lines(
             "error rate per day (busiest tools), %",
             &days,
@@ -181,11 +197,13 @@ fn trends(s: &mut String, r: &Report) {
         s.push_str("<p>No day differs significantly from the day before.</p>");
     } else {
         s.push_str("<p>Days that differ significantly from the day before:</p><ul>");
-        for t in flagged.iter().take(30) {
+        for (i, t) in
+            r.trends.iter().enumerate().filter(|(_, t)| t.change.as_ref().is_some_and(|c| c.significant)).take(30)
+        {
             if let Some(c) = &t.change {
                 let _ = write!(
                     s,
-                    "<li>{} {}: error rate {} → {}, p50 {:.1} → {:.1} ms, p95 {:.1} → {:.1} ms</li>",
+                    "<li id=\"/trends/{i}\">{} {}: error rate {} → {}, p50 {:.1} → {:.1} ms, p95 {:.1} → {:.1} ms</li>",
                     esc(&t.tool),
                     esc(&t.day),
                     pct(c.prev_error_rate),

@@ -264,6 +264,7 @@ pub fn build(db_path: &Path, opts: &ReportOptions) -> Result<Report, LearnError>
             cache: &cache,
             slo: &slo,
             changes: &tool_changes,
+            trends: &trends,
             stream: &value_stream,
         },
         &opts.effort_overrides,

@@ -193,7 +193,7 @@ pub(crate) fn pareto(title: &str, items: &[(String, u64)], total: u64) -> String
     }
     let _ = write!(
         s,
-        "<text x=\"{}\" y=\"{}\" fill=\"{}\">bars: errors</text><text x=\"{}\" y=\"{}\" fill=\"{}\">line: cumulative share</text>",
+        "<text x=\"{}\" y=\"{}\" fill=\"{}\">bars: errors</text><text x=\"{}\" y=\"{}\" fill=\"{}\">line: cumulative</text>",
         W - RIGHT + 40.0,
         TOP + 30.0,
         PALETTE[0],
@@ -253,15 +253,18 @@ pub(crate) fn curves(
             DASHES[si % DASHES.len()]
         );
     }
-    for (label, v) in vlines {
+    for (i, (label, v)) in vlines.iter().enumerate() {
+        // Labels right of their line, or left of it near the right edge; staggered.
+        let right_edge = x(*v) > LEFT + 0.7 * pw;
         let _ = write!(
             s,
-            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{TOP}\" y2=\"{1:.1}\" stroke=\"#555\" stroke-dasharray=\"3 3\"/><text x=\"{2:.1}\" y=\"{3:.1}\" fill=\"#333\">{4}</text>",
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{TOP}\" y2=\"{1:.1}\" stroke=\"#555\" stroke-dasharray=\"3 3\"/><text x=\"{2:.1}\" y=\"{3:.1}\" fill=\"#333\" text-anchor=\"{5}\">{4}</text>",
             x(*v),
             TOP + ph,
-            x(*v) + 3.0,
-            TOP + 10.0,
-            esc(label)
+            if right_edge { x(*v) - 3.0 } else { x(*v) + 3.0 },
+            TOP + ph - 6.0 - 13.0 * i as f64,
+            esc(label),
+            if right_edge { "end" } else { "start" }
         );
     }
     for (label, v) in hlines {
@@ -280,13 +283,22 @@ pub(crate) fn curves(
     s
 }
 
-/// Horizontal bars of values in [0, 1] against a target each (a tick), e.g. SLI vs objective.
+/// The lower end of a zoomed [lo, 1] scale that shows every value and target.
+fn zoom_floor(values: impl Iterator<Item = f64>) -> f64 {
+    let min = values.fold(1.0f64, f64::min);
+    [0.999, 0.995, 0.99, 0.95, 0.9, 0.5, 0.0].into_iter().find(|lo| min - (1.0 - lo) * 0.1 >= *lo).unwrap_or(0.0)
+}
+
+/// Horizontal bars of values in [0, 1] against a target each (a tick), e.g. SLI vs objective,
+/// on a scale zoomed to [lo, 1] so that 99.9 % and 99 % look different.
 pub(crate) fn bars_with_targets(title: &str, items: &[(String, f64, Option<f64>)]) -> String {
     let row = 22.0;
     let height = TOP + BOTTOM + row * items.len().max(1) as f64;
     let mut s = open(title, height);
     let left = 220.0;
     let pw = W - left - 80.0;
+    let lo = zoom_floor(items.iter().flat_map(|(_, v, t)| std::iter::once(*v).chain(*t)));
+    let x = |v: f64| left + pw * ((v - lo) / (1.0 - lo)).clamp(0.0, 1.0);
     for (i, (label, v, target)) in items.iter().enumerate() {
         let y = TOP + row * i as f64;
         let met = target.is_none_or(|t| *v >= t);
@@ -297,7 +309,7 @@ pub(crate) fn bars_with_targets(title: &str, items: &[(String, f64, Option<f64>)
             y + 11.0,
             esc(label),
             y,
-            pw * v.clamp(0.0, 1.0),
+            x(*v) - left,
             if met { PALETTE[2] } else { PALETTE[3] },
             esc(&format!("{label}: {:.3} %", v * 100.0)),
             left + pw + 4.0,
@@ -306,7 +318,7 @@ pub(crate) fn bars_with_targets(title: &str, items: &[(String, f64, Option<f64>)
             if met { "" } else { " ✗" }
         );
         if let Some(t) = target {
-            let tx = left + pw * t.clamp(0.0, 1.0);
+            let tx = x(*t);
             let _ = write!(
                 s,
                 "<line x1=\"{tx:.1}\" x2=\"{tx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#000\" stroke-width=\"2\"/>",
@@ -317,8 +329,9 @@ pub(crate) fn bars_with_targets(title: &str, items: &[(String, f64, Option<f64>)
     }
     let _ = write!(
         s,
-        "<text x=\"{left}\" y=\"{:.1}\">bar: SLI (green met, vermillion missed); black tick: objective</text>",
-        height - 12.0
+        "<text x=\"{left}\" y=\"{:.1}\">scale {:.1} % to 100 %; bar: SLI (green met, vermillion missed); black tick: objective</text>",
+        height - 12.0,
+        lo * 100.0
     );
     s.push_str("</svg>");
     s

@@ -197,7 +197,7 @@ fn profile(tool: &str) -> (f64, f64) {
 }
 
 /// The embedder's cache: byte-bounded LRU over workbooks, each holding its metadata and the
-/// sheets loaded so far; evicts least recently used workbooks (never the one in use) after a
+/// sheets loaded so far; evicts least recently used workbooks (never the one in use) after any
 /// load until the total fits.
 struct SheetCache {
     capacity: u64,
@@ -227,7 +227,9 @@ impl SheetCache {
                     let nb = bytes_of(e.0);
                     self.total += nb - e.1;
                     e.1 = nb;
-                    (false, nb)
+                    // As in Gemba: a read that loads a sheet is a miss; a listing that loads
+                    // every sheet of a cached workbook is logged as a hit.
+                    (matches!(need, Need::All), nb)
                 }
             }
             None => {
@@ -237,17 +239,15 @@ impl SheetCache {
                 (false, nb)
             }
         };
-        if !hit {
-            while self.total > self.capacity {
-                let victim = self.entries.iter().filter(|(k, _)| **k != book).min_by_key(|(_, e)| e.2).map(|(k, _)| *k);
-                match victim {
-                    Some(v) => {
-                        if let Some(e) = self.entries.remove(&v) {
-                            self.total -= e.1;
-                        }
+        while self.total > self.capacity {
+            let victim = self.entries.iter().filter(|(k, _)| **k != book).min_by_key(|(_, e)| e.2).map(|(k, _)| *k);
+            match victim {
+                Some(v) => {
+                    if let Some(e) = self.entries.remove(&v) {
+                        self.total -= e.1;
                     }
-                    None => break,
                 }
+                None => break,
             }
         }
         (hit, bytes)

@@ -44,6 +44,8 @@ impl Policy {
 
 /// The top bit of a logged size: the request was logged as a miss.
 const MISS: u64 = 1 << 63;
+/// Most accesses replayed (12 bytes each): a log larger than this is replayed up to it.
+const MAX_TRACE: usize = 8_000_000;
 
 /// The logged accesses, compactly: one (key index, bytes with the `MISS` bit) per request that
 /// touched the cache.
@@ -65,7 +67,9 @@ impl Trace {
         let Some(hit) = cache_hit else { return };
         self.measured_total += 1;
         self.measured_hits += u64::from(hit);
-        if let Some(k) = key {
+        if let Some(k) = key
+            && self.keys.len() < MAX_TRACE
+        {
             self.keys.push(k);
             self.bytes.push(key_bytes.min(MISS - 1) | if hit { 0 } else { MISS });
             self.nkeys = self.nkeys.max(k as usize + 1);
@@ -288,7 +292,7 @@ pub struct CacheSection {
     pub measured_hit_rate: Option<f64>,
     /// Requests with a cache outcome.
     pub measured_requests: u64,
-    /// Of those, the ones that named a key and were replayed.
+    /// Of those, the ones that named a key and were replayed (the first 8 million).
     pub replayed: u64,
     /// The measured hit rate of the replayed requests.
     pub replayed_measured_hit_rate: Option<f64>,

@@ -1,9 +1,9 @@
 //! Streaming the request log out of SQLite: one statement per period, rows handed to a callback
 //! as borrowed views (no allocation per row), oldest first (by row id, which is write order).
 //!
-//! The period is located through the `at_ms` index (an index-only scan for the id range), then
-//! the rows are read by id range, which is a sequential table scan; rows written slightly out of
-//! time order are filtered by their own `at_ms`.
+//! The period is located with two seeks in the `at_ms` index, then the rows are read by id
+//! range, which is a sequential table scan; rows written slightly out of time order are
+//! filtered by their own `at_ms`.
 
 use std::path::Path;
 
@@ -78,15 +78,27 @@ fn columns(conn: &Connection) -> Result<Vec<String>, LearnError> {
     Ok(cols)
 }
 
-/// Smallest and largest row id with `from_ms <= at_ms < until_ms`.
+/// Rows are written in completion order, so ids and times agree up to small local disorder;
+/// the id range is widened by this many rows each side (and rows outside the period filtered
+/// by their own time), which keeps the range exact unless rows were written over 10,000 out of
+/// time order.
+const ID_MARGIN: i64 = 10_000;
+
+/// An id range holding every row with `from_ms <= at_ms < until_ms`, found with two seeks in the
+/// `at_ms` index (a range query over the index would read all of it: 2 million entries).
 fn id_range(conn: &Connection, from_ms: i64, until_ms: i64) -> Result<Option<(i64, i64)>, LearnError> {
-    let r: (Option<i64>, Option<i64>) = conn.query_row(
-        "SELECT MIN(id), MAX(id) FROM requests WHERE at_ms >= ?1 AND at_ms < ?2",
-        params![from_ms, until_ms],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok(match r {
-        (Some(a), Some(b)) => Some((a, b)),
+    let seek = |sql: &str| -> Result<Option<i64>, LearnError> {
+        let mut stmt = conn.prepare(sql)?;
+        let mut rows = stmt.query(params![from_ms, until_ms])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
+    };
+    let first = seek("SELECT id FROM requests WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY at_ms, id LIMIT 1")?;
+    let last = seek("SELECT id FROM requests WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY at_ms DESC, id DESC LIMIT 1")?;
+    Ok(match (first, last) {
+        (Some(a), Some(b)) => Some((a.min(b).saturating_sub(ID_MARGIN), a.max(b).saturating_add(ID_MARGIN))),
         _ => None,
     })
 }

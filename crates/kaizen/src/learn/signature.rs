@@ -369,7 +369,7 @@ pub struct SignatureStats {
     pub last_seen: String,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
-    /// Distinct keys (workbooks) affected (counted up to 4,096).
+    /// Distinct keys (workbooks) affected (counted up to 4,096 per signature, a million in all).
     pub keys: u64,
     /// A few of them.
     pub key_examples: Vec<String>,
@@ -398,6 +398,8 @@ pub struct ErrorsSection {
 const MAX_SIGNATURES: usize = 20_000;
 /// Most distinct keys counted per signature.
 const MAX_KEYS_PER_SIGNATURE: usize = 4096;
+/// Most distinct keys remembered over all signatures (bounds memory on very large logs).
+const MAX_KEYS_TOTAL: usize = 1_000_000;
 
 #[derive(Debug, Default)]
 struct FollowAcc {
@@ -430,6 +432,7 @@ pub(crate) struct Signatures {
     by_category: [u64; 4],
     total: u64,
     unsigned: u64,
+    keys_remembered: usize,
 }
 
 pub(crate) fn key_hash(s: &str) -> u64 {
@@ -492,10 +495,13 @@ impl Signatures {
         }
         if let Some(k) = &key
             && a.keys.len() < MAX_KEYS_PER_SIGNATURE
+            && self.keys_remembered < MAX_KEYS_TOTAL
             && a.keys.insert(key_hash(k))
-            && a.key_examples.len() < 5
         {
-            a.key_examples.push(k.to_string());
+            self.keys_remembered += 1;
+            if a.key_examples.len() < 5 {
+                a.key_examples.push(k.to_string());
+            }
         }
         Some(i)
     }

@@ -439,9 +439,7 @@ fn report_over_two_million_rows() {
     let path = keep.clone().unwrap_or_else(|| tmp.0.clone());
     let rows: u64 = std::env::var("KAIZEN_PERF_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
     let t = std::time::Instant::now();
-    let mut spec = SyntheticSpec::day(11, rows, UNTIL);
-    spec.workbooks = 200;
-    spec.agents = 64;
+    let spec = SyntheticSpec::bench(11, rows, UNTIL);
     if keep.is_none() || !path.exists() {
         generate(&path, &spec).unwrap();
     }

@@ -44,6 +44,8 @@ impl Policy {
 
 /// The top bit of a logged size: the request was logged as a miss.
 const MISS: u64 = 1 << 63;
+/// Largest size taken for one key (1 TiB): sums over a million keys cannot overflow.
+const MAX_KEY_BYTES: u64 = 1 << 40;
 /// Most accesses replayed (12 bytes each): a log larger than this is replayed up to it.
 const MAX_TRACE: usize = 8_000_000;
 
@@ -71,7 +73,7 @@ impl Trace {
             && self.keys.len() < MAX_TRACE
         {
             self.keys.push(k);
-            self.bytes.push(key_bytes.min(MISS - 1) | if hit { 0 } else { MISS });
+            self.bytes.push(key_bytes.min(MAX_KEY_BYTES) | if hit { 0 } else { MISS });
             self.nkeys = self.nkeys.max(k as usize + 1);
             self.keyed_hits += u64::from(hit);
         }

@@ -110,6 +110,12 @@ fn bytes(v: ValueRef<'_>) -> Option<&[u8]> {
     }
 }
 
+/// A stored text cut to `max` bytes: the log's writer caps what it writes, but a report must
+/// stay bounded on any database (a cut inside a character shows as a replacement character).
+fn capped(v: ValueRef<'_>, max: usize) -> Option<&[u8]> {
+    bytes(v).map(|b| &b[..b.len().min(max)])
+}
+
 fn int(v: ValueRef<'_>) -> i64 {
     match v {
         ValueRef::Integer(i) => i,
@@ -150,23 +156,23 @@ fn read_rows(
         }
         let row = LogRow {
             at_ms,
-            session: bytes(r.get_ref(1)?).unwrap_or(b""),
-            tool: bytes(r.get_ref(2)?).unwrap_or(b""),
+            session: capped(r.get_ref(1)?, 256).unwrap_or(b""),
+            tool: capped(r.get_ref(2)?, 256).unwrap_or(b""),
             duration_us: int(r.get_ref(3)?),
-            outcome: bytes(r.get_ref(4)?).unwrap_or(b""),
-            error_class: bytes(r.get_ref(5)?),
-            error_message: bytes(r.get_ref(6)?),
+            outcome: capped(r.get_ref(4)?, 64).unwrap_or(b""),
+            error_class: capped(r.get_ref(5)?, 64),
+            error_message: capped(r.get_ref(6)?, 4 * crate::store::MAX_ERROR_MESSAGE),
             cache_hit: match r.get_ref(7)? {
                 ValueRef::Null => None,
                 v => Some(int(v) != 0),
             },
             response_bytes: int(r.get_ref(8)?),
             queue_us: int(r.get_ref(9)?),
-            stages_us: bytes(r.get_ref(10)?),
-            key: bytes(r.get_ref(11)?).filter(|k| !k.is_empty()),
+            stages_us: capped(r.get_ref(10)?, 4096),
+            key: capped(r.get_ref(11)?, 1024).filter(|k| !k.is_empty()),
             key_bytes: int(r.get_ref(12)?).max(0),
             truncated: int(r.get_ref(13)?) != 0,
-            args_excerpt: bytes(r.get_ref(14)?),
+            args_excerpt: capped(r.get_ref(14)?, 4 * crate::store::MAX_ARGS_EXCERPT),
         };
         if !each(&row)? {
             break;
@@ -343,7 +349,7 @@ pub(crate) fn scan_light(
         }
         f(&LightRow {
             at_ms,
-            tool: bytes(r.get_ref(1)?).unwrap_or(b""),
+            tool: capped(r.get_ref(1)?, 256).unwrap_or(b""),
             duration_us: int(r.get_ref(2)?),
             ok: bytes(r.get_ref(3)?) == Some(b"ok"),
         });

@@ -235,3 +235,50 @@ pub(crate) fn finish(cur: TrendAcc, prev: TrendAcc, tools: &[String]) -> (Vec<Tr
     changes.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.tool.cmp(&b.tool)));
     (rows, changes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::synthetic::Rng;
+
+    fn cell(rng: &mut Rng, n: usize, median_us: f64, error_rate: f64) -> Cell {
+        let mut durations: Vec<u32> = (0..n).map(|_| rng.lognormal(median_us, 0.6) as u32).collect();
+        durations.sort_unstable();
+        let errors = (0..n).filter(|_| rng.chance(error_rate)).count() as u64;
+        Cell { calls: n as u64, errors, durations }
+    }
+
+    /// A seeded simulation of the false-positive rate: 1,000 comparisons of days drawn from the
+    /// same distribution (volumes from 50 to 5,000 calls) flag at most a handful, while real
+    /// changes of the sizes that matter are flagged.
+    #[test]
+    fn flags_real_changes_and_rarely_noise() {
+        let mut rng = Rng::new(42);
+        let mut false_alarms = 0;
+        for i in 0..1000 {
+            let n = [50, 200, 1000, 5000][i % 4];
+            let (a, b) = (cell(&mut rng, n, 8000.0, 0.02), cell(&mut rng, n, 8000.0, 0.02));
+            false_alarms += usize::from(compare("d".into(), &a, &b).significant);
+        }
+        println!("false alarms: {false_alarms} of 1000");
+        assert!(false_alarms <= 3, "{false_alarms} false alarms in 1000 comparisons");
+
+        let mut missed = 0;
+        for _ in 0..100 {
+            let prev = cell(&mut rng, 2000, 8000.0, 0.02);
+            let slower = cell(&mut rng, 2000, 8000.0 * 1.3, 0.02);
+            let c = compare("d".into(), &prev, &slower);
+            missed += usize::from(!(c.latency_significant && c.direction == Direction::Worse));
+            let failing = cell(&mut rng, 2000, 8000.0, 0.06);
+            let c = compare("d".into(), &prev, &failing);
+            missed += usize::from(!(c.error_rate_significant && c.direction == Direction::Worse));
+        }
+        println!("missed: {missed} of 200");
+        assert!(missed <= 2, "{missed} of 200 real changes missed");
+
+        // Too few calls: no verdict either way.
+        let (a, b) = (cell(&mut rng, 20, 8000.0, 0.0), cell(&mut rng, 20, 80_000.0, 0.5));
+        let c = compare("d".into(), &a, &b);
+        assert!(!c.significant && c.latency_p.is_none());
+    }
+}

@@ -267,8 +267,10 @@ impl Usage {
         if force {
             let mut ats: Vec<i64> = self.open.values().map(|o| o.last_at).collect();
             let tenth = ats.len() / 10;
-            ats.select_nth_unstable(tenth);
-            cutoff = cutoff.max(ats[tenth]);
+            if tenth < ats.len() {
+                ats.select_nth_unstable(tenth);
+                cutoff = cutoff.max(ats[tenth]);
+            }
         }
         let ids: Vec<u64> = self.open.iter().filter(|(_, o)| o.last_at <= cutoff).map(|(k, _)| *k).collect();
         for id in ids {

@@ -146,7 +146,8 @@ fn error_items(e: &ErrorsSection, out: &mut Vec<Draft>) {
             evidence.push(ev(format!("{} keys affected, e.g. {}", s.keys, s.key_examples.join(", ")), link.clone()));
         }
         if f.followed > 0 {
-            let next = f.next.first().map(|(t, n)| format!("; most often next: {t} ({n})")).unwrap_or_default();
+            let next =
+                f.next.first().map(|t| format!("; most often next: {} ({})", t.tool, t.count)).unwrap_or_default();
             evidence.push(ev(
                 format!(
                     "the next call succeeded in {} of {} follow-ups, the same tool was retried in {}{next}",

@@ -241,7 +241,7 @@ fn errors(s: &mut String, r: &Report) {
     s.push_str("<table id=\"/errors/top\"><tr><th>#</th><th>signature</th><th>category</th><th>tool</th><th>count</th><th>share</th><th>cumulative</th><th>first / last seen</th><th>after it</th><th>example</th></tr>");
     for (i, t) in e.top.iter().enumerate() {
         let f = &t.follow_up;
-        let next: Vec<String> = f.next.iter().map(|(tool, n)| format!("{tool} ({n})")).collect();
+        let next: Vec<String> = f.next.iter().map(|t| format!("{} ({})", t.tool, t.count)).collect();
         let args = t.example.args.as_deref().map(|a| format!("<br><code>{}</code>", esc(a))).unwrap_or_default();
         let _ = write!(
             s,
@@ -295,7 +295,7 @@ fn usage(s: &mut String, r: &Report) {
         s.push_str("</table>");
     }
     if !u.abandoned_after.is_empty() {
-        let a: Vec<String> = u.abandoned_after.iter().map(|(t, n)| format!("{t} ({n})")).collect();
+        let a: Vec<String> = u.abandoned_after.iter().map(|t| format!("{} ({})", t.tool, t.count)).collect();
         let _ = write!(s, "<p>Sessions ended after a failed call to: {}</p>", esc(&a.join(", ")));
     }
     if !u.truncation.is_empty() {

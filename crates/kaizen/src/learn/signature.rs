@@ -13,6 +13,7 @@ use super::ids::{FastMap, FastSet};
 use super::ids::stable_id;
 use super::scan::{LogRow, text};
 use super::time::iso;
+use super::usage::ToolCount;
 
 /// What kind of failure: decides who can fix it and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -341,7 +342,7 @@ pub struct FollowUp {
     /// Errors followed by another call in the same session.
     pub followed: u64,
     /// The most common next calls (tool, count), most common first.
-    pub next: Vec<(String, u64)>,
+    pub next: Vec<ToolCount>,
     /// Share of follow-ups that succeeded (the agent recovered).
     pub recovered: f64,
     /// Share of follow-ups that called the same tool again.
@@ -547,13 +548,13 @@ impl Signatures {
             .map(|a| {
                 cum += a.count;
                 let tool = tools.get(a.tool as usize).cloned().unwrap_or_default();
-                let mut next: Vec<(String, u64)> = a
+                let mut next: Vec<ToolCount> = a
                     .follow
                     .next
                     .iter()
-                    .map(|(t, n)| (tools.get(*t as usize).cloned().unwrap_or_default(), *n))
+                    .map(|(t, n)| ToolCount { tool: tools.get(*t as usize).cloned().unwrap_or_default(), count: *n })
                     .collect();
-                next.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+                next.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.tool.cmp(&y.tool)));
                 next.truncate(3);
                 let f = &a.follow;
                 let of = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };

@@ -50,7 +50,7 @@ fn the_planted_error_is_the_top_signature_with_its_category() {
     assert!(top.share > 0.5, "the planted error dominates: {}", top.share);
     assert!(r.errors.pareto_80 <= 2, "{}", r.errors.pareto_80);
     // Agents mostly recover (list_sheets, then the right read); some give up.
-    assert_eq!(top.follow_up.next[0].0, "list_sheets");
+    assert_eq!(top.follow_up.next[0].tool, "list_sheets");
     assert!(top.follow_up.recovered > 0.6 && top.follow_up.abandoned > 0, "{:?}", top.follow_up);
     assert!(top.keys > 5 && top.example.args.as_deref().is_some_and(|a| a.contains("sheet_name")));
     // The other planted errors are there under their own categories.
@@ -69,7 +69,7 @@ fn the_planted_error_is_the_top_signature_with_its_category() {
             .iter()
             .any(|w| w.sequence.starts_with(&["list_workbooks".to_string(), "describe_workbook".to_string()]))
     );
-    assert!(r.usage.abandoned > 0 && r.usage.abandoned_after.iter().any(|(t, _)| t == "read_table"));
+    assert!(r.usage.abandoned > 0 && r.usage.abandoned_after.iter().any(|t| t.tool == "read_table"));
     assert!(r.usage.truncation.iter().any(|t| t.tool == "read_table" && t.next_same_tool > 0.5));
 }
 

@@ -337,9 +337,9 @@ impl Usage {
             })
             .collect();
 
-        let mut abandoned_after: Vec<(String, u64)> =
-            self.abandoned_by_tool.iter().map(|(t, n)| (name(*t), *n)).collect();
-        abandoned_after.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut abandoned_after: Vec<ToolCount> =
+            self.abandoned_by_tool.iter().map(|(t, n)| ToolCount { tool: name(*t), count: *n }).collect();
+        abandoned_after.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.tool.cmp(&b.tool)));
         abandoned_after.truncate(top_n);
 
         let mut truncation: Vec<TruncationLine> = self
@@ -431,6 +431,13 @@ fn workflows(grams: &FastMap<u64, u64>, sessions: u64, top_n: usize) -> Vec<(u64
     cands
 }
 
+/// A tool and how many times something happened with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolCount {
+    pub tool: String,
+    pub count: u64,
+}
+
 /// A common sequence of calls.
 #[derive(Debug, Clone, Serialize)]
 pub struct Workflow {
@@ -485,7 +492,7 @@ pub struct UsageSection {
     pub abandoned: u64,
     pub abandoned_share: f64,
     /// The tools whose failure ended those sessions, with counts.
-    pub abandoned_after: Vec<(String, u64)>,
+    pub abandoned_after: Vec<ToolCount>,
     pub truncation: Vec<TruncationLine>,
     /// Distinct keys used.
     pub keys: u64,
@@ -526,7 +533,7 @@ mod tests {
         let s = u.finish(1_000_000, &tools, &[], 10, &mut sink);
         assert_eq!(s.sessions, 12);
         assert_eq!(s.abandoned, 1);
-        assert_eq!(s.abandoned_after, vec![("bad".to_string(), 1)]);
+        assert_eq!(s.abandoned_after, vec![ToolCount { tool: "bad".into(), count: 1 }]);
         assert_eq!(ends, 12);
         // The 4-gram covers its 2- and 3-grams, which occur in no other session.
         assert_eq!(s.workflows[0].sequence, ["list", "describe", "read", "read"]);

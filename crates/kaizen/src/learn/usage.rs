@@ -530,8 +530,10 @@ mod tests {
         u.observe(b"x", 20_000, call(0, true), None, &mut sink);
         u.observe(b"x", 20_001, call(3, false), None, &mut sink);
         u.observe(b"x", 200_000, call(0, true), None, &mut sink);
+        // Failing just before the end of the period: still open, not abandoned.
+        u.observe(b"y", 999_990, call(3, false), None, &mut sink);
         let s = u.finish(1_000_000, &tools, &[], 10, &mut sink);
-        assert_eq!(s.sessions, 12);
+        assert_eq!((s.sessions, s.open_sessions), (13, 1));
         assert_eq!(s.abandoned, 1);
         assert_eq!(s.abandoned_after, vec![ToolCount { tool: "bad".into(), count: 1 }]);
         assert_eq!(ends, 12);

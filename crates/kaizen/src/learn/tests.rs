@@ -108,8 +108,14 @@ fn reference_lru(accesses: &[(String, u64, bool)], capacity: u64) -> u64 {
 
 #[test]
 fn the_cache_what_if_predicts_what_the_cache_then_measures() {
-    let db = TempDb::new("cache");
-    let spec = SyntheticSpec::day(7, 20_000, UNTIL);
+    for (seed, mib, workbooks) in [(7, 64, 40), (8, 32, 60), (9, 128, 120)] {
+        what_if_on(seed, mib, workbooks);
+    }
+}
+
+fn what_if_on(seed: u64, mib: u64, workbooks: usize) {
+    let db = TempDb::new(&format!("cache-{seed}"));
+    let spec = SyntheticSpec { cache_capacity_bytes: mib * MIB, workbooks, ..SyntheticSpec::day(seed, 20_000, UNTIL) };
     let s = generate(&db.0, &spec).unwrap();
     let r = build(&db.0, &day_opts(Some(spec.cache_capacity_bytes))).unwrap();
     let c = &r.cache;
@@ -142,11 +148,18 @@ fn the_cache_what_if_predicts_what_the_cache_then_measures() {
     // The recommendation: larger than today's (the cache is too small), and the same traffic
     // replayed at that capacity measures within 5 points of the prediction.
     let rec = c.recommendation.as_ref().unwrap();
-    assert!(rec.capacity_mb > 64.0 && rec.capacity_mb < c.working_set_mb, "{rec:?} of {}", c.working_set_mb);
+    assert!(rec.capacity_mb > mib as f64 && rec.capacity_mb < c.working_set_mb, "{rec:?} of {}", c.working_set_mb);
     assert!(rec.predicted_hit_rate >= 0.95 * c.achievable_hit_rate - 1e-9);
     let at_rec =
         measured_hit_rate(&SyntheticSpec { cache_capacity_bytes: (rec.capacity_mb as u64) * MIB, ..spec.clone() })
             .unwrap();
+    println!(
+        "measured {:.4} at {mib} MiB, model {:.4}; recommended {} MiB: predicted {:.4}, measured {at_rec:.4}",
+        s.measured_hit_rate,
+        c.model_hit_rate.unwrap_or(0.0),
+        rec.capacity_mb,
+        rec.predicted_hit_rate
+    );
     assert!(
         (at_rec - rec.predicted_hit_rate).abs() <= 0.05,
         "predicted {} at {} MiB, measured {at_rec}",

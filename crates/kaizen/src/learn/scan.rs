@@ -297,6 +297,8 @@ pub(crate) fn scan_full(
         return Ok(n);
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, LearnError>>(BATCHES_IN_FLIGHT);
+    // Emptied batches go back to the reader, so their buffers are allocated once.
+    let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT + 2);
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut batch = Batch::default();
@@ -304,24 +306,27 @@ pub(crate) fn scan_full(
                 read_rows(&conn, from_ms, until_ms, |row| {
                     batch.push(row);
                     if batch.recs.len() >= BATCH_ROWS || batch.buf.len() >= BATCH_BYTES {
-                        // A closed channel means the reader stopped: stop too.
-                        return Ok(tx.send(Ok(std::mem::take(&mut batch))).is_ok());
+                        let mut next = back_rx.try_recv().unwrap_or_default();
+                        next.buf.clear();
+                        next.recs.clear();
+                        // A closed channel means the analysis stopped: stop too.
+                        return Ok(tx.send(Ok(std::mem::replace(&mut batch, next))).is_ok());
                     }
                     Ok(true)
                 })
             });
-            let last = match read {
-                Ok(()) => Ok(batch),
-                Err(e) => Err(e),
-            };
-            let _ = tx.send(last);
+            let _ = tx.send(read.map(|()| batch));
         });
+        // Owned here, so an early return (an error) closes the channel before the scope waits
+        // for the reader, which then stops instead of blocking on a full channel.
+        let rx = rx;
         for batch in rx.iter() {
             let batch = batch?;
             for r in &batch.recs {
                 f(&batch.row(r))?;
                 n += 1;
             }
+            let _ = back_tx.try_send(batch);
         }
         Ok(n)
     })
@@ -385,4 +390,28 @@ pub(crate) fn slo_minutes(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_analysis_that_stops_early_stops_the_reader() {
+        let dir = std::env::temp_dir().join(format!("kaizen-scan-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("gemba.db");
+        let spec = crate::learn::synthetic::SyntheticSpec::day(1, 30_000, 1_741_132_800_000);
+        crate::learn::synthetic::generate(&path, &spec).unwrap();
+        let mut seen = 0;
+        let r = scan_full(&path, 0, i64::MAX, |_| {
+            seen += 1;
+            if seen == 10 { Err(LearnError::Options("stop".into())) } else { Ok(()) }
+        });
+        assert!(matches!(r, Err(LearnError::Options(_))));
+        assert_eq!(seen, 10);
+        // And a full scan sees every row once.
+        assert_eq!(scan_full(&path, 0, i64::MAX, |_| Ok(())).unwrap(), 30_000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -132,8 +132,11 @@ impl ReportOptions {
         if self.session_gap_ms <= 0 {
             return bad(format!("session_gap_ms is {}: use a positive number of milliseconds", self.session_gap_ms));
         }
-        if self.slo_resolution_secs == 0 {
-            return bad("slo_resolution_secs is 0: use the SLI engine's interval (60 by default)".into());
+        if !(1..=86_400).contains(&self.slo_resolution_secs) {
+            return bad(format!(
+                "slo_resolution_secs is {}: use the SLI engine's interval in seconds (60 by default)",
+                self.slo_resolution_secs
+            ));
         }
         if let Some((n, o)) = self.slo_objectives.iter().find(|(_, o)| !(*o > 0.0 && *o <= 1.0)) {
             return bad(format!("the objective of SLO '{n}' is {o}: use a share in (0, 1], such as 0.999"));

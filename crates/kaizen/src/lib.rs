@@ -10,6 +10,8 @@
 //! - `naming`: the names exports carry, all given by the embedder
 //! - `slo`, `sli`: objectives and their in-process judge (an `Observer` of finished requests)
 //! - `operational`: threshold alerts over the embedder's signals; `event`, `alerts`: delivery
+//! - `learn`: error signatures, usage patterns, cache what-if, trends, backlog and reports
+//! - `detect`: anomalies with a measured false-alarm rate, incidents with ranked causes
 //! - `experiment`: flags, A/B tests, canaries with automatic rollback, a bandit; `stats`: the
 //!   statistics they rest on (Welch, Mann–Whitney, proportions, power, alpha spending)
 
@@ -18,6 +20,7 @@ pub mod buckets;
 pub mod event;
 pub mod experiment;
 pub mod exposition;
+pub mod learn;
 pub mod naming;
 pub mod operational;
 pub mod outcome;

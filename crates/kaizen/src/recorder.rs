@@ -94,8 +94,17 @@ pub struct Completion {
     pub queue: Duration,
     /// Stage durations (index into the recorder's stage names).
     pub stages: [u64; MAX_STAGES],
-    /// Error class and normalized message, for the request log.
+    /// Error category (`user`, `data`, `transient` or `system`) and the embedder's message, for
+    /// the request log (cut to 500 characters there; signatures are derived at analysis time).
     pub error: Option<(String, String)>,
+    /// The resource the request touched (for Gemba, a workbook id), for cache and heat analysis.
+    pub key: Option<String>,
+    /// That resource's size in the embedder's cache once the request was served (0 if unknown).
+    pub key_bytes: u64,
+    /// The response ran into a cap and was cut.
+    pub truncated: bool,
+    /// The arguments as JSON (cut to 300 characters in the log), kept only for failed requests.
+    pub args_excerpt: Option<String>,
 }
 
 /// One finished request, as the aggregator hands it to observers (off the hot path).
@@ -450,15 +459,16 @@ fn drain(
     };
     for e in batch {
         let c = e.completion;
+        let outcome = c.outcome.unwrap_or(Outcome::Internal);
         let row = Row {
             at_ms: e.at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
             session: format!("{:016x}", c.session),
             tool: rec.names.get(e.op as usize).cloned().unwrap_or_default(),
             args_hash: format!("{:016x}", c.args_hash),
             duration_us: e.micros as i64,
-            outcome: c.outcome.unwrap_or(Outcome::Internal).as_str(),
+            outcome: outcome.as_str(),
             error_class: c.error.as_ref().map(|e| e.0.clone()),
-            error_message: c.error.map(|e| e.1),
+            error_message: c.error.map(|e| crate::store::cap_chars(&e.1, crate::store::MAX_ERROR_MESSAGE).to_string()),
             cache_hit: c.cache_hit,
             request_bytes: c.request_bytes as i64,
             response_bytes: c.response_bytes as i64,
@@ -471,6 +481,13 @@ fn drain(
                 .filter(|(_, v)| *v > 0)
                 .map(|(n, v)| (n.clone(), (v / 1000) as i64))
                 .collect(),
+            key: c.key,
+            key_bytes: i64::try_from(c.key_bytes).unwrap_or(i64::MAX),
+            truncated: c.truncated,
+            args_excerpt: c
+                .args_excerpt
+                .filter(|_| outcome != Outcome::Ok)
+                .map(|a| crate::store::cap_chars(&a, crate::store::MAX_ARGS_EXCERPT).to_string()),
         };
         if tx.try_send(row).is_err() {
             rec.dropped_log_rows.fetch_add(1, Ordering::Relaxed);
@@ -524,5 +541,38 @@ mod tests {
         );
         r.start(OpId(0)).finish(Completion::default());
         assert_eq!(r.stats(OpId(0)).total_requests(), 0);
+    }
+
+    #[test]
+    fn completions_reach_the_request_log_with_key_and_excerpt() {
+        let spec = OpSpec { name: "read".into(), method: "tools/call".into(), target: Some("read".into()) };
+        let r = Recorder::new(Naming::plain("test"), vec![spec], vec![], true);
+        let (tx, rx) = sync_channel(16);
+        r.attach_log(tx);
+        let op = r.op("read").unwrap();
+        r.start(op).finish(Completion {
+            outcome: Some(Outcome::ToolError),
+            error: Some(("user".into(), "x".repeat(800))),
+            key: Some("sales-3f2a".into()),
+            key_bytes: 123,
+            truncated: true,
+            args_excerpt: Some("a".repeat(400)),
+            ..Default::default()
+        });
+        r.start(op).finish(Completion {
+            outcome: Some(Outcome::Ok),
+            args_excerpt: Some("{}".into()),
+            ..Default::default()
+        });
+        r.flush();
+        // The aggregator thread may have taken the events first: wait for both rows.
+        let rows: Vec<Row> = (0..2).filter_map(|_| rx.recv_timeout(Duration::from_secs(5)).ok()).collect();
+        assert_eq!(rows.len(), 2);
+        let (failed, ok) = (&rows[0], &rows[1]);
+        assert_eq!((failed.key.as_deref(), failed.key_bytes, failed.truncated), (Some("sales-3f2a"), 123, true));
+        assert_eq!(failed.error_class.as_deref(), Some("user"));
+        assert_eq!(failed.error_message.as_ref().map(String::len), Some(crate::store::MAX_ERROR_MESSAGE));
+        assert_eq!(failed.args_excerpt.as_ref().map(String::len), Some(crate::store::MAX_ARGS_EXCERPT));
+        assert_eq!(ok.args_excerpt, None);
     }
 }

@@ -1,6 +1,7 @@
 //! The request log: an embedded SQLite database written off the hot path by one thread fed
 //! through a bounded queue (a full queue drops rows and counts them; it never blocks a request).
-//! Retention by age and by row count. Arguments are never stored, only a hash of them.
+//! Retention by age and by row count. Arguments are stored only as a hash, except for a short
+//! excerpt (at most 300 characters) on requests that failed, so an error can be reproduced.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +39,35 @@ pub struct Row {
     pub queue_us: i64,
     /// Time per named stage (value stream), in microseconds.
     pub stages_us: Vec<(String, i64)>,
+    /// The resource the request touched (for Gemba, a workbook id); `None` if none.
+    pub key: Option<String>,
+    /// That resource's size in the embedder's cache once the request was served (0 if unknown).
+    pub key_bytes: i64,
+    /// The response ran into a cap (items, cells, bytes) and was cut.
+    pub truncated: bool,
+    /// The arguments as JSON, cut to `MAX_ARGS_EXCERPT` characters; kept only on failed requests.
+    pub args_excerpt: Option<String>,
+}
+
+/// Longest error message kept in the log, in characters.
+pub const MAX_ERROR_MESSAGE: usize = 500;
+/// Longest argument excerpt kept in the log, in characters.
+pub const MAX_ARGS_EXCERPT: usize = 300;
+
+/// `s` cut to at most `max` characters (on a character boundary, never mid-character).
+pub fn cap_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// One start of the embedding program, as recorded by `Store::record_run`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Run {
+    pub started_ms: i64,
+    pub version: String,
+    pub config: serde_json::Value,
 }
 
 #[derive(Debug, Clone)]
@@ -68,9 +98,18 @@ CREATE TABLE IF NOT EXISTS requests (
     response_bytes INTEGER NOT NULL,
     rows INTEGER NOT NULL,
     queue_us INTEGER NOT NULL DEFAULT 0,
-    stages_us TEXT
+    stages_us TEXT,
+    key TEXT,
+    key_bytes INTEGER NOT NULL DEFAULT 0,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    args_excerpt TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_at ON requests(at_ms);
+CREATE TABLE IF NOT EXISTS runs (
+    started_ms INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS slo_minutes (
     slo TEXT NOT NULL,
     minute INTEGER NOT NULL,
@@ -162,6 +201,10 @@ impl Store {
             rows: 0,
             queue_us: 0,
             stages_us: Vec::new(),
+            key: None,
+            key_bytes: 0,
+            truncated: false,
+            args_excerpt: None,
         };
         *FLUSH_ACK.lock() = Some(done_tx);
         if self.tx.send_timeout_compat(marker, timeout).is_ok() {
@@ -190,6 +233,19 @@ impl Store {
         Ok(())
     }
 
+    /// Record one start of the embedding program: its version and its effective configuration
+    /// (as JSON), so reports can show what changed during a period.
+    pub fn record_run(&self, version: &str, config: &serde_json::Value) -> Result<(), StoreError> {
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|source| StoreError::Open { path: self.path.clone(), source })?;
+        conn.busy_timeout(Duration::from_secs(2))?;
+        conn.execute(
+            "INSERT INTO runs (started_ms, version, config) VALUES (?1, ?2, ?3)",
+            params![now_ms(), version, config.to_string()],
+        )?;
+        Ok(())
+    }
+
     /// Whether the database can take a write now (a short immediate transaction).
     pub fn check_writable(&self) -> Result<(), String> {
         let conn =
@@ -199,7 +255,7 @@ impl Store {
     }
 }
 
-fn open_rw(path: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
     let setup = || -> rusqlite::Result<()> {
         conn.busy_timeout(Duration::from_secs(2))?;
@@ -217,6 +273,16 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         if !cols.iter().any(|c| c == "stages_us") {
             conn.execute_batch("ALTER TABLE requests ADD COLUMN stages_us TEXT")?;
         }
+        for (name, decl) in [
+            ("key", "TEXT"),
+            ("key_bytes", "INTEGER NOT NULL DEFAULT 0"),
+            ("truncated", "INTEGER NOT NULL DEFAULT 0"),
+            ("args_excerpt", "TEXT"),
+        ] {
+            if !cols.iter().any(|c| c == name) {
+                conn.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {name} {decl}"))?;
+            }
+        }
         Ok(())
     };
     setup().map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
@@ -231,6 +297,11 @@ fn apply_retention(conn: &Connection, r: &Retention) -> rusqlite::Result<()> {
     let cutoff = now_ms() - r.max_age.as_millis() as i64;
     conn.execute("DELETE FROM requests WHERE at_ms < ?1", params![cutoff])?;
     conn.execute("DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?1", params![r.max_rows as i64])?;
+    // Runs are few; keep the newest one whatever its age, so the configuration in force is known.
+    conn.execute(
+        "DELETE FROM runs WHERE started_ms < ?1 AND started_ms < (SELECT MAX(started_ms) FROM runs)",
+        params![cutoff],
+    )?;
     Ok(())
 }
 
@@ -243,13 +314,18 @@ fn stages_json(stages: &[(String, i64)]) -> Option<String> {
     Some(serde_json::Value::Object(m).to_string())
 }
 
-fn write_batch(conn: &mut Connection, batch: &[Row]) -> rusqlite::Result<()> {
+pub(crate) fn write_batch(conn: &mut Connection, batch: &[Row]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO requests (at_ms, session, tool, args_hash, duration_us, outcome, error_class, error_message, cache_hit, request_bytes, response_bytes, rows, queue_us, stages_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            "INSERT INTO requests (at_ms, session, tool, args_hash, duration_us, outcome, error_class, error_message, cache_hit, request_bytes, response_bytes, rows, queue_us, stages_us, key, key_bytes, truncated, args_excerpt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?;
         for r in batch {
+            let args = if r.outcome == "ok" {
+                None
+            } else {
+                r.args_excerpt.as_deref().map(|a| cap_chars(a, MAX_ARGS_EXCERPT))
+            };
             stmt.execute(params![
                 r.at_ms,
                 r.session,
@@ -258,13 +334,17 @@ fn write_batch(conn: &mut Connection, batch: &[Row]) -> rusqlite::Result<()> {
                 r.duration_us,
                 r.outcome,
                 r.error_class,
-                r.error_message,
+                r.error_message.as_deref().map(|m| cap_chars(m, MAX_ERROR_MESSAGE)),
                 r.cache_hit,
                 r.request_bytes,
                 r.response_bytes,
                 r.rows,
                 r.queue_us,
-                stages_json(&r.stages_us)
+                stages_json(&r.stages_us),
+                r.key,
+                r.key_bytes,
+                r.truncated,
+                args
             ])?;
         }
     }
@@ -333,6 +413,39 @@ pub fn load_slo_minutes(path: &Path, since_minute: u64) -> Result<Vec<(String, u
                 r.get::<_, i64>(2)? as u64,
                 r.get::<_, i64>(3)? as u64,
             ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Runs recorded at or after `since_ms`, oldest first, with the last run before `since_ms` (the
+/// one in force when the period began) in front when there is one.
+pub fn load_runs(path: &Path, since_ms: i64) -> Result<Vec<Run>, StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+    let has_runs: bool =
+        conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'", [], |r| r.get(0))?;
+    if !has_runs {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT started_ms, version, config FROM (
+             SELECT started_ms, version, config, rowid AS r FROM
+                 (SELECT started_ms, version, config, rowid FROM runs WHERE started_ms < ?1
+                  ORDER BY started_ms DESC, rowid DESC LIMIT 1)
+             UNION ALL
+             SELECT started_ms, version, config, rowid AS r FROM runs WHERE started_ms >= ?1)
+         ORDER BY started_ms, r",
+    )?;
+    let rows = stmt
+        .query_map(params![since_ms], |r| {
+            let config: String = r.get(2)?;
+            Ok(Run {
+                started_ms: r.get(0)?,
+                version: r.get(1)?,
+                // A config that is not JSON is kept as a string rather than lost.
+                config: serde_json::from_str(&config).unwrap_or(serde_json::Value::String(config)),
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
@@ -444,6 +557,10 @@ mod tests {
             rows: 1,
             queue_us: us / 10,
             stages_us: vec![("load".into(), us / 2), ("extract".into(), us / 4)],
+            key: None,
+            key_bytes: 0,
+            truncated: false,
+            args_excerpt: None,
         }
     }
 
@@ -475,6 +592,40 @@ mod tests {
         let only = tool_stats(&dir.join("gemba.db"), 0, Some("list_workbooks")).unwrap();
         assert_eq!(only.len(), 1);
         assert!(tool_stats(&dir.join("gemba.db"), now_ms() + 60_000, None).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn caps_texts_and_keeps_arguments_only_for_failures() {
+        let dir = std::env::temp_dir().join(format!("kaizen-store-caps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gemba.db");
+        let mut conn = open_rw(&path).unwrap();
+        let long = "é".repeat(MAX_ERROR_MESSAGE + 50);
+        let mut failed = row("read_table", 1000, "tool_error");
+        failed.error_message = Some(long.clone());
+        failed.args_excerpt = Some("x".repeat(1000));
+        failed.key = Some("sales-3f2a".into());
+        failed.key_bytes = 4096;
+        failed.truncated = true;
+        let mut ok = row("read_table", 1000, "ok");
+        ok.args_excerpt = Some("{\"secret\":1}".into());
+        write_batch(&mut conn, &[failed, ok]).unwrap();
+        type Stored = (Option<String>, Option<String>, Option<String>, i64, bool);
+        let got: Vec<Stored> = conn
+            .prepare("SELECT error_message, args_excerpt, key, key_bytes, truncated FROM requests ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(got[0].0.as_deref().map(|m| m.chars().count()), Some(MAX_ERROR_MESSAGE));
+        assert_eq!(got[0].1.as_deref().map(str::len), Some(MAX_ARGS_EXCERPT));
+        assert_eq!((got[0].2.as_deref(), got[0].3, got[0].4), (Some("sales-3f2a"), 4096, true));
+        assert_eq!(got[1].1, None, "arguments of a successful request are not kept");
+        assert_eq!(cap_chars("héllo", 2), "hé");
+        assert_eq!(cap_chars("hi", 5), "hi");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

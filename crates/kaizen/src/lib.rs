@@ -10,6 +10,7 @@
 
 pub mod alerts;
 pub mod buckets;
+pub mod detect;
 pub mod exposition;
 pub mod operational;
 pub mod outcome;

@@ -5,10 +5,20 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::DetectConfig;
-use super::errors::ErrorDetector;
+use super::errors::{ErrorBaseline, ErrorDetector};
 use super::input::CallEvent;
-use super::latency::LatencyDetector;
+use super::latency::{LatencyBaseline, LatencyDetector};
 use super::window::{Accum, ToolWindows};
+
+/// One tool's learned baselines, saved by a run and restored by the next
+/// (`Detector::baselines`, `Detector::restore_baselines`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolBaseline {
+    pub tool: String,
+    pub saved_ms: u64,
+    pub latency: LatencyBaseline,
+    pub errors: ErrorBaseline,
+}
 
 /// What is anomalous about a tool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -88,6 +98,29 @@ impl ToolDetector {
             last_end_ms: None,
             rewarm_left: 0,
         }
+    }
+
+    pub fn baseline(&self, saved_ms: u64) -> ToolBaseline {
+        ToolBaseline {
+            tool: self.name.clone(),
+            saved_ms,
+            latency: self.latency.baseline(),
+            errors: self.errors.baseline(),
+        }
+    }
+
+    /// Takes a baseline saved by an earlier run; the first `rewarm` evaluations after it
+    /// neither alarm nor teach (a restarted server starts cold). `false` if malformed.
+    pub fn restore(&mut self, b: &ToolBaseline, rewarm: u32) -> bool {
+        let mut latency = LatencyDetector::default();
+        let mut errors = ErrorDetector::default();
+        if !latency.restore(&b.latency) || !errors.restore(&b.errors) {
+            return false;
+        }
+        self.latency = latency;
+        self.errors = errors;
+        self.rewarm_left = rewarm;
+        true
     }
 
     #[inline]

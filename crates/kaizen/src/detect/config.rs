@@ -60,6 +60,9 @@ pub struct DetectConfig {
     /// to nobody and alarmed on by nobody (cold starts after idle are not incidents).
     pub idle_reset_secs: u64,
     pub rewarm_evaluations: u32,
+    /// After baselines are restored from an earlier run, this many evaluations per tool
+    /// neither alarm nor teach (caches start cold after a restart).
+    pub restart_rewarm_evaluations: u32,
     /// How long after a window ends its late events may still arrive (ms).
     pub late_grace_ms: u64,
     /// An incident closes once all its anomalies and alerts have been quiet this long.
@@ -104,6 +107,7 @@ impl Default for DetectConfig {
             max_open_secs: 3600,
             idle_reset_secs: 3600,
             rewarm_evaluations: 3,
+            restart_rewarm_evaluations: 6,
             late_grace_ms: 1000,
             incident_quiet_secs: 120,
             cause_lookback_secs: 600,

@@ -14,6 +14,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::anomaly::{EvalCtx, Verdict};
 use super::config::DetectConfig;
 use super::input::CallClass;
@@ -22,6 +24,15 @@ use super::window::Accum;
 const RUN_RECENT: usize = 6;
 /// Evaluations a watched window waits before the baseline learns it.
 const QUARANTINE: usize = 6;
+
+/// What an error detector learned, to carry across a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBaseline {
+    /// Decayed counts of failed and all calls.
+    pub errors: f64,
+    pub calls: f64,
+    pub learned: u32,
+}
 
 #[derive(Debug, Default)]
 pub struct ErrorDetector {
@@ -50,6 +61,20 @@ impl ErrorDetector {
 
     pub fn warming(&self, cfg: &DetectConfig) -> bool {
         self.learned < cfg.warmup_evaluations
+    }
+
+    /// The learned state, to save.
+    pub fn baseline(&self) -> ErrorBaseline {
+        ErrorBaseline { errors: self.errors, calls: self.calls, learned: self.learned }
+    }
+
+    /// Takes a saved state; `false` (and nothing changed) if it is malformed.
+    pub fn restore(&mut self, b: &ErrorBaseline) -> bool {
+        let ok = b.errors.is_finite() && b.calls.is_finite() && b.errors >= 0.0 && b.calls >= b.errors;
+        if ok {
+            *self = Self { errors: b.errors, calls: b.calls, learned: b.learned, ..Self::default() };
+        }
+        ok
     }
 
     fn p0(&self, cfg: &DetectConfig) -> f64 {

@@ -20,6 +20,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::anomaly::{EvalCtx, Verdict};
 use super::config::DetectConfig;
 use super::loghist::{BaselineHist, WindowHist, Winsorized, midpoint_ms};
@@ -41,6 +43,16 @@ const MIN_SD: f64 = 0.05;
 const STILL_BAD_Z: f64 = 2.0;
 /// The run's effect is measured over at most its last few evaluations.
 const RUN_RECENT: usize = 4;
+
+/// What a latency detector learned, to carry across a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyBaseline {
+    /// Baseline histogram: (bucket of 1/8 ln µs, decayed weight).
+    pub weights: Vec<(u16, f64)>,
+    pub learned: u32,
+    pub recent_scores: Vec<f64>,
+    pub recent_effects: Vec<f64>,
+}
 
 #[derive(Debug, Default)]
 pub struct LatencyDetector {
@@ -79,6 +91,33 @@ impl LatencyDetector {
     /// Whether the baseline is still being learned.
     pub fn warming(&self, cfg: &DetectConfig) -> bool {
         self.learned < cfg.warmup_evaluations
+    }
+
+    /// The learned state, to save.
+    pub fn baseline(&self) -> LatencyBaseline {
+        LatencyBaseline {
+            weights: self.base.to_sparse(),
+            learned: self.learned,
+            recent_scores: self.z_recent.iter().copied().collect(),
+            recent_effects: self.e_recent.iter().copied().collect(),
+        }
+    }
+
+    /// Takes a saved state; `false` (and nothing changed) if it is malformed.
+    pub fn restore(&mut self, b: &LatencyBaseline) -> bool {
+        let finite = |v: &[f64], max: usize| v.len() <= max && v.iter().all(|x| x.is_finite());
+        let Some(base) = BaselineHist::from_sparse(&b.weights) else { return false };
+        if !finite(&b.recent_scores, Z_KEEP) || !finite(&b.recent_effects, E_KEEP) {
+            return false;
+        }
+        *self = Self {
+            base,
+            learned: b.learned,
+            z_recent: b.recent_scores.iter().copied().collect(),
+            e_recent: b.recent_effects.iter().copied().collect(),
+            ..Self::default()
+        };
+        true
     }
 
     /// Overdispersion: the robust spread (1.4826 · MAD) of recent scores, at least 1.

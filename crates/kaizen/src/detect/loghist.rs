@@ -119,6 +119,25 @@ impl BaselineHist {
         }
     }
 
+    /// The non-zero weights as (bucket, weight), for saving.
+    pub fn to_sparse(&self) -> Vec<(u16, f64)> {
+        self.weights.iter().enumerate().filter(|(_, w)| **w > 0.0).map(|(i, w)| (i as u16, *w)).collect()
+    }
+
+    /// Rebuilds from `to_sparse` output; `None` if a bucket or weight is out of range.
+    pub fn from_sparse(pairs: &[(u16, f64)]) -> Option<Self> {
+        let mut h = Self::default();
+        for &(i, w) in pairs {
+            let slot = h.weights.get_mut(usize::from(i))?;
+            if !(w.is_finite() && w >= 0.0) {
+                return None;
+            }
+            *slot = w;
+            h.total += w;
+        }
+        Some(h)
+    }
+
     /// Forgets everything (a new normal is to be learned).
     pub fn clear(&mut self) {
         *self = Self::default();
@@ -223,5 +242,21 @@ mod tests {
         // 50 fast vs 100 slow: the median is slow.
         assert_eq!(b.quantile_bucket(0.5), bucket_of(10_000));
         assert!((b.total() - 150.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sparse_round_trip_and_bad_input_is_refused() {
+        let mut w = WindowHist::default();
+        for us in [10, 1000, 1000, 5_000_000] {
+            w.add(us);
+        }
+        let mut b = BaselineHist::default();
+        b.absorb(&w, 1.0);
+        let back = BaselineHist::from_sparse(&b.to_sparse()).unwrap();
+        assert_eq!(back.to_sparse(), b.to_sparse());
+        assert_eq!(back.total(), 4.0);
+        assert!(BaselineHist::from_sparse(&[(BUCKETS as u16, 1.0)]).is_none());
+        assert!(BaselineHist::from_sparse(&[(3, f64::NAN)]).is_none());
+        assert!(BaselineHist::from_sparse(&[(3, -1.0)]).is_none());
     }
 }

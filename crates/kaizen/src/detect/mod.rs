@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-pub use anomaly::Signal;
+pub use anomaly::{Signal, ToolBaseline};
 pub use causes::{CAUSES, CauseModel, CauseRule, Direction, RankedCause, SignalKind};
 pub use config::{DetectConfig, DetectError};
 pub use incident::{Incident, TimelineEntry};
@@ -173,8 +173,8 @@ impl Detector {
     pub fn new(cfg: DetectConfig, model: CauseModel, op_names: &[String]) -> Result<Self, DetectError> {
         cfg.validate()?;
         model.validate()?;
-        if op_names.len() > 10_000 {
-            return Err(DetectError::Model(format!("{} operations; at most 10000 are watched", op_names.len())));
+        if op_names.len() > 1000 {
+            return Err(DetectError::Model(format!("{} operations; at most 1000 are watched", op_names.len())));
         }
         let keep_ms = (cfg.cause_lookback_secs + cfg.cause_follow_secs + 120) * 1000;
         let event_keep_ms = (cfg.cause_event_lookback_secs + cfg.max_open_secs + cfg.incident_quiet_secs) * 1000;
@@ -350,6 +350,30 @@ impl Detector {
     /// them; any that run left open is closed. Returns those closed, for `IncidentStore::upsert`.
     pub fn restore(&self, past: Vec<Incident>) -> Vec<Incident> {
         self.inner.lock().book.restore(past, self.cfg.max_incidents)
+    }
+
+    /// What every tool has learned, to save (`IncidentStore::save_baselines`) every few
+    /// minutes and at shutdown, so the next run judges against it instead of starting blind:
+    /// a regression that comes with a new version or configuration is then found.
+    pub fn baselines(&self, now_ms: u64) -> Vec<ToolBaseline> {
+        self.inner.lock().tools.iter().map(|t| t.baseline(now_ms)).collect()
+    }
+
+    /// Restores baselines saved by an earlier run, matched by tool name; call before the first
+    /// `record`. Each restored tool's first `restart_rewarm_evaluations` evaluations neither
+    /// alarm nor teach. Returns how many tools were restored (malformed entries are skipped).
+    pub fn restore_baselines(&self, saved: &[ToolBaseline]) -> usize {
+        let mut g = self.inner.lock();
+        let rewarm = self.cfg.restart_rewarm_evaluations;
+        let mut restored = 0;
+        for b in saved {
+            if let Some(t) = g.tools.iter_mut().find(|t| t.name == b.tool)
+                && t.restore(b, rewarm)
+            {
+                restored += 1;
+            }
+        }
+        restored
     }
 
     /// Every tool × signal with its state (for a gauge per pair).

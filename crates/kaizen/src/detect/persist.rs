@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::anomaly::ToolBaseline;
 use super::incident::Incident;
 
 /// Incidents returned by one `load_incidents`, at most (newest kept).
@@ -20,6 +21,11 @@ CREATE TABLE IF NOT EXISTS incidents (
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_opened ON incidents(opened_ms);
+CREATE TABLE IF NOT EXISTS detect_baselines (
+    tool TEXT PRIMARY KEY,
+    saved_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +87,38 @@ impl IncidentStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Saves the detector's baselines (replacing earlier ones of the same tools).
+    pub fn save_baselines(&mut self, baselines: &[ToolBaseline]) -> Result<(), PersistError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO detect_baselines (tool, saved_ms, json) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tool) DO UPDATE SET saved_ms = excluded.saved_ms, json = excluded.json",
+            )?;
+            for b in baselines {
+                let json =
+                    serde_json::to_string(b).map_err(|source| PersistError::Encode { id: b.tool.clone(), source })?;
+                stmt.execute(params![b.tool, ms(b.saved_ms), json])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Baselines saved by earlier runs no older than `max_age_ms` before `now_ms`. Rows that do
+    /// not parse are skipped (a baseline is an optimisation: the detector relearns without it).
+    pub fn load_baselines(&self, now_ms: u64, max_age_ms: u64) -> Result<Vec<ToolBaseline>, PersistError> {
+        let mut stmt = self.conn.prepare("SELECT json FROM detect_baselines WHERE saved_ms >= ?1")?;
+        let rows = stmt.query_map(params![ms(now_ms.saturating_sub(max_age_ms))], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Ok(b) = serde_json::from_str::<ToolBaseline>(&row?) {
+                out.push(b);
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes incidents closed before `before_ms`; returns how many.

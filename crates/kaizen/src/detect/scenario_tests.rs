@@ -328,3 +328,49 @@ fn restore_closes_incidents_left_open_and_lists_them() {
     assert_eq!(d.incidents(0), fixed);
     assert_eq!(d.incidents_total(), 0, "restored incidents are not new ones");
 }
+
+#[test]
+fn after_a_restart_the_saved_baseline_finds_a_regression_and_not_a_cold_start() {
+    let dir = std::env::temp_dir().join(format!("kaizen-detect-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gemba.db");
+    let _ = std::fs::remove_file(&db);
+
+    // First run: learns, saves its baselines at shutdown.
+    let mut rng = SplitMix64::new(13);
+    let mut first = Scene::new(DetectConfig::default(), gemba_like_model(), two_tools(13), START);
+    first.run(WARM, &mut rng);
+    let mut store = super::IncidentStore::open(&db).unwrap();
+    store.save_baselines(&first.detector.baselines(first.sec * 1000)).unwrap();
+    let restart = first.sec + 60;
+    let saved = store.load_baselines(restart * 1000, 24 * 3600 * 1000).unwrap();
+    assert_eq!(saved.len(), 2);
+    assert!(store.load_baselines(restart * 1000 + 2 * 86_400_000, 86_400_000).unwrap().is_empty(), "too old");
+
+    // Second run, same code: the first 40 s are cold (3× slower), then normal. Nothing opens.
+    let mut cold = Scene::new(DetectConfig::default(), gemba_like_model(), two_tools(14), restart);
+    assert_eq!(cold.detector.restore_baselines(&saved), 2);
+    assert!(cold.detector.anomaly_states().iter().all(|s| !s.warming), "no five-minute warm-up after a restart");
+    for t in &mut cold.tools {
+        t.latency_step = 3.0;
+    }
+    cold.run(40, &mut rng);
+    for t in &mut cold.tools {
+        t.latency_step = 1.0;
+    }
+    cold.run(300, &mut rng);
+    assert!(cold.transitions.is_empty(), "{:#?}", cold.transitions);
+
+    // Third run, a new version that is twice as slow: found within 2 minutes, blamed on it.
+    let mut slow = Scene::new(DetectConfig::default(), gemba_like_model(), two_tools(15), restart);
+    slow.detector.restore_baselines(&saved);
+    slow.detector.note_event(restart * 1000, "config_change", "version 0.1.0 → 0.2.0");
+    for t in &mut slow.tools {
+        t.latency_step = 2.0;
+    }
+    slow.run(120, &mut rng);
+    let inc = slow.detector.open_incident().expect("the regression opens an incident");
+    assert!(inc.opened_ms <= (restart + 120) * 1000);
+    assert_eq!(inc.causes[0].cause, "config_change", "{:#?}", inc.causes);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -22,13 +22,13 @@ const TOOLS: [(f64, Shape); 6] =
     [(2.0, MODERATE), (2.0, WIDE), (10.0, MODERATE), (10.0, WIDE), (50.0, MODERATE), (50.0, WIDE)];
 
 /// Anomalies opened per tool and signal, and incidents, over `FA_WINDOWS` windows.
-fn false_alarms(seed: u64) -> (Vec<[u64; 2]>, u64) {
+fn false_alarms(cfg: &DetectConfig, tools: &[(f64, Shape)], seed: u64) -> (Vec<[u64; 2]>, u64) {
     let traffic =
-        TOOLS.iter().enumerate().map(|(i, &(rate, shape))| Traffic::new(i, shape, rate, seed + i as u64)).collect();
-    let mut scene = Scene::new(DetectConfig::default(), gemba_like_model(), traffic, START);
+        tools.iter().enumerate().map(|(i, &(rate, shape))| Traffic::new(i, shape, rate, seed + i as u64)).collect();
+    let mut scene = Scene::new(cfg.clone(), gemba_like_model(), traffic, START);
     let mut rng = SplitMix64::new(seed);
     scene.run(FA_WINDOWS * 10, &mut rng);
-    let mut opens = vec![[0u64; 2]; TOOLS.len()];
+    let mut opens = vec![[0u64; 2]; tools.len()];
     for (_, t) in &scene.transitions {
         if let Transition::AnomalyOpened { tool, signal, .. } = t {
             let i: usize = tool.trim_start_matches("tool").parse().unwrap_or(0);
@@ -64,9 +64,8 @@ impl Delays {
 }
 
 /// Detection delay over `EPISODES` steps, each after a normal stretch of 20–40 windows.
-fn delays(rate: f64, shape: Shape, step: Step, seed: u64) -> Delays {
-    let mut scene =
-        Scene::new(DetectConfig::default(), gemba_like_model(), vec![Traffic::new(0, shape, rate, seed)], START);
+fn delays(cfg: &DetectConfig, rate: f64, shape: Shape, step: Step, seed: u64) -> Delays {
+    let mut scene = Scene::new(cfg.clone(), gemba_like_model(), vec![Traffic::new(0, shape, rate, seed)], START);
     let mut rng = SplitMix64::new(seed ^ 0x5EED);
     let want = match step {
         Step::Latency => Signal::Latency,
@@ -119,7 +118,7 @@ fn delays(rate: f64, shape: Shape, step: Step, seed: u64) -> Delays {
 
 #[test]
 fn false_alarm_rate_stays_under_one_per_500_windows_per_tool() {
-    let (opens, incidents) = false_alarms(7);
+    let (opens, incidents) = false_alarms(&DetectConfig::default(), &TOOLS, 7);
     println!("| tool | latency alarms | error alarms | per 500 windows |");
     println!("|---|---|---|---|");
     let mut total = 0;
@@ -142,7 +141,7 @@ fn detection_delay_for_latency_and_error_steps() {
     println!("|---|---|---|---|---|---|---|");
     for (k, &(rate, shape)) in TOOLS.iter().enumerate() {
         for step in [Step::Latency, Step::Errors] {
-            let d = delays(rate, shape, step, 11 + k as u64);
+            let d = delays(&DetectConfig::default(), rate, shape, step, 11 + k as u64);
             let (p50, p90) = (d.quantile(0.5), d.quantile(0.9));
             println!(
                 "| {rate} calls/s | {} | {} | {p50} | {p90} | {} | {} |",
@@ -166,4 +165,65 @@ fn detection_delay_for_latency_and_error_steps() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+#[ignore = "a measurement, not a check: cargo test -p kaizen --release record_cost -- --ignored --nocapture"]
+fn record_cost() {
+    let names: Vec<String> = (0..20).map(|i| format!("tool{i}")).collect();
+    let d = super::Detector::new(DetectConfig::default(), gemba_like_model(), &names).unwrap();
+    let mut rng = SplitMix64::new(1);
+    // 10 s of 10,000 calls/s over 20 tools, recorded in batches of 200 (20 ms at that rate).
+    let events: Vec<super::CallEvent> = (0..100_000u64)
+        .map(|i| super::CallEvent {
+            op: (rng.next_u64() % 20) as usize,
+            at_ms: START * 1000 + i / 10,
+            latency_us: 200 + rng.next_u64() % 5000,
+            class: super::CallClass::Ok,
+            response_bytes: 1000,
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    for batch in events.chunks(200) {
+        d.record(batch);
+    }
+    let per_event = t.elapsed().as_nanos() as f64 / events.len() as f64;
+    let t = std::time::Instant::now();
+    let out = d.tick(START * 1000 + 12_000, &super::SignalSnapshot::default());
+    println!(
+        "record: {per_event:.0} ns per call; tick over 20 tools: {:?} ({} transitions)",
+        t.elapsed(),
+        out.transitions.len()
+    );
+}
+
+/// Tuning aid: the figures for settings from the environment (`DETECT_<FIELD>=value` for the
+/// numeric fields of `DetectConfig`, e.g. `DETECT_LATENCY_H=4.5`), at 2 calls/s and 10 calls/s.
+#[test]
+#[ignore = "tuning aid: DETECT_LATENCY_H=4.5 cargo test -p kaizen --release tune -- --ignored --nocapture"]
+fn tune() {
+    let mut cfg = serde_json::to_value(DetectConfig::default()).unwrap();
+    for (k, v) in std::env::vars() {
+        if let (Some(field), Ok(v)) = (k.strip_prefix("DETECT_"), v.parse::<f64>()) {
+            cfg[field.to_lowercase()] = serde_json::json!(v);
+        }
+    }
+    let cfg: DetectConfig = serde_json::from_value(cfg).unwrap();
+    let tools = [TOOLS[0], TOOLS[1], TOOLS[2], TOOLS[3]];
+    let (opens, _) = false_alarms(&cfg, &tools, 7);
+    for (i, &(rate, shape)) in tools.iter().enumerate() {
+        let d = |step| delays(&cfg, rate, shape, step, 11 + i as u64);
+        let (l, e) = (d(Step::Latency), d(Step::Errors));
+        println!(
+            "{rate}/s {}: false alarms {:?}; latency p50 {} p90 {} misses {}; errors p50 {} p90 {} misses {}",
+            shape.name,
+            opens[i],
+            l.quantile(0.5),
+            l.quantile(0.9),
+            l.misses,
+            e.quantile(0.5),
+            e.quantile(0.9),
+            e.misses
+        );
+    }
 }

@@ -50,6 +50,8 @@ use signals::{CallTally, SignalHistory};
 
 /// Alert transitions waiting for the next tick, at most.
 const MAX_PENDING_ALERTS: usize = 1000;
+/// Calls stamped more than this after the last tick are dropped (clock jumps).
+const FUTURE_SLACK_MS: u64 = 60_000;
 
 /// Something to deliver (log, webhook, alert channel).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -144,6 +146,14 @@ pub struct AnomalyState {
     pub warming: bool,
 }
 
+/// Counts of input the detector could not use (for a log line or a metric).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Dropped {
+    pub unknown_op_calls: u64,
+    pub future_calls: u64,
+    pub alerts: u64,
+}
+
 struct Inner {
     tools: Vec<ToolDetector>,
     tally: CallTally,
@@ -151,7 +161,9 @@ struct Inner {
     pending_alerts: VecDeque<AlertTransition>,
     book: IncidentBook,
     unknown_ops: u64,
+    future_calls: u64,
     dropped_alerts: u64,
+    last_tick_ms: Option<u64>,
 }
 
 /// The detector: anomalies per tool, incidents, causes. Thread-safe; every method takes `&self`.
@@ -185,7 +197,9 @@ impl Detector {
             pending_alerts: VecDeque::new(),
             book: IncidentBook::default(),
             unknown_ops: 0,
+            future_calls: 0,
             dropped_alerts: 0,
+            last_tick_ms: None,
         };
         Ok(Self { cfg, model, inner: Mutex::new(inner) })
     }
@@ -200,8 +214,12 @@ impl Detector {
         let wms = self.cfg.window_ms();
         let mut g = self.inner.lock();
         let inner = &mut *g;
+        // A call stamped far ahead of the last tick (a clock jump) would hold its tool's
+        // windows open until then: such calls are counted and dropped.
+        let horizon = inner.last_tick_ms.map_or(u64::MAX, |t| t.saturating_add(FUTURE_SLACK_MS));
         for e in events {
             match inner.tools.get_mut(e.op) {
+                Some(_) if e.at_ms > horizon => inner.future_calls += 1,
                 Some(t) => {
                     t.add(e, wms);
                     inner.tally.add(e);
@@ -233,6 +251,7 @@ impl Detector {
     pub fn tick(&self, now_ms: u64, snapshot: &SignalSnapshot) -> TickOutput {
         let mut g = self.inner.lock();
         let inner = &mut *g;
+        inner.last_tick_ms = Some(inner.last_tick_ms.map_or(now_ms, |t| t.max(now_ms)));
         let tally = std::mem::take(&mut inner.tally);
         inner.history.record_tick(now_ms, snapshot, &tally);
 
@@ -407,10 +426,11 @@ impl Detector {
         self.inner.lock().book.open_incident().cloned()
     }
 
-    /// Calls ignored for an unknown op index, and alert transitions dropped on a full queue.
-    pub fn ignored(&self) -> (u64, u64) {
+    /// What was dropped: calls for an unknown op index, calls stamped over a minute after the
+    /// last tick, alert transitions beyond the queue's 1000.
+    pub fn dropped(&self) -> Dropped {
         let g = self.inner.lock();
-        (g.unknown_ops, g.dropped_alerts)
+        Dropped { unknown_op_calls: g.unknown_ops, future_calls: g.future_calls, alerts: g.dropped_alerts }
     }
 }
 

@@ -374,3 +374,25 @@ fn after_a_restart_the_saved_baseline_finds_a_regression_and_not_a_cold_start() 
     assert_eq!(inc.causes[0].cause, "config_change", "{:#?}", inc.causes);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_call_from_the_far_future_does_not_stall_detection() {
+    let mut rng = SplitMix64::new(16);
+    let mut scene =
+        Scene::new(DetectConfig::default(), gemba_like_model(), vec![Traffic::new(0, MODERATE, 10.0, 16)], START);
+    scene.run(WARM, &mut rng);
+    let bogus = super::CallEvent {
+        op: 0,
+        at_ms: (START + 86_400 * 365) * 1000,
+        latency_us: 1000,
+        class: super::CallClass::Ok,
+        response_bytes: 0,
+    };
+    let unknown = super::CallEvent { op: 7, ..bogus };
+    scene.detector.record(&[bogus, unknown]);
+    scene.tools[0].latency_step = 3.0;
+    scene.run(60, &mut rng);
+    assert!(scene.detector.open_incident().is_some(), "still judged: {:#?}", scene.transitions);
+    let d = scene.detector.dropped();
+    assert_eq!((d.future_calls, d.unknown_op_calls, d.alerts), (1, 1, 0));
+}

@@ -221,8 +221,8 @@ impl IncidentBook {
         self.open.as_ref().is_some_and(|o| o.inc.causes.is_empty() || now_ms <= o.onset_ms + follow_ms + 10_000)
     }
 
-    /// Installs a ranking and the moves and events it found, for the open incident.
-    pub fn set_ranking(&mut self, causes: Vec<RankedCause>, moves: Vec<Movement>, events: Vec<NotedEvent>) {
+    /// Installs a ranking and the signals' first moves (each signal once) on the open incident.
+    pub fn set_causes(&mut self, causes: Vec<RankedCause>, moves: Vec<Movement>) {
         let Some(open) = &mut self.open else { return };
         if open.inc.causes != causes {
             open.inc.causes = causes;
@@ -234,9 +234,15 @@ impl IncidentBook {
                 open.dirty = true;
             }
         }
+    }
+
+    /// Puts noted events on the open incident's timeline (each once).
+    pub fn add_events<'a>(&mut self, events: impl Iterator<Item = &'a NotedEvent>) {
+        let Some(open) = &mut self.open else { return };
         for e in events {
             if open.events_seen.insert((e.at_ms, e.signal.clone(), e.detail.clone())) {
-                open.inc.add(TimelineEntry { at_ms: e.at_ms, signal: e.signal, detail: e.detail }, &mut open.dropped);
+                let entry = TimelineEntry { at_ms: e.at_ms, signal: e.signal.clone(), detail: e.detail.clone() };
+                open.inc.add(entry, &mut open.dropped);
                 open.dirty = true;
             }
         }

@@ -255,91 +255,29 @@ impl Detector {
         let tally = std::mem::take(&mut inner.tally);
         inner.history.record_tick(now_ms, snapshot, &tally);
 
-        let mut changes: Vec<AnomalyChange> =
-            inner.tools.iter_mut().flat_map(|t| t.close_windows(now_ms, &self.cfg)).collect();
-        changes.sort_by_key(|c| c.at_ms);
-        let mut alerts: Vec<AlertTransition> = inner.pending_alerts.drain(..).collect();
-        alerts.sort_by_key(|a| a.at_ms);
-
         // Anomalies and alerts in time order, so grouping follows what happened first.
+        let mut happenings: Vec<Happening> = inner
+            .tools
+            .iter_mut()
+            .flat_map(|t| t.close_windows(now_ms, &self.cfg))
+            .map(Happening::Anomaly)
+            .chain(inner.pending_alerts.drain(..).map(Happening::Alert))
+            .collect();
+        happenings.sort_by_key(Happening::at_ms);
         let mut out = TickOutput::default();
-        let (mut ci, mut ai) = (0, 0);
-        while ci < changes.len() || ai < alerts.len() {
-            let take_change = match (changes.get(ci), alerts.get(ai)) {
-                (Some(c), Some(a)) => c.at_ms <= a.at_ms,
-                (Some(_), None) => true,
-                _ => false,
-            };
-            if take_change {
-                let c = &changes[ci];
-                ci += 1;
-                let symptom = Symptom {
-                    key: format!("anomaly:{}/{}", c.tool, c.signal.as_str()),
-                    tool: c.tool.clone(),
-                    at_ms: c.at_ms,
-                    onset_ms: c.onset_ms,
-                    signal: format!("{}/{}", c.tool, c.signal.as_str()),
-                    detail: c.detail.clone(),
-                };
-                match c.onset_ms {
-                    Some(onset_ms) => {
-                        out.transitions.push(Transition::AnomalyOpened {
-                            tool: c.tool.clone(),
-                            signal: c.signal,
-                            at_ms: c.at_ms,
-                            onset_ms,
-                            detail: c.detail.clone(),
-                        });
-                        inner
-                            .book
-                            .start(Symptom { detail: format!("{} rose: {}", c.signal.as_str(), c.detail), ..symptom });
-                    }
-                    None => {
-                        out.transitions.push(Transition::AnomalyClosed {
-                            tool: c.tool.clone(),
-                            signal: c.signal,
-                            at_ms: c.at_ms,
-                            detail: c.detail.clone(),
-                        });
-                        inner.book.end(Symptom { detail: format!("{} {}", c.signal.as_str(), c.detail), ..symptom });
-                    }
-                }
-            } else {
-                let a = &alerts[ai];
-                ai += 1;
-                let symptom = Symptom {
-                    key: format!("alert:{}/{}", a.name, a.tool),
-                    tool: a.tool.clone(),
-                    at_ms: a.at_ms,
-                    onset_ms: Some(a.at_ms),
-                    signal: format!("alert:{}", a.name),
-                    detail: format!("{} {}: {}", if a.firing { "firing" } else { "resolved" }, a.tool, a.detail),
-                };
-                if a.firing {
-                    inner.book.start(symptom);
-                } else {
-                    inner.book.end(symptom);
-                }
-            }
+        for h in happenings {
+            apply(&mut inner.book, h, &mut out.transitions);
         }
 
-        let follow_ms = self.cfg.cause_follow_secs * 1000;
-        if inner.book.wants_ranking(now_ms, follow_ms)
-            && let Some(onset) = inner.book.open_onset_ms()
-        {
-            let (causes, moves) = causes::rank(&self.model, &inner.history, &self.cfg, onset, now_ms);
-            let from = onset.saturating_sub(self.cfg.cause_event_recent_secs * 1000);
-            let events = inner.history.events_between(from, now_ms).cloned().collect();
-            inner.book.set_ranking(causes, moves, events);
-        } else if inner.book.open_incident().is_some() {
-            // Past the ranking span: still put new events on the timeline.
-            let from = inner.book.open_onset_ms().unwrap_or(now_ms);
-            let events: Vec<_> = inner.history.events_between(from, now_ms).cloned().collect();
-            if let Some(inc) = inner.book.open_incident() {
-                let causes = inc.causes.clone();
-                inner.book.set_ranking(causes, Vec::new(), events);
+        if let Some(onset) = inner.book.open_onset_ms() {
+            if inner.book.wants_ranking(now_ms, self.cfg.cause_follow_secs * 1000) {
+                let (causes, moves) = causes::rank(&self.model, &inner.history, &self.cfg, onset, now_ms);
+                inner.book.set_causes(causes, moves);
             }
+            let from = onset.saturating_sub(self.cfg.cause_event_recent_secs * 1000);
+            inner.book.add_events(inner.history.events_between(from, now_ms));
         }
+
         let (change, dirty) = inner.book.settle(now_ms, self.cfg.incident_quiet_secs * 1000, self.cfg.max_incidents);
         if let Some((change, inc)) = change {
             let (id, tools, top_cause) = (inc.id.clone(), inc.tools.clone(), inc.top_cause().cloned());
@@ -431,6 +369,73 @@ impl Detector {
     pub fn dropped(&self) -> Dropped {
         let g = self.inner.lock();
         Dropped { unknown_op_calls: g.unknown_ops, future_calls: g.future_calls, alerts: g.dropped_alerts }
+    }
+}
+
+/// An anomaly change or an alert transition, to be applied to the incidents in time order.
+enum Happening {
+    Anomaly(AnomalyChange),
+    Alert(AlertTransition),
+}
+
+impl Happening {
+    fn at_ms(&self) -> u64 {
+        match self {
+            Happening::Anomaly(c) => c.at_ms,
+            Happening::Alert(a) => a.at_ms,
+        }
+    }
+}
+
+/// Starts or ends the symptom in the incident book; anomaly changes are also delivered.
+fn apply(book: &mut IncidentBook, h: Happening, transitions: &mut Vec<Transition>) {
+    match h {
+        Happening::Anomaly(c) => {
+            let symptom = Symptom {
+                key: format!("anomaly:{}/{}", c.tool, c.signal.as_str()),
+                tool: c.tool.clone(),
+                at_ms: c.at_ms,
+                onset_ms: c.onset_ms,
+                signal: format!("{}/{}", c.tool, c.signal.as_str()),
+                detail: String::new(),
+            };
+            match c.onset_ms {
+                Some(onset_ms) => {
+                    book.start(Symptom { detail: format!("{} rose: {}", c.signal.as_str(), c.detail), ..symptom });
+                    transitions.push(Transition::AnomalyOpened {
+                        tool: c.tool,
+                        signal: c.signal,
+                        at_ms: c.at_ms,
+                        onset_ms,
+                        detail: c.detail,
+                    });
+                }
+                None => {
+                    book.end(Symptom { detail: format!("{} {}", c.signal.as_str(), c.detail), ..symptom });
+                    transitions.push(Transition::AnomalyClosed {
+                        tool: c.tool,
+                        signal: c.signal,
+                        at_ms: c.at_ms,
+                        detail: c.detail,
+                    });
+                }
+            }
+        }
+        Happening::Alert(a) => {
+            let symptom = Symptom {
+                key: format!("alert:{}/{}", a.name, a.tool),
+                tool: a.tool.clone(),
+                at_ms: a.at_ms,
+                onset_ms: Some(a.at_ms),
+                signal: format!("alert:{}", a.name),
+                detail: format!("{} {}: {}", if a.firing { "firing" } else { "resolved" }, a.tool, a.detail),
+            };
+            if a.firing {
+                book.start(symptom);
+            } else {
+                book.end(symptom);
+            }
+        }
     }
 }
 

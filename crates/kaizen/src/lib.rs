@@ -17,6 +17,7 @@
 
 pub mod alerts;
 pub mod buckets;
+pub mod detect;
 pub mod event;
 pub mod experiment;
 pub mod exposition;

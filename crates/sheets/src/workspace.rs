@@ -17,6 +17,9 @@ const MAX_FILES: usize = 20_000;
 const MAX_DEPTH: usize = 12;
 /// How long a directory scan is reused before the next call rescans.
 const LISTING_TTL: Duration = Duration::from_millis(1000);
+/// An id that is not in the listing rescans the workspace at most this often: agents that guess
+/// ids must not turn every miss into a scan of up to 20,000 files.
+const MISS_RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileIdentity {
@@ -46,9 +49,26 @@ pub struct Entry {
     pub modified: Option<SystemTime>,
 }
 
+/// One scan's result, and when that scan began.
+#[derive(Clone)]
+struct Listing {
+    started: Instant,
+    /// The same moment by the wall clock, to compare with files' change times.
+    started_wall: SystemTime,
+    entries: Arc<Vec<Entry>>,
+}
+
+/// The served directory. Listing is cheap and never waits behind a scan when a listing exists:
+/// scans run outside the listing lock (one at a time, shared by everyone who needs one) and
+/// the new listing is swapped in when done.
 pub struct Workspace {
     root: PathBuf,
-    listing: Mutex<Option<(Instant, Arc<Vec<Entry>>)>>,
+    /// The current listing; held only to read or swap it.
+    listing: Mutex<Option<Listing>>,
+    /// Held for the length of a scan: one scan at a time, and a caller who needs a scan that is
+    /// already running waits for it and shares its result.
+    scanning: Mutex<()>,
+    scans: std::sync::atomic::AtomicU64,
 }
 
 impl Workspace {
@@ -62,29 +82,76 @@ impl Workspace {
         if !root.is_dir() {
             return Err(SheetsError::Workspace(format!("workspace '{}' is not a directory", root.display())));
         }
-        Ok(Self { root, listing: Mutex::new(None) })
+        Ok(Self { root, listing: Mutex::new(None), scanning: Mutex::new(()), scans: Default::default() })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The workbooks in the workspace, sorted by path; rescanned at most once a second.
+    /// The workbooks in the workspace, sorted by path; rescanned at most once a second. When the
+    /// listing is older than that and someone else is already rescanning, the current listing is
+    /// returned at once rather than waiting.
     pub fn list(&self) -> Arc<Vec<Entry>> {
-        self.list_fresh(false)
+        if let Some(l) = self.current()
+            && l.started.elapsed() < LISTING_TTL
+        {
+            return l.entries;
+        }
+        let gate = match self.scanning.try_lock() {
+            Some(g) => g,
+            None => match self.current() {
+                Some(l) => return l.entries,
+                // Nothing to show yet: wait for the first scan.
+                None => self.scanning.lock(),
+            },
+        };
+        // Someone may have finished a scan while this call got the gate.
+        if let Some(l) = self.current()
+            && l.started.elapsed() < LISTING_TTL
+        {
+            return l.entries;
+        }
+        let l = self.scan_and_swap();
+        drop(gate);
+        l
     }
 
-    fn list_fresh(&self, force: bool) -> Arc<Vec<Entry>> {
+    /// How many times the workspace was scanned (for tests and metrics).
+    pub fn scan_count(&self) -> u64 {
+        self.scans.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn current(&self) -> Option<Listing> {
+        self.listing.lock().clone()
+    }
+
+    /// Scan (the caller holds the scan gate, not the listing lock) and swap the result in.
+    fn scan_and_swap(&self) -> Arc<Vec<Entry>> {
+        let (started, started_wall) = (Instant::now(), SystemTime::now());
+        let entries = Arc::new(self.scan());
+        self.scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut guard = self.listing.lock();
-        if let Some((at, l)) = &*guard
-            && !force
-            && at.elapsed() < LISTING_TTL
-        {
-            return l.clone();
+        // Never replace a newer listing with an older one.
+        if guard.as_ref().is_none_or(|l| l.started <= started) {
+            *guard = Some(Listing { started, started_wall, entries: entries.clone() });
         }
-        let l = Arc::new(self.scan());
-        *guard = Some((Instant::now(), l.clone()));
-        l
+        entries
+    }
+
+    /// The listing after a lookup missed at `missed`: a scan that began after the miss (run
+    /// now, or by a concurrent caller whose result this shares), or — when the last scan began
+    /// under [`MISS_RESCAN_INTERVAL`] ago and `query` is not a file changed since it began —
+    /// the current listing.
+    fn relist_after_miss(&self, missed: Instant, query: &str) -> Arc<Vec<Entry>> {
+        let _gate = self.scanning.lock();
+        if let Some(l) = self.current()
+            && (l.started >= missed
+                || (l.started.elapsed() < MISS_RESCAN_INTERVAL && !self.changed_since(query, l.started_wall)))
+        {
+            return l.entries;
+        }
+        self.scan_and_swap()
     }
 
     fn scan(&self) -> Vec<Entry> {
@@ -153,19 +220,25 @@ impl Workspace {
             .collect()
     }
 
-    /// Find a workbook by id (or by its exact relative path), rescanning once if it is new.
+    /// Find a workbook by id (or by its exact relative path). A miss rescans, at most every
+    /// couple of seconds for unknown ids; a path that exists on disk (a file just saved) always
+    /// gets a scan that sees it. Concurrent misses share one scan.
     pub fn resolve(&self, query: &str) -> Result<Entry> {
         let q = query.trim();
-        for force in [false, true] {
-            let list = self.list_fresh(force);
-            if let Some(e) = list.iter().find(|e| e.id == q || e.rel_path == q) {
-                return self.checked(e.clone());
-            }
-            if let Some(e) = list.iter().find(|e| e.id.eq_ignore_ascii_case(q)) {
-                return self.checked(e.clone());
-            }
+        let find = |list: &[Entry]| {
+            list.iter()
+                .find(|e| e.id == q || e.rel_path == q)
+                .or_else(|| list.iter().find(|e| e.id.eq_ignore_ascii_case(q)))
+                .cloned()
+        };
+        if let Some(e) = find(&self.list()) {
+            return self.checked(e);
         }
-        let list = self.list();
+        let missed = Instant::now();
+        let list = self.relist_after_miss(missed, q);
+        if let Some(e) = find(&list) {
+            return self.checked(e);
+        }
         let ids: Vec<&str> = list.iter().map(|e| e.id.as_str()).collect();
         let near = closest(q, ids.iter().copied(), 1);
         let suggestion = match near.first() {
@@ -176,6 +249,32 @@ impl Workspace {
             None => String::new(),
         };
         Err(SheetsError::UnknownWorkbook { query: q.to_string(), suggestion })
+    }
+
+    /// Whether `q` names a workbook file inside the root that changed (was written or renamed
+    /// into place) after `since`, give or take the file system's clock granularity: a file a
+    /// scan begun at `since` may have missed. Files that merely exist (hidden or too deep for
+    /// the listing) do not count, so asking for them again and again does not rescan.
+    fn changed_since(&self, q: &str, since: SystemTime) -> bool {
+        let ext = Path::new(q).extension().map(|x| x.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        if !EXTENSIONS.contains(&ext.as_str()) {
+            return false;
+        }
+        let Some(meta) = resolve_inside(&self.root, q).ok().and_then(|p| std::fs::metadata(p).ok()) else {
+            return false;
+        };
+        // A rename sets the change time (ctime), not the modification time.
+        #[cfg(unix)]
+        let changed = {
+            use std::os::unix::fs::MetadataExt;
+            let secs = u64::try_from(meta.ctime()).unwrap_or(0);
+            let nanos = u32::try_from(meta.ctime_nsec()).unwrap_or(0);
+            Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+        };
+        #[cfg(not(unix))]
+        let changed = meta.modified().ok();
+        let slack = Duration::from_secs(1);
+        meta.is_file() && changed.is_some_and(|t| t + slack >= since)
     }
 
     /// Re-check at use time that the path still resolves inside the root.

@@ -105,6 +105,12 @@ impl Fork {
         Ok(())
     }
 
+    /// What is wrong with the fork's edit log, if anything (lines that could not be read back
+    /// after a restart were skipped; see `persist`).
+    pub fn damage(&self) -> Option<&str> {
+        self.dir.damage()
+    }
+
     pub fn style_count(&self) -> usize {
         self.style_ops.len()
     }
@@ -141,7 +147,11 @@ impl Fork {
             structure,
             created_unix: super::persist::now_unix(),
         });
-        self.save_meta()?;
+        if let Err(e) = self.save_meta() {
+            // Not staged unless it is on disk.
+            self.meta.staged.pop();
+            return Err(e);
+        }
         Ok(id)
     }
 

@@ -53,6 +53,9 @@ pub struct ForkConfig {
     pub libreoffice: LibreOfficeConfig,
     /// Tests only: wait this long between writing a saved file and renaming it into place.
     pub save_pause: Option<Duration>,
+    /// Tests only: pause halfway through every edit-log append, to kill the server with a torn
+    /// line on disk. Defaults to `GEMBA_TEST_APPEND_PAUSE_MS` from the environment.
+    pub append_pause: Option<Duration>,
 }
 
 impl Default for ForkConfig {
@@ -71,6 +74,11 @@ impl Default for ForkConfig {
             default_backend: Backend::InProcess,
             libreoffice: LibreOfficeConfig::default(),
             save_pause: None,
+            append_pause: std::env::var("GEMBA_TEST_APPEND_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
         }
     }
 }
@@ -95,6 +103,8 @@ pub struct ForkStore {
     /// Why forks cannot be made (the forks directory is not writable); reads still work.
     pub unavailable: Option<String>,
     forks: Mutex<HashMap<String, ForkHandle>>,
+    /// Forks on disk that could not be restored, with why.
+    broken: Mutex<std::collections::BTreeMap<String, String>>,
     pub stats: Arc<ForkStats>,
     pub libreoffice: LibreOffice,
     seq: AtomicU64,
@@ -113,6 +123,7 @@ impl ForkStore {
             tracing::warn!("{why}");
             why
         });
+        persist::set_test_append_pause(cfg.append_pause);
         let stats = Arc::new(ForkStats::default());
         let mut lo_cfg = cfg.libreoffice.clone();
         if lo_cfg.work_dir == LibreOfficeConfig::default().work_dir {
@@ -123,6 +134,7 @@ impl ForkStore {
             cfg,
             unavailable,
             forks: Mutex::new(HashMap::new()),
+            broken: Mutex::new(std::collections::BTreeMap::new()),
             stats,
             seq: AtomicU64::new(0),
         };
@@ -139,27 +151,50 @@ impl ForkStore {
             if !name.starts_with(FORK_PREFIX) || !e.path().is_dir() {
                 continue;
             }
-            let dir = ForkDir::new(&self.cfg.dir, &name);
-            let loaded = dir.load().and_then(|(meta, ops, styles)| {
+            let mut dir = ForkDir::new(&self.cfg.dir, &name);
+            let loaded = dir.load().and_then(|(meta, log)| {
                 if now.saturating_sub(meta.created_unix) > self.cfg.max_age.as_secs() {
-                    return Err(SheetsError::invalid("fork", "expired"));
+                    return Ok(None);
                 }
                 let base = open_base(&meta, &dir, limits, cache_stats)?;
-                let epoch = meta.epoch;
-                Fork::new(meta, ForkDir::new(&self.cfg.dir, &name).at_epoch(epoch), base, ops, styles)
+                Ok(Some((meta, base, log)))
             });
             match loaded {
-                Ok(f) => {
-                    tracing::info!(fork = %name, edits = f.op_count(), "fork restored");
-                    forks.insert(name, Arc::new(Mutex::new(f)));
-                }
-                Err(SheetsError::InvalidArgument { .. }) => {
+                Ok(Some((meta, base, log))) => match Fork::new(meta, dir, base, log.ops, log.styles) {
+                    Ok(f) => {
+                        match f.damage() {
+                            Some(why) => {
+                                tracing::error!(fork = %name, edits = f.op_count(), "fork restored damaged: {why}")
+                            }
+                            None => tracing::info!(fork = %name, edits = f.op_count(), "fork restored"),
+                        }
+                        forks.insert(name, Arc::new(Mutex::new(f)));
+                    }
+                    Err(err) => self.not_restored(&name, err),
+                },
+                Ok(None) => {
                     tracing::info!(fork = %name, "fork expired; removed");
                     dir.remove();
                 }
-                Err(err) => tracing::warn!(fork = %name, "fork could not be restored and is left on disk: {err}"),
+                Err(err) => self.not_restored(&name, err),
             }
         }
+    }
+
+    /// A fork whose files are on disk but could not be read back: it is left untouched, and
+    /// every call naming it says why and what to do.
+    fn not_restored(&self, name: &str, err: SheetsError) {
+        let why = format!(
+            "fork '{name}' could not be restored after a restart ({err}); its files are left untouched in {}: repair or remove that directory and restart the server, or create_fork a new fork",
+            self.cfg.dir.join(name).display()
+        );
+        tracing::error!(fork = %name, "{why}");
+        self.broken.lock().insert(name.to_string(), why);
+    }
+
+    /// Forks left on disk because they could not be restored, with why (sorted by id).
+    pub fn not_restored_forks(&self) -> Vec<(String, String)> {
+        self.broken.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     pub fn is_fork_id(id: &str) -> bool {
@@ -181,6 +216,9 @@ impl ForkStore {
         let forks = self.forks.lock();
         if let Some(f) = forks.get(id) {
             return Ok(f.clone());
+        }
+        if let Some(why) = self.broken.lock().get(id) {
+            return Err(SheetsError::Workspace(why.clone()));
         }
         let ids: Vec<&str> = forks.keys().map(String::as_str).collect();
         let near = closest(id, ids.iter().copied(), 1);
@@ -221,6 +259,9 @@ impl ForkStore {
         let result = (|| {
             persist::write_atomic(&dir.base(), &original.file_bytes(), None)
                 .map_err(|e| SheetsError::Workspace(format!("cannot copy the workbook into the fork: {e}")))?;
+            // The fork's own directory entry, so a crash cannot lose the whole fork.
+            persist::sync_dir(&self.cfg.dir)
+                .map_err(|e| SheetsError::Workspace(format!("cannot sync {}: {e}", self.cfg.dir.display())))?;
             let meta = ForkMeta {
                 id: id.clone(),
                 workbook_id: entry.id.clone(),
@@ -380,19 +421,19 @@ impl ForkStore {
         cache_stats: &Arc<CacheStats>,
     ) -> Result<()> {
         let mut f = handle.lock();
-        let (ops, styles) = f.dir.load_epoch_ops(cp.epoch)?;
-        let ops: Vec<Op> = ops.into_iter().take(cp.ops).collect();
-        let styles: Vec<StyleOp> = styles.into_iter().take(cp.styles).collect();
+        let mut dir = ForkDir::new(&self.cfg.dir, &f.meta.id).at_epoch(cp.epoch);
+        let log = dir.open_log()?;
+        let ops: Vec<Op> = log.ops.into_iter().take(cp.ops).collect();
+        let styles: Vec<StyleOp> = log.styles.into_iter().take(cp.styles).collect();
         let mut meta = f.meta.clone();
         let from = meta.epoch;
         meta.epoch = cp.epoch;
         meta.structure.retain(|r| r.epoch <= cp.epoch);
-        let dir = ForkDir::new(&self.cfg.dir, &meta.id).at_epoch(cp.epoch);
         let base = open_base(&meta, &dir, limits, cache_stats)?;
         dir.rewrite_ops(&ops, &styles)?;
         dir.save_meta(&meta)?;
         dir.remove_epochs(cp.epoch + 1, from);
-        let mut fresh = Fork::new(meta, ForkDir::new(&self.cfg.dir, &f.meta.id).at_epoch(cp.epoch), base, ops, styles)?;
+        let mut fresh = Fork::new(meta, dir, base, ops, styles)?;
         fresh.mark_structure_stale();
         *f = fresh;
         Ok(())

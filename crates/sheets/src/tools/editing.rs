@@ -14,6 +14,7 @@ use crate::forks::cells::{EditSpec, Input, Scalar, a1, check_formula, error_kind
 use crate::forks::persist::{Op, StyleOp};
 use crate::forks::styles::StyleSpec;
 use crate::limits::Budget;
+use crate::sheet::Sheet;
 
 /// preview: stage it and show before/after.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -61,10 +62,7 @@ pub struct EditOutput {
 fn commit(engine: &Engine, fork_id: &str, ops: Vec<Op>, mode: Mode, tool: &str, budget: &Budget) -> Result<EditOutput> {
     let cfg = &engine.forks.cfg;
     if ops.len() > cfg.max_batch {
-        return Err(SheetsError::invalid(
-            "edits",
-            format!("the batch writes {} cells; the limit is {} per call — split it", ops.len(), cfg.max_batch),
-        ));
+        return Err(too_many_cells("edits", ops.len() as u64, cfg.max_batch, None));
     }
     let formulas = ops.iter().filter(|o| o.i.formula().is_some()).count();
     let handle = engine.forks.get(fork_id)?;
@@ -129,6 +127,10 @@ fn sheet_of(engine: &Engine, fork_id: &str, name: Option<&str>) -> Result<String
 pub fn edit_batch(engine: &Engine, p: EditBatchParams, budget: &Budget) -> Result<EditOutput> {
     if p.edits.is_empty() {
         return Err(SheetsError::invalid("edits", "is empty; pass edits like [\"A1=100\", \"B2==SUM(A1:A2)\"]"));
+    }
+    let max = engine.forks.cfg.max_batch;
+    if p.edits.len() > max {
+        return Err(too_many_cells("edits", p.edits.len() as u64, max, None));
     }
     let default_sheet = p.sheet_name.as_deref();
     let mut ops = Vec::with_capacity(p.edits.len());
@@ -221,14 +223,65 @@ fn json_input(v: &serde_json::Value) -> Result<Input> {
     })
 }
 
-fn area_check(rect: Rect, max: usize, what: &str) -> Result<()> {
-    if rect.area() > max as u64 {
-        return Err(SheetsError::invalid(
-            "ops",
-            format!("{what} covers {} cells; the limit is {max} per call — use a smaller range", rect.area()),
-        ));
+/// The refusal of a batch that would write more cells than one call may: the total, the
+/// largest op when there are several, the limit, and what to do.
+pub(crate) fn too_many_cells(field: &'static str, cells: u64, max: usize, largest: Option<String>) -> SheetsError {
+    let largest = largest.map(|l| format!(" (the largest: {l})")).unwrap_or_default();
+    SheetsError::invalid(
+        field,
+        format!(
+            "the batch would write {cells} cells{largest}; the limit is {max} cells per call (the sum over all its ops) — split it into several calls of at most {max} cells each"
+        ),
+    )
+}
+
+/// The most cells one transform op can write, found without building anything: the area it
+/// covers, or for clear and replace the cells there are to change.
+fn cells_bound(sheet: &Sheet, op: &TransformOp) -> Result<(u64, String)> {
+    Ok(match op {
+        TransformOp::Clear { range } => {
+            let rect = parse_range_arg(sheet, "range", range)?;
+            let n = sheet.cells_in(rect).count() + sheet.formulas_in(rect).count();
+            (n as u64, format!("clear {range}"))
+        }
+        TransformOp::Fill { range, .. } => (parse_range_arg(sheet, "range", range)?.area(), format!("fill {range}")),
+        TransformOp::Replace { range, .. } => {
+            let rect = match range {
+                Some(r) => Some(parse_range_arg(sheet, "range", r)?),
+                None => sheet.used,
+            };
+            let n = rect.map_or(0, |rect| {
+                sheet.cells_in(rect).filter(|c| matches!(c.value, crate::value::Value::Text(_))).count()
+            });
+            (n as u64, format!("replace in {}", range.as_deref().unwrap_or("the sheet")))
+        }
+        TransformOp::Write { start, rows } => (rows.iter().map(|r| r.len() as u64).sum(), format!("write at {start}")),
+        TransformOp::Copy { range, .. } => (parse_range_arg(sheet, "range", range)?.area(), format!("copy {range}")),
+        // The source cells are cleared and the target written.
+        TransformOp::Move { range, .. } => {
+            (parse_range_arg(sheet, "range", range)?.area().saturating_mul(2), format!("move {range}"))
+        }
+    })
+}
+
+/// Refuse a transform batch whose ops together could write more than `max` cells, before any
+/// of it is built; returns the bound.
+fn check_transform_bound(sheet: &Sheet, ops: &[TransformOp], max: usize, budget: &Budget) -> Result<u64> {
+    let mut total: u64 = 0;
+    let mut largest = (0u64, String::new());
+    for (k, op) in ops.iter().enumerate() {
+        budget.check()?;
+        let (n, what) = cells_bound(sheet, op)?;
+        total = total.saturating_add(n);
+        if n > largest.0 {
+            largest = (n, format!("op #{} {what}, {n} cells", k + 1));
+        }
     }
-    Ok(())
+    if total > max as u64 {
+        let largest = (ops.len() > 1).then_some(largest.1);
+        return Err(too_many_cells("ops", total, max, largest));
+    }
+    Ok(total)
 }
 
 pub fn transform_batch(engine: &Engine, p: TransformBatchParams, budget: &Budget) -> Result<EditOutput> {
@@ -239,7 +292,10 @@ pub fn transform_batch(engine: &Engine, p: TransformBatchParams, budget: &Budget
     let view = engine.forks.view(&p.fork_id, budget)?;
     let sheet = engine.sheet(&view, Some(&name), budget)?;
     let max = engine.forks.cfg.max_batch;
-    let mut ops: Vec<Op> = Vec::new();
+    // The whole batch is bounded before anything is built: ops each under the limit must not
+    // add up to more than it (300 fills of 100,000 cells would build 30 million writes).
+    let bound = check_transform_bound(&sheet, &p.ops, max, budget)?;
+    let mut ops: Vec<Op> = Vec::with_capacity(bound as usize);
     let mut push = |r: u32, c: u32, i: Input| ops.push(Op { s: name.clone(), r, c, i });
     for op in &p.ops {
         budget.check()?;
@@ -256,7 +312,6 @@ pub fn transform_batch(engine: &Engine, p: TransformBatchParams, budget: &Budget
             }
             TransformOp::Fill { range, value, formula } => {
                 let rect = parse_range_arg(&sheet, "range", range)?;
-                area_check(rect, max, "fill")?;
                 let input = match (formula, value) {
                     (Some(f), None) => Input::Formula { f: check_formula(f)? },
                     (None, Some(v)) => json_input(v)?,
@@ -314,7 +369,6 @@ pub fn transform_batch(engine: &Engine, p: TransformBatchParams, budget: &Budget
             }
             TransformOp::Copy { range, to } | TransformOp::Move { range, to } => {
                 let src = parse_range_arg(&sheet, "range", range)?;
-                area_check(src, max, "the copied range")?;
                 let at = parse_cell(to.trim()).ok_or_else(|| {
                     SheetsError::invalid("ops", format!("`to` '{to}' is not a cell address like \"B2\""))
                 })?;
@@ -349,13 +403,6 @@ pub fn transform_batch(engine: &Engine, p: TransformBatchParams, budget: &Budget
                 let at = parse_cell(start.trim()).ok_or_else(|| {
                     SheetsError::invalid("ops", format!("write start '{start}' is not a cell address like \"B2\""))
                 })?;
-                let n: usize = rows.iter().map(Vec::len).sum();
-                if n > max {
-                    return Err(SheetsError::invalid(
-                        "ops",
-                        format!("write has {n} cells; the limit is {max} per call"),
-                    ));
-                }
                 for (dr, row) in rows.iter().enumerate() {
                     for (dc, v) in row.iter().enumerate() {
                         push(at.row + dr as u32, at.col + dc as u32, json_input(v)?);
@@ -434,13 +481,23 @@ pub fn style_batch(engine: &Engine, p: StyleBatchParams, budget: &Budget) -> Res
     let view = engine.forks.view(&p.fork_id, budget)?;
     let sheet = engine.sheet(&view, Some(&name), budget)?;
     let max = engine.forks.cfg.max_batch;
-    let mut ops = Vec::new();
+    // Bound the whole batch first: every cell styled is an entry in the fork's style map.
     let mut cells: u64 = 0;
+    let mut largest = (0u64, String::new());
+    for (k, op) in p.ops.iter().enumerate() {
+        let area = parse_range_arg(&sheet, "range", &op.range)?.area();
+        cells = cells.saturating_add(area);
+        if area > largest.0 {
+            largest = (area, format!("op #{} {}, {area} cells", k + 1, op.range));
+        }
+    }
+    if cells > max as u64 {
+        return Err(too_many_cells("ops", cells, max, (p.ops.len() > 1).then_some(largest.1)));
+    }
+    let mut ops = Vec::with_capacity(p.ops.len());
     for op in &p.ops {
         op.style.validate()?;
         let rect = parse_range_arg(&sheet, "range", &op.range)?;
-        area_check(rect, max, "the style range")?;
-        cells += rect.area();
         ops.push(StyleOp {
             s: name.clone(),
             top: rect.top,
@@ -450,16 +507,20 @@ pub fn style_batch(engine: &Engine, p: StyleBatchParams, budget: &Budget) -> Res
             st: op.style.clone(),
         });
     }
-    if cells > max as u64 {
-        return Err(SheetsError::invalid(
-            "ops",
-            format!("the ranges cover {cells} cells; the limit is {max} per call"),
-        ));
-    }
     let handle = engine.forks.get(&p.fork_id)?;
     let mut f = handle.lock();
     match p.mode.unwrap_or_default() {
         Mode::Apply => {
+            let held = f.cells_styled() as u64;
+            if held + cells > engine.forks.cfg.max_ops as u64 {
+                return Err(SheetsError::invalid(
+                    "ops",
+                    format!(
+                        "this fork styles {held} cells and the limit is {}; save it and start a new fork, or restore a checkpoint",
+                        engine.forks.cfg.max_ops
+                    ),
+                ));
+            }
             for op in ops {
                 f.apply_style(op)?;
             }

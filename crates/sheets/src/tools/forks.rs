@@ -75,11 +75,17 @@ pub struct ForkInfo {
     pub needs_recalc: bool,
     /// The original changed on disk since the fork.
     pub source_changed: bool,
+    /// Edit-log lines unreadable after a restart (skipped): what is missing, what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ListForksOutput {
     pub forks: Vec<ForkInfo>,
+    /// Forks on disk that could not be restored, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_restored: Vec<String>,
 }
 
 pub fn list_forks(engine: &Engine, _: ListForksParams, _: &Budget) -> Result<ListForksOutput> {
@@ -100,9 +106,11 @@ pub fn list_forks(engine: &Engine, _: ListForksParams, _: &Budget) -> Result<Lis
             staged: f.meta.staged.iter().map(|s| s.id.clone()).collect(),
             needs_recalc: f.is_stale(),
             source_changed: !ForkStore::source_unchanged(&f.meta, &source),
+            damaged: f.damage().map(str::to_string),
         });
     }
-    Ok(ListForksOutput { forks })
+    let not_restored = engine.forks.not_restored_forks().into_iter().map(|(_, why)| why).collect();
+    Ok(ListForksOutput { forks, not_restored })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

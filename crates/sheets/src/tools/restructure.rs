@@ -5,14 +5,15 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::editing::{Mode, TransformBatchParams, TransformOp, transform_batch};
+use super::editing::{Mode, TransformBatchParams, TransformOp, too_many_cells, transform_batch};
 use crate::Engine;
-use crate::address::{MAX_COLS, MAX_ROWS, parse_col};
+use crate::address::{MAX_COLS, MAX_ROWS, parse_col, parse_range, split_sheet};
 use crate::error::{Result, SheetsError};
 use crate::forks::ForkHandle;
 use crate::forks::persist::Checkpoint;
 use crate::forks::structure::{StructOp, check_sheet_name};
 use crate::limits::Budget;
+use crate::workbook::Workbook;
 
 /// Most structural edits in one batch.
 const MAX_STRUCT_OPS: usize = 100;
@@ -210,7 +211,39 @@ fn to_ops(
         };
         out.push(op);
     }
+    check_range_bound(&view, &out, engine.forks.cfg.max_batch, budget)?;
     Ok((out, names))
+}
+
+/// Refuse a batch whose range copies and moves together could write more cells than one call
+/// may, before any of it runs (a copy writes its area, a move clears its source too).
+fn check_range_bound(view: &Workbook, ops: &[StructOp], max: usize, budget: &Budget) -> Result<()> {
+    let mut total: u64 = 0;
+    let mut largest = (0u64, String::new());
+    for (k, op) in ops.iter().enumerate() {
+        let (sheet, range, factor) = match op {
+            StructOp::CopyRange { sheet, range, .. } => (sheet, range, 1),
+            StructOp::MoveRange { sheet, range, .. } => (sheet, range, 2),
+            _ => continue,
+        };
+        // Whole rows or columns ("C:D") span the sheet's used range as it is now.
+        let used = view.sheet_index(Some(sheet)).ok().and_then(|i| view.sheet_at(i, budget).ok()).and_then(|s| s.used);
+        let rect = parse_range(split_sheet(range).1, used).ok_or_else(|| {
+            SheetsError::invalid(
+                "range",
+                format!("'{range}' is not an A1 range; use forms like \"B3:F40\", \"A1\", \"C:D\" or \"2:10\""),
+            )
+        })?;
+        let n = rect.area().saturating_mul(factor);
+        total = total.saturating_add(n);
+        if n > largest.0 {
+            largest = (n, format!("op #{} {}, {n} cells", k + 1, op.describe()));
+        }
+    }
+    if total > max as u64 {
+        return Err(too_many_cells("ops", total, max, Some(largest.1)));
+    }
+    Ok(())
 }
 
 pub fn structure_batch(engine: &Engine, p: StructureBatchParams, budget: &Budget) -> Result<StructureOutput> {
@@ -256,7 +289,11 @@ pub fn apply_batch(
             created_unix: 0,
         }
     };
+    let max = engine.forks.cfg.max_batch;
     let run = || -> Result<()> {
+        // Cells the batch's range copies and moves wrote so far: bounded like one transform call
+        // (checked before the batch; this catches ranges that grew as the batch went).
+        let mut written: u64 = 0;
         let mut i = 0;
         while i < ops.len() {
             let (sheet, range, to, moving) = match &ops[i] {
@@ -277,7 +314,10 @@ pub fn apply_batch(
                 ops: vec![op],
                 mode: None,
             };
-            transform_batch(engine, params, budget)?;
+            written += transform_batch(engine, params, budget)?.cells as u64;
+            if written > max as u64 {
+                return Err(too_many_cells("ops", written, max, None));
+            }
             i += 1;
         }
         Ok(())

@@ -249,6 +249,7 @@ impl ServeArgs {
                 libreoffice: lo,
                 // Tests only: hold a save between writing and renaming, to kill the server there.
                 save_pause: crate::faults::save_pause(),
+                append_pause: crate::faults::append_pause(),
                 ..d
             }
         };

@@ -8,7 +8,9 @@
 //! - `GEMBA_TEST_BURN_TOOL=tool@N` adds N rounds of pointless CPU work to every call of a tool: a
 //!   planted regression for the performance gate to catch;
 //! - `GEMBA_TEST_SAVE_PAUSE_MS=ms` holds a save between writing and renaming, to kill the server
-//!   there.
+//!   there;
+//! - `GEMBA_TEST_APPEND_PAUSE_MS=ms` holds a fork edit halfway through writing its log line, to
+//!   kill the server there.
 
 #[cfg(not(feature = "test-faults"))]
 use std::time::Duration;
@@ -18,8 +20,13 @@ use sheets::{Budget, SheetsError};
 
 /// The variables this module reads.
 #[cfg_attr(feature = "test-faults", allow(dead_code))]
-pub const VARIABLES: [&str; 4] =
-    ["GEMBA_TEST_SLOW_TOOL", "GEMBA_TEST_PANIC_TOOL", "GEMBA_TEST_BURN_TOOL", "GEMBA_TEST_SAVE_PAUSE_MS"];
+pub const VARIABLES: [&str; 5] = [
+    "GEMBA_TEST_SLOW_TOOL",
+    "GEMBA_TEST_PANIC_TOOL",
+    "GEMBA_TEST_BURN_TOOL",
+    "GEMBA_TEST_SAVE_PAUSE_MS",
+    "GEMBA_TEST_APPEND_PAUSE_MS",
+];
 
 #[cfg(feature = "test-faults")]
 mod enabled {
@@ -90,13 +97,21 @@ mod enabled {
         }
     }
 
+    fn pause(var: &str) -> Option<Duration> {
+        std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|&ms| ms > 0).map(Duration::from_millis)
+    }
+
     pub fn save_pause() -> Option<Duration> {
-        std::env::var("GEMBA_TEST_SAVE_PAUSE_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
+        pause("GEMBA_TEST_SAVE_PAUSE_MS")
+    }
+
+    pub fn append_pause() -> Option<Duration> {
+        pause("GEMBA_TEST_APPEND_PAUSE_MS")
     }
 }
 
 #[cfg(feature = "test-faults")]
-pub use enabled::{Faults, save_pause};
+pub use enabled::{Faults, append_pause, save_pause};
 
 /// A production build injects nothing.
 #[cfg(not(feature = "test-faults"))]
@@ -127,5 +142,10 @@ impl Faults {
 
 #[cfg(not(feature = "test-faults"))]
 pub fn save_pause() -> Option<Duration> {
+    None
+}
+
+#[cfg(not(feature = "test-faults"))]
+pub fn append_pause() -> Option<Duration> {
     None
 }

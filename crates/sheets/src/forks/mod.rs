@@ -54,7 +54,7 @@ pub struct ForkConfig {
     /// Tests only: wait this long between writing a saved file and renaming it into place.
     pub save_pause: Option<Duration>,
     /// Tests only: pause halfway through every edit-log append, to kill the server with a torn
-    /// line on disk. Defaults to `GEMBA_TEST_APPEND_PAUSE_MS` from the environment.
+    /// line on disk (tests only: the embedder sets it from `GEMBA_TEST_APPEND_PAUSE_MS` in a test build).
     pub append_pause: Option<Duration>,
 }
 
@@ -74,11 +74,7 @@ impl Default for ForkConfig {
             default_backend: Backend::InProcess,
             libreoffice: LibreOfficeConfig::default(),
             save_pause: None,
-            append_pause: std::env::var("GEMBA_TEST_APPEND_PAUSE_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|&ms| ms > 0)
-                .map(Duration::from_millis),
+            append_pause: None,
         }
     }
 }

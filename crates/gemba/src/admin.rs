@@ -11,16 +11,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use kaizen::Recorder;
-use kaizen::store::Store;
 use prometheus_client::registry::Registry;
 
+use crate::wiring::Kaizen;
+
 pub struct Admin {
-    pub recorder: Arc<Recorder>,
     pub registry: Registry,
-    pub store: Option<Arc<Store>>,
+    pub kaizen: Arc<Kaizen>,
     pub workspace: PathBuf,
-    pub sli: Option<Arc<kaizen::sli::SliEngine>>,
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text format.
@@ -39,15 +37,12 @@ async fn metrics(State(a): State<Arc<Admin>>, headers: axum::http::HeaderMap) ->
 }
 
 async fn metrics_json(State(a): State<Arc<Admin>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], kaizen::exposition::summary(&a.recorder).to_string()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], kaizen::exposition::summary(&a.kaizen.recorder).to_string())
+        .into_response()
 }
 
 async fn slo_json(State(a): State<Arc<Admin>>) -> Response {
-    let body = match &a.sli {
-        Some(e) => crate::slo::status_json(e).to_string(),
-        None => "{\"slo\":\"disabled\"}".into(),
-    };
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], crate::slo::status_json(&a.kaizen.sli).to_string()).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -62,7 +57,7 @@ async fn readyz(State(a): State<Arc<Admin>>) -> Response {
         if let Err(e) = std::fs::read_dir(&a2.workspace) {
             problems.push(format!("workspace {} is not readable: {e}", a2.workspace.display()));
         }
-        match &a2.store {
+        match &a2.kaizen.store {
             Some(s) => {
                 if let Err(e) = s.check_writable() {
                     problems.push(format!("state database {} is not writable: {e}", s.path.display()));

@@ -104,6 +104,10 @@ pub struct Note {
     /// 0 unknown, 1 hit, 2 miss.
     pub cache: AtomicU8,
     pub error: Mutex<Option<(String, String)>>,
+    /// The workbook the call looked up, and its bytes in the cache afterwards.
+    pub key: Mutex<Option<(String, u64)>>,
+    /// The response ran into a cap.
+    pub truncated: std::sync::atomic::AtomicBool,
 }
 
 impl Note {
@@ -373,6 +377,14 @@ impl<H: ServerHandler + Clone> ServerHandler for Measured<H> {
             }
         }
         c.rows = note.rows.load(Ordering::Relaxed);
+        c.truncated = note.truncated.load(Ordering::Relaxed);
+        if let Some((key, bytes)) = note.key.lock().take() {
+            c.key = Some(key);
+            c.key_bytes = bytes;
+        }
+        if c.outcome != Some(Outcome::Ok) {
+            c.args_excerpt = Some(args);
+        }
         c.queue = Duration::from_nanos(note.queue_nanos.load(Ordering::Relaxed));
         c.cache_hit = match note.cache.load(Ordering::Relaxed) {
             1 => Some(true),

@@ -44,8 +44,8 @@ pub struct State {
     pub default_timeout: Duration,
     /// Budget for loading workbooks (a cold load may need more than a tool's own timeout).
     pub load_timeout: Duration,
-    pub sli: Option<Arc<kaizen::sli::SliEngine>>,
-    pub recorder: Option<Arc<kaizen::Recorder>>,
+    /// Measurement and improvement, once started (none with --no-kaizen's bench paths).
+    pub kaizen: std::sync::OnceLock<Arc<crate::wiring::Kaizen>>,
     /// Test-only fault injection (compiled only with `--features test-faults`).
     pub faults: crate::faults::Faults,
     /// Admission control: slots for tool calls, refusals past them.
@@ -60,13 +60,7 @@ pub struct GembaServer {
 }
 
 impl GembaServer {
-    pub fn new(
-        engine: Engine,
-        timeouts: crate::slo::Timeouts,
-        recorder: Option<Arc<kaizen::Recorder>>,
-        sli: Option<Arc<kaizen::sli::SliEngine>>,
-        admission: Admission,
-    ) -> Self {
+    pub fn new(engine: Engine, timeouts: crate::slo::Timeouts, admission: Admission) -> Self {
         Self {
             state: Arc::new(State {
                 engine,
@@ -74,8 +68,7 @@ impl GembaServer {
                 timeouts: timeouts.per_tool,
                 default_timeout: timeouts.default,
                 load_timeout: timeouts.load,
-                sli,
-                recorder,
+                kaizen: std::sync::OnceLock::new(),
                 faults: crate::faults::Faults::from_env(),
                 gate: crate::admission::Gate::new(admission),
             }),
@@ -90,6 +83,11 @@ impl GembaServer {
 
     pub fn engine(&self) -> &Engine {
         &self.state.engine
+    }
+
+    /// Measurement started: the resources and per-call hooks can reach it from now on.
+    pub fn attach_kaizen(&self, k: Arc<crate::wiring::Kaizen>) {
+        let _ = self.state.kaizen.set(k);
     }
 
     /// Run one tool to completion, reporting details into `note` for the measurement layer.
@@ -169,6 +167,9 @@ impl GembaServer {
                         note.stage(measure::STAGE_VALIDATE, validate);
                         note.stage(measure::STAGE_EXTRACT, work.saturating_sub(load + analyze + validate));
                         note.rows.store(rows_of(&value), Ordering::Relaxed);
+                        if value.get("truncated").and_then(Value::as_bool) == Some(true) {
+                            note.truncated.store(true, Ordering::Relaxed);
+                        }
                         let t = Instant::now();
                         let r = success(value);
                         note.stage(measure::STAGE_SERIALIZE, t.elapsed());
@@ -202,6 +203,10 @@ impl GembaServer {
             None => 0,
         };
         note.cache.store(cache, Ordering::Relaxed);
+        if let Some(key) = stages.key() {
+            // The workbook's size in the cache after the call: what a cache model must hold.
+            *note.key.lock() = Some((key.to_string(), self.state.engine.cache.bytes_of(key) as u64));
+        }
         result
     }
 }
@@ -294,12 +299,12 @@ impl ServerHandler for GembaServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let body = match request.uri.as_str() {
-            METRICS_URI => match &self.state.recorder {
-                Some(r) => kaizen::exposition::summary(r).to_string(),
+            METRICS_URI => match self.state.kaizen.get() {
+                Some(k) => kaizen::exposition::summary(&k.recorder).to_string(),
                 None => "{\"kaizen\":\"disabled\"}".into(),
             },
-            SLO_URI => match &self.state.sli {
-                Some(e) => crate::slo::status_json(e).to_string(),
+            SLO_URI => match self.state.kaizen.get() {
+                Some(k) => crate::slo::status_json(&k.sli).to_string(),
                 None => "{\"slo\":\"disabled\"}".into(),
             },
             other => {

@@ -283,6 +283,12 @@ impl WorkbookCache {
         }
     }
 
+    /// Bytes the workbook `id` holds in the cache now (0 when it is not loaded).
+    pub fn bytes_of(&self, id: &str) -> usize {
+        let slot = self.inner.lock().0.get(id).map(|e| e.slot.clone());
+        slot.and_then(|s| s.loaded()).map(|w| w.bytes()).unwrap_or(0)
+    }
+
     /// Total bytes held by loaded workbooks.
     pub fn bytes(&self) -> usize {
         let g = self.inner.lock();

@@ -96,6 +96,7 @@ impl Engine {
             return view.map(|v| (v, Lookup::Hit));
         }
         let entry = self.workspace.resolve(id)?;
+        budget.stages().set_key(&entry.id);
         let r = self.cache.get(&entry, &self.limits, budget);
         let stages = budget.stages();
         stages.add_load(t.elapsed());

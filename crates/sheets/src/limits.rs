@@ -77,9 +77,21 @@ pub struct StageTimes {
     pub analyze_nanos: AtomicU64,
     /// 0: no lookup, 1: cache hit, 2: cache miss.
     pub cache: AtomicU8,
+    /// The workbook the call looked up in the cache (the first one), for the request log.
+    key: std::sync::OnceLock<String>,
 }
 
 impl StageTimes {
+    /// Note the workbook id the call looked up (the first one counts).
+    pub fn set_key(&self, id: &str) {
+        let _ = self.key.set(id.to_string());
+    }
+
+    /// The workbook id the call looked up, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.get().map(String::as_str)
+    }
+
     pub fn add_load(&self, d: Duration) {
         self.load_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }

@@ -8,6 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+/// The workbook cache bound when none is configured, in MiB.
+pub const DEFAULT_CACHE_MB: usize = 512;
+
 #[derive(Debug, Parser)]
 #[command(name = "gemba", version, about = "A measured MCP server for spreadsheets")]
 pub struct Cli {
@@ -29,6 +32,9 @@ pub enum Command {
     Slo(crate::slo::SloArgs),
     /// Load any MCP server (HTTP on loopback, or stdio) with a scenario and report latency.
     Loadtest(Box<crate::loadtest::LoadtestArgs>),
+    /// What the request log teaches over a day, week or month: errors, workflows, cache what-if,
+    /// trends, SLO compliance and a ranked improvement backlog (md, html or json).
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -264,7 +270,7 @@ impl ServeArgs {
             allowed_hosts,
             allowed_origins,
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024),
-            cache_bytes: self.cache_mb.or(file.cache_mb).unwrap_or(512) * 1024 * 1024,
+            cache_bytes: self.cache_mb.or(file.cache_mb).unwrap_or(DEFAULT_CACHE_MB) * 1024 * 1024,
             timeout_ms: self.timeout_ms.or(file.timeout_ms),
             load_timeout_ms: self.load_timeout_ms.or(file.load_timeout_ms).unwrap_or(60_000),
             slo_file: self.slo.or(file.slo),

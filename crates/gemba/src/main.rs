@@ -16,6 +16,7 @@ mod http;
 mod loadtest;
 mod measure;
 mod operational;
+mod report;
 mod schema;
 mod server;
 mod slo;
@@ -142,6 +143,7 @@ fn main() -> ExitCode {
             Command::Stats(args) => stats::run(args),
             Command::Slo(args) => slo::run(args),
             Command::Loadtest(args) => loadtest::run(*args).await,
+            Command::Report(args) => report::run(args),
         }
     });
     match result {

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use kaizen::Outcome;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -293,6 +293,14 @@ impl ServerHandler for GembaServer {
         Ok(ListResourcesResult::with_all_items(vec![m, s]))
     }
 
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![crate::report::resource::template()]))
+    }
+
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
@@ -307,9 +315,15 @@ impl ServerHandler for GembaServer {
                 Some(k) => crate::slo::status_json(&k.sli).to_string(),
                 None => "{\"slo\":\"disabled\"}".into(),
             },
+            uri if crate::report::resource::matches(uri) => {
+                crate::report::resource::read(uri, self.state.kaizen.get().cloned()).await?
+            }
             other => {
                 return Err(ErrorData::resource_not_found(
-                    format!("no resource '{other}'; the server offers {METRICS_URI} and {SLO_URI}"),
+                    format!(
+                        "no resource '{other}'; the server offers {METRICS_URI}, {SLO_URI} and {}",
+                        crate::report::resource::TEMPLATE
+                    ),
                     None,
                 ));
             }

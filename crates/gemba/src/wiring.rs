@@ -148,6 +148,8 @@ pub async fn start(
     let store = match kaizen::store::Store::open(&cfg.state_dir, cfg.retention.clone()) {
         Ok(s) => {
             recorder.attach_log(s.sender());
+            // Reports compare configurations across starts and take the capacity in force here.
+            crate::report::runs::record(&s, cfg);
             Some(Arc::new(s))
         }
         Err(e) => {

@@ -49,7 +49,7 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Which part to run: reads, kaizen, forks, or all.
+    /// Which part to run: reads, kaizen, forks, report, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Regression gate: instructions per call, counted under valgrind, compared with this
@@ -437,7 +437,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if !dir.join("many").join("book_39.xlsx").exists() {
+    // The report benchmark needs no workbooks, only a request log.
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if args.only != "report" && !dir.join("many").join("book_39.xlsx").exists() {
         eprintln!("generating workloads into {} ...", dir.display());
         let t = Instant::now();
         workloads::write_bench(dir)?;
@@ -454,6 +456,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.only == "all" || args.only == "forks" {
         bars.extend(forks::forks(&dir, args.warm, &mut report).await?);
+    }
+    if args.only == "all" || args.only == "report" {
+        bars.extend(crate::report::bench::bench(&dir, &mut report)?);
     }
     outln!();
     for (name, ok) in &bars {

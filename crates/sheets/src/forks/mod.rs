@@ -13,6 +13,7 @@ pub mod recalc;
 pub mod structure;
 pub mod styles;
 pub mod xlsx;
+pub mod xstring;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

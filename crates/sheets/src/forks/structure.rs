@@ -550,6 +550,20 @@ pub fn check_sheet_name(name: &str, existing: &[String]) -> Result<()> {
     if let Some(c) = n.chars().find(|c| matches!(c, ':' | '\\' | '/' | '?' | '*' | '[' | ']')) {
         return Err(refuse(format!("a sheet name cannot contain '{c}' (nor any of : \\ / ? * [ ]): '{name}'")));
     }
+    // Control characters cannot be typed into a sheet tab, and readers disagree on a literal
+    // `_xHHHH_` in a sheet name (LibreOffice decodes it, calamine and openpyxl do not).
+    if let Some(c) = n.chars().find(|&c| c.is_control() || super::xstring::forbidden_in_xml(c)) {
+        return Err(refuse(format!(
+            "a sheet name cannot contain control characters (found U+{:04X}): '{}'",
+            c as u32,
+            name.escape_debug()
+        )));
+    }
+    if super::xstring::unescape(n) != n {
+        return Err(refuse(format!(
+            "a sheet name cannot contain text of the form _xHHHH_ (spreadsheet programs read it as an escaped character): '{name}'"
+        )));
+    }
     if n.starts_with('\'') || n.ends_with('\'') {
         return Err(refuse(format!("a sheet name cannot begin or end with an apostrophe: '{name}'")));
     }
@@ -776,7 +790,7 @@ fn shift_sheet(
                             return Ok(match text {
                                 Some(t) => Edit::ReplaceElement(format!(
                                     "<{prefix}f>{}</{prefix}f>",
-                                    escape(s.formula(&t, host))
+                                    super::xstring::escape_text(&s.formula(&t, host))
                                 )),
                                 None => Edit::Drop,
                             });
@@ -1269,5 +1283,10 @@ mod tests {
         assert!(check_sheet_name("a/b", &existing).is_err());
         assert!(check_sheet_name(&"x".repeat(32), &existing).is_err());
         assert!(check_sheet_name("Summary 2", &existing).is_ok());
+        for bad in ["a\u{c}b", "tab\there", "line\nbreak", "x\u{fffe}", "a_x0041_b"] {
+            let e = check_sheet_name(bad, &existing).unwrap_err().to_string();
+            assert!(e.contains("control characters") || e.contains("_xHHHH_"), "{bad:?}: {e}");
+        }
+        assert!(check_sheet_name("a_x41_b _xZZZZ_", &existing).is_ok());
     }
 }

@@ -105,6 +105,11 @@ impl LibreOffice {
         }
     }
 
+    /// The program this backend runs.
+    pub fn program(&self) -> &Path {
+        &self.cfg.program
+    }
+
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.lock().state
     }

@@ -89,6 +89,8 @@ pub struct ForkStats {
     pub cells_edited: AtomicU64,
     pub recalcs_in_process: AtomicU64,
     pub recalc_nanos_in_process: AtomicU64,
+    /// Recalculations the in-process engine refused and LibreOffice did instead.
+    pub recalc_fallbacks: AtomicU64,
     /// The LibreOffice backend's own counters (runs, retries, breaker).
     pub libreoffice: Arc<RecalcStats>,
 }
@@ -312,6 +314,9 @@ impl ForkStore {
                 return Err(handle::discarded_error(&id));
             }
             if let Some(report) = f.finish_recalc(done) {
+                if report.fallback_reason.is_some() {
+                    self.stats.recalc_fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(report);
             }
             tracing::debug!(fork = %id, "the fork changed during its recalculation; running again");

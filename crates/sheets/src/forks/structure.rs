@@ -501,7 +501,9 @@ fn map_content(
     let content = std::str::from_utf8(&at.src[span.start as usize..span.end as usize]).map_err(|e| e.to_string())?;
     let text = unescape(content).map_err(|e| format!("bad text in <{qname}>: {e}"))?;
     let new = f(&text);
-    let body = if new == text { content.to_string() } else { escape(&new).into_owned() };
+    // The text is still in its OOXML form (`_xHHHH_` escapes kept): only XML's own escaping
+    // here, with a CR (from a character reference) kept as one, not left for parsers to drop.
+    let body = if new == text { content.to_string() } else { escape(&new).replace('\r', "&#13;") };
     Ok(Edit::Consumed(format!("{raw_start}{body}</{qname}>")))
 }
 

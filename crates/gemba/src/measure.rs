@@ -497,6 +497,11 @@ pub fn engine_samples(engine: &sheets::Engine, out: &mut Vec<Sample>) {
         c("gemba_recalc_failures", "Recalculations that failed.", load(&lo.failures)).label("backend", "libreoffice"),
     );
     out.push(c("gemba_recalc_timeouts", "Recalculations killed at their timeout.", load(&lo.timeouts)));
+    out.push(c(
+        "gemba_recalc_fallbacks",
+        "Recalculations the in-process engine refused that LibreOffice ran instead.",
+        load(&fs.recalc_fallbacks),
+    ));
     out.push(c("gemba_recalc_retries", "Recalculation retries after transient failures.", load(&lo.retries)));
     out.push(c(
         "gemba_recalc_rejected",

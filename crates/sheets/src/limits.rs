@@ -184,6 +184,11 @@ impl Budget {
         }
     }
 
+    /// Whether the caller withdrew the call (as opposed to running out of time).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Time left for the tool's own work (`None`: no deadline).
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))

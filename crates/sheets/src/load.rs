@@ -315,7 +315,8 @@ pub fn load_sheet(
                 while let Some(c) = r.next_cell_with_formula().map_err(|e| err(&e))? {
                     let (row, col) = c.pos;
                     if let Some(f) = &c.formula {
-                        b.push_formula(row, col, f);
+                        // Formula text is an OOXML string: `_xHHHH_` stands for a character.
+                        b.push_formula(row, col, &crate::forks::xstring::unescape(f));
                     }
                     let v = convert_ref(&mut b, c.value, shift);
                     push_checked(&mut b, row, col, v, max, budget).map_err(|e| e.unwrap_or_else(|| over(max)))?;

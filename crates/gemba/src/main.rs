@@ -14,6 +14,7 @@ mod schema;
 mod server;
 mod slo;
 mod stats;
+mod surface;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -158,6 +159,8 @@ async fn start_kaizen(
     let disk = Arc::new(parking_lot::Mutex::new((std::time::Instant::now(), 0u64, false)));
     recorder.set_provider(Box::new(move |out| {
         measure::engine_samples(s.engine(), out);
+        // surface: log messages, progress notifications, resource subscriptions.
+        s.surface_samples(out);
         let (refused, adm, free) = s.admission_figures();
         out.push(kaizen::exposition::Sample::new(
             "gemba_requests_refused",

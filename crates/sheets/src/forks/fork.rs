@@ -287,11 +287,15 @@ impl Fork {
         budget: &Budget,
     ) -> Result<RecalcReport> {
         let names: Vec<String> = self.base.sheets.iter().map(|s| s.name.clone()).collect();
+        // Steps: the model loaded, the edits applied, evaluated, the values taken in.
+        budget.progress_begin(|| format!("recalculating {} ({})", self.meta.id, backend.as_str()), "steps", 4);
         let (results, load_ms, evaluate_ms) = match backend {
             Backend::InProcess => self.run_in_process(&names, budget)?,
             Backend::Libreoffice => self.run_libreoffice(lo, limits, budget)?,
         };
+        budget.progress(3);
         let report = self.absorb(results, backend, load_ms, evaluate_ms, budget)?;
+        budget.progress(4);
         Ok(report)
     }
 
@@ -310,6 +314,7 @@ impl Fork {
         // can take minutes on some files), so a call past its budget returns at the deadline,
         // and the engine's model is rebuilt next time.
         let guard = EngineSlot::take(&id)?;
+        let progress = budget.observer().cloned();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("gemba-recalc".into())
@@ -328,11 +333,18 @@ impl Fork {
                     (None, None) => return,
                 };
                 let load = t.elapsed();
+                let step = |n| {
+                    if let Some(p) = &progress {
+                        p.advance(n);
+                    }
+                };
+                step(1);
                 for (i, op) in &pending {
                     if let Err(e) = session.set(*i, op.r, op.c, &op.i) {
                         tracing::debug!(fork = %id, "engine refused {}!{}: {e}", op.s, a1(CellRef::new(op.r, op.c)));
                     }
                 }
+                step(2);
                 let t = Instant::now();
                 let r = session.evaluate();
                 let _ = tx.send(Ok((session, r, load, t.elapsed())));

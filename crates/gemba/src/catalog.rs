@@ -73,7 +73,8 @@ fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
     t.output_schema = Some(out);
     let a = ToolAnnotations::with_title(title).open_world(false);
     t.annotations = Some(match effect {
-        Effect::Read => a.read_only(true).destructive(false).idempotent(true),
+        // Destructive and idempotent hints mean something only when a tool is not read-only.
+        Effect::Read => a.read_only(true),
         Effect::Write => a.read_only(false).destructive(false).idempotent(true),
         Effect::Append => a.read_only(false).destructive(false).idempotent(false),
         Effect::Destructive => a.read_only(false).destructive(true).idempotent(false),

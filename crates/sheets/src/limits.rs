@@ -142,6 +142,15 @@ impl Budget {
         }
     }
 
+    /// Start a stage unless one is still running (a load inside a save is part of the save's
+    /// own step); whether it started, so the caller reports only its own stage.
+    pub fn progress_begin_if_idle(&self, what: impl FnOnce() -> String, unit: &'static str, total: u64) -> bool {
+        match self.observer.as_ref().filter(|o| o.wants_progress()) {
+            Some(o) => o.begin_if_idle(what(), unit, total),
+            None => false,
+        }
+    }
+
     /// `done` units of the current stage are finished.
     pub fn progress(&self, done: u64) {
         if let Some(o) = &self.observer {
@@ -277,6 +286,18 @@ impl Observer {
         p.unit = unit;
     }
 
+    /// Begin a stage only when none is running (none began yet, or the last one is finished).
+    pub fn begin_if_idle(&self, what: String, unit: &'static str, total: u64) -> bool {
+        {
+            let p = self.progress.lock();
+            if !self.progress_wanted || (p.started && p.done < p.total) {
+                return false;
+            }
+        }
+        self.begin(what, unit, total);
+        true
+    }
+
     /// `done` units of the current stage are finished (never goes back, never past the total).
     pub fn advance(&self, done: u64) {
         if !self.progress_wanted {
@@ -292,8 +313,10 @@ impl Observer {
         if !p.started {
             return None;
         }
-        let amount = |n: u64| {
-            if p.unit.starts_with("bytes") { format!("{:.1} MB", n as f64 / 1e6) } else { n.to_string() }
+        let amount = |n: u64| match p.unit.starts_with("bytes") {
+            true if p.total >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+            true => format!("{:.1} KB", n as f64 / 1e3),
+            false => n.to_string(),
         };
         let unit = p.unit.strip_prefix("bytes").map(str::trim).unwrap_or(p.unit);
         Some(ProgressSnapshot {
@@ -369,6 +392,13 @@ mod tests {
         let s = o.snapshot().unwrap();
         assert_eq!((s.progress, s.total), (2_000_001, 2_000_004));
         assert_eq!(s.message, "recalculating: 1 of 4 steps");
+        // A load inside a running stage does not replace it...
+        assert!(!b.progress_begin_if_idle(|| "loading".into(), "bytes inflated", 10));
+        assert_eq!(o.snapshot().unwrap().message, "recalculating: 1 of 4 steps");
+        // ...but once it is over, the next load is a stage of its own.
+        b.progress(4);
+        assert!(b.progress_begin_if_idle(|| "loading sheet 'T'".into(), "bytes inflated", 2_000));
+        assert_eq!(o.snapshot().unwrap().message, "loading sheet 'T': 0.0 KB of 2.0 KB inflated");
     }
 
     #[test]

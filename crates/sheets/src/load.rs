@@ -105,7 +105,8 @@ impl PartSpan {
     }
 }
 
-/// Progress of one sheet load in bytes inflated, when someone watches the call.
+/// Progress of one sheet load in bytes inflated, when someone watches the call and no other
+/// stage (a save, a recalculation) is running around the load.
 struct LoadProgress<'a> {
     budget: &'a Budget,
     span: Option<PartSpan>,
@@ -113,10 +114,10 @@ struct LoadProgress<'a> {
 
 impl<'a> LoadProgress<'a> {
     fn start(budget: &'a Budget, id: &str, sheet: &str, bytes: &[u8]) -> Self {
-        let span = budget.observer().filter(|o| o.wants_progress()).and_then(|_| PartSpan::current(bytes));
-        if let Some(s) = &span {
-            budget.progress_begin(|| format!("loading sheet '{sheet}' of {id}"), "bytes inflated", s.size);
-        }
+        let span =
+            budget.observer().filter(|o| o.wants_progress()).and_then(|_| PartSpan::current(bytes)).filter(|s| {
+                budget.progress_begin_if_idle(|| format!("loading sheet '{sheet}' of {id}"), "bytes inflated", s.size)
+            });
         Self { budget, span }
     }
 

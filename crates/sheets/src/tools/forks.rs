@@ -219,7 +219,7 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
             Err(e) => recalc_error = Some(e.to_string()),
         }
     }
-    // Steps: the file built, then written.
+    // Steps: the file built (sheet loads inside it are part of the step), then written.
     budget.progress_begin(|| format!("saving {} to {target_rel}", f.meta.id), "steps", 2);
     let t = Instant::now();
     let (bytes, parts) = f.render(true, budget)?;

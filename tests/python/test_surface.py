@@ -245,9 +245,12 @@ async def test_legacy_subscription_hears_a_change_within_two_seconds(scratch_wor
         async with stdio(scratch_workspace, "legacy", message_handler=on_message) as c:
             await run(c)
     else:
-        with http_server(scratch_workspace) as srv:
+        with http_server(scratch_workspace, admin=True) as srv:
             async with http_client(srv.url, "legacy", message_handler=on_message) as c:
                 await run(c)
+                assert samples(srv.admin, "gemba_resource_subscriptions")[""] == 1
+            # The subscriptions end with their session.
+            assert await wait_for(lambda: samples(srv.admin, "gemba_resource_subscriptions")[""] == 0, 5)
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])

@@ -251,6 +251,11 @@ async def test_legacy_subscription_hears_a_change_within_two_seconds(scratch_wor
                 assert samples(srv.admin, "gemba_resource_subscriptions")[""] == 1
             # The subscriptions end with their session.
             assert await wait_for(lambda: samples(srv.admin, "gemba_resource_subscriptions")[""] == 0, 5)
+            # Measured like every request.
+            requests = samples(srv.admin, "gemba_tool_requests")
+            assert requests['{tool="resources/subscribe",outcome="ok"}'] == 2
+            assert requests['{tool="resources/unsubscribe",outcome="ok"}'] == 1
+            assert requests['{tool="resources/subscribe",outcome="invalid_params"}'] == 3
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
@@ -276,8 +281,10 @@ async def test_listen_hears_a_change_within_two_seconds(scratch_workspace, trans
         with http_server(scratch_workspace, admin=True) as srv:
             async with http_client(srv.url, "auto") as c:
                 await run(c)
-            # The subscription ended with its request.
+            # The subscription ended with its request, which was measured.
             assert await wait_for(lambda: samples(srv.admin, "gemba_resource_subscriptions")[""] == 0, 5)
+            assert await wait_for(lambda: samples(srv.admin, "gemba_tool_requests").get(
+                '{tool="subscriptions/listen",outcome="ok"}') == 1, 5)
 
 
 async def test_legacy_logging_follows_the_session_level(workspace):
@@ -363,6 +370,7 @@ async def test_log_messages_are_rate_limited_and_counted(workspace):
             counted = samples(srv.admin, "gemba_log_messages")
             assert counted['{outcome="sent"}'] == len(logs)
             assert counted['{outcome="dropped"}'] == calls - len(logs)
+            assert samples(srv.admin, "gemba_tool_requests")['{tool="logging/setLevel",outcome="ok"}'] == 1
 
 
 async def test_a_file_changed_under_a_fork_is_reported_once(scratch_workspace):

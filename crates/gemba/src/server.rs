@@ -109,37 +109,40 @@ impl GembaServer {
         sli: Option<Arc<kaizen::sli::SliEngine>>,
         admission: Admission,
     ) -> Self {
-        let state = Arc::new(State {
-            engine,
-            tools: catalog::definitions(),
-            timeouts: timeouts.per_tool,
-            default_timeout: timeouts.default,
-            load_timeout: timeouts.load,
-            sli,
-            recorder,
-            panic_tool: std::env::var("GEMBA_TEST_PANIC_TOOL").ok().filter(|s| !s.is_empty()).map(|s| {
-                match s.split_once('@') {
-                    Some((t, n)) => (t.to_string(), n.parse().unwrap_or(1).max(1)),
-                    None => (s, 1),
-                }
+        let shared = surface::Shared::default();
+        let session = Arc::new(surface::Session::new(&shared));
+        Self {
+            state: Arc::new(State {
+                engine,
+                tools: catalog::definitions(),
+                timeouts: timeouts.per_tool,
+                default_timeout: timeouts.default,
+                load_timeout: timeouts.load,
+                sli,
+                recorder,
+                panic_tool: std::env::var("GEMBA_TEST_PANIC_TOOL").ok().filter(|s| !s.is_empty()).map(|s| {
+                    match s.split_once('@') {
+                        Some((t, n)) => (t.to_string(), n.parse().unwrap_or(1).max(1)),
+                        None => (s, 1),
+                    }
+                }),
+                panic_count: std::sync::atomic::AtomicU64::new(0),
+                slow_tool: std::env::var("GEMBA_TEST_SLOW_TOOL").ok().and_then(|s| {
+                    let (t, ms) = s.split_once('@')?;
+                    Some((t.to_string(), Duration::from_millis(ms.parse().ok()?)))
+                }),
+                burn_tool: std::env::var("GEMBA_TEST_BURN_TOOL").ok().and_then(|s| {
+                    let (t, n) = s.split_once('@')?;
+                    Some((t.to_string(), n.parse().ok()?))
+                }),
+                slots: Arc::new(tokio::sync::Semaphore::new(admission.max_inflight.max(1))),
+                admission,
+                refused: std::sync::atomic::AtomicU64::new(0),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+                surface: shared,
             }),
-            panic_count: std::sync::atomic::AtomicU64::new(0),
-            slow_tool: std::env::var("GEMBA_TEST_SLOW_TOOL").ok().and_then(|s| {
-                let (t, ms) = s.split_once('@')?;
-                Some((t.to_string(), Duration::from_millis(ms.parse().ok()?)))
-            }),
-            burn_tool: std::env::var("GEMBA_TEST_BURN_TOOL").ok().and_then(|s| {
-                let (t, n) = s.split_once('@')?;
-                Some((t.to_string(), n.parse().ok()?))
-            }),
-            slots: Arc::new(tokio::sync::Semaphore::new(admission.max_inflight.max(1))),
-            admission,
-            refused: std::sync::atomic::AtomicU64::new(0),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
-            surface: surface::Shared::default(),
-        });
-        let session = Arc::new(surface::Session::new(&state.surface));
-        Self { state, session }
+            session,
+        }
     }
 
     /// The surface's figures (log messages, progress, subscriptions) for the metrics provider.

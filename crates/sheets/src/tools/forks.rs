@@ -255,9 +255,12 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
         ));
     }
     let (path, is_original) = save_target(engine, &f, &target_rel)?;
+    // Steps: the file built (sheet loads inside it are part of the step), then written.
+    budget.progress_begin(|| format!("saving {} to {target_rel}", f.meta.id), "steps", 2);
     let t = Instant::now();
     let (bytes, parts) = f.render(true, budget)?;
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    budget.progress(1);
     budget.check()?;
     let t = Instant::now();
     persist::write_atomic(&path, &bytes, cfg.save_pause).map_err(|e| {
@@ -266,6 +269,7 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
         ))
     })?;
     let write_ms = t.elapsed().as_secs_f64() * 1e3;
+    budget.progress(2);
     if is_original {
         if let Ok(id) = crate::workspace::FileIdentity::of(&path) {
             f.meta.source = (&id).into();

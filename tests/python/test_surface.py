@@ -411,7 +411,9 @@ async def test_progress_of_a_cold_load(bench_workspace, mode, transport):
         assert not r.is_error, r.content
         print(f"cold load of sales_100k ({mode}, {transport}): {took:.2f} s, {len(seen)} progress notifications")
         if took < 0.35:
-            pytest.skip(f"the load took {took:.2f} s, too short for progress to be due")
+            # Too quick for progress to be due (a faster machine): still, nothing before 250 ms.
+            assert all(t - t0 >= 0.25 for t, *_ in seen), seen
+            return
         assert seen, "a call past 250 ms with a progressToken reports progress"
         assert seen[0][0] - t0 >= 0.25, "nothing before 250 ms"
         progress = [p for _, p, _, _ in seen]

@@ -120,3 +120,42 @@ async def test_an_edit_during_a_recalculation_lands_at_once_and_is_in_its_values
         assert abs(total / original - 4) < 1e-9, (original, total)
         [info] = (await ok(c, "list_forks", {}))["forks"]
         assert not info["needs_recalc"] and not info.get("recalculating"), info
+
+
+async def test_a_client_cancel_of_a_libreoffice_recalculation_is_cancelled_not_a_failure(scratch_workspace, tmp_path):
+    """A real path for a cancel: the client withdraws a recalculation while LibreOffice runs.
+    The process group is killed, the call is recorded as `cancelled` (not a timeout, not
+    internal), and the circuit breaker counts no failure."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from conftest import http_server, metric
+
+    slow = slow_soffice(tmp_path, 30)
+    with http_server(scratch_workspace, ["--libreoffice", str(slow)], admin=True) as srv:
+        async with Client(streamable_http_client(srv.url, http_client=httpx2.AsyncClient(timeout=60)),
+                          mode="legacy", read_timeout_seconds=60, cache=None) as c:
+            model = (await ids(c))["model.xlsx"]
+            fork = (await ok(c, "create_fork", {"workbook_id": model}))["fork_id"]
+            await ok(c, "edit_batch", {"fork_id": fork, "sheet_name": "Inputs", "edits": ["B3=2000"]})
+            task = asyncio.create_task(c.call_tool("recalculate", {"fork_id": fork, "backend": "libreoffice"}))
+            pgid = await wait_for_process(f"{slow} --headless")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            t = time.monotonic()
+            while group_alive(pgid):
+                assert time.monotonic() - t < 10, "LibreOffice kept running after the cancel"
+                await asyncio.sleep(0.05)
+            # The fork is usable at once, and the server counts a cancel, not a failure.
+            await ok(c, "list_forks", {})
+            t = time.monotonic()
+            while metric(srv.admin, 'gemba_tool_requests_total{tool="recalculate",outcome="cancelled"}') != 1:
+                assert time.monotonic() - t < 10, "the cancel was not recorded as cancelled"
+                await asyncio.sleep(0.1)
+            assert metric(srv.admin, "gemba_recalc_timeouts_total") == 0
+            assert metric(srv.admin, 'gemba_recalc_failures_total{backend="libreoffice"}') == 0
+            assert metric(srv.admin, "gemba_recalc_breaker_state") == 0
+            assert not metric(srv.admin, 'gemba_tool_requests_total{tool="recalculate",outcome="internal"}')
+            assert not metric(srv.admin, 'gemba_tool_requests_total{tool="recalculate",outcome="timeout"}')

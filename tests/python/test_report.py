@@ -10,13 +10,13 @@ import random
 import re
 import sqlite3
 import subprocess
-import tempfile
 import zipfile
 from contextlib import AsyncExitStack
 from xml.sax.saxutils import escape
 
 import httpx2
 import pytest
+import mcp_types as types
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -236,6 +236,8 @@ async def test_report_names_the_planted_error_and_its_cache_advice_holds(books, 
                           mode="legacy", read_timeout_seconds=60, cache=None) as c:
             templates = await c.list_resource_templates()
             assert "kaizen://report/{period}" in [t.uri_template for t in templates.resource_templates]
+            tpl = types.ResourceTemplateReference(uri="kaizen://report/{period}")
+            assert (await c.complete(tpl, {"name": "period", "value": "w"})).completion.values == ["week"]
             live = json.loads((await c.read_resource("kaizen://report/day")).contents[0].text)
             assert live["period"] == "day" and live["requests"] >= CALLS
             assert live["errors"]["top"][0]["category"] == "user"
@@ -294,9 +296,10 @@ def test_report_explains_what_is_missing(tmp_path):
     empty.mkdir()
     r = subprocess.run([BIN, "report", "--workspace", str(empty)], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "gemba serve" in r.stderr, r.stderr
-    state = tempfile.mkdtemp(prefix="gemba-state-")
+    state = tmp_path / "state"
+    state.mkdir()
     for args, words in [(["--period", "fortnight"], "day, week or month"),
                         (["--until", "yesterday"], "RFC 3339"),
                         (["--format", "pdf"], "md, html or json")]:
-        r = subprocess.run([BIN, "report", "--state-dir", state, *args], capture_output=True, text=True, timeout=30)
+        r = subprocess.run([BIN, "report", "--state-dir", str(state), *args], capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and words in r.stderr, (args, r.stderr)

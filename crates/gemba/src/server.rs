@@ -459,6 +459,7 @@ impl ServerHandler for GembaServer {
                 .ok_or_else(|| ErrorData::invalid_params(format!("no prompt '{}'; call prompts/list", p.name), None))?,
             Reference::Resource(r) => match r.uri.as_str() {
                 resources::WORKBOOK_TEMPLATE => vec!["workbook_id"],
+                crate::report::resource::TEMPLATE => vec!["period"],
                 resources::SHEET_TEMPLATE => vec!["workbook_id", "sheet_name"],
                 other => {
                     return Err(ErrorData::invalid_params(
@@ -513,6 +514,7 @@ impl ServerHandler for GembaServer {
                     }
                 }
             }
+            "period" => crate::report::resource::complete_period(&value),
             _ => completion::none(),
         };
         Ok(CompleteResult::new(info))

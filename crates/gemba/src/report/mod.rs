@@ -73,10 +73,16 @@ impl ReportArgs {
     }
 }
 
+/// Now, in Unix milliseconds: a period ending "now" must include the calls of this very second.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `gemba report`: build the report the arguments ask for and print or write it.
 pub fn run(args: ReportArgs) -> Result<()> {
     let period: Period = args.period.trim().parse()?;
     let format: Format = args.format.trim().parse()?;
-    let until_ms = time::parse_until(&args.until, crate::wiring::now_secs() as i64 * 1000)?;
+    let until_ms = time::parse_until(&args.until, now_ms())?;
     let db = args.database()?;
     let slo = crate::slo::load(args.slo.as_ref())?;
     let config = match &args.report_config {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kaizen::learn::Period;
 use rmcp::ErrorData;
-use rmcp::model::ResourceTemplate;
+use rmcp::model::{CompletionInfo, ResourceTemplate};
 
 use crate::wiring::Kaizen;
 
@@ -28,6 +28,19 @@ pub fn template() -> ResourceTemplate {
              trends, and a ranked improvement backlog. JSON.",
         )
         .with_mime_type("application/json")
+}
+
+/// `completion/complete` for the template's `period`: the periods starting with `query`.
+pub fn complete_period(query: &str) -> CompletionInfo {
+    let q = query.trim().to_lowercase();
+    let values: Vec<String> = [Period::Day, Period::Week, Period::Month]
+        .iter()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with(&q))
+        .map(String::from)
+        .collect();
+    let total = values.len() as u32;
+    CompletionInfo::with_pagination(values, Some(total), false).unwrap_or_default()
 }
 
 /// Whether `uri` names a report (any period; the reader checks it).
@@ -59,7 +72,7 @@ pub async fn read(uri: &str, kaizen: Option<Arc<Kaizen>>) -> Result<String, Erro
         // The requests just answered are still on their way to the log: let them land.
         k.recorder.flush();
         store.flush(Duration::from_secs(1));
-        let until_ms = crate::wiring::now_secs() as i64 * 1000;
+        let until_ms = super::now_ms();
         let opts = super::options::build(
             period,
             until_ms,

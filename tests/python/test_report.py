@@ -278,6 +278,15 @@ async def test_report_names_the_planted_error_and_its_cache_advice_holds(books, 
           f"{advice['predicted_hit_rate']:.3f}, measured {measured:.3f}")
     assert abs(advice["predicted_hit_rate"] - measured) <= 0.05, (advice, measured)
 
+    # The team's own effort estimates override the defaults: by kind, and by item id first.
+    error_item = next(b for b in rep["backlog"] if b["kind"] == "error")
+    cfg = tmp_path / "report.toml"
+    cfg.write_text(f'top_n = 3\n[effort]\nerror = 0.5\n"{error_item["id"]}" = 0.1\n')
+    tuned = json.loads(report(first, "--format", "json", "--report-config", str(cfg)))
+    item = next(b for b in tuned["backlog"] if b["id"] == error_item["id"])
+    assert item["effort"] == 0.1 and item["score"] > error_item["score"], (item, error_item)
+    assert len(tuned["errors"]["top"]) <= 3
+
     # Markdown for chat, and a self-contained HTML page.
     md = report(first, "--format", "md")
     for section in ["SLO compliance", "Errors", "Usage", "Cache what-if", "Trends", "Improvement backlog"]:

@@ -167,7 +167,8 @@ async def test_workbook_resources(workspace, mode):
         assert sorted(uris[2:]) == sorted(f"gemba://workbooks/{i}" for i in book.values())
         assert {r.name for r in listed[2:]} == set(book)
         templates = [t.uri_template for t in (await c.list_resource_templates()).resource_templates]
-        assert templates == ["gemba://workbooks/{workbook_id}", "gemba://workbooks/{workbook_id}/sheets/{sheet_name}"]
+        assert templates == ["gemba://workbooks/{workbook_id}", "gemba://workbooks/{workbook_id}/sheets/{sheet_name}",
+                             "kaizen://report/{period}"]
 
         sales = book["sales.xlsx"]
         summary = (await c.read_resource(f"gemba://workbooks/{sales}")).contents[0]

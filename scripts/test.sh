@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need (Prometheus tools, LibreOffice, valgrind, the Python MCP SDK, the MCP
-# reference server) and run them all: formatting, lints, Rust unit and integration tests, then the
+# Install what the tests need (Prometheus tools, LibreOffice, valgrind, Chromium, the Python MCP SDK,
+# Playwright, the MCP reference server) and run them all: formatting, lints, Rust unit and integration tests, then the
 # Python MCP SDK tests against the real binary, then the performance gate. One release build
 # (with the test-only fault switches compiled in) serves all.
 #
@@ -23,6 +23,8 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v soffice >/dev/null 2>&1 || need+=(libreoffice-calc-nogui)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+# The dashboard's browser test drives Debian's Chromium with Playwright (no browser download).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "== system packages: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then

@@ -31,14 +31,14 @@ pub struct Gathered {
 pub struct Point {
     /// Unix milliseconds.
     pub t: u64,
-    /// Requests per second since the previous point.
-    pub rate: f64,
+    /// Requests per second since the previous point (None for the first point after a pause).
+    pub rate: Option<f64>,
     /// Errors over requests since the previous point (None without requests).
     pub err: Option<f64>,
     pub inflight: f64,
     pub queued: f64,
     /// Refusals per second since the previous point.
-    pub refused: f64,
+    pub refused: Option<f64>,
     /// Cache hit ratio since the previous point (None without lookups).
     pub hit: Option<f64>,
     pub rss: f64,
@@ -129,6 +129,10 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// A previous point further back than this is not differenced against (the live view paused
+/// while nobody watched): the first point after a pause has no rates.
+const MAX_GAP_MS: u64 = 10_000;
+
 fn point_of(g: &Gathered, now: &Totals, prev: Option<&Totals>) -> Point {
     let m = &g.metrics;
     let mut lat = BTreeMap::new();
@@ -141,21 +145,21 @@ fn point_of(g: &Gathered, now: &Totals, prev: Option<&Totals>) -> Point {
     }
     let in_flight: f64 = m["tools"].as_array().into_iter().flatten().map(|t| t["in_flight"].as_f64().unwrap_or(0.0)).sum();
     let (rate, err, refused, hit, cpu) = match prev {
-        Some(p) if now.at_ms > p.at_ms => {
+        Some(p) if now.at_ms > p.at_ms && now.at_ms - p.at_ms <= MAX_GAP_MS => {
             let secs = (now.at_ms - p.at_ms) as f64 / 1000.0;
             let calls = now.calls.saturating_sub(p.calls) as f64;
             let errors = now.errors.saturating_sub(p.errors) as f64;
             let hits = (now.hits - p.hits).max(0.0);
             let lookups = hits + (now.misses - p.misses).max(0.0);
             (
-                round(calls / secs, 3),
+                Some(round(calls / secs, 3)),
                 ratio(errors, calls).map(|x| round(x, 5)),
-                round((now.refused - p.refused).max(0.0) / secs, 3),
+                Some(round((now.refused - p.refused).max(0.0) / secs, 3)),
                 ratio(hits, lookups).map(|x| round(x, 5)),
                 Some(round((now.cpu_seconds - p.cpu_seconds).max(0.0) / secs, 4)),
             )
         }
-        _ => (0.0, None, 0.0, None, None),
+        _ => (None, None, None, None, None),
     };
     Point {
         t: g.at_ms,
@@ -355,7 +359,7 @@ pub fn slo_section(slo: &Value) -> Value {
 }
 
 /// Labelled extra samples `name{label=value}` as (value of the label, sample).
-fn labelled<'a>(m: &'a Value, name: &str, label: &str) -> Vec<(String, f64)> {
+fn labelled(m: &Value, name: &str, label: &str) -> Vec<(String, f64)> {
     let prefix = format!("{name}{{{label}=");
     m["other"]
         .as_object()
@@ -469,6 +473,7 @@ mod tests {
         assert_eq!(s["range"]["calls"], 4);
         assert_eq!(s["range"]["errors"], 2);
         assert_eq!(s["point"]["rate"], 2.0, "4 calls in 2 s");
+        assert!(first["point"]["rate"].is_null(), "nothing to difference the first point against");
         assert_eq!(s["point"]["err"], 0.5);
         let rt = s["tools"].as_array().unwrap().iter().find(|t| t["tool"] == "read_table").unwrap();
         let m = g.metrics["tools"].as_array().unwrap().iter().find(|t| t["tool"] == "read_table").unwrap();
@@ -484,6 +489,9 @@ mod tests {
         let pts = live.points(1_002_000);
         assert_eq!(pts.len(), 2);
         assert!(pts[1].lat.contains_key("list_sheets"));
+        let later = live.update(&gathered(&r, 1_060_000), "test", 2000);
+        assert!(later["point"]["rate"].is_null(), "a pause of a minute is not averaged over");
+        assert_eq!(later["range"]["calls"], 4, "the range still reaches back to the first point");
     }
 
     #[test]

@@ -81,6 +81,7 @@
   function fmtMs(x) {
     x = num(x);
     if (x === null) return "–";
+    if (x > 0 && x < 0.1) return (x * 1000).toPrecision(2).replace(/\.0+$/, "") + " µs";
     if (x >= 10000) return (x / 1000).toFixed(1) + " s";
     if (x >= 1000) return (x / 1000).toFixed(2) + " s";
     if (x >= 100) return x.toFixed(0) + " ms";
@@ -158,7 +159,8 @@
     return { ticks: out, seconds: step < 60e3 };
   }
 
-  // A line chart: series [{name, color, dash, data: [[t, v|null], ...], fmt}], time on x.
+  // A line chart: series [{name, color, dash, data: [[t, v|null], ...], fmt}], time on x; a
+  // logarithmic y axis with `log: true` (latency: fast medians and a far threshold both show).
   function lineChart(host, opts) {
     clear(host);
     const W = Math.max(240, Math.floor(host.clientWidth || 560));
@@ -167,20 +169,32 @@
     const from = opts.from, to = opts.to;
     const yFmt = opts.yFmt || fmtNum;
     let max = 0;
+    let min = Infinity;
     let any = false;
-    for (const s of opts.series) for (const [, v] of s.data) if (num(v) !== null) { any = true; max = Math.max(max, v); }
-    for (const t of opts.thresholds || []) if (num(t.value) !== null && (any || opts.showThresholdAlone)) max = Math.max(max, t.value * 1.08);
+    for (const s of opts.series) for (const [t, v] of s.data) if (num(v) !== null && t >= from - 1 && t <= to + 1) { any = true; max = Math.max(max, v); if (v > 0) min = Math.min(min, v); }
+    for (const t of opts.thresholds || []) if (num(t.value) !== null) { max = Math.max(max, t.value * (opts.log ? 1.5 : 1.08)); if (t.value > 0) min = Math.min(min, t.value); }
     if (opts.yMax) max = Math.max(max, opts.yMax);
-    if (max <= 0) max = opts.yMin || 1;
-    const step = niceStep(max / 4);
-    max = Math.ceil(max / step) * step;
+    let ticks = [];
+    let y;
+    if (opts.log) {
+      const lo = Math.floor(Math.log10(isFinite(min) ? min : 0.1));
+      const hi = Math.max(lo + 1, Math.ceil(Math.log10(max > 0 ? max : 1)));
+      for (let e = lo; e <= hi; e++) ticks.push(Math.pow(10, e));
+      max = Math.pow(10, hi);
+      y = (v) => m.t + (1 - (Math.log10(Math.max(v, Math.pow(10, lo))) - lo) / (hi - lo)) * (H - m.t - m.b);
+    } else {
+      if (max <= 0) max = opts.yMin || 1;
+      const step = niceStep(max / 4);
+      max = Math.ceil(max / step) * step;
+      for (let v = 0; v <= max + step / 2; v += step) ticks.push(v);
+      y = (v) => m.t + (1 - v / max) * (H - m.t - m.b);
+    }
     const x = (t) => m.l + ((t - from) / Math.max(1, to - from)) * (W - m.l - m.r);
-    const y = (v) => m.t + (1 - v / max) * (H - m.t - m.b);
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img" });
     const title = svg("title");
     root.append(title);
     const axis = svg("g", { class: "axis" });
-    for (let v = 0; v <= max + step / 2; v += step) {
+    for (const v of ticks) {
       axis.append(svg("line", { class: "grid", x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }));
       const t = svg("text", { x: m.l - 6, y: y(v) + 4, "text-anchor": "end" });
       t.textContent = yFmt(v);
@@ -248,13 +262,13 @@
     const W = Math.max(240, Math.floor(host.clientWidth || 480));
     const H = opts.height || 150;
     const m = { l: 48, r: 14, t: 10, b: 30 };
-    let xmax = 0;
-    for (const s of opts.series) for (const [xv] of s.data) xmax = Math.max(xmax, xv);
-    for (const mk of opts.markers || []) if (num(mk.x) !== null) xmax = Math.max(xmax, mk.x);
-    if (xmax <= 0) xmax = 1;
-    const xs = niceStep(xmax / 4);
-    xmax = Math.ceil(xmax / xs) * xs;
-    const x = (v) => m.l + (v / xmax) * (W - m.l - m.r);
+    // Capacities span orders of magnitude: a logarithmic x axis, ticks at powers of two.
+    let xmax = 1, xmin = Infinity;
+    for (const s of opts.series) for (const [xv] of s.data) if (xv > 0) { xmax = Math.max(xmax, xv); xmin = Math.min(xmin, xv); }
+    for (const mk of opts.markers || []) if (num(mk.x) !== null && mk.x > 0) { xmax = Math.max(xmax, mk.x); xmin = Math.min(xmin, mk.x); }
+    const lo = Math.floor(Math.log2(isFinite(xmin) ? xmin : 1));
+    const hi = Math.max(lo + 1, Math.ceil(Math.log2(xmax)));
+    const x = (v) => m.l + ((Math.log2(Math.max(v, Math.pow(2, lo))) - lo) / (hi - lo)) * (W - m.l - m.r);
     const y = (v) => m.t + (1 - v) * (H - m.t - m.b);
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img" });
     const title = svg("title");
@@ -267,7 +281,9 @@
       t.textContent = (v * 100).toFixed(0) + " %";
       axis.append(t);
     }
-    for (let v = 0; v <= xmax + xs / 2; v += xs) {
+    const every = Math.max(1, Math.ceil((hi - lo) / Math.max(2, Math.floor((W - m.l - m.r) / 70))));
+    for (let e = lo; e <= hi; e += every) {
+      const v = Math.pow(2, e);
       const t = svg("text", { x: x(v), y: H - 14, "text-anchor": "middle" });
       t.textContent = fmtNum(v) + (opts.xUnit || "");
       axis.append(t);
@@ -412,8 +428,10 @@
     // Calls and errors per second.
     let rateData = [], errData = [];
     if (state.range === "5m") {
-      rateData = state.points.map((p) => [p.t, p.rate]);
-      errData = state.points.map((p) => [p.t, num(p.err) !== null ? p.err * p.rate : 0]);
+      const first = state.points.length ? state.points[0].t : Infinity;
+      for (const [t, b, bs] of logBuckets(first)) { rateData.push([t, b.calls / bs]); errData.push([t, b.errors / bs]); }
+      rateData.push(...state.points.map((p) => [p.t, p.rate]));
+      errData.push(...state.points.map((p) => [p.t, num(p.rate) === null ? null : num(p.err) !== null ? p.err * p.rate : 0]));
     } else if (h && h.series) {
       const bs = h.bucket_ms / 1000;
       rateData = h.series.map((b) => [b.t + h.bucket_ms / 2, b.calls / bs]);
@@ -429,6 +447,21 @@
     });
     renderToolTable();
     renderLatency();
+  }
+
+  // Before this page's live points begin (the live view runs only while someone watches), the
+  // 5-minute charts are drawn from the request log's 10-second buckets.
+  function logBuckets(before) {
+    const h = state.history["5m"];
+    if (!h || !Array.isArray(h.series)) return [];
+    return h.series.filter((b) => b.t + h.bucket_ms <= before).map((b) => [b.t + h.bucket_ms / 2, b, h.bucket_ms / 1000]);
+  }
+  function logLatency(tool, before) {
+    const h = state.history["5m"];
+    const t = h && (h.tools || []).find((x) => x.tool === tool);
+    if (!t) return [];
+    return t.series.map((l, i) => [h.from_ms + i * h.bucket_ms + h.bucket_ms / 2, l, h.from_ms + (i + 1) * h.bucket_ms])
+      .filter(([, l, end]) => l && end <= before);
   }
 
   function renderToolTable() {
@@ -477,6 +510,9 @@
     const slo = live ? live.slo_ms : null;
     let p50 = [], p95 = [], p99 = [];
     if (state.range === "5m") {
+      const first = state.points.length ? state.points[0].t : Infinity;
+      for (const [t, l] of logLatency(tool, first)) { p50.push([t, l[0]]); p95.push([t, l[1]]); p99.push([t, l[2]]); }
+      if (p50.length) { p50.push([first - 1, null]); p95.push([first - 1, null]); p99.push([first - 1, null]); }
       for (const p of state.points) {
         const l = p.lat && p.lat[tool];
         p50.push([p.t, l ? l[0] : null]); p95.push([p.t, l ? l[1] : null]); p99.push([p.t, l ? l[2] : null]);
@@ -501,7 +537,7 @@
         { name: "p99", color: C.vermillion, dash: "2 3", data: p99 },
       ],
       thresholds: num(slo) !== null ? [{ value: slo, label: "SLO p95 " + fmtMs(slo), legend: "SLO: 95 % within " + fmtMs(slo) }] : [],
-      yFmt: fmtMs,
+      yFmt: fmtMs, log: true,
       empty: tool ? "No calls of " + tool + " in this range" : "No calls in this range yet",
     });
   }
@@ -721,9 +757,14 @@
         list.append(barRow(t.tool, t.errors / max, fmtInt(t.errors) + " (" + fmtPct(t.errors / t.calls, 1) + ")", C.vermillion, { title: outs }));
       }
       if (!tools.length) list.append(el("li", {}, na("No failed calls in this range.")));
-      for (const e of (h.recent_errors || []).slice(0, 6)) {
+      const groups = [];
+      for (const e of h.recent_errors || []) {
+        const g = groups.find((x) => x.e.tool === e.tool && x.e.outcome === e.outcome && x.e.message === e.message);
+        if (g) g.n++; else groups.push({ e, n: 1 });
+      }
+      for (const { e, n } of groups.slice(0, 5)) {
         recent.append(el("li", { "data-level": e.class === "system" || e.outcome === "internal" ? "bad" : "warn" },
-          el("span", { class: "meta", text: fmtClock(e.at_ms, true) + " · " + e.tool + " · " + (e.outcome || "") + (e.class ? " (" + e.class + ")" : "") + (e.workbook ? " · " + e.workbook : "") }),
+          el("span", { class: "meta", text: fmtClock(e.at_ms, true) + (n > 1 ? " (and " + (n - 1) + " more like it)" : "") + " · " + e.tool + " · " + (e.outcome || "").replace("_", " ") + (e.class ? " (" + e.class + ")" : "") + (e.workbook ? " · " + e.workbook : "") }),
           el("span", { class: "msg", text: e.message || "(no message)" })));
       }
       if (!(h.recent_errors || []).length) recent.append(el("li", { "data-level": "ok" }, el("span", { class: "msg", text: "No failures in this range." })));

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need (Prometheus tools, LibreOffice, valgrind, Chromium, the Python MCP SDK,
-# Playwright, the MCP reference server) and run them all: formatting, lints, Rust unit and integration tests, then the
+# Install what the tests need (Prometheus tools, LibreOffice, valgrind, the Python MCP SDK, the MCP
+# reference server) and run them all: formatting, lints, Rust unit and integration tests, then the
 # Python MCP SDK tests against the real binary, then the performance gate. One release build
 # (with the test-only fault switches compiled in) serves all.
 #

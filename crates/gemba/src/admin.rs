@@ -81,27 +81,17 @@ async fn readyz(State(a): State<Arc<Admin>>) -> Response {
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
-    let mut guarded = Router::new()
+    let token = admin.token.clone();
+    let dashboard = crate::dashboard::router(admin.dashboard.clone());
+    let routes = Router::new()
         .route("/metrics", get(metrics))
         .route("/metrics.json", get(metrics_json))
         .route("/slo.json", get(slo_json))
-        .with_state(admin.clone())
-        .merge(crate::dashboard::router(admin.dashboard.clone()));
-    match &admin.token {
-        Some(t) => {
-            let token: Arc<str> = Arc::from(t.as_str());
-            guarded = guarded
-                .route(crate::dashboard::auth::LOGIN_PATH, axum::routing::post(crate::dashboard::auth::to_dashboard))
-                .layer(axum::middleware::from_fn(move |req, next| {
-                    crate::dashboard::auth::require(token.clone(), req, next)
-                }));
-        }
-        None => {
-            guarded =
-                guarded.route(crate::dashboard::auth::LOGIN_PATH, get(crate::dashboard::auth::login_without_token));
-        }
-    }
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(admin).merge(guarded)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(admin)
+        .merge(dashboard);
+    crate::dashboard::auth::guard(routes, token)
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -110,8 +100,9 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) -> Result<()> {
     let local = listener.local_addr()?;
-    tracing::info!("admin endpoint on http://{local} (dashboard at /, /metrics, /metrics.json, /healthz, /readyz)");
+    tracing::info!("admin endpoint on http://{local} (/metrics, /metrics.json, /healthz, /readyz)");
     eprintln!("gemba: admin on http://{local}");
+    eprintln!("gemba: dashboard on http://{local}/ (open it in a browser)");
     let dashboard_streams = admin.dashboard.shutdown.clone();
     axum::serve(listener, router(admin))
         .with_graceful_shutdown(async move {

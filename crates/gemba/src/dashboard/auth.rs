@@ -95,7 +95,7 @@ fn sign_in(token: &str) -> Response {
 
 const LOGIN_PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Gemba — sign in</title>
+<title>Gemba — sign in</title><link rel="icon" href="data:,">
 <style>body{font:16px system-ui,sans-serif;max-width:28rem;margin:4rem auto;padding:0 1rem;color:#1b1b1b}
 label,input,button{display:block;font:inherit;margin:.5rem 0}input{width:100%;padding:.5rem;box-sizing:border-box}
 button{padding:.5rem 1rem}p.err{color:#8a1c00}</style></head>
@@ -129,11 +129,31 @@ fn unauthorized() -> Response {
     r
 }
 
+/// Routes open without the token: health checks, for probes that hold no secret.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// The admin routes with the sign-in route, and, when a token is set, the check in front of all
+/// but the health checks (routes added to `routes` before this call are all guarded).
+pub fn guard(routes: axum::Router, token: Option<String>) -> axum::Router {
+    match token {
+        Some(t) => {
+            let token: Arc<str> = Arc::from(t.as_str());
+            routes
+                .route(LOGIN_PATH, axum::routing::post(to_dashboard))
+                .layer(axum::middleware::from_fn(move |req, next| require(token.clone(), req, next)))
+        }
+        None => routes.route(LOGIN_PATH, axum::routing::get(login_without_token)),
+    }
+}
+
 /// The middleware: let through requests that carry the token (header or cookie), sign browsers
 /// in, and answer everything else 401 (the page at `/` with a sign-in form).
 pub async fn require(token: Arc<str>, req: Request, next: Next) -> Response {
     let ok = |t: &str| tokens_match(token.as_bytes(), t.as_bytes());
     let path = req.uri().path();
+    if OPEN_PATHS.contains(&path) {
+        return next.run(req).await;
+    }
     if path == LOGIN_PATH && req.method() == Method::POST {
         let body = axum::body::to_bytes(req.into_body(), MAX_FORM_BYTES).await.unwrap_or_default();
         let given = form_value(&String::from_utf8_lossy(&body), "token").unwrap_or_default();

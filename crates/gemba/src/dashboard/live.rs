@@ -143,7 +143,8 @@ fn point_of(g: &Gathered, now: &Totals, prev: Option<&Totals>) -> Point {
             lat.insert(tool["tool"].as_str().unwrap_or("").to_string(), [q("p50_ms"), q("p95_ms"), q("p99_ms")]);
         }
     }
-    let in_flight: f64 = m["tools"].as_array().into_iter().flatten().map(|t| t["in_flight"].as_f64().unwrap_or(0.0)).sum();
+    let in_flight: f64 =
+        m["tools"].as_array().into_iter().flatten().map(|t| t["in_flight"].as_f64().unwrap_or(0.0)).sum();
     let (rate, err, refused, hit, cpu) = match prev {
         Some(p) if now.at_ms > p.at_ms && now.at_ms - p.at_ms <= MAX_GAP_MS => {
             let secs = (now.at_ms - p.at_ms) as f64 / 1000.0;
@@ -189,9 +190,7 @@ impl Live {
         let point = point_of(g, &now, self.ring.back().map(|(_, t)| t));
         let snapshot = self.snapshot(g, &now, &point, version, interval_ms);
         self.ring.push_back((point, now));
-        while self.ring.len() > RING_POINTS
-            || self.ring.front().is_some_and(|(p, _)| p.t + RING_SPAN_MS < g.at_ms)
-        {
+        while self.ring.len() > RING_POINTS || self.ring.front().is_some_and(|(p, _)| p.t + RING_SPAN_MS < g.at_ms) {
             self.ring.pop_front();
         }
         snapshot
@@ -321,7 +320,12 @@ pub fn slo_section(slo: &Value) -> Value {
     shown.sort_by(|a, b| {
         severity_rank(a)
             .cmp(&severity_rank(b))
-            .then(a["error_budget_remaining"].as_f64().unwrap_or(1.0).total_cmp(&b["error_budget_remaining"].as_f64().unwrap_or(1.0)))
+            .then(
+                a["error_budget_remaining"]
+                    .as_f64()
+                    .unwrap_or(1.0)
+                    .total_cmp(&b["error_budget_remaining"].as_f64().unwrap_or(1.0)),
+            )
             .then(b["requests_period"].as_u64().cmp(&a["requests_period"].as_u64()))
     });
     let objectives: Vec<Value> = shown

@@ -46,12 +46,7 @@ impl Minute {
             cache_bytes: other("gemba_cache_bytes"),
             cache_hits: other("gemba_cache_hits"),
             cache_misses: other("gemba_cache_misses"),
-            inflight: m["tools"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| t["in_flight"].as_f64().unwrap_or(0.0))
-                .sum(),
+            inflight: m["tools"].as_array().into_iter().flatten().map(|t| t["in_flight"].as_f64().unwrap_or(0.0)).sum(),
             queued: other("gemba_calls_queued"),
         }
     }
@@ -84,10 +79,7 @@ impl Minutes {
                         let secs = (m.t - p.t) as f64 / 1000.0;
                         let hits = (m.cache_hits - p.cache_hits).max(0.0);
                         let lookups = hits + (m.cache_misses - p.cache_misses).max(0.0);
-                        (
-                            Some((m.cpu_seconds - p.cpu_seconds).max(0.0) / secs),
-                            (lookups > 0.0).then(|| hits / lookups),
-                        )
+                        (Some((m.cpu_seconds - p.cpu_seconds).max(0.0) / secs), (lookups > 0.0).then(|| hits / lookups))
                     }
                     _ => (None, None),
                 };

@@ -242,19 +242,20 @@ async fn stream(State(d): State<Arc<Dashboard>>) -> Response {
     }
     let first = Some(d.series());
     let cancel = d.shutdown.clone();
-    let events = futures_util::stream::unfold((rx, guard, first, cancel), |(mut rx, guard, first, cancel)| async move {
-        if let Some(series) = first {
-            let e = Event::default().event("series").data(series);
-            return Some((Ok::<_, Infallible>(e), (rx, guard, None, cancel)));
-        }
-        tokio::select! {
-            changed = rx.changed() => changed.ok()?,
-            _ = cancel.cancelled() => return None,
-        }
-        let frame = rx.borrow_and_update().clone()?;
-        let e = Event::default().event("snapshot").data(&*frame);
-        Some((Ok(e), (rx, guard, None, cancel)))
-    });
+    let events =
+        futures_util::stream::unfold((rx, guard, first, cancel), |(mut rx, guard, first, cancel)| async move {
+            if let Some(series) = first {
+                let e = Event::default().event("series").data(series);
+                return Some((Ok::<_, Infallible>(e), (rx, guard, None, cancel)));
+            }
+            tokio::select! {
+                changed = rx.changed() => changed.ok()?,
+                _ = cancel.cancelled() => return None,
+            }
+            let frame = rx.borrow_and_update().clone()?;
+            let e = Event::default().event("snapshot").data(&*frame);
+            Some((Ok(e), (rx, guard, None, cancel)))
+        });
     let mut r = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -269,7 +270,9 @@ async fn snapshot(State(d): State<Arc<Dashboard>>) -> Response {
             let me = d.clone();
             match tokio::task::spawn_blocking(move || me.compute()).await {
                 Ok(f) => f,
-                Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("snapshot failed: {e}\n")).into_response(),
+                Err(e) => {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, format!("snapshot failed: {e}\n")).into_response();
+                }
             }
         }
     };

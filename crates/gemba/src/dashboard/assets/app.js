@@ -798,6 +798,7 @@
     const d = state.incidents;
     if (d === undefined) { list.append(el("li", {}, el("span", { class: "msg", text: "Loading…" }))); return; }
     if (!d || !Array.isArray(d.incidents)) { list.append(el("li", {}, el("span", { class: "msg", text: "Not available: this server has no incident detection (/incidents.json)." }))); return; }
+    if (d.detect === "disabled") { list.append(el("li", {}, el("span", { class: "msg", text: "Not enabled: incident detection is off on this server." }))); return; }
     const items = [...d.incidents].sort((a, b) => (a.closed ? 1 : 0) - (b.closed ? 1 : 0) || String(b.opened).localeCompare(String(a.opened))).slice(0, 6);
     if (!items.length) { list.append(el("li", { "data-level": "ok" }, el("span", { class: "msg", text: "No incidents." }))); return; }
     for (const i of items) {
@@ -813,7 +814,7 @@
     const d = state.experiments;
     if (d === undefined) { list.append(el("li", {}, el("span", { class: "msg", text: "Loading…" }))); return; }
     if (!d || !Array.isArray(d.experiments)) { list.append(el("li", {}, el("span", { class: "msg", text: "Not available: this server runs no experiments (/experiments.json)." }))); return; }
-    if (!d.experiments.length) { list.append(el("li", {}, el("span", { class: "msg", text: "No experiments configured." }))); return; }
+    if (!d.experiments.length) { list.append(el("li", {}, el("span", { class: "msg", text: d.note ? "Not enabled: " + String(d.note) + "." : "No experiments configured." }))); return; }
     for (const x of d.experiments.slice(0, 8)) {
       const variants = (x.variants || []).map((v) => v.name + " " + fmtPct(v.share, 0) + " (" + fmtInt(v.samples) + ")").join(" · ");
       const stats = [];
@@ -829,7 +830,11 @@
 
   function render() {
     const steps = [renderHeader, renderNow, renderSlo, renderCache, renderStream, renderResources, renderWork, renderErrors, renderIncidents, renderExperiments];
-    for (const f of steps) f();
+    // One panel's failure (say, an optional source with an unexpected shape) leaves the others
+    // drawn; it is logged as an error, so the browser test still fails on it.
+    for (const f of steps) {
+      try { f(); } catch (e) { console.error(f.name + " failed: " + (e && e.stack || e)); }
+    }
     if (state.lastUpdate) $("updated").textContent = "updated " + fmtClock(state.lastUpdate, true);
   }
 

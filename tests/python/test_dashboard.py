@@ -217,6 +217,8 @@ def test_dashboard_under_load_agrees_with_metrics(workspace, tmp_path):
             out = shots_dir(tmp_path)
             page.screenshot(path=str(out / "dashboard.png"))
             assert (out / "dashboard.png").stat().st_size > 20_000
+            # Every panel at once, for the README and for a person to look at.
+            page.screenshot(path=str(out / "dashboard-full.png"), full_page=True)
 
             # Keyboard: Tab reaches the range switch, the arrow keys change the range, and the
             # 1-hour view is drawn from the request log (the same calls, counted by the log).

@@ -780,7 +780,7 @@
       return;
     }
     const e = L.errors || {};
-    $("sig-note").textContent = "(" + fmtInt(e.total) + " errors" + (e.by_category ? ": " + Object.entries(e.by_category).map(([k, v]) => k + " " + v).join(", ") : "") + ")";
+    $("sig-note").textContent = "(" + fmtInt(e.total) + " errors" + (e.by_category ? ": " + Object.entries(e.by_category).map(([k, v]) => k + " " + v).join(", ") : "") + (num(L.until_ms) !== null ? "; as of " + fmtClock(L.until_ms, false) + ", every 5 min" : "") + ")";
     for (const s of (e.top || []).slice(0, 6)) {
       sigs.append(el("li", { "data-level": s.category === "system" ? "bad" : "warn" },
         el("span", { class: "meta", text: s.tool + " · " + s.category + " · " + fmtInt(s.count) + " (" + fmtPct(s.share, 0) + " of errors) · last " + (s.last_seen || "") }),

@@ -417,8 +417,11 @@ fn recent_errors(conn: &Connection, from_ms: i64) -> Result<Vec<Value>, HistoryE
 mod tests {
     use super::*;
 
-    /// A request log written by the real store, with `rows` (at_ms, session, tool, µs, outcome, hit, key).
-    fn log(rows: &[(i64, &str, &str, i64, &'static str, Option<bool>, Option<&str>)]) -> tempdir::Dir {
+    /// One logged call: (at_ms, session, tool, µs, outcome, cache hit, key).
+    type LogRow<'a> = (i64, &'a str, &'a str, i64, &'static str, Option<bool>, Option<&'a str>);
+
+    /// A request log written by the real store, with `rows`.
+    fn log(rows: &[LogRow]) -> tempdir::Dir {
         let dir = tempdir::Dir::new();
         let store = kaizen::store::Store::open(dir.path(), kaizen::store::Retention::default()).expect("store");
         let tx = store.sender();

@@ -34,6 +34,8 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v soffice >/dev/null 2>&1 || need+=(libreoffice-calc-nogui)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+# The dashboard's browser test drives Debian's Chromium with Playwright (no browser download).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "== system packages: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then

@@ -1,5 +1,6 @@
-//! The admin listener, separate from MCP and available in stdio mode too: `/metrics`
-//! (Prometheus text), `/metrics.json` (percentile summary), `/healthz`, `/readyz`.
+//! The admin listener, separate from MCP and available in stdio mode too: the dashboard at `/`,
+//! `/metrics` (Prometheus text), `/metrics.json` (percentile summary), `/slo.json`, `/healthz`,
+//! `/readyz`. With an admin token, everything but `/healthz` and `/readyz` requires it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,9 @@ pub struct Admin {
     pub registry: Registry,
     pub kaizen: Arc<Kaizen>,
     pub workspace: PathBuf,
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
+    /// Required on every route but the health checks when set (`--admin-token`).
+    pub token: Option<String>,
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text format.
@@ -77,13 +81,17 @@ async fn readyz(State(a): State<Arc<Admin>>) -> Response {
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
-    Router::new()
+    let token = admin.token.clone();
+    let dashboard = crate::dashboard::router(admin.dashboard.clone());
+    let routes = Router::new()
         .route("/metrics", get(metrics))
         .route("/metrics.json", get(metrics_json))
         .route("/slo.json", get(slo_json))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(admin)
+        .merge(dashboard);
+    crate::dashboard::auth::guard(routes, token)
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -94,8 +102,13 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) -> Resu
     let local = listener.local_addr()?;
     tracing::info!("admin endpoint on http://{local} (/metrics, /metrics.json, /healthz, /readyz)");
     eprintln!("gemba: admin on http://{local}");
+    eprintln!("gemba: dashboard on http://{local}/ (open it in a browser)");
+    let dashboard_streams = admin.dashboard.shutdown.clone();
     axum::serve(listener, router(admin))
-        .with_graceful_shutdown(crate::shutdown_signal())
+        .with_graceful_shutdown(async move {
+            crate::shutdown_signal().await;
+            dashboard_streams.cancel();
+        })
         .await
         .context("admin HTTP server failed")
 }

@@ -67,6 +67,11 @@ impl Gate {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Calls waiting for a slot now (both pools).
+    pub fn queued(&self) -> usize {
+        self.work.waiting.load(Ordering::Relaxed) + self.light.waiting.load(Ordering::Relaxed)
+    }
+
     /// Work slots free now.
     pub fn free(&self) -> usize {
         self.work.slots.available_permits()

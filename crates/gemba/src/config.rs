@@ -75,9 +75,14 @@ pub struct ServeArgs {
     /// Most non-empty cells loaded from one sheet.
     #[arg(long, env = "GEMBA_MAX_CELLS")]
     pub max_cells: Option<usize>,
-    /// Admin listener (/metrics, /metrics.json, /healthz, /readyz), e.g. 127.0.0.1:9464.
+    /// Admin listener (the dashboard at /, /metrics, /metrics.json, /healthz, /readyz), e.g.
+    /// 127.0.0.1:9464.
     #[arg(long, env = "GEMBA_ADMIN", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Token the admin listener requires (dashboard, its stream, metrics; not /healthz, /readyz);
+    /// required when --admin is not a loopback address.
+    #[arg(long, env = "GEMBA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// State directory (request log); default `<workspace>/.gemba`.
     #[arg(long, env = "GEMBA_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -153,6 +158,7 @@ pub struct FileConfig {
     pub max_file_mb: Option<u64>,
     pub max_cells: Option<usize>,
     pub admin: Option<SocketAddr>,
+    pub admin_token: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub statsd: Option<SocketAddr>,
     pub log_retention_days: Option<u64>,
@@ -190,6 +196,8 @@ pub struct ServeConfig {
     pub max_file_bytes: u64,
     pub max_cells: usize,
     pub admin: Option<SocketAddr>,
+    /// What the admin listener requires when set (see `dashboard::auth`).
+    pub admin_token: Option<String>,
     pub state_dir: PathBuf,
     pub statsd: Option<SocketAddr>,
     pub kaizen: bool,
@@ -282,6 +290,7 @@ impl ServeArgs {
                 .unwrap_or(defaults.max_file_bytes),
             max_cells: self.max_cells.or(file.max_cells).unwrap_or(defaults.max_cells_per_sheet),
             admin: self.admin.or(file.admin),
+            admin_token: self.admin_token.or(file.admin_token).filter(|t| !t.trim().is_empty()),
             state_dir,
             statsd: self.statsd.or(file.statsd),
             kaizen: !self.no_kaizen,
@@ -299,6 +308,7 @@ impl ServeArgs {
         if cfg.timeout_ms == Some(0) || cfg.load_timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");
         }
+        crate::dashboard::auth::check_exposure(cfg.admin, cfg.admin_token.as_deref())?;
         Ok(cfg)
     }
 }

@@ -10,6 +10,7 @@ mod backpressure;
 mod bench;
 mod catalog;
 mod config;
+mod dashboard;
 mod dashboards;
 mod faults;
 mod http;

@@ -106,6 +106,11 @@ impl GembaServer {
         (g.refused(), g.config, g.free())
     }
 
+    /// Calls waiting for an admission slot now.
+    pub fn queued_calls(&self) -> usize {
+        self.state.gate.queued()
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.state.engine
     }

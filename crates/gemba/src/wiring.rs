@@ -13,7 +13,7 @@ use kaizen::exposition::{Kind, Sample};
 
 use crate::config::ServeConfig;
 use crate::server::GembaServer;
-use crate::{admin, measure, operational, slo};
+use crate::{admin, dashboard, measure, operational, slo};
 
 /// How often the evaluator wakes; each part decides whether it is due.
 const EVALUATE_EVERY: Duration = Duration::from_secs(5);
@@ -175,6 +175,7 @@ pub async fn start(
         cache_bytes: cfg.cache_bytes,
     });
     server.attach_kaizen(kaizen.clone());
+    let dashboard = dashboard::Dashboard::new(kaizen.clone());
     let evaluator = if recorder.enabled() {
         recorder.attach_observer(sli.clone());
         let alerting = Alerting {
@@ -186,7 +187,7 @@ pub async fn start(
             ),
             last: 0,
         };
-        Some(Evaluator::start(kaizen.clone(), vec![Box::new(alerting)]))
+        Some(Evaluator::start(kaizen.clone(), vec![Box::new(alerting), Box::new(dashboard.sampler())]))
     } else {
         None
     };
@@ -201,6 +202,8 @@ pub async fn start(
             registry: kaizen::exposition::registry(recorder.clone()),
             kaizen: kaizen.clone(),
             workspace: cfg.workspace.clone(),
+            dashboard,
+            token: cfg.admin_token.clone(),
         });
         tokio::spawn(async move {
             if let Err(e) = admin::serve(listener, a).await {
@@ -235,6 +238,12 @@ fn set_samples(cfg: &ServeConfig, server: &GembaServer, kaizen: &Arc<Kaizen>) {
             adm.max_inflight as f64,
         ));
         out.push(Sample::new("gemba_inflight_slots_free", "Tool-call slots free now.", Kind::Gauge, free as f64));
+        out.push(Sample::new(
+            "gemba_calls_queued",
+            "Tool calls waiting for a slot now.",
+            Kind::Gauge,
+            s.queued_calls() as f64,
+        ));
         k.sli.samples(now_secs(), out);
         // The state directory's size, re-measured at most every 10 s.
         let mut d = disk.lock();

@@ -13,6 +13,7 @@ mod config;
 mod dashboards;
 mod faults;
 mod http;
+mod incidents;
 mod loadtest;
 mod measure;
 mod operational;
@@ -143,6 +144,7 @@ fn main() -> ExitCode {
             Command::Stats(args) => stats::run(args),
             Command::Slo(args) => slo::run(args),
             Command::Loadtest(args) => loadtest::run(*args).await,
+            Command::Incidents(args) => incidents::cli::run(args),
         }
     });
     match result {

@@ -29,6 +29,8 @@ pub struct Kaizen {
     pub state_dir: PathBuf,
     /// The workbook cache's byte bound (what the cache what-if compares against).
     pub cache_bytes: usize,
+    /// Anomalies and incidents (none when measurement is off).
+    pub incidents: Option<Arc<crate::incidents::Incidents>>,
 }
 
 #[allow(dead_code)]
@@ -74,6 +76,9 @@ impl Periodic for Alerting {
         self.last = now;
         let k = &self.kaizen;
         let mut events = k.sli.evaluate(now);
+        if let Some(i) = &k.incidents {
+            i.forward_alerts(&events);
+        }
         events.extend(self.operational.evaluate(now, operational::signals(&self.server, &k.recorder)));
         kaizen::sli::save(&k.sli, k.store.as_deref());
         events
@@ -163,6 +168,19 @@ pub async fn start(
             Err(e) => tracing::warn!("cannot restore SLO minutes: {e}"),
         }
     }
+    // Anomalies and incidents: before this run is recorded (it compares with the last one).
+    let db = store.as_ref().map(|s| s.path.clone());
+    let detect = if recorder.enabled() {
+        Some(crate::incidents::start(cfg, server, recorder, db.as_deref())?)
+    } else {
+        None
+    };
+    // The runs table (version and settings per start). learn's wiring records it too: keep one.
+    if let Some(s) = &store
+        && let Err(e) = s.record_run(crate::incidents::runs::VERSION, &crate::incidents::runs::run_config(cfg))
+    {
+        tracing::warn!("cannot record this run: {e}");
+    }
     let kaizen = Arc::new(Kaizen {
         recorder: recorder.clone(),
         sli: sli.clone(),
@@ -171,6 +189,7 @@ pub async fn start(
         slo: slo_file,
         state_dir: cfg.state_dir.clone(),
         cache_bytes: cfg.cache_bytes,
+        incidents: detect.as_ref().map(|d| d.incidents.clone()),
     });
     server.attach_kaizen(kaizen.clone());
     let evaluator = if recorder.enabled() {
@@ -184,7 +203,12 @@ pub async fn start(
             ),
             last: 0,
         };
-        Some(Evaluator::start(kaizen.clone(), vec![Box::new(alerting)]))
+        let mut parts: Vec<Box<dyn Periodic>> = vec![Box::new(alerting)];
+        if let Some(d) = detect {
+            recorder.attach_observer(d.observer);
+            parts.push(d.part);
+        }
+        Some(Evaluator::start(kaizen.clone(), parts))
     } else {
         None
     };
@@ -234,6 +258,9 @@ fn set_samples(cfg: &ServeConfig, server: &GembaServer, kaizen: &Arc<Kaizen>) {
         ));
         out.push(Sample::new("gemba_inflight_slots_free", "Tool-call slots free now.", Kind::Gauge, free as f64));
         k.sli.samples(now_secs(), out);
+        if let Some(i) = &k.incidents {
+            i.samples(out);
+        }
         // The state directory's size, re-measured at most every 10 s.
         let mut d = disk.lock();
         if !d.2 || d.0.elapsed() > Duration::from_secs(10) {

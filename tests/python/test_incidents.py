@@ -7,8 +7,9 @@ b) saturation: steady light reads, then a burst of concurrent heavy calls (table
    100k-row sheet) → top cause `saturation`;
 c) steady traffic for 90 s → no incident.
 
-The detector runs with examples/detect/short-windows.toml (2 s windows, a 10-evaluation
-warm-up: a real, documented setting) so a baseline is learned in seconds instead of 5 minutes.
+The detector runs with examples/detect/short-windows.toml (2 s windows: a real, documented
+setting) so a baseline is learned in a minute instead of 5, and judged for the steady trial's
+last minute.
 The 30-minute steady claim at the default settings rests on kaizen's seeded simulation
 (`cargo test -p kaizen --release detect::sim_tests`, docs/detection.md); this file shows the
 wiring finds real trouble and stays quiet on real steady traffic.
@@ -34,13 +35,14 @@ from mcp.client.streamable_http import streamable_http_client
 from conftest import BIN, ROOT, http_server
 
 DETECT = ROOT / "examples" / "detect" / "short-windows.toml"
-# Steady traffic everywhere first; trial c is judged on it, a and b learn their baselines.
-STEADY_S = 90
+# Steady traffic everywhere first; a and b learn their baselines (30 windows of 2 s), c is judged
+# on it from then on (judging c while a and b are in trouble would judge the machine they share).
+STEADY_S = 120
 # The bar: an incident opens within 2 minutes of the symptom.
 OPEN_BAR_S = 120
-# After an incident opens, the symptom goes on this long before the final reading (causes are
-# re-ranked as evidence accumulates; the top one must hold).
-HOLD_S = 10
+# After an incident opens, the symptom goes on this long before the final reading: causes are
+# ranked on signals that held a level for three 5 s ticks, and re-ranked as evidence accumulates.
+HOLD_S = 20
 RATE = "15/s"
 
 
@@ -204,8 +206,9 @@ def trials(bench_workspace, tmp_path_factory):
                 "calls": sample(text, "gemba_tool_requests_total", tool="read_table", outcome="ok"),
             }
             # a and b: the trouble starts.
-            for k in "ab":
-                assert first_incident((a, b)["ab".index(k)].admin) is None, f"{k} opened an incident while steady"
+            for k, srv in (("a", a), ("b", b)):
+                early = first_incident(srv.admin)
+                assert early is None, f"{k} opened an incident while steady: {describe(early)}"
             started = time.monotonic()
             loads["a"].stop()
             loads["a"] = Load(a.url, six, "--rate", RATE, "--duration", "300s")
@@ -215,7 +218,7 @@ def trials(bench_workspace, tmp_path_factory):
             while len(opened) < 2 and time.monotonic() - started < OPEN_BAR_S + 10:
                 time.sleep(1)
                 for k, srv in (("a", a), ("b", b)):
-                    if k not in opened and (inc := first_incident(srv.admin)) is not None and inc["causes"]:
+                    if k not in opened and (inc := first_incident(srv.admin)) is not None:
                         opened[k] = (time.monotonic() - symptom[k], inc)
                 for k, load in loads.items():
                     assert not load.failed(), f"{k}'s load stopped: {load.failed()}"
@@ -254,23 +257,25 @@ def describe(inc):
 def check_trouble(result, cause, webhook_path):
     assert result["opened"], f"no incident within {OPEN_BAR_S} s of the symptom"
     delay, inc = result["opened"]
-    top = inc["causes"][0]
-    print(f"\n{cause}: incident {inc['id']} seen {delay:.0f} s after the symptom began; "
-          f"top cause {top['cause']} ({top['score']}): {top['evidence']}")
-    print("  causes:", [(c["cause"], c["score"]) for c in inc["causes"]])
-    assert delay <= OPEN_BAR_S
-    assert top["cause"] == cause, describe(inc)
     final = result["final"]
-    assert final["id"] == inc["id"] and final["causes"][0]["cause"] == cause, describe(final)
+    top = final["causes"][0]
+    print(f"\n{cause}: incident {inc['id']} seen {delay:.0f} s after the symptom began "
+          f"(causes then: {[c['cause'] for c in inc['causes']]}); {HOLD_S} s later top cause "
+          f"{top['cause']} ({top['score']}): {top['evidence']}")
+    print("  causes:", [(c["cause"], c["score"]) for c in final["causes"]])
+    assert delay <= OPEN_BAR_S
+    assert final["id"] == inc["id"] and top["cause"] == cause, describe(final)
     assert "read_table" in final["tools"], final["tools"]
     # The timeline is in time order and starts with the symptom (or a signal that moved first).
     times = [e["at"] for e in final["timeline"]]
     assert times == sorted(times) and any(e["signal"].startswith("read_table/") for e in final["timeline"])
     assert result["incidents_total"] == 1
-    # Delivered as an alert, with the top cause in its summary and its runbook section.
+    # Delivered as one opening alert (held back until a cause was ranked), with the top cause in
+    # its summary and its runbook section.
     alerts = [a for m in Receiver.received.get(webhook_path, []) for a in m["alerts"]
               if a["labels"]["alertname"] == "GembaIncident" and a["status"] == "firing"]
     assert alerts, f"no GembaIncident alert reached the webhook: {Receiver.received.get(webhook_path)}"
+    assert " opened " in alerts[0]["annotations"]["summary"], alerts[0]
     assert f"likely {cause}" in alerts[0]["annotations"]["summary"], alerts[0]
     assert alerts[0]["annotations"]["runbook_url"].endswith("#incident-" + cause.replace("_", "-"))
     return final

@@ -52,7 +52,9 @@ async fn incidents_json(State(a): State<Arc<Admin>>, uri: axum::http::Uri) -> Re
     let span = match since.map(crate::stats::parse_duration) {
         None => crate::incidents::DEFAULT_SINCE,
         Some(Ok(d)) => d,
-        Some(Err(e)) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("since: {e}")})).into_response(),
+        Some(Err(e)) => {
+            return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("since: {e}")})).into_response();
+        }
     };
     let body = match &a.kaizen.incidents {
         Some(i) => i.json(crate::incidents::now_ms().saturating_sub(span.as_millis() as u64)),
@@ -109,7 +111,9 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) -> Result<()> {
     let local = listener.local_addr()?;
-    tracing::info!("admin endpoint on http://{local} (/metrics, /metrics.json, /slo.json, /incidents.json, /healthz, /readyz)");
+    tracing::info!(
+        "admin endpoint on http://{local} (/metrics, /metrics.json, /slo.json, /incidents.json, /healthz, /readyz)"
+    );
     eprintln!("gemba: admin on http://{local}");
     axum::serve(listener, router(admin))
         .with_graceful_shutdown(crate::shutdown_signal())

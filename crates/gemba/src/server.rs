@@ -540,7 +540,9 @@ impl ServerHandler for GembaServer {
             .with_description("Each tool's objectives: SLI, error budget left, burn rates, alert state.")
             .with_mime_type("application/json");
         let i = Resource::new(crate::incidents::INCIDENTS_URI, "kaizen-incidents")
-            .with_description("Incidents of the last 7 days: anomalies and SLO alerts grouped, timeline, ranked causes.")
+            .with_description(
+                "Incidents of the last 7 days: anomalies and SLO alerts grouped, timeline, ranked causes.",
+            )
             .with_mime_type("application/json");
         let listing = self.blocking(|e| e.workspace.list()).await?;
         let cursor = request.and_then(|r| r.cursor);

@@ -137,6 +137,8 @@ pub async fn start(
     recorder: &Arc<kaizen::Recorder>,
     slo_file: slo::SloFile,
 ) -> Result<(Arc<Kaizen>, Option<Evaluator>)> {
+    // The previous run (version, settings), read before anything records this one.
+    let previous_run = crate::incidents::runs::last_run(&crate::incidents::db_path(&cfg.state_dir));
     let r = recorder.clone();
     let _ =
         server.engine().cache.stats.load_observer.set(Box::new(move |d| r.observe(measure::CACHE_LOAD_HISTOGRAM, d)));
@@ -168,14 +170,15 @@ pub async fn start(
             Err(e) => tracing::warn!("cannot restore SLO minutes: {e}"),
         }
     }
-    // Anomalies and incidents: before this run is recorded (it compares with the last one).
+    // Anomalies and incidents (a config_change event when this run differs from the previous).
     let db = store.as_ref().map(|s| s.path.clone());
     let detect = if recorder.enabled() {
-        Some(crate::incidents::start(cfg, server, recorder, db.as_deref())?)
+        Some(crate::incidents::start(cfg, server, recorder, db.as_deref(), previous_run)?)
     } else {
         None
     };
-    // The runs table (version and settings per start). learn's wiring records it too: keep one.
+    // The runs table (version and settings per start). The learn branch records it right after
+    // Store::open (report::runs::record): when both are merged, keep that one and drop this.
     if let Some(s) = &store
         && let Err(e) = s.record_run(crate::incidents::runs::VERSION, &crate::incidents::runs::run_config(cfg))
     {

@@ -44,7 +44,11 @@ pub fn run(args: IncidentsArgs) -> Result<()> {
         (None, None) => bail!("pass --workspace DIR (or --state-dir DIR)"),
     };
     let since = crate::stats::parse_duration(&args.since)?;
-    let list = load_incidents(&super::db_path(&dir), now_ms().saturating_sub(since.as_millis() as u64))?;
+    let db = super::db_path(&dir);
+    if !db.exists() {
+        bail!("no state database at {}; run `gemba serve` on this workspace first", db.display());
+    }
+    let list = load_incidents(&db, now_ms().saturating_sub(since.as_millis() as u64))?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&kaizen::detect::incidents_json(&list))?);
         return Ok(());
@@ -62,7 +66,10 @@ pub fn run(args: IncidentsArgs) -> Result<()> {
 /// One line per incident (newest first), and its top cause's evidence indented below.
 pub fn table(list: &[Incident]) -> Vec<String> {
     let time = |ms: u64| kaizen::detect::timefmt::format_ms(ms);
-    let mut lines = vec![format!("{:<20} {:<25} {:<25} {:<22} {:<16} {:>5}", "id", "opened", "closed", "tools", "top cause", "score")];
+    let mut lines = vec![format!(
+        "{:<20} {:<25} {:<25} {:<22} {:<16} {:>5}",
+        "id", "opened", "closed", "tools", "top cause", "score"
+    )];
     for inc in list {
         let closed = inc.closed_ms.map_or_else(|| "(open)".to_string(), time);
         let tools = if inc.tools.is_empty() { "server".to_string() } else { inc.tools.join(",") };
@@ -70,7 +77,15 @@ pub fn table(list: &[Incident]) -> Vec<String> {
             Some(c) => (c.cause.as_str(), format!("{:.2}", c.score), c.evidence.as_str()),
             None => ("(not ranked)", String::new(), ""),
         };
-        lines.push(format!("{:<20} {:<25} {:<25} {:<22} {:<16} {:>5}", inc.id, time(inc.opened_ms), closed, tools, cause, score));
+        lines.push(format!(
+            "{:<20} {:<25} {:<25} {:<22} {:<16} {:>5}",
+            inc.id,
+            time(inc.opened_ms),
+            closed,
+            tools,
+            cause,
+            score
+        ));
         if !evidence.is_empty() {
             lines.push(format!("    {evidence}"));
         }

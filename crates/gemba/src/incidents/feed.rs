@@ -64,7 +64,10 @@ mod tests {
     #[test]
     fn classes_follow_outcome_and_category() {
         let e = call_event(&finished(Outcome::Ok, None)).unwrap();
-        assert_eq!((e.op, e.at_ms, e.latency_us, e.class, e.response_bytes), (3, 1_700_000_000_123, 1500, CallClass::Ok, 42));
+        assert_eq!(
+            (e.op, e.at_ms, e.latency_us, e.class, e.response_bytes),
+            (3, 1_700_000_000_123, 1500, CallClass::Ok, 42)
+        );
         assert_eq!(call_event(&finished(Outcome::ToolError, Some("data"))).unwrap().class, CallClass::DataError);
         assert_eq!(call_event(&finished(Outcome::ToolError, Some("user"))).unwrap().class, CallClass::UserError);
         assert_eq!(call_event(&finished(Outcome::Rejected, Some("transient"))).unwrap().class, CallClass::Refused);

@@ -10,6 +10,7 @@
 pub mod cli;
 mod feed;
 pub mod model;
+mod notify;
 pub mod runs;
 pub mod signals;
 mod watch;
@@ -122,10 +123,11 @@ pub fn start(
     server: &GembaServer,
     recorder: &Arc<kaizen::Recorder>,
     db: Option<&Path>,
+    previous: Option<kaizen::store::Run>,
 ) -> Result<Started> {
     let settings = model::Settings::load(cfg.detect_file.as_deref())?;
-    let detector = Detector::new(settings.config, settings.model, recorder.names())
-        .context("cannot start anomaly detection")?;
+    let detector =
+        Detector::new(settings.config, settings.model, recorder.names()).context("cannot start anomaly detection")?;
     let now = now_ms();
     let store = db.and_then(|path| match restore(&detector, path, now) {
         Ok(store) => Some(store),
@@ -134,7 +136,7 @@ pub fn start(
             None
         }
     });
-    if let Some(prev) = db.and_then(runs::last_run)
+    if let Some(prev) = previous
         && let Some(detail) = runs::change(&prev, runs::VERSION, &runs::run_config(cfg))
     {
         tracing::info!("since the last run: {detail}");
@@ -171,4 +173,50 @@ pub fn disabled_json() -> Value {
 /// The state database of a state directory.
 pub fn db_path(state_dir: &Path) -> PathBuf {
     state_dir.join("gemba.db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kaizen::detect::SignalSnapshot;
+
+    fn event(alert: &str, slo: &str, status: &str, at_secs: u64) -> AlertEvent {
+        AlertEvent {
+            alert: alert.into(),
+            slo: slo.into(),
+            tool: "read_table".into(),
+            severity: "page".into(),
+            status: status.into(),
+            at_secs,
+            summary: format!("{alert} {status}"),
+            runbook: String::new(),
+        }
+    }
+
+    #[test]
+    fn burn_rate_alerts_open_an_incident_and_budget_alerts_do_not() {
+        let settings = model::Settings::load(None).unwrap();
+        let names = vec!["read_table".to_string()];
+        let inc = Incidents {
+            detector: Detector::new(settings.config, settings.model, &names).unwrap(),
+            naming: crate::measure::naming(),
+        };
+        let t0 = 1_800_000_000;
+        // A slow budget state and an operational alert are no symptoms of an incident.
+        inc.forward_alerts(&[
+            event("GembaSLOErrorBudgetLow", "read_table-availability", "firing", t0),
+            event("GembaHighErrorRate", "", "firing", t0),
+        ]);
+        inc.detector.tick(t0 * 1000 + 5_000, &SignalSnapshot::default());
+        assert!(inc.detector.open_incident().is_none());
+
+        inc.forward_alerts(&[event("GembaSLOBurnRatePage", "read_table-availability", "firing", t0 + 10)]);
+        inc.detector.tick(t0 * 1000 + 15_000, &SignalSnapshot::default());
+        let open = inc.detector.open_incident().expect("a burn-rate page opens an incident");
+        assert_eq!(open.tools, ["read_table"]);
+        assert!(
+            open.timeline.iter().any(|e| e.signal == "alert:GembaSLOBurnRatePage" && e.detail.starts_with("firing")),
+            "{open:?}"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! A change of version or configuration between runs, noted as a `config_change` event at
 //! start: a regression that arrives with a deploy is then ranked with its likely cause. Each run
-//! is a row of the `runs` table (`kaizen::store`); the previous one is read before this run's
-//! is recorded.
+//! is a row of the `runs` table (`kaizen::store`); the previous one is read at the very top of
+//! `wiring::start`, before anything records this run. Settings are compared by their (dotted)
+//! names present in both runs, so a run recorded with more or fewer settings (another build, or
+//! another part of Gemba recording the run) does not look like a change by itself.
 
 use std::path::Path;
 
@@ -15,7 +17,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Settings listed per change at most (the rest are counted).
 const MAX_LISTED: usize = 8;
 
-/// The settings that change how the server behaves under load, as recorded per run.
+/// The settings that change how the server behaves under load, as recorded per run (named as
+/// `report::runs::run_config` on the learn branch names them, so either record compares).
 pub fn run_config(cfg: &ServeConfig) -> Value {
     json!({
         "cache_bytes": cfg.cache_bytes,
@@ -26,14 +29,19 @@ pub fn run_config(cfg: &ServeConfig) -> Value {
         "load_timeout_ms": cfg.load_timeout_ms,
         "max_file_bytes": cfg.max_file_bytes,
         "max_cells": cfg.max_cells,
-        "max_forks": cfg.forks.max_forks,
-        "recalc_backend": serde_json::to_value(cfg.forks.default_backend).unwrap_or(Value::Null),
+        "forks": {
+            "max_forks": cfg.forks.max_forks,
+            "recalc_backend": serde_json::to_value(cfg.forks.default_backend).unwrap_or(Value::Null),
+        },
     })
 }
 
-/// The last run recorded in the state database, if any (a database that cannot be read is
-/// logged and treated as no history).
+/// The last run recorded in the state database, if any (no database yet is no history; one
+/// that cannot be read is logged and treated as no history).
 pub fn last_run(db: &Path) -> Option<kaizen::store::Run> {
+    if !db.exists() {
+        return None;
+    }
     match kaizen::store::load_runs(db, i64::MAX) {
         Ok(mut runs) => runs.pop(),
         Err(e) => {
@@ -50,14 +58,14 @@ pub fn change(prev: &kaizen::store::Run, version: &str, config: &Value) -> Optio
         parts.push(format!("version {} → {version}", prev.version));
     }
     match (&prev.config, config) {
-        (Value::Object(old), Value::Object(new)) => {
-            let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            let changed: Vec<String> = keys
-                .into_iter()
-                .filter(|k| old.get(*k) != new.get(*k))
-                .map(|k| format!("{k} {} → {}", shown(old.get(k)), shown(new.get(k))))
+        (old @ Value::Object(_), new @ Value::Object(_)) => {
+            let (old, new) = (flatten(old), flatten(new));
+            let changed: Vec<String> = old
+                .iter()
+                .filter_map(|(k, was)| {
+                    let now = new.get(k)?;
+                    (was != now).then(|| format!("{k} {} → {}", shown(was), shown(now)))
+                })
                 .collect();
             let more = changed.len().saturating_sub(MAX_LISTED);
             parts.extend(changed.into_iter().take(MAX_LISTED));
@@ -71,11 +79,32 @@ pub fn change(prev: &kaizen::store::Run, version: &str, config: &Value) -> Optio
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-fn shown(v: Option<&Value>) -> String {
+/// An object's leaves by dotted name (`forks.max_forks`), sorted; the version recorded inside a
+/// config is left to the run's own version field.
+fn flatten(v: &Value) -> std::collections::BTreeMap<String, Value> {
+    fn walk(prefix: &str, v: &Value, out: &mut std::collections::BTreeMap<String, Value>, depth: usize) {
+        match v {
+            Value::Object(m) if depth < 4 => {
+                for (k, child) in m {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&name, child, out, depth + 1);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.clone());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk("", v, &mut out, 0);
+    out.remove("version");
+    out
+}
+
+fn shown(v: &Value) -> String {
     match v {
-        None => "(unset)".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -94,8 +123,13 @@ mod tests {
         let now = json!({"cache_bytes": 64, "max_inflight": 8, "max_queued": 32});
         assert_eq!(
             change(&run("0.1.0", cfg.clone()), "0.2.0", &now).unwrap(),
-            "version 0.1.0 → 0.2.0; cache_bytes 512 → 64; max_queued (unset) → 32"
+            "version 0.1.0 → 0.2.0; cache_bytes 512 → 64"
         );
+        // Settings only one run recorded are not a change; nested ones compare by dotted name.
+        let other_shape = json!({"version": "0.1.0", "cache_bytes": 512, "forks": {"max_forks": 4}, "kaizen": true});
+        assert_eq!(change(&run("0.1.0", other_shape.clone()), "0.1.0", &cfg), None);
+        let wider = json!({"cache_bytes": 512, "forks": {"max_forks": 8}});
+        assert_eq!(change(&run("0.1.0", other_shape), "0.1.0", &wider).unwrap(), "forks.max_forks 4 → 8");
         assert_eq!(change(&run("0.1.0", json!("odd")), "0.1.0", &cfg).unwrap(), "configuration changed");
     }
 
@@ -104,6 +138,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gemba-runs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = kaizen::store::Store::open(&dir, kaizen::store::Retention::default()).unwrap();
+        assert!(last_run(&dir.join("none.db")).is_none(), "no database yet: no history");
         assert!(last_run(&store.path).is_none());
         store.record_run("0.1.0", &json!({"cache_bytes": 1})).unwrap();
         store.record_run("0.2.0", &json!({"cache_bytes": 2})).unwrap();

@@ -1,13 +1,15 @@
 //! The detector's periodic part, on the evaluator thread: every tick it reads Gemba's signals,
 //! notes discrete events, ticks the detector, saves changed incidents, and turns incident
-//! transitions into alerts (log and webhook) with the top cause in the message; anomalies are
-//! logged. Baselines are saved every few minutes and at shutdown.
+//! transitions into alerts (log and webhook) with the top cause in the message (an opening is
+//! held back briefly until a cause is ranked: `notify`); anomalies are logged. Baselines are
+//! saved every few minutes and at shutdown.
 
 use std::sync::Arc;
 
 use kaizen::detect::{IncidentStore, Transition};
 use kaizen::event::AlertEvent;
 
+use super::notify::Notifier;
 use super::signals::{Raw, Signals};
 use super::{Incidents, now_ms};
 use crate::server::GembaServer;
@@ -27,6 +29,7 @@ pub struct Watch {
     signals: Signals,
     store: Option<IncidentStore>,
     baselines_saved_ms: u64,
+    notifier: Notifier,
 }
 
 impl Watch {
@@ -37,7 +40,16 @@ impl Watch {
         tool_ops: usize,
         store: Option<IncidentStore>,
     ) -> Self {
-        Self { incidents, server, recorder, tool_ops, signals: Signals::default(), store, baselines_saved_ms: now_ms() }
+        Self {
+            incidents,
+            server,
+            recorder,
+            tool_ops,
+            signals: Signals::default(),
+            store,
+            baselines_saved_ms: now_ms(),
+            notifier: Notifier::default(),
+        }
     }
 
     fn save_baselines(&mut self, now: u64) {
@@ -68,16 +80,11 @@ impl Periodic for Watch {
         if now >= self.baselines_saved_ms + BASELINES_EVERY_MS {
             self.save_baselines(now);
         }
+        for t in out.transitions.iter().filter(|t| !t.is_incident()) {
+            tracing::info!("{}", t.message());
+        }
         let alert = self.recorder.naming().alert("Incident");
-        out.transitions
-            .iter()
-            .filter_map(|t| {
-                if !t.is_incident() {
-                    tracing::info!("{}", t.message());
-                }
-                alert_event(t, &alert, now / 1000)
-            })
-            .collect()
+        self.notifier.pass(&out.transitions, now).iter().filter_map(|t| alert_event(t, &alert, now / 1000)).collect()
     }
 
     fn shutdown(&mut self, _now: u64) -> Vec<AlertEvent> {

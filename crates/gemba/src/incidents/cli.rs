@@ -119,6 +119,10 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert!(lines[1].starts_with("inc-2") && lines[1].contains("(open)") && lines[1].contains("saturation"));
         assert!(lines[1].ends_with("0.83") && lines[2].trim() == "refusals 0/s → 40/s", "{lines:?}");
-        assert!(lines[3].contains("2023-11-14T22:14:40.000Z") && lines[3].contains("(not ranked)"), "{lines:?}");
+        assert!(
+            lines[3].contains("2023-11-14T22:13:20.000Z  2023-11-14T22:15:00.000Z")
+                && lines[3].contains("(not ranked)"),
+            "{lines:?}"
+        );
     }
 }

@@ -17,6 +17,7 @@ wiring finds real trouble and stays quiet on real steady traffic.
 
 import http.server
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -325,3 +326,40 @@ def test_steady_traffic_opens_no_incident(trials):
     assert c["watched"] == 0, c
     assert c["calls"] >= STEADY_S * 10
     assert c["incidents"] == [] and c["incidents_total"] == 0, c
+
+
+def start_and_stop(workspace, state_dir, *extra):
+    """Starts a server, returns what it logged up to listening, stops it."""
+    proc = subprocess.Popen([BIN, "serve", "--http", "127.0.0.1:0", "--workspace", str(workspace),
+                             "--state-dir", str(state_dir), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GEMBA_LOG": "info"})
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening on" in line:
+                break
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert any("listening on" in line for line in lines), "".join(lines)
+    return "".join(lines)
+
+
+def test_a_changed_setting_is_noted_at_start_as_a_possible_cause(bench_workspace, tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(bench_workspace / "small.xlsx", ws / "small.xlsx")
+    state = tmp_path / "state"
+    assert "since the last run" not in start_and_stop(ws, state, "--cache-mb", "64")
+    log = start_and_stop(ws, state, "--cache-mb", "32")
+    assert f"since the last run: cache_bytes {64 << 20} → {32 << 20}" in log, log
+    assert "since the last run" not in start_and_stop(ws, state, "--cache-mb", "32")
+    r = subprocess.run([BIN, "incidents", "--workspace", str(tmp_path / "nothing-here")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "no state database" in r.stderr and "gemba serve" in r.stderr, r.stderr

@@ -49,6 +49,24 @@ async fn slo_json(State(a): State<Arc<Admin>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], crate::slo::status_json(&a.kaizen.sli).to_string()).into_response()
 }
 
+/// `/incidents.json[?since=1d]`: incidents open now or closed within the span (default 7 days).
+async fn incidents_json(State(a): State<Arc<Admin>>, uri: axum::http::Uri) -> Response {
+    let json = |code, body: serde_json::Value| (code, [(header::CONTENT_TYPE, "application/json")], body.to_string());
+    let since = uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")));
+    let span = match since.map(crate::stats::parse_duration) {
+        None => crate::incidents::DEFAULT_SINCE,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("since: {e}")})).into_response();
+        }
+    };
+    let body = match &a.kaizen.incidents {
+        Some(i) => i.json(crate::incidents::now_ms().saturating_sub(span.as_millis() as u64)),
+        None => crate::incidents::disabled_json(),
+    };
+    json(StatusCode::OK, body).into_response()
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -87,6 +105,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/metrics", get(metrics))
         .route("/metrics.json", get(metrics_json))
         .route("/slo.json", get(slo_json))
+        .route("/incidents.json", get(incidents_json))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(admin)
@@ -100,7 +119,9 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) -> Result<()> {
     let local = listener.local_addr()?;
-    tracing::info!("admin endpoint on http://{local} (/metrics, /metrics.json, /healthz, /readyz)");
+    tracing::info!(
+        "admin endpoint on http://{local} (/metrics, /metrics.json, /slo.json, /incidents.json, /healthz, /readyz)"
+    );
     eprintln!("gemba: admin on http://{local}");
     eprintln!("gemba: dashboard on http://{local}/ (open it in a browser)");
     let dashboard_streams = admin.dashboard.shutdown.clone();

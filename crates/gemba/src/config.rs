@@ -35,6 +35,8 @@ pub enum Command {
     /// What the request log teaches over a day, week or month: errors, workflows, cache what-if,
     /// trends, SLO compliance and a ranked improvement backlog (md, html or json).
     Report(crate::report::ReportArgs),
+    /// Incidents (grouped anomalies and SLO alerts, with ranked causes) from the state database.
+    Incidents(crate::incidents::cli::IncidentsArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -139,6 +141,10 @@ pub struct ServeArgs {
     /// at once, so a flood gets quick refusals instead of a growing queue.
     #[arg(long, env = "GEMBA_MAX_QUEUED")]
     pub max_queued: Option<usize>,
+    /// Anomaly detection settings and cause rules (TOML: `[detect]`, `[[cause]]`); see
+    /// `gemba incidents --show-config` for the defaults.
+    #[arg(long, env = "GEMBA_DETECT", value_name = "FILE")]
+    pub detect: Option<PathBuf>,
 }
 
 /// The same settings as a config file.
@@ -177,6 +183,7 @@ pub struct FileConfig {
     pub max_inflight: Option<usize>,
     pub queue_wait_ms: Option<u64>,
     pub max_queued: Option<usize>,
+    pub detect: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +213,8 @@ pub struct ServeConfig {
     pub max_inflight: usize,
     pub queue_wait_ms: u64,
     pub max_queued: usize,
+    /// Anomaly detection overrides (`--detect FILE`).
+    pub detect_file: Option<PathBuf>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -304,6 +313,7 @@ impl ServeArgs {
             max_inflight,
             queue_wait_ms: self.queue_wait_ms.or(file.queue_wait_ms).unwrap_or(250),
             max_queued: self.max_queued.or(file.max_queued).unwrap_or(4 * max_inflight),
+            detect_file: self.detect.or(file.detect),
         };
         if cfg.timeout_ms == Some(0) || cfg.load_timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");

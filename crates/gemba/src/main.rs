@@ -14,6 +14,7 @@ mod dashboard;
 mod dashboards;
 mod faults;
 mod http;
+mod incidents;
 mod loadtest;
 mod measure;
 mod operational;
@@ -146,6 +147,7 @@ fn main() -> ExitCode {
             Command::Slo(args) => slo::run(args),
             Command::Loadtest(args) => loadtest::run(*args).await,
             Command::Report(args) => report::run(args),
+            Command::Incidents(args) => incidents::cli::run(args),
         }
     });
     match result {

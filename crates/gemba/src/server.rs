@@ -546,10 +546,15 @@ impl ServerHandler for GembaServer {
         let s = Resource::new(SLO_URI, "kaizen-slo")
             .with_description("Each tool's objectives: SLI, error budget left, burn rates, alert state.")
             .with_mime_type("application/json");
+        let i = Resource::new(crate::incidents::INCIDENTS_URI, "kaizen-incidents")
+            .with_description(
+                "Incidents of the last 7 days: anomalies and SLO alerts grouped, timeline, ranked causes.",
+            )
+            .with_mime_type("application/json");
         let listing = self.blocking(|e| e.workspace.list()).await?;
         let cursor = request.and_then(|r| r.cursor);
         let books = listing.iter().map(|e| resources::Listed { id: &e.id, path: &e.rel_path, size: e.size });
-        resources::list_page(vec![m, s], books, cursor.as_deref()).map_err(|e| ErrorData::invalid_params(e, None))
+        resources::list_page(vec![m, s, i], books, cursor.as_deref()).map_err(|e| ErrorData::invalid_params(e, None))
     }
 
     async fn list_resource_templates(
@@ -581,11 +586,16 @@ impl ServerHandler for GembaServer {
             uri if crate::report::resource::matches(uri) => {
                 crate::report::resource::read(uri, self.state.kaizen.get().cloned()).await?
             }
+            crate::incidents::INCIDENTS_URI => match self.state.kaizen.get().and_then(|k| k.incidents.as_ref()) {
+                Some(i) => i.recent_json().to_string(),
+                None => crate::incidents::disabled_json().to_string(),
+            },
             other => {
                 let target = resources::parse(other).map_err(|e| {
                     ErrorData::resource_not_found(
                         format!(
-                            "{e}; the server also offers {METRICS_URI}, {SLO_URI} and {}",
+                            "{e}; the server also offers {METRICS_URI}, {SLO_URI}, {} and {}",
+                            crate::incidents::INCIDENTS_URI,
                             crate::report::resource::TEMPLATE
                         ),
                         None,

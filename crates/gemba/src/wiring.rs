@@ -29,6 +29,8 @@ pub struct Kaizen {
     pub state_dir: PathBuf,
     /// The workbook cache's byte bound (what the cache what-if compares against).
     pub cache_bytes: usize,
+    /// Anomalies and incidents (none when measurement is off).
+    pub incidents: Option<Arc<crate::incidents::Incidents>>,
 }
 
 #[allow(dead_code)]
@@ -74,6 +76,9 @@ impl Periodic for Alerting {
         self.last = now;
         let k = &self.kaizen;
         let mut events = k.sli.evaluate(now);
+        if let Some(i) = &k.incidents {
+            i.forward_alerts(&events);
+        }
         events.extend(self.operational.evaluate(now, operational::signals(&self.server, &k.recorder)));
         kaizen::sli::save(&k.sli, k.store.as_deref());
         events
@@ -132,6 +137,8 @@ pub async fn start(
     recorder: &Arc<kaizen::Recorder>,
     slo_file: slo::SloFile,
 ) -> Result<(Arc<Kaizen>, Option<Evaluator>)> {
+    // The previous run (version, settings), read before anything records this one.
+    let previous_run = crate::incidents::runs::last_run(&crate::incidents::db_path(&cfg.state_dir));
     let r = recorder.clone();
     let _ =
         server.engine().cache.stats.load_observer.set(Box::new(move |d| r.observe(measure::CACHE_LOAD_HISTOGRAM, d)));
@@ -165,6 +172,13 @@ pub async fn start(
             Err(e) => tracing::warn!("cannot restore SLO minutes: {e}"),
         }
     }
+    // Anomalies and incidents (a config_change event when this run differs from the previous).
+    let db = store.as_ref().map(|s| s.path.clone());
+    let detect = if recorder.enabled() {
+        Some(crate::incidents::start(cfg, server, recorder, db.as_deref(), previous_run)?)
+    } else {
+        None
+    };
     let kaizen = Arc::new(Kaizen {
         recorder: recorder.clone(),
         sli: sli.clone(),
@@ -173,6 +187,7 @@ pub async fn start(
         slo: slo_file,
         state_dir: cfg.state_dir.clone(),
         cache_bytes: cfg.cache_bytes,
+        incidents: detect.as_ref().map(|d| d.incidents.clone()),
     });
     server.attach_kaizen(kaizen.clone());
     let dashboard = dashboard::Dashboard::new(kaizen.clone());
@@ -187,7 +202,12 @@ pub async fn start(
             ),
             last: 0,
         };
-        Some(Evaluator::start(kaizen.clone(), vec![Box::new(alerting), Box::new(dashboard.sampler())]))
+        let mut parts: Vec<Box<dyn Periodic>> = vec![Box::new(alerting), Box::new(dashboard.sampler())];
+        if let Some(d) = detect {
+            recorder.attach_observer(d.observer);
+            parts.push(d.part);
+        }
+        Some(Evaluator::start(kaizen.clone(), parts))
     } else {
         None
     };
@@ -245,6 +265,9 @@ fn set_samples(cfg: &ServeConfig, server: &GembaServer, kaizen: &Arc<Kaizen>) {
             s.queued_calls() as f64,
         ));
         k.sli.samples(now_secs(), out);
+        if let Some(i) = &k.incidents {
+            i.samples(out);
+        }
         // The state directory's size, re-measured at most every 10 s.
         let mut d = disk.lock();
         if !d.2 || d.0.elapsed() > Duration::from_secs(10) {

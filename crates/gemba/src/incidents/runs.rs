@@ -7,8 +7,7 @@
 
 use std::path::Path;
 
-use serde_json::{Value, json};
-
+use serde_json::Value;
 
 /// This build's version, as recorded per run.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

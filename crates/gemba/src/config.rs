@@ -29,6 +29,8 @@ pub enum Command {
     Slo(crate::slo::SloArgs),
     /// Load any MCP server (HTTP on loopback, or stdio) with a scenario and report latency.
     Loadtest(Box<crate::loadtest::LoadtestArgs>),
+    /// Experiments: saved status, the report of decisions, checking a file, the knobs.
+    Experiment(crate::experiments::cli::ExperimentArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -128,6 +130,10 @@ pub struct ServeArgs {
     /// at once, so a flood gets quick refusals instead of a growing queue.
     #[arg(long, env = "GEMBA_MAX_QUEUED")]
     pub max_queued: Option<usize>,
+    /// Experiments to run (TOML: flags, A/B tests, canaries, bandits over Gemba's knobs; see
+    /// docs/experiments.md and `gemba experiment knobs`), checked at start.
+    #[arg(long, env = "GEMBA_EXPERIMENTS", value_name = "FILE")]
+    pub experiments: Option<PathBuf>,
 }
 
 /// The same settings as a config file.
@@ -165,6 +171,7 @@ pub struct FileConfig {
     pub max_inflight: Option<usize>,
     pub queue_wait_ms: Option<u64>,
     pub max_queued: Option<usize>,
+    pub experiments: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +199,8 @@ pub struct ServeConfig {
     pub max_inflight: usize,
     pub queue_wait_ms: u64,
     pub max_queued: usize,
+    /// The experiments file, when experiments run.
+    pub experiments: Option<PathBuf>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -289,7 +298,11 @@ impl ServeArgs {
             max_inflight,
             queue_wait_ms: self.queue_wait_ms.or(file.queue_wait_ms).unwrap_or(250),
             max_queued: self.max_queued.or(file.max_queued).unwrap_or(4 * max_inflight),
+            experiments: self.experiments.or(file.experiments),
         };
+        if cfg.experiments.is_some() && !cfg.kaizen {
+            bail!("experiments are judged by measurement: drop --no-kaizen (GEMBA_NO_KAIZEN) or --experiments");
+        }
         if cfg.timeout_ms == Some(0) || cfg.load_timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");
         }

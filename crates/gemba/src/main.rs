@@ -11,6 +11,7 @@ mod bench;
 mod catalog;
 mod config;
 mod dashboards;
+mod experiments;
 mod faults;
 mod http;
 mod loadtest;
@@ -142,6 +143,7 @@ fn main() -> ExitCode {
             Command::Stats(args) => stats::run(args),
             Command::Slo(args) => slo::run(args),
             Command::Loadtest(args) => loadtest::run(*args).await,
+            Command::Experiment(args) => experiments::cli::run(args),
         }
     });
     match result {

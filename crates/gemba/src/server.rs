@@ -23,6 +23,8 @@ use crate::measure::{self, Note};
 pub const METRICS_URI: &str = "kaizen://metrics";
 /// The MCP resource with the SLO status.
 pub const SLO_URI: &str = "kaizen://slo";
+/// The MCP resource with the experiments' status.
+pub const EXPERIMENTS_URI: &str = "kaizen://experiments";
 
 pub const INSTRUCTIONS: &str = "Gemba reads spreadsheets (xlsx, xlsm, xls, xlsb, ods) in one workspace. \
 Workflow: 1) list_workbooks for ids; 2) workbook_summary or list_sheets; 3) sheet_overview to see regions \
@@ -94,11 +96,18 @@ impl GembaServer {
     pub async fn run_tool(
         &self,
         name: &str,
-        args: Value,
+        mut args: Value,
         note: &Note,
         ct: &tokio_util::sync::CancellationToken,
     ) -> CallToolResult {
         let state = self.state.clone();
+        // Experiments: the call's variants fill arguments the agent left out and choose settings.
+        let trial = crate::experiments::trial::begin(
+            state.kaizen.get().and_then(|k| k.experiments.as_ref()),
+            name,
+            &mut args,
+            note.session,
+        );
         // Admission: a slot, or a quick refusal. The slot goes with the work, so it is held
         // until the work really ends (a timed-out call keeps it until it stops); it is lent out
         // while the call waits for another call's load.
@@ -110,7 +119,9 @@ impl GembaServer {
             }
         };
         let timeout = state.timeouts.get(name).copied().unwrap_or(state.default_timeout);
-        let budget = Budget::with_timeouts(timeout, state.load_timeout).with_waiting(ticket.clone());
+        let budget = Budget::with_timeouts(timeout, state.load_timeout)
+            .with_waiting(ticket.clone())
+            .with_cache_bypass(crate::experiments::trial::bypasses_cache(&trial));
         let canceller = budget.canceller();
         let name_owned = name.to_string();
         let queued = Instant::now();
@@ -207,6 +218,9 @@ impl GembaServer {
             // The workbook's size in the cache after the call: what a cache model must hold.
             *note.key.lock() = Some((key.to_string(), self.state.engine.cache.bytes_of(key) as u64));
         }
+        if let Some(t) = trial {
+            t.finish(name, note, &result);
+        }
         result
     }
 }
@@ -290,7 +304,12 @@ impl ServerHandler for GembaServer {
         let mut s = Resource::new(SLO_URI, "kaizen-slo");
         s.description = Some("Each tool's objectives: SLI, error budget left, burn rates, alert state.".into());
         s.mime_type = Some("application/json".into());
-        Ok(ListResourcesResult::with_all_items(vec![m, s]))
+        let mut x = Resource::new(EXPERIMENTS_URI, "kaizen-experiments");
+        x.description = Some(
+            "Experiments (flags, A/B tests, canaries, bandits): state, variants, tests with p-values and effects.".into(),
+        );
+        x.mime_type = Some("application/json".into());
+        Ok(ListResourcesResult::with_all_items(vec![m, s, x]))
     }
 
     async fn read_resource(
@@ -307,9 +326,13 @@ impl ServerHandler for GembaServer {
                 Some(k) => crate::slo::status_json(&k.sli).to_string(),
                 None => "{\"slo\":\"disabled\"}".into(),
             },
+            EXPERIMENTS_URI => match self.state.kaizen.get().and_then(|k| k.experiments.as_ref()) {
+                Some(x) => x.status_json().to_string(),
+                None => crate::experiments::none_json().to_string(),
+            },
             other => {
                 return Err(ErrorData::resource_not_found(
-                    format!("no resource '{other}'; the server offers {METRICS_URI} and {SLO_URI}"),
+                    format!("no resource '{other}'; the server offers {METRICS_URI}, {SLO_URI} and {EXPERIMENTS_URI}"),
                     None,
                 ));
             }

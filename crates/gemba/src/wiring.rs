@@ -29,6 +29,8 @@ pub struct Kaizen {
     pub state_dir: PathBuf,
     /// The workbook cache's byte bound (what the cache what-if compares against).
     pub cache_bytes: usize,
+    /// The experiments running (`--experiments FILE`), if any.
+    pub experiments: Option<Arc<crate::experiments::Experiments>>,
 }
 
 #[allow(dead_code)]
@@ -163,6 +165,14 @@ pub async fn start(
             Err(e) => tracing::warn!("cannot restore SLO minutes: {e}"),
         }
     }
+    // Experiments: checked before anything is served, resumed from the state database.
+    let (experiments, experiment_store) = match &cfg.experiments {
+        Some(path) => {
+            let (x, store) = crate::experiments::start(path, &cfg.state_dir)?;
+            (Some(x), store)
+        }
+        None => (None, None),
+    };
     let kaizen = Arc::new(Kaizen {
         recorder: recorder.clone(),
         sli: sli.clone(),
@@ -171,6 +181,7 @@ pub async fn start(
         slo: slo_file,
         state_dir: cfg.state_dir.clone(),
         cache_bytes: cfg.cache_bytes,
+        experiments: experiments.clone(),
     });
     server.attach_kaizen(kaizen.clone());
     let evaluator = if recorder.enabled() {
@@ -184,7 +195,11 @@ pub async fn start(
             ),
             last: 0,
         };
-        Some(Evaluator::start(kaizen.clone(), vec![Box::new(alerting)]))
+        let mut parts: Vec<Box<dyn Periodic>> = vec![Box::new(alerting)];
+        if let Some(x) = experiments {
+            parts.push(Box::new(crate::experiments::periodic::ExperimentPart::new(x, sli.clone(), experiment_store)));
+        }
+        Some(Evaluator::start(kaizen.clone(), parts))
     } else {
         None
     };
@@ -232,6 +247,9 @@ fn set_samples(cfg: &ServeConfig, server: &GembaServer, kaizen: &Arc<Kaizen>) {
         ));
         out.push(Sample::new("gemba_inflight_slots_free", "Tool-call slots free now.", Kind::Gauge, free as f64));
         k.sli.samples(now_secs(), out);
+        if let Some(x) = &k.experiments {
+            out.extend(x.engine.samples(k.recorder.naming()));
+        }
         // The state directory's size, re-measured at most every 10 s.
         let mut d = disk.lock();
         if !d.2 || d.0.elapsed() > Duration::from_secs(10) {

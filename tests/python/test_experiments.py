@@ -12,7 +12,9 @@ import tempfile
 import time
 import urllib.request
 
-from conftest import BIN, ROOT, http_server
+import pytest
+
+from conftest import BIN, ROOT, http_server, ok, stdio
 
 EXPERIMENTS = ROOT / "examples" / "experiments"
 SCENARIO = ROOT / "examples" / "loadtest" / "experiment-reads.toml"
@@ -49,7 +51,8 @@ def drive(srv, rate, until, seconds=TRIAL_SECONDS, scenario=SCENARIO):
         load.wait(timeout=10)
 
 
-def test_a_worse_canary_is_rolled_back_within_its_predicted_samples(workspace):
+@pytest.mark.anyio
+async def test_a_worse_canary_is_rolled_back_within_its_predicted_samples(workspace):
     state = tempfile.mkdtemp(prefix="gemba-state-")
     exp = EXPERIMENTS / "worse-canary.toml"
     with http_server(workspace, ["--experiments", str(exp)], state_dir=state, admin=True) as srv:
@@ -87,10 +90,27 @@ def test_a_worse_canary_is_rolled_back_within_its_predicted_samples(workspace):
     text = subprocess.run([BIN, "experiment", "report", "--state-dir", state], capture_output=True, text=True,
                           timeout=30, check=True).stdout
     assert "broken" in text and "rolled_back" in text, text
-    with http_server(workspace, ["--experiments", str(exp)], state_dir=state, admin=True) as srv:
-        again = status(srv)
+    table = subprocess.run([BIN, "experiment", "status", "--state-dir", state], capture_output=True, text=True,
+                           timeout=30, check=True).stdout
+    assert "fresh-reads-canary  canary  rolled_back  unit=request" in table and "fresh-reads" in table, table
+    saved = json.loads(subprocess.run([BIN, "experiment", "status", "--state-dir", state, "--json"],
+                                      capture_output=True, text=True, timeout=30, check=True).stdout)
+    assert saved["experiments"][0]["state"] == "rolled_back"
+    # A restart resumes it rolled back (the same file, so the same definition): the MCP resource
+    # says so, and a decided experiment records no more calls.
+    async with stdio(workspace, extra=["--experiments", str(exp)], state_dir=state) as c:
+        listed = [r.uri for r in (await c.list_resources()).resources]
+        assert "kaizen://experiments" in listed, listed
+        res = await c.read_resource("kaizen://experiments")
+        again = json.loads(res.contents[0].text)["experiments"][0]
         assert again["state"] == "rolled_back", again
         assert again["variants"][1]["samples"] == st["variants"][1]["samples"]
+        sales = (await ok(c, "list_workbooks", {"filter": "sales"}))["workbooks"][0]["workbook_id"]
+        for _ in range(3):
+            await ok(c, "read_table", {"workbook_id": sales, "sheet_name": "Sales"})
+        res = await c.read_resource("kaizen://experiments")
+        after = {v["name"]: v for v in json.loads(res.contents[0].text)["experiments"][0]["variants"]}
+        assert {k: v["samples"] for k, v in after.items()} == {k: v["samples"] for k, v in variants.items()}, after
 
 
 def test_an_aa_test_is_not_called_significant(workspace):

@@ -106,7 +106,16 @@ fn status(a: &StoreArgs) -> Result<()> {
     }
     for e in &list {
         outln!("{}", headline(e));
-        outln!("  {:<16} {:>7} {:>9} {:>9} {:>9} {:>8} {:>10}", "variant", "share", "samples", "p50 ms", "p95 ms", "errors", "bytes");
+        outln!(
+            "  {:<16} {:>7} {:>9} {:>9} {:>9} {:>8} {:>10}",
+            "variant",
+            "share",
+            "samples",
+            "p50 ms",
+            "p95 ms",
+            "errors",
+            "bytes"
+        );
         for v in e["variants"].as_array().into_iter().flatten() {
             let m = &v["metrics"];
             outln!(

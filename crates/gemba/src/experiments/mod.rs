@@ -27,9 +27,14 @@ pub struct Experiments {
 }
 
 impl Experiments {
-    /// The status JSON (`/experiments.json`, `kaizen://experiments`).
+    /// The status JSON (`/experiments.json`, `kaizen://experiments`), with the file the
+    /// experiments came from.
     pub fn status_json(&self) -> serde_json::Value {
-        self.engine.status_json()
+        let mut status = self.engine.status_json();
+        if let Some(map) = status.as_object_mut() {
+            map.insert("file".into(), self.file.display().to_string().into());
+        }
+        status
     }
 }
 

@@ -31,7 +31,8 @@ impl ExperimentPart {
             log(t);
         }
         if let Some(store) = &mut self.store {
-            let saved = store.save(&self.experiments.engine.save_state()).and_then(|_| store.log_transitions(&transitions));
+            let saved =
+                store.save(&self.experiments.engine.save_state()).and_then(|_| store.log_transitions(&transitions));
             if let Err(e) = saved {
                 tracing::warn!("cannot save experiment state: {e}");
             }

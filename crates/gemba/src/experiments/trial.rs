@@ -43,7 +43,8 @@ impl Trial {
     /// response size. (Calls refused before running or cancelled by the client are not
     /// recorded: the variant had no part in them.)
     pub fn finish(self, tool: &str, note: &Note, result: &CallToolResult) {
-        let outcome = note.outcome().unwrap_or(if result.is_error == Some(true) { Outcome::ToolError } else { Outcome::Ok });
+        let outcome =
+            note.outcome().unwrap_or(if result.is_error == Some(true) { Outcome::ToolError } else { Outcome::Ok });
         let response_bytes = result.content.iter().filter_map(|b| b.as_text().map(|t| t.text.len() as u64)).sum();
         let cache_hit = match note.cache.load(Ordering::Relaxed) {
             1 => Some(true),

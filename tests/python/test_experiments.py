@@ -5,10 +5,12 @@ answers, measured first) is called significant within its predicted samples; a b
 calls to the faster formats. State survives a restart; bad files are refused with every problem
 listed."""
 
+import http.server
 import json
 import pathlib
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -59,11 +61,41 @@ def drive(srv, rate, until, seconds=TRIAL_SECONDS, scenario=SCENARIO):
         load.wait(timeout=10)
 
 
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """An Alertmanager-style webhook that keeps what it is sent."""
+    received = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    Receiver.received = []
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}/alerts"
+    srv.shutdown()
+
+
+def rollback_alerts():
+    return [a for msg in Receiver.received for a in msg["alerts"]
+            if a["labels"]["alertname"] == "GembaExperimentRolledBack" and a["status"] == "firing"]
+
+
 @pytest.mark.anyio
-async def test_a_worse_canary_is_rolled_back_within_its_predicted_samples(workspace):
+async def test_a_worse_canary_is_rolled_back_within_its_predicted_samples(workspace, webhook):
     state = tempfile.mkdtemp(prefix="gemba-state-")
     exp = EXPERIMENTS / "worse-canary.toml"
-    with http_server(workspace, ["--experiments", str(exp)], state_dir=state, admin=True) as srv:
+    with http_server(workspace, ["--experiments", str(exp), "--alert-webhook", webhook], state_dir=state,
+                     admin=True) as srv:
         first = status(srv)
         assert first["name"] == "fresh-reads-canary" and first["state"] == "running", first
         assert first["step"] == {"index": 1, "of": 4, "share": 0.1}
@@ -83,6 +115,15 @@ async def test_a_worse_canary_is_rolled_back_within_its_predicted_samples(worksp
         assert variants["fresh-reads"]["metrics"]["cache_hit_ratio"] == 0.0, variants  # it really bypassed
         assert variants["control"]["metrics"]["cache_hit_ratio"] > 0.9, variants
         assert "rolled back at step 1 (10 %)" in st["decision"] and "latency" in st["decision"], st["decision"]
+        # The rollback went out as an alert, with the evidence and the runbook.
+        deadline = time.monotonic() + 15
+        while not rollback_alerts() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        alerts = rollback_alerts()
+        assert len(alerts) == 1, Receiver.received
+        assert "fresh-reads-canary" in alerts[0]["annotations"]["summary"], alerts[0]
+        assert "rolled back" in alerts[0]["annotations"]["summary"], alerts[0]
+        assert alerts[0]["annotations"]["runbook_url"].endswith("#when-a-canary-rolls-back"), alerts[0]
         text = metrics_text(srv)
         assert 'gemba_experiment_state{experiment="fresh-reads-canary",kind="canary",state="rolled_back"} 1' in text
         assert 'gemba_experiment_calls_total{experiment="fresh-reads-canary",variant="fresh-reads"}' in text

@@ -158,8 +158,8 @@ mod tests {
         )
         .unwrap();
         let e = format!("{:#}", load_engine(&bad).err().unwrap());
-        assert!(e.contains("3 problem(s)"), "{e}");
-        for want in ["did you mean 'read_table'", "normal, bypass", "turbo"] {
+        assert!(e.contains("5 problem(s)"), "{e}");
+        for want in ["did you mean 'read_table'", "normal, bypass", "unknown knob 'turbo'", "nothing would change"] {
             assert!(e.contains(want), "{want}: {e}");
         }
         std::fs::write(&bad, "[[experiment]]\nname = \"x\"\nkind = \"coin\"\n").unwrap();

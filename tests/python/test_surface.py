@@ -163,9 +163,9 @@ async def test_workbook_resources(workspace, mode):
         book = await ids(c)
         listed = (await c.list_resources()).resources
         uris = [r.uri for r in listed]
-        assert uris[:2] == ["kaizen://metrics", "kaizen://slo"]
-        assert sorted(uris[2:]) == sorted(f"gemba://workbooks/{i}" for i in book.values())
-        assert {r.name for r in listed[2:]} == set(book)
+        assert uris[:4] == ["kaizen://metrics", "kaizen://slo", "kaizen://experiments", "kaizen://incidents"]
+        assert sorted(uris[4:]) == sorted(f"gemba://workbooks/{i}" for i in book.values())
+        assert {r.name for r in listed[4:]} == set(book)
         templates = [t.uri_template for t in (await c.list_resource_templates()).resource_templates]
         assert templates == ["gemba://workbooks/{workbook_id}", "gemba://workbooks/{workbook_id}/sheets/{sheet_name}",
                              "kaizen://report/{period}"]

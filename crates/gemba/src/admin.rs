@@ -67,6 +67,11 @@ async fn incidents_json(State(a): State<Arc<Admin>>, uri: axum::http::Uri) -> Re
     json(StatusCode::OK, body).into_response()
 }
 
+async fn experiments_json(State(a): State<Arc<Admin>>) -> Response {
+    let body = a.kaizen.experiments.as_ref().map_or_else(crate::experiments::none_json, |x| x.status_json());
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -106,6 +111,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/metrics.json", get(metrics_json))
         .route("/slo.json", get(slo_json))
         .route("/incidents.json", get(incidents_json))
+        .route("/experiments.json", get(experiments_json))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(admin)

@@ -37,6 +37,8 @@ pub enum Command {
     Report(crate::report::ReportArgs),
     /// Incidents (grouped anomalies and SLO alerts, with ranked causes) from the state database.
     Incidents(crate::incidents::cli::IncidentsArgs),
+    /// Experiments: saved status, the report of decisions, checking a file, the knobs.
+    Experiment(crate::experiments::cli::ExperimentArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -145,6 +147,10 @@ pub struct ServeArgs {
     /// `gemba incidents --show-config` for the defaults.
     #[arg(long, env = "GEMBA_DETECT", value_name = "FILE")]
     pub detect: Option<PathBuf>,
+    /// Experiments to run (TOML: flags, A/B tests, canaries, bandits over Gemba's knobs; see
+    /// docs/experiments.md and `gemba experiment knobs`), checked at start.
+    #[arg(long, env = "GEMBA_EXPERIMENTS", value_name = "FILE")]
+    pub experiments: Option<PathBuf>,
 }
 
 /// The same settings as a config file.
@@ -184,6 +190,7 @@ pub struct FileConfig {
     pub queue_wait_ms: Option<u64>,
     pub max_queued: Option<usize>,
     pub detect: Option<PathBuf>,
+    pub experiments: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +222,8 @@ pub struct ServeConfig {
     pub max_queued: usize,
     /// Anomaly detection overrides (`--detect FILE`).
     pub detect_file: Option<PathBuf>,
+    /// The experiments file, when experiments run.
+    pub experiments: Option<PathBuf>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -314,7 +323,11 @@ impl ServeArgs {
             queue_wait_ms: self.queue_wait_ms.or(file.queue_wait_ms).unwrap_or(250),
             max_queued: self.max_queued.or(file.max_queued).unwrap_or(4 * max_inflight),
             detect_file: self.detect.or(file.detect),
+            experiments: self.experiments.or(file.experiments),
         };
+        if cfg.experiments.is_some() && !cfg.kaizen {
+            bail!("experiments are judged by measurement: drop --no-kaizen (GEMBA_NO_KAIZEN) or --experiments");
+        }
         if cfg.timeout_ms == Some(0) || cfg.load_timeout_ms == 0 {
             bail!("timeout_ms must be at least 1");
         }

@@ -12,6 +12,7 @@ mod catalog;
 mod config;
 mod dashboard;
 mod dashboards;
+mod experiments;
 mod faults;
 mod http;
 mod incidents;
@@ -148,6 +149,7 @@ fn main() -> ExitCode {
             Command::Loadtest(args) => loadtest::run(*args).await,
             Command::Report(args) => report::run(args),
             Command::Incidents(args) => incidents::cli::run(args),
+            Command::Experiment(args) => experiments::cli::run(args),
         }
     });
     match result {

@@ -112,13 +112,15 @@ pub struct Note {
     pub key: Mutex<Option<(String, u64)>>,
     /// The response ran into a cap.
     pub truncated: std::sync::atomic::AtomicBool,
+    /// The MCP session the request came in on (experiments assign by it).
+    pub session: u64,
 }
 
 impl Note {
     pub fn set_outcome(&self, o: Outcome) {
         self.outcome.store(o as u8 + 1, Ordering::Relaxed);
     }
-    fn outcome(&self) -> Option<Outcome> {
+    pub fn outcome(&self) -> Option<Outcome> {
         match self.outcome.load(Ordering::Relaxed) {
             0 => None,
             n => Outcome::ALL.get(n as usize - 1).copied(),
@@ -372,7 +374,7 @@ impl<H: ServerHandler + SessionScoped> ServerHandler for Measured<H> {
         let op = if catalog::NAMES.contains(&name.as_str()) { self.op(&name) } else { self.op("tools/call") };
         let timer = self.recorder.start(op);
         let args = request.arguments.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default()).unwrap_or_default();
-        let note = Arc::new(Note::default());
+        let note = Arc::new(Note { session: self.session.id, ..Default::default() });
         context.extensions.insert(note.clone());
         let r = self.inner.call_tool(request, context).await;
         let mut c = self.completion(&r, protocol);

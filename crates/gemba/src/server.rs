@@ -28,6 +28,8 @@ use crate::surface::{self, completion, logging, prompts, resources};
 pub const METRICS_URI: &str = "kaizen://metrics";
 /// The MCP resource with the SLO status.
 pub const SLO_URI: &str = "kaizen://slo";
+/// The MCP resource with the experiments' status.
+pub const EXPERIMENTS_URI: &str = "kaizen://experiments";
 
 pub const INSTRUCTIONS: &str = "Gemba reads spreadsheets (xlsx, xlsm, xls, xlsb, ods) in one workspace. \
 Workflow: 1) list_workbooks for ids; 2) workbook_summary or list_sheets; 3) sheet_overview to see regions \
@@ -125,12 +127,19 @@ impl GembaServer {
     pub async fn run_tool(
         &self,
         name: &str,
-        args: Value,
+        mut args: Value,
         note: &Note,
         ct: &tokio_util::sync::CancellationToken,
         observer: Option<Arc<Observer>>,
     ) -> CallToolResult {
         let state = self.state.clone();
+        // Experiments: the call's variants fill arguments the agent left out and choose settings.
+        let trial = crate::experiments::trial::begin(
+            state.kaizen.get().and_then(|k| k.experiments.as_ref()),
+            name,
+            &mut args,
+            note.session,
+        );
         // Admission: a slot, or a quick refusal. The slot goes with the work, so it is held
         // until the work really ends (a timed-out call keeps it until it stops); it is lent out
         // while the call waits for another call's load.
@@ -142,7 +151,9 @@ impl GembaServer {
             }
         };
         let timeout = state.timeouts.get(name).copied().unwrap_or(state.default_timeout);
-        let mut budget = Budget::with_timeouts(timeout, state.load_timeout).with_waiting(ticket.clone());
+        let mut budget = Budget::with_timeouts(timeout, state.load_timeout)
+            .with_waiting(ticket.clone())
+            .with_cache_bypass(crate::experiments::trial::bypasses_cache(&trial));
         // surface: progress and notices of this call go to its observer.
         if let Some(o) = observer {
             budget = budget.observed_by(o);
@@ -242,6 +253,9 @@ impl GembaServer {
         if let Some(key) = stages.key() {
             // The workbook's size in the cache after the call: what a cache model must hold.
             *note.key.lock() = Some((key.to_string(), self.state.engine.cache.bytes_of(key) as u64));
+        }
+        if let Some(t) = trial {
+            t.finish(name, note, &result);
         }
         result
     }
@@ -546,6 +560,11 @@ impl ServerHandler for GembaServer {
         let s = Resource::new(SLO_URI, "kaizen-slo")
             .with_description("Each tool's objectives: SLI, error budget left, burn rates, alert state.")
             .with_mime_type("application/json");
+        let x = Resource::new(EXPERIMENTS_URI, "kaizen-experiments")
+            .with_description(
+                "Experiments (flags, A/B tests, canaries, bandits): state, variants, tests with p-values and effects.",
+            )
+            .with_mime_type("application/json");
         let i = Resource::new(crate::incidents::INCIDENTS_URI, "kaizen-incidents")
             .with_description(
                 "Incidents of the last 7 days: anomalies and SLO alerts grouped, timeline, ranked causes.",
@@ -554,7 +573,7 @@ impl ServerHandler for GembaServer {
         let listing = self.blocking(|e| e.workspace.list()).await?;
         let cursor = request.and_then(|r| r.cursor);
         let books = listing.iter().map(|e| resources::Listed { id: &e.id, path: &e.rel_path, size: e.size });
-        resources::list_page(vec![m, s, i], books, cursor.as_deref()).map_err(|e| ErrorData::invalid_params(e, None))
+        resources::list_page(vec![m, s, x, i], books, cursor.as_deref()).map_err(|e| ErrorData::invalid_params(e, None))
     }
 
     async fn list_resource_templates(
@@ -590,11 +609,15 @@ impl ServerHandler for GembaServer {
                 Some(i) => i.recent_json().to_string(),
                 None => crate::incidents::disabled_json().to_string(),
             },
+            EXPERIMENTS_URI => match self.state.kaizen.get().and_then(|k| k.experiments.as_ref()) {
+                Some(x) => x.status_json().to_string(),
+                None => crate::experiments::none_json().to_string(),
+            },
             other => {
                 let target = resources::parse(other).map_err(|e| {
                     ErrorData::resource_not_found(
                         format!(
-                            "{e}; the server also offers {METRICS_URI}, {SLO_URI}, {} and {}",
+                            "{e}; the server also offers {METRICS_URI}, {SLO_URI}, {EXPERIMENTS_URI}, {} and {}",
                             crate::incidents::INCIDENTS_URI,
                             crate::report::resource::TEMPLATE
                         ),

@@ -31,6 +31,8 @@ pub struct Kaizen {
     pub cache_bytes: usize,
     /// Anomalies and incidents (none when measurement is off).
     pub incidents: Option<Arc<crate::incidents::Incidents>>,
+    /// The experiments running (`--experiments FILE`), if any.
+    pub experiments: Option<Arc<crate::experiments::Experiments>>,
 }
 
 #[allow(dead_code)]
@@ -179,6 +181,14 @@ pub async fn start(
     } else {
         None
     };
+    // Experiments: checked before anything is served, resumed from the state database.
+    let (experiments, experiment_store) = match &cfg.experiments {
+        Some(path) => {
+            let (x, store) = crate::experiments::start(path, &cfg.state_dir)?;
+            (Some(x), store)
+        }
+        None => (None, None),
+    };
     let kaizen = Arc::new(Kaizen {
         recorder: recorder.clone(),
         sli: sli.clone(),
@@ -188,6 +198,7 @@ pub async fn start(
         state_dir: cfg.state_dir.clone(),
         cache_bytes: cfg.cache_bytes,
         incidents: detect.as_ref().map(|d| d.incidents.clone()),
+        experiments: experiments.clone(),
     });
     server.attach_kaizen(kaizen.clone());
     let dashboard = dashboard::Dashboard::new(kaizen.clone());
@@ -206,6 +217,9 @@ pub async fn start(
         if let Some(d) = detect {
             recorder.attach_observer(d.observer);
             parts.push(d.part);
+        }
+        if let Some(x) = experiments {
+            parts.push(Box::new(crate::experiments::periodic::ExperimentPart::new(x, sli.clone(), experiment_store)));
         }
         Some(Evaluator::start(kaizen.clone(), parts))
     } else {
@@ -267,6 +281,9 @@ fn set_samples(cfg: &ServeConfig, server: &GembaServer, kaizen: &Arc<Kaizen>) {
         k.sli.samples(now_secs(), out);
         if let Some(i) = &k.incidents {
             i.samples(out);
+        }
+        if let Some(x) = &k.experiments {
+            out.extend(x.engine.samples(k.recorder.naming()));
         }
         // The state directory's size, re-measured at most every 10 s.
         let mut d = disk.lock();

@@ -255,6 +255,24 @@ impl WorkbookCache {
         }
     }
 
+    /// The workbook for `entry` read fresh from its file, outside the cache (neither found in
+    /// nor added to it): for calls whose budget bypasses the cache. Counted as a load.
+    pub fn load_uncached(&self, entry: &Entry, limits: &Limits, budget: &Budget) -> Result<Arc<Workbook>> {
+        budget.check_load()?;
+        let identity = FileIdentity::of(&entry.abs_path).map_err(|e| SheetsError::UnknownWorkbook {
+            query: entry.id.clone(),
+            suggestion: format!(" ('{}' cannot be read: {e})", entry.rel_path),
+        })?;
+        let t = Instant::now();
+        let r = (self.loader)(entry.clone(), identity, limits, self.stats.clone()).map(Arc::new);
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        self.stats.load_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if r.is_err() {
+            self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
     /// Wait for another call's load of `slot`, up to the caller's load budget.
     fn wait(&self, slot: &SlotInner, entry: &Entry, budget: &Budget) -> Result<Result<Arc<Workbook>>> {
         let mut state = slot.state.lock();

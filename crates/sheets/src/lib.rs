@@ -97,7 +97,11 @@ impl Engine {
         }
         let entry = self.workspace.resolve(id)?;
         budget.stages().set_key(&entry.id);
-        let r = self.cache.get(&entry, &self.limits, budget);
+        let r = if budget.bypasses_cache() {
+            self.cache.load_uncached(&entry, &self.limits, budget).map(|w| (w, Lookup::Miss))
+        } else {
+            self.cache.get(&entry, &self.limits, budget)
+        };
         let stages = budget.stages();
         stages.add_load(t.elapsed());
         if let Ok((_, lookup)) = &r {

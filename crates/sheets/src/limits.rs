@@ -59,6 +59,8 @@ pub struct Budget {
     cancelled: Arc<AtomicBool>,
     stages: Arc<StageTimes>,
     waiting: Option<Arc<dyn Waiting>>,
+    /// Read workbooks fresh from their files instead of the cache (a per-call load strategy).
+    bypass_cache: bool,
     /// Who watches this call's progress and notices (none unless the embedder asked).
     observer: Option<Arc<Observer>>,
 }
@@ -126,6 +128,7 @@ impl Budget {
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
             waiting: None,
+            bypass_cache: false,
             observer: None,
         }
     }
@@ -164,6 +167,7 @@ impl Budget {
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
             waiting: None,
+            bypass_cache: false,
             observer: None,
         }
     }
@@ -209,6 +213,19 @@ impl Budget {
         if let Some(o) = &self.observer {
             o.notice(level, topic, message());
         }
+    }
+
+    /// Read workbooks for this call fresh from their files, neither using nor filling the cache
+    /// (fork views are in memory and unaffected). Slower, and never stale by a second: a load
+    /// strategy the embedder may choose per call.
+    pub fn with_cache_bypass(mut self, bypass: bool) -> Self {
+        self.bypass_cache = bypass;
+        self
+    }
+
+    /// Whether this call reads workbooks fresh from their files.
+    pub fn bypasses_cache(&self) -> bool {
+        self.bypass_cache
     }
 
     /// Check the load deadline (loops that read a workbook).

@@ -135,3 +135,26 @@ fn limits_are_refused_with_clear_errors() {
     let e = engine.sheet(&wb, Some("Data"), &Budget::with_timeout(Duration::ZERO)).unwrap_err();
     assert!(matches!(e, SheetsError::Timeout { .. }), "{e}");
 }
+
+#[test]
+fn a_call_that_bypasses_the_cache_reads_the_file_fresh_and_leaves_the_cache_alone() {
+    let dir = tempdir("bypass");
+    write_book(&dir.join("b.xlsx"), 2_000, "old");
+    let engine = Engine::new(&dir, EngineConfig::default()).unwrap();
+    let id = id_of(&engine, "b.xlsx");
+    let cached = engine.workbook(&id, &Budget::unlimited()).unwrap();
+    let fresh_budget = Budget::unlimited().with_cache_bypass(true);
+    assert!(fresh_budget.bypasses_cache() && !Budget::unlimited().bypasses_cache());
+    let fresh = engine.workbook(&id, &fresh_budget).unwrap();
+    let again = engine.workbook(&id, &Budget::unlimited().with_cache_bypass(true)).unwrap();
+    assert!(!Arc::ptr_eq(&cached, &fresh) && !Arc::ptr_eq(&fresh, &again), "every bypassing call opens the file");
+    assert_eq!(engine.cache.stats.loads.load(Ordering::Relaxed), 3, "one cached load, two fresh ones");
+    assert_eq!(engine.cache.stats.hits.load(Ordering::Relaxed), 0, "a bypass is no cache lookup");
+    assert_eq!(engine.cache.entries(), 1, "fresh workbooks are not kept");
+    assert_eq!(fresh_budget.stages().cache_hit(), Some(false), "the call is told it did not use the cache");
+    // Its sheets load from the file it read, and the cached copy still answers normal calls.
+    let sheet = engine.sheet(&fresh, Some("Data"), &fresh_budget).unwrap();
+    assert!(sheet.cell_count() >= 4_000, "{}", sheet.cell_count());
+    assert!(Arc::ptr_eq(&cached, &engine.workbook(&id, &Budget::unlimited()).unwrap()));
+    assert_eq!(engine.cache.stats.hits.load(Ordering::Relaxed), 1);
+}

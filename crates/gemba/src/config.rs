@@ -29,6 +29,9 @@ pub enum Command {
     Slo(crate::slo::SloArgs),
     /// Load any MCP server (HTTP on loopback, or stdio) with a scenario and report latency.
     Loadtest(Box<crate::loadtest::LoadtestArgs>),
+    /// Kaizen for any MCP server: sit between a client and an upstream server, forward every
+    /// message unchanged, measure every call (`gemba proxy -- CMD ARGS`, or `--upstream URL`).
+    Proxy(Box<crate::proxy::ProxyArgs>),
 }
 
 #[derive(Debug, Args, Default)]

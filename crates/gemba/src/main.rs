@@ -16,6 +16,7 @@ mod http;
 mod loadtest;
 mod measure;
 mod operational;
+mod proxy;
 mod schema;
 mod server;
 mod slo;
@@ -143,6 +144,7 @@ fn main() -> ExitCode {
             Command::Stats(args) => stats::run(args),
             Command::Slo(args) => slo::run(args),
             Command::Loadtest(args) => loadtest::run(*args).await,
+            Command::Proxy(args) => proxy::run(*args).await,
         }
     });
     match result {

@@ -321,15 +321,15 @@ impl Collector for KaizenCollector {
             }
         }
 
-        // Extra samples from the embedding program, grouped into families by name (each
-        // recorder's carry its constant labels).
+        // Extra samples from the embedding program, grouped into families by name; they carry
+        // the labels the embedder gave them (not the recorder's: a provider's samples may be
+        // about all recorders, or label themselves).
         let mut families: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
         for r in &recs {
             if let Some(provider) = r.extra.get() {
                 let mut samples = Vec::new();
                 provider(&mut samples);
-                for mut s in samples {
-                    s.labels.extend(r.const_labels().iter().cloned());
+                for s in samples {
                     families.entry(s.name.clone()).or_default().push(s);
                 }
             }
@@ -507,8 +507,8 @@ mod tests {
             a.start(OpId(0)).finish(Completion { outcome: Some(Outcome::Ok), ..Default::default() });
         }
         b.start(OpId(0)).finish(Completion { outcome: Some(Outcome::Internal), ..Default::default() });
-        a.set_provider(Box::new(|out| out.push(Sample::new("px_up", "Up.", Kind::Gauge, 1.0))));
-        b.set_provider(Box::new(|out| out.push(Sample::new("px_up", "Up.", Kind::Gauge, 0.0))));
+        a.set_provider(Box::new(|out| out.push(Sample::new("px_up", "Up.", Kind::Gauge, 1.0).label("upstream", "a"))));
+        b.set_provider(Box::new(|out| out.push(Sample::new("px_up", "Up.", Kind::Gauge, 0.0).label("upstream", "b"))));
         let text = encode_text_004(&registry_of(vec![a, b]));
         let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
         assert_eq!(

@@ -4,6 +4,7 @@
 
 mod forks;
 mod gate;
+mod proxy;
 pub mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -49,7 +50,7 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Which part to run: reads, kaizen, forks, or all.
+    /// Which part to run: reads, kaizen, forks, proxy, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Regression gate: instructions per call, counted under valgrind, compared with this
@@ -454,6 +455,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.only == "all" || args.only == "forks" {
         bars.extend(forks::forks(&dir, args.warm, &mut report).await?);
+    }
+    if args.only == "all" || args.only == "proxy" {
+        bars.extend(proxy::proxy_overhead(&dir, args.warm, &mut report).await?);
     }
     outln!();
     for (name, ok) in &bars {

@@ -18,7 +18,12 @@ use crate::wiring::{Kaizen, Periodic};
 pub const KNOB: &str = "upstream";
 
 pub fn knobs() -> Vec<KnobSpec> {
-    vec![KnobSpec::string(KNOB, "a", &["a", "b"], "which upstream serves the session (a: --upstream/command, b: --upstream-b)")]
+    vec![KnobSpec::string(
+        KNOB,
+        "a",
+        &["a", "b"],
+        "which upstream serves the session (a: --upstream/command, b: --upstream-b)",
+    )]
 }
 
 /// The canary `--upstream-b` gets without `--experiments`.
@@ -59,11 +64,14 @@ pub fn engine(file: Option<&Path>, db: Option<&Path>) -> Result<Arc<Engine>> {
         None => (DEFAULT_CANARY.to_string(), "the default upstream-b canary".to_string()),
     };
     let cfg: ExperimentsConfig = toml::from_str(&text).with_context(|| format!("{from} is not valid"))?;
-    let sets_upstream = cfg.experiments.iter().any(|e| {
-        e.variants.iter().any(|v| v.knobs.contains_key(KNOB)) || e.knob.as_deref() == Some(KNOB)
-    });
+    let sets_upstream = cfg
+        .experiments
+        .iter()
+        .any(|e| e.variants.iter().any(|v| v.knobs.contains_key(KNOB)) || e.knob.as_deref() == Some(KNOB));
     if !sets_upstream {
-        bail!("{from}: no experiment sets the `{KNOB}` knob (a|b), so B would never serve; e.g. knobs = {{ {KNOB} = \"b\" }}");
+        bail!(
+            "{from}: no experiment sets the `{KNOB}` knob (a|b), so B would never serve; e.g. knobs = {{ {KNOB} = \"b\" }}"
+        );
     }
     let engine = Engine::new(knobs(), &cfg).map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
     if let Some(db) = db
@@ -99,7 +107,8 @@ pub struct Experiments {
 
 impl Experiments {
     fn evaluate(&mut self, now: u64) -> Vec<AlertEvent> {
-        let exhausted = self.kaizen.sli.status(now).iter().any(|s| s.requests_period > 0 && s.error_budget_remaining <= 0.0);
+        let exhausted =
+            self.kaizen.sli.status(now).iter().any(|s| s.requests_period > 0 && s.error_budget_remaining <= 0.0);
         let ts = self.engine.evaluate(now, exhausted);
         for t in &ts {
             tracing::warn!("experiment: {}", t.message);
@@ -149,7 +158,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.toml");
         std::fs::write(&p, "[[experiment]]\nname = \"x\"\nkind = \"ab\"\nprimary = { metric = \"latency\", mde = 0.1 }\n[[experiment.variant]]\nname = \"a\"\n[[experiment.variant]]\nname = \"c\"\n").unwrap();
-        let e = engine(Some(&p), None).unwrap_err().to_string();
+        let Err(e) = engine(Some(&p), None) else { panic!("a file without the knob was accepted") };
+        let e = e.to_string();
         assert!(e.contains("no experiment sets the `upstream` knob"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }

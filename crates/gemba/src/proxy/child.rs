@@ -84,12 +84,7 @@ pub struct ChildUpstream {
 impl ChildUpstream {
     /// Start the process (at once) and its supervisor. `replay` is what a restarted process
     /// must hear first; `max_line` bounds one message.
-    pub fn start(
-        spec: ChildSpec,
-        events: mpsc::Sender<UpEvent>,
-        replay: Arc<Mutex<Replay>>,
-        max_line: usize,
-    ) -> Self {
+    pub fn start(spec: ChildSpec, events: mpsc::Sender<UpEvent>, replay: Arc<Mutex<Replay>>, max_line: usize) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let written = Arc::new(AtomicU64::new(0));
         let health = Arc::new(Health::default());
@@ -181,11 +176,7 @@ impl Supervisor {
             self.health.set_down(&reason);
             let delay = backoff.next(started.elapsed());
             *self.health.next_attempt.lock() = Some(Instant::now() + delay);
-            tracing::warn!(
-                "upstream `{}` {reason}; restarting in {:.2} s",
-                self.spec.display(),
-                delay.as_secs_f64()
-            );
+            tracing::warn!("upstream `{}` {reason}; restarting in {:.2} s", self.spec.display(), delay.as_secs_f64());
             let _ = self.events.send(UpEvent::Exited { written: self.written.load(Ordering::Acquire), reason }).await;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -211,8 +202,13 @@ impl Supervisor {
         }
         self.health.set_up();
         let writer = tokio::spawn(write_loop(stdin, self.rx.clone(), self.written.clone()));
+        // The reader's handle may be awaited once only: note whether it has ended here.
+        let mut reader_done = false;
         let stopped = tokio::select! {
-            _ = &mut reader => false,
+            _ = &mut reader => {
+                reader_done = true;
+                false
+            }
             _ = child.wait() => false,
             _ = self.stop.cancelled() => true,
         };
@@ -235,7 +231,7 @@ impl Supervisor {
             }
         };
         // Everything the process wrote before it died is delivered before the exit is told.
-        if tokio::time::timeout(Duration::from_secs(1), &mut reader).await.is_err() {
+        if !reader_done && tokio::time::timeout(Duration::from_secs(1), &mut reader).await.is_err() {
             reader.abort();
         }
         Some(reason)

@@ -52,7 +52,10 @@ struct HttpState {
 }
 
 fn json_error(status: StatusCode, code: i64, message: &str) -> Response {
-    let body = format!(r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":{code},"message":{}}}}}"#, message::json_string(message));
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":{code},"message":{}}}}}"#,
+        message::json_string(message)
+    );
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -69,7 +72,10 @@ fn host_allowed(headers: &HeaderMap, hosts: &[String]) -> bool {
 fn origin_allowed(headers: &HeaderMap, origins: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
     origins.iter().any(|p| match p.strip_suffix(":*") {
-        Some(base) => origin.eq_ignore_ascii_case(base) || origin.to_ascii_lowercase().starts_with(&format!("{}:", base.to_ascii_lowercase())),
+        Some(base) => {
+            origin.eq_ignore_ascii_case(base)
+                || origin.to_ascii_lowercase().starts_with(&format!("{}:", base.to_ascii_lowercase()))
+        }
         None => origin.eq_ignore_ascii_case(p),
     })
 }
@@ -86,7 +92,11 @@ fn token_ok(headers: &HeaderMap, token: &str) -> bool {
 }
 
 fn accepts(headers: &HeaderMap, what: &str) -> bool {
-    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what) || v.contains("*/*"))
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(what) || v.contains("*/*"))
 }
 
 /// The headers a 2026-era client sends for intermediaries, passed on to an HTTP upstream.
@@ -122,7 +132,7 @@ fn sse_response(
         match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
             Ok(Some(msg)) => Some((Ok::<_, Infallible>(Bytes::from(sse::frame(&msg, None))), (rx, guard))),
             Ok(None) => {
-                guard.0 = None; // complete: nothing to undo
+                let _ = guard.0.take(); // complete: nothing to undo
                 None
             }
             Err(_) => Some((Ok(Bytes::from_static(b": keepalive\n\n")), (rx, guard))),
@@ -140,10 +150,12 @@ fn sse_response(
 
 async fn handle(State(st): State<Arc<HttpState>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
     if !host_allowed(&headers, &st.hosts) {
-        return (StatusCode::FORBIDDEN, "Forbidden: the Host header is not allowed (use --allowed-host)\n").into_response();
+        return (StatusCode::FORBIDDEN, "Forbidden: the Host header is not allowed (use --allowed-host)\n")
+            .into_response();
     }
     if !origin_allowed(&headers, &st.origins) {
-        return (StatusCode::FORBIDDEN, "Forbidden: the Origin header is not allowed (use --allowed-origin)\n").into_response();
+        return (StatusCode::FORBIDDEN, "Forbidden: the Origin header is not allowed (use --allowed-origin)\n")
+            .into_response();
     }
     if let Some(t) = &st.proxy.cfg.token
         && !token_ok(&headers, t)
@@ -180,7 +192,11 @@ fn session_of(st: &HttpState, id: &str) -> Option<Arc<Session>> {
 async fn post(st: Arc<HttpState>, headers: HeaderMap, session_id: Option<String>, body: Bytes) -> Response {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.to_ascii_lowercase().starts_with("application/json") {
-        return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, -32000, "Unsupported Media Type: Content-Type must be application/json");
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            -32000,
+            "Unsupported Media Type: Content-Type must be application/json",
+        );
     }
     if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
         return json_error(
@@ -207,7 +223,11 @@ async fn post(st: Arc<HttpState>, headers: HeaderMap, session_id: Option<String>
         }
         None => {
             let m = message::peek(&text);
-            let ids = if m.kind == Kind::Request { m.id_text().map(|i| vec![i.to_string()]).unwrap_or_default() } else { Vec::new() };
+            let ids = if m.kind == Kind::Request {
+                m.id_text().map(|i| vec![i.to_string()]).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             (ids, Some(m.method().to_string()), m.kind != Kind::Invalid)
         }
     };
@@ -236,14 +256,20 @@ async fn post(st: Arc<HttpState>, headers: HeaderMap, session_id: Option<String>
                 Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, -32603, &format!("{e:#}")),
             };
             let id = format!("{:016x}{:016x}", number, st.proxy.new_session_id());
-            let s = Arc::new(Session { link: link.clone(), number, assignment: assignment.clone(), last_used: Mutex::new(Instant::now()) });
+            let s = Arc::new(Session {
+                link: link.clone(),
+                number,
+                assignment: assignment.clone(),
+                last_used: Mutex::new(Instant::now()),
+            });
             st.sessions.lock().insert(id.clone(), s);
             (link, number, assignment, Some(id))
         }
         None => {
             let modern = protocol.as_deref().is_some_and(|v| v >= "2026-07-28")
                 || lone_method.as_deref() == Some("server/discover")
-                || message::meta_protocol_version(message::peek(&text).params).is_some_and(|v| v.as_str() >= "2026-07-28");
+                || message::meta_protocol_version(message::peek(&text).params)
+                    .is_some_and(|v| v.as_str() >= "2026-07-28");
             if !modern {
                 return json_error(StatusCode::BAD_REQUEST, -32000, "Bad Request: Mcp-Session-Id header is required");
             }
@@ -256,13 +282,13 @@ async fn post(st: Arc<HttpState>, headers: HeaderMap, session_id: Option<String>
     if requests.is_empty() {
         let (tx, _rx) = mpsc::channel(1);
         let ctx = ClientCtx { reply: tx, stream: 0, session: session_no, assignment, forwarded: Some(fwd), protocol };
-        link.from_client(text, &ctx).await;
+        link.on_client_message(text, &ctx).await;
         return StatusCode::ACCEPTED.into_response();
     }
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let stream = st.streams.fetch_add(1, Ordering::Relaxed) + 1;
     let ctx = ClientCtx { reply: tx, stream, session: session_no, assignment, forwarded: Some(fwd), protocol };
-    link.from_client(text, &ctx).await;
+    link.on_client_message(text, &ctx).await;
     drop(ctx);
     let weak = Arc::downgrade(&link);
     let on_early_drop: Box<dyn FnOnce() + Send> = Box::new(move || {
@@ -338,12 +364,10 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
     let mut origins: Vec<String> = LOOPBACK_ORIGINS.iter().map(|s| s.to_string()).collect();
     origins.extend(proxy.cfg.allowed_origins.iter().cloned());
     let limit = proxy.cfg.max_body_bytes;
-    let st = Arc::new(HttpState { proxy, sessions: Mutex::new(HashMap::new()), hosts, origins, streams: AtomicU64::new(0) });
+    let st =
+        Arc::new(HttpState { proxy, sessions: Mutex::new(HashMap::new()), hosts, origins, streams: AtomicU64::new(0) });
     tokio::spawn(reap_idle(st.clone()));
-    Router::new()
-        .route("/mcp", axum::routing::any(handle))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(st)
+    Router::new().route("/mcp", axum::routing::any(handle)).layer(DefaultBodyLimit::max(limit)).with_state(st)
 }
 
 pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
@@ -353,7 +377,10 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     let names: Vec<&str> = proxy.upstreams.iter().map(|d| d.label.as_str()).collect();
     tracing::info!("gemba proxy listening on http://{local}/mcp (upstream {})", names.join(", "));
     eprintln!("gemba: listening on http://{local}/mcp");
-    axum::serve(listener, router(proxy)).with_graceful_shutdown(crate::shutdown_signal()).await.context("HTTP server failed")
+    axum::serve(listener, router(proxy))
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await
+        .context("HTTP server failed")
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ const MAX_POSTS: usize = 128;
 /// Largest error body quoted in a message.
 const MAX_QUOTED: usize = 300;
 
+/// `(argument path, header name)` for each argument of a tool promoted to an `Mcp-Param-*` header.
+pub type HeaderParams = Vec<(Vec<String>, String)>;
+
 /// Where and how to reach an HTTP upstream.
 #[derive(Debug)]
 pub struct HttpTarget {
@@ -31,7 +34,7 @@ pub struct HttpTarget {
     token: Option<String>,
     client: reqwest::Client,
     /// Per tool: arguments promoted to `Mcp-Param-*` headers (2026-07-28).
-    pub header_params: Mutex<HashMap<String, Vec<(Vec<String>, String)>>>,
+    pub header_params: Mutex<HashMap<String, HeaderParams>>,
 }
 
 impl HttpTarget {
@@ -52,7 +55,12 @@ impl HttpTarget {
         Ok(Self { url: url.to_string(), token, client, header_params: Mutex::new(HashMap::new()) })
     }
 
-    fn request(&self, method: reqwest::Method, session: Option<&str>, version: Option<&str>) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        session: Option<&str>,
+        version: Option<&str>,
+    ) -> reqwest::RequestBuilder {
         let mut b = self.client.request(method, &self.url).header("Accept", "application/json, text/event-stream");
         if let Some(t) = &self.token {
             b = b.bearer_auth(t);
@@ -120,19 +128,19 @@ impl HttpTarget {
 /// A header value as SEP-2243 writes it: as is when it is plain visible ASCII, else
 /// `=?base64?…?=`.
 fn header_value(v: &str) -> String {
-    let plain = !v.is_empty()
-        && !v.starts_with([' ', '\t'])
-        && !v.ends_with([' ', '\t'])
-        && v.chars().all(|c| (' '..='~').contains(&c))
-        && !(v.starts_with("=?base64?") && v.ends_with("?="));
-    if plain || v.is_empty() { v.to_string() } else { format!("=?base64?{}?=", base64(v.as_bytes())) }
+    let needs_encoding = v.starts_with([' ', '\t'])
+        || v.ends_with([' ', '\t'])
+        || !v.chars().all(|c| (' '..='~').contains(&c))
+        || (v.starts_with("=?base64?") && v.ends_with("?="));
+    if v.is_empty() || !needs_encoding { v.to_string() } else { format!("=?base64?{}?=", base64(v.as_bytes())) }
 }
 
 fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -191,7 +199,11 @@ fn content_type(resp: &reqwest::Response) -> String {
 
 fn quote(s: &str) -> String {
     let s = s.trim();
-    if s.chars().count() > MAX_QUOTED { format!("{}…", s.chars().take(MAX_QUOTED).collect::<String>()) } else { s.to_string() }
+    if s.chars().count() > MAX_QUOTED {
+        format!("{}…", s.chars().take(MAX_QUOTED).collect::<String>())
+    } else {
+        s.to_string()
+    }
 }
 
 struct Shared {
@@ -302,13 +314,24 @@ fn request_ids(text: &str) -> Vec<String> {
             .collect(),
         None => {
             let m = message::peek(text);
-            if m.kind == Kind::Request { m.id_text().map(|s| vec![s.to_string()]).unwrap_or_default() } else { Vec::new() }
+            if m.kind == Kind::Request {
+                m.id_text().map(|s| vec![s.to_string()]).unwrap_or_default()
+            } else {
+                Vec::new()
+            }
         }
     }
 }
 
 impl Shared {
-    async fn post(self: &Arc<Self>, text: String, forwarded: Option<Forwarded>, ids: Vec<String>, initialize: bool, modern: bool) {
+    async fn post(
+        self: &Arc<Self>,
+        text: String,
+        forwarded: Option<Forwarded>,
+        ids: Vec<String>,
+        initialize: bool,
+        modern: bool,
+    ) {
         let session = self.session.lock().clone();
         let mut version = self.version.lock().clone();
         if version.is_none()
@@ -318,7 +341,11 @@ impl Shared {
         }
         let mut b = self
             .target
-            .request(reqwest::Method::POST, if initialize { None } else { session.as_deref() }, if initialize { None } else { version.as_deref() })
+            .request(
+                reqwest::Method::POST,
+                if initialize { None } else { session.as_deref() },
+                if initialize { None } else { version.as_deref() },
+            )
             .header("Content-Type", "application/json");
         match &forwarded {
             Some(f) => {
@@ -347,10 +374,11 @@ impl Shared {
             self.health.set_up();
         }
         let status = resp.status();
-        if initialize && status.is_success() {
-            if let Some(sid) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-                *self.session.lock() = Some(sid.to_string());
-            }
+        if initialize
+            && status.is_success()
+            && let Some(sid) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok())
+        {
+            *self.session.lock() = Some(sid.to_string());
         }
         if status == reqwest::StatusCode::ACCEPTED {
             return;
@@ -393,8 +421,11 @@ impl Shared {
             }
             self.posts_done(&ids);
             if answered < ids.len() {
-                self.fail(ids, "the upstream MCP server closed the response stream without answering; retry the request".into())
-                    .await;
+                self.fail(
+                    ids,
+                    "the upstream MCP server closed the response stream without answering; retry the request".into(),
+                )
+                .await;
             }
             return;
         }
@@ -432,10 +463,11 @@ impl Shared {
         }
         let m = message::peek(&data);
         let answers = usize::from(m.kind == Kind::Response);
-        if initialize && m.kind == Kind::Response {
-            if let Some(v) = message::protocol_version(m.result) {
-                *self.version.lock() = Some(v);
-            }
+        if initialize
+            && m.kind == Kind::Response
+            && let Some(v) = message::protocol_version(m.result)
+        {
+            *self.version.lock() = Some(v);
         }
         if m.kind == Kind::Invalid && message::batch(&data).is_none() {
             self.health.dropped_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -486,8 +518,11 @@ impl Shared {
             self.health.set_up();
             let _ = self.events.send(UpEvent::Restarted).await;
         }
-        self.fail(ids, "the upstream MCP server forgot the session; gemba proxy opened a new one, retry the request".into())
-            .await;
+        self.fail(
+            ids,
+            "the upstream MCP server forgot the session; gemba proxy opened a new one, retry the request".into(),
+        )
+        .await;
     }
 
     /// The stream for messages that belong to no request (legacy sessions), reopened while the
@@ -510,7 +545,10 @@ impl Shared {
                 let session = s.session.lock().clone();
                 let Some(session) = session else { return };
                 let version = s.version.lock().clone();
-                let req = s.target.request(reqwest::Method::GET, Some(&session), version.as_deref()).header("Accept", "text/event-stream");
+                let req = s
+                    .target
+                    .request(reqwest::Method::GET, Some(&session), version.as_deref())
+                    .header("Accept", "text/event-stream");
                 let resp = tokio::select! {
                     r = req.send() => r,
                     _ = s.stop.cancelled() => return,
@@ -577,7 +615,9 @@ mod tests {
     #[test]
     fn ids_of_a_batch() {
         assert_eq!(
-            request_ids(r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"n"},{"jsonrpc":"2.0","id":"x","method":"b"}]"#),
+            request_ids(
+                r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"n"},{"jsonrpc":"2.0","id":"x","method":"b"}]"#
+            ),
             vec!["1".to_string(), "\"x\"".to_string()]
         );
     }

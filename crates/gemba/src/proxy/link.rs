@@ -34,6 +34,10 @@ const MAX_ANSWERED: usize = 4_096;
 /// Longest argument text kept for the request log of a failed call.
 const MAX_ARGS: usize = 1_000;
 
+/// A shared link's rewrite of a request: the id the upstream sees and, when the request asked
+/// for progress, (the client's progress token, the upstream's), all as JSON text.
+type Rewritten = (String, Option<(String, String)>);
+
 /// About the client side of one request.
 #[derive(Clone)]
 pub struct ClientCtx {
@@ -210,13 +214,13 @@ impl Link {
     }
 
     /// A message from the client: note what measurement and replay need, then forward it.
-    pub async fn from_client(&self, text: String, ctx: &ClientCtx) {
+    pub async fn on_client_message(&self, text: String, ctx: &ClientCtx) {
         if let Some(items) = message::batch(&text) {
             if self.shared {
                 // Shared links serve the 2026 era, which has no batches: forward one by one.
                 let parts: Vec<String> = items.iter().map(|i| i.get().to_string()).collect();
                 for p in parts {
-                    Box::pin(self.from_client(p, ctx)).await;
+                    Box::pin(self.on_client_message(p, ctx)).await;
                 }
                 return;
             }
@@ -272,7 +276,7 @@ impl Link {
     }
 
     /// Shared links: the request with an id (and progress token) of the link's own.
-    fn rewrite_request(&self, m: &Msg, text: &str) -> (Option<String>, Option<(String, Option<(String, String)>)>) {
+    fn rewrite_request(&self, m: &Msg, text: &str) -> (Option<String>, Option<Rewritten>) {
         let n = {
             let mut st = self.state.lock();
             st.next_id += 1;
@@ -296,7 +300,8 @@ impl Link {
                 o.push_str(&after[start + first.get().len()..]);
                 Some(o)
             };
-            let spliced = if id_first { step(text, id, tok, &up_id, &up_tok) } else { step(text, tok, id, &up_tok, &up_id) };
+            let spliced =
+                if id_first { step(text, id, tok, &up_id, &up_tok) } else { step(text, tok, id, &up_tok, &up_id) };
             if let Some(s) = spliced {
                 out = s;
                 token_pair = Some((tok.get().to_string(), up_tok));
@@ -310,14 +315,7 @@ impl Link {
     }
 
     /// Start timing a request; returns messages parked for the client (sent first).
-    fn register(
-        &self,
-        m: &Msg,
-        text: &str,
-        seq: u64,
-        ctx: &ClientCtx,
-        rewritten: Option<(String, Option<(String, String)>)>,
-    ) -> Vec<String> {
+    fn register(&self, m: &Msg, text: &str, seq: u64, ctx: &ClientCtx, rewritten: Option<Rewritten>) -> Vec<String> {
         let Some(client_id) = m.id_text() else { return Vec::new() };
         let method = m.method();
         let tool = if method == "tools/call" { message::tool_call(m.params) } else { None };
@@ -344,14 +342,14 @@ impl Link {
             self.replay.lock().initialize = Some(text.to_string());
         } else if method == "logging/setLevel" {
             self.replay.lock().log_level = Some(text.to_string());
-        } else if method == "resources/subscribe" || method == "resources/unsubscribe" {
-            if let Some(uri) = uri_of(m.params) {
-                let mut r = self.replay.lock();
-                if method == "resources/unsubscribe" {
-                    r.subscriptions.remove(&uri);
-                } else if r.subscriptions.len() < MAX_REPLAYED_SUBSCRIPTIONS {
-                    r.subscriptions.insert(uri, text.to_string());
-                }
+        } else if (method == "resources/subscribe" || method == "resources/unsubscribe")
+            && let Some(uri) = uri_of(m.params)
+        {
+            let mut r = self.replay.lock();
+            if method == "resources/unsubscribe" {
+                r.subscriptions.remove(&uri);
+            } else if r.subscriptions.len() < MAX_REPLAYED_SUBSCRIPTIONS {
+                r.subscriptions.insert(uri, text.to_string());
             }
         }
         if let Some((_, up_tok)) = &token {
@@ -410,12 +408,8 @@ impl Link {
         let mut cancels = Vec::new();
         {
             let mut st = self.state.lock();
-            let ids: Vec<String> = st
-                .pending
-                .iter()
-                .filter(|(_, p)| p.modern && p.stream == stream)
-                .map(|(k, _)| k.clone())
-                .collect();
+            let ids: Vec<String> =
+                st.pending.iter().filter(|(_, p)| p.modern && p.stream == stream).map(|(k, _)| k.clone()).collect();
             for id in ids {
                 if let Some(p) = st.pending.remove(&id) {
                     st.remember_answered(id.clone());
@@ -436,7 +430,7 @@ impl Link {
 
     async fn on_upstream(&self, ev: UpEvent) {
         match ev {
-            UpEvent::Message { text, via } => self.from_upstream(text, via).await,
+            UpEvent::Message { text, via } => self.on_upstream_message(text, via).await,
             UpEvent::Failed { ids, reason } => {
                 let failed: Vec<(String, Pending)> = {
                     let mut st = self.state.lock();
@@ -514,7 +508,7 @@ impl Link {
         }
     }
 
-    async fn from_upstream(&self, text: String, via: Option<String>) {
+    async fn on_upstream_message(&self, text: String, via: Option<String>) {
         if let Some(items) = message::batch(&text) {
             // A batch of answers (2025-03-26): each one measured, the batch delivered whole.
             let mut target = None;
@@ -691,13 +685,11 @@ impl Link {
     async fn deliver(&self, sink: &Sink, text: String) {
         if let Err(mpsc::error::SendError(text)) = sink.send(text).await {
             let listener = self.state.lock().listener.clone();
-            match listener {
-                Some((l, n)) if !l.same_channel(sink) => {
-                    if l.send(text).await.is_err() {
-                        self.close_listener(n);
-                    }
-                }
-                _ => {}
+            if let Some((l, n)) = listener
+                && !l.same_channel(sink)
+                && l.send(text).await.is_err()
+            {
+                self.close_listener(n);
             }
         }
     }

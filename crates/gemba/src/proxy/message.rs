@@ -169,9 +169,7 @@ struct TextBlock<'a> {
 
 /// Whether a tool result says `isError: true`.
 pub fn is_tool_error(result: Option<&RawValue>) -> bool {
-    result
-        .and_then(|r| serde_json::from_str::<ToolResult>(r.get()).ok())
-        .is_some_and(|r| r.is_error == Some(true))
+    result.and_then(|r| serde_json::from_str::<ToolResult>(r.get()).ok()).is_some_and(|r| r.is_error == Some(true))
 }
 
 /// The first text block of a tool result (what a failed call said).
@@ -269,7 +267,9 @@ mod tests {
         assert_eq!(note.kind, Kind::Notification);
         assert_eq!(cancelled_id(note.params).map(RawValue::get), Some(r#""a-1""#));
 
-        let ok = peek(r#"{"jsonrpc":"2.0","id":"x","result":{"content":[{"type":"text","text":"no such file"}],"isError":true}}"#);
+        let ok = peek(
+            r#"{"jsonrpc":"2.0","id":"x","result":{"content":[{"type":"text","text":"no such file"}],"isError":true}}"#,
+        );
         assert_eq!(ok.kind, Kind::Response);
         assert!(is_tool_error(ok.result));
         assert_eq!(first_text(ok.result).as_deref(), Some("no such file"));

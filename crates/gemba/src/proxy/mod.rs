@@ -267,10 +267,10 @@ pub fn default_name(kind: &UpstreamKind) -> String {
             let mut args = c.args.iter();
             while let Some(a) = args.next() {
                 let s = a.to_string_lossy();
-                if s == "-m" || s == "run" || s == "--from" {
-                    if let Some(next) = args.next() {
-                        return stem(next);
-                    }
+                if (s == "-m" || s == "run" || s == "--from")
+                    && let Some(next) = args.next()
+                {
+                    return stem(next);
                 }
                 if !s.starts_with('-') {
                     let st = stem(a);
@@ -311,7 +311,8 @@ fn proxy_slo_seed() -> kaizen::slo::SloConfig {
 }
 
 fn default_state_dir(name: &str) -> PathBuf {
-    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     match std::env::var_os("HOME") {
         Some(h) => PathBuf::from(h).join(".local/state/gemba-proxy").join(safe),
         None => PathBuf::from(".gemba-proxy").join(safe),
@@ -411,7 +412,8 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             d.recorder.attach_log(s.sender());
         }
     }
-    let engine = if defs.len() > 1 { Some(ab::engine(args.experiments.as_deref(), kaizen.db_path().as_deref())?) } else { None };
+    let engine =
+        if defs.len() > 1 { Some(ab::engine(args.experiments.as_deref(), kaizen.db_path().as_deref())?) } else { None };
     let cfg = ProxyConfig {
         http: if args.stdio { None } else { args.http },
         token: args.token.clone().filter(|t| !t.is_empty()),
@@ -461,7 +463,11 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         crate::admin::spawn(addr, a).await?;
     }
 
-    let result = if proxy.cfg.http.is_some() { http_down::serve(proxy.clone()).await } else { stdio::serve(proxy.clone()).await };
+    let result = if proxy.cfg.http.is_some() {
+        http_down::serve(proxy.clone()).await
+    } else {
+        stdio::serve(proxy.clone()).await
+    };
 
     for d in &proxy.upstreams {
         for l in d.live() {
@@ -688,13 +694,10 @@ mod tests {
     #[test]
     fn command_lines_split_like_a_shell() {
         assert_eq!(split_command("node  dist/index.js stdio").unwrap(), vec!["node", "dist/index.js", "stdio"]);
-        assert_eq!(split_command(r#"python -c "print('a b')" 'x y' z\ w"#).unwrap(), vec![
-            "python",
-            "-c",
-            "print('a b')",
-            "x y",
-            "z w"
-        ]);
+        assert_eq!(
+            split_command(r#"python -c "print('a b')" 'x y' z\ w"#).unwrap(),
+            vec!["python", "-c", "print('a b')", "x y", "z w"]
+        );
         assert_eq!(split_command(r#"a "" b"#).unwrap(), vec!["a", "", "b"]);
         assert!(split_command("a 'b").is_err());
     }
@@ -703,9 +706,15 @@ mod tests {
     fn names_from_commands_and_urls() {
         let cmd = |s: &str| {
             let w = split_command(s).unwrap();
-            UpstreamKind::Command(ChildSpec { program: w[0].clone().into(), args: w[1..].iter().map(OsString::from).collect() })
+            UpstreamKind::Command(ChildSpec {
+                program: w[0].clone().into(),
+                args: w[1..].iter().map(OsString::from).collect(),
+            })
         };
-        assert_eq!(default_name(&cmd("node .npm-tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js")), "server-everything");
+        assert_eq!(
+            default_name(&cmd("node .npm-tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js")),
+            "server-everything"
+        );
         assert_eq!(default_name(&cmd("python3 -u weather_server.py")), "weather_server");
         assert_eq!(default_name(&cmd("python -m my_server")), "my_server");
         assert_eq!(default_name(&cmd("/usr/local/bin/mcp-git --repo .")), "mcp-git");

@@ -22,7 +22,7 @@ const MAX_PAGES: usize = 20;
 pub struct ToolInfo {
     pub name: String,
     /// `(argument path, header name)` for arguments promoted to `Mcp-Param-*` headers.
-    pub header_params: Vec<(Vec<String>, String)>,
+    pub header_params: super::http_up::HeaderParams,
 }
 
 fn init_request(id: u64) -> Value {
@@ -176,7 +176,10 @@ pub async fn child_tools(spec: &ChildSpec, timeout: Duration) -> Result<Vec<Tool
     }
     let err_tail = tokio::time::timeout(Duration::from_secs(1), tail).await.ok().and_then(|r| r.ok());
     let with_stderr = |e: anyhow::Error| match err_tail.as_deref().filter(|t| !t.is_empty()) {
-        Some(t) => e.context(format!("its stderr ended with: {}", t.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect::<String>())),
+        Some(t) => e.context(format!(
+            "its stderr ended with: {}",
+            t.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect::<String>()
+        )),
         None => e,
     };
     match listing {
@@ -191,16 +194,30 @@ pub async fn http_tools(target: &HttpTarget, timeout: Duration) -> Result<Vec<To
     tokio::time::timeout(timeout, async {
         let (init, session) = post_once(target, &init_request(1), None, None).await?;
         let modern = init.get("error").is_some();
-        let version = if modern { "2026-07-28".to_string() } else {
+        let version = if modern {
+            "2026-07-28".to_string()
+        } else {
             init["result"]["protocolVersion"].as_str().unwrap_or("2025-11-25").to_string()
         };
         if !modern {
-            let _ = post_once(target, &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}), session.as_deref(), Some(&version)).await;
+            let _ = post_once(
+                target,
+                &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                session.as_deref(),
+                Some(&version),
+            )
+            .await;
         }
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for page in 0..MAX_PAGES {
-            let (r, _) = post_once(target, &list_request(2 + page as u64, cursor.as_deref(), modern), session.as_deref(), Some(&version)).await?;
+            let (r, _) = post_once(
+                target,
+                &list_request(2 + page as u64, cursor.as_deref(), modern),
+                session.as_deref(),
+                Some(&version),
+            )
+            .await?;
             if let Some(e) = r.get("error") {
                 bail!("tools/list failed: {e}");
             }
@@ -239,7 +256,10 @@ mod tests {
         h.sort();
         assert_eq!(
             h,
-            vec![(vec!["region".to_string()], "Region".to_string()), (vec!["where".into(), "city".into()], "City".into())]
+            vec![
+                (vec!["region".to_string()], "Region".to_string()),
+                (vec!["where".into(), "city".into()], "City".into())
+            ]
         );
         assert_eq!(parse_page(&json!({"tools": []}), &mut out), None);
     }

@@ -31,8 +31,7 @@ impl Reader {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Event>, ReadError> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some((end, sep)) = find_blank_line(&self.buf) else { break };
+        while let Some((end, sep)) = find_blank_line(&self.buf) {
             let block: Vec<u8> = self.buf.drain(..end + sep).collect();
             if let Some(e) = parse_block(&block[..end]) {
                 out.push(e);
@@ -129,11 +128,10 @@ mod tests {
     #[test]
     fn events_across_chunks_and_line_endings() {
         let mut r = Reader::new(1_000);
-        assert_eq!(r.feed(b"id: 1\nretry: 500\ndata: \n\n").unwrap(), vec![Event {
-            data: String::new(),
-            id: Some("1".into()),
-            retry: Some(500)
-        }]);
+        assert_eq!(
+            r.feed(b"id: 1\nretry: 500\ndata: \n\n").unwrap(),
+            vec![Event { data: String::new(), id: Some("1".into()), retry: Some(500) }]
+        );
         assert!(r.feed(b"data: {\"a\":").unwrap().is_empty());
         let e = r.feed(b"1}\r\n\r\n: comment\n\ndata: x\ndata: y\n\n").unwrap();
         assert_eq!(e.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), vec!["{\"a\":1}", "x\ny"]);

@@ -40,7 +40,7 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     loop {
         tokio::select! {
             line = in_rx.recv() => match line {
-                Some(line) => link.from_client(line, &ctx).await,
+                Some(line) => link.on_client_message(line, &ctx).await,
                 None => break,
             },
             _ = crate::shutdown_signal() => break,

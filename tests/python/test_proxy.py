@@ -462,11 +462,11 @@ async def test_a_crash_mid_call_is_answered_clearly_survived_and_visible(scripts
         r = await c.call_tool("echo", {"after": "crash"})
         assert json.loads(r.content[0].text) == {"after": "crash"}
 
-        text = wait_for(lambda: (t := scrape(port)) and series(t, "gemba_proxy_upstream_restarts",
+        text = wait_for(lambda: (t := scrape(port)) and series(t, "gemba_proxy_upstream_restarts_total",
                                                                    upstream="crashy") >= 1 and t)
         assert text, scrape(port)
-        assert series(text, "gemba_proxy_upstream_exits", upstream="crashy") == 1
-        assert series(text, "gemba_proxy_failed_requests", upstream="crashy") == 2
+        assert series(text, "gemba_proxy_upstream_exits_total", upstream="crashy") == 1
+        assert series(text, "gemba_proxy_failed_requests_total", upstream="crashy") == 2
         assert series(text, "gemba_proxy_upstream_up", upstream="crashy") == 1
         assert series(text, "gemba_tool_requests_total", tool="crash", outcome="internal", upstream="crashy") == 1
         assert series(text, "gemba_tool_requests_total", tool="slow", outcome="internal", upstream="crashy") == 1
@@ -522,12 +522,13 @@ async def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(script
         assert "down" in answers[2]["error"]["message"] and "exited with status 7" in answers[2]["error"]["message"]
         time.sleep(3)
         text = scrape(port)
-        exits = series(text, "gemba_proxy_upstream_exits", upstream="dead")
+        exits = series(text, "gemba_proxy_upstream_exits_total", upstream="dead")
         assert series(text, "gemba_proxy_upstream_up", upstream="dead") == 0
         # Delays of 0.25, 0.5, 1, 2, 4 s …: a few starts in these seconds, not hundreds.
+        # (one start is the proxy's probe of the tools, which exits too)
         starts = len(log.read_text().splitlines())
         assert 3 <= starts <= 12, starts
-        assert exits >= 3
+        assert 2 <= exits <= starts, (exits, starts)
     finally:
         p.stdin.close()
         try:

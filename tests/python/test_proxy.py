@@ -705,3 +705,37 @@ async def test_ab_between_two_upstreams_splits_sessions_and_measures_each(script
     assert series(text, "gemba_tool_requests_total", tool="version", outcome="ok", upstream="v2") == 2 * seen["b"]
     assert any(line.startswith("gemba_experiment_") and 'experiment="weather-v2"' in line
                for line in text.splitlines()), "the experiment's figures are exported"
+
+
+# ---------------------------------------------------------------------------------------------
+# The MCP conformance suite: Gemba direct, and Gemba behind the proxy, give the same results.
+
+def conformance_suite():
+    from test_conformance import TOOLS, node_22
+    node = node_22()
+    cli = os.environ.get("GEMBA_CONFORMANCE_CLI",
+                         str(TOOLS / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"))
+    if node is None or not pathlib.Path(cli).exists():
+        pytest.skip("the MCP conformance suite and Node >= 22 are not installed; run scripts/test.sh")
+    return node, cli
+
+
+def conformance_checks(node, cli, url, scenario, out):
+    run = subprocess.run([node, cli, "server", "--url", url, "--scenario", scenario, "-o", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    checks = [c for f in out.rglob("checks.json") for c in json.loads(f.read_text())]
+    return run.returncode, sorted((c.get("id") or c.get("name") or json.dumps(c, sort_keys=True), c["status"])
+                                  for c in checks)
+
+
+def test_the_conformance_suite_gives_the_same_results_through_the_proxy(workspace, tmp_path):
+    from conftest import http_server
+    from test_conformance import SCENARIOS
+    node, cli = conformance_suite()
+    upstream = [BIN, "serve", "--stdio", "--workspace", str(workspace), "--state-dir", str(tmp_path / "up")]
+    with http_server(workspace) as direct_srv, proxy_http(["--", *upstream], tmp_path / "px", free_port()) as url:
+        for scenario in SCENARIOS:
+            want = conformance_checks(node, cli, direct_srv.url, scenario, tmp_path / "d" / scenario)
+            got = conformance_checks(node, cli, url, scenario, tmp_path / "p" / scenario)
+            assert want[1], f"{scenario}: no checks ran"
+            assert got == want, f"{scenario}: direct {want}, through the proxy {got}"

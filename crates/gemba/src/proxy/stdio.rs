@@ -37,13 +37,16 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     let (link, assignment) = proxy.session_link(session, Some(out_tx.clone()), 0).await?;
     tracing::info!("gemba proxy: MCP on stdio, upstream {}", link.upstream_name);
     let ctx = ClientCtx { reply: out_tx.clone(), stream: 0, session, assignment, forwarded: None, protocol: None };
+    // Made once: a signal future made per message would register its handlers every time.
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             line = in_rx.recv() => match line {
                 Some(line) => link.on_client_message(line, &ctx).await,
                 None => break,
             },
-            _ = crate::shutdown_signal() => break,
+            _ = &mut shutdown => break,
         }
     }
     proxy.close_link(&link).await;

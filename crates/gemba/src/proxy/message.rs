@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert_eq!(peek(b[0].get()).kind, Kind::Request);
         assert!(batch(r#"{"jsonrpc":"2.0"}"#).is_none());
-        assert_eq!(one_line("{\n  \"a\": \"b\\n\"\r\n}"), "{    \"a\": \"b\\n\"  }");
+        assert_eq!(one_line("{\n  \"a\": \"b\\n\"\r\n}"), "{   \"a\": \"b\\n\"  }");
         let e = error_response("\"q\"", codes::INTERNAL_ERROR, "upstream \"x\" exited");
         let v: serde_json::Value = serde_json::from_str(&e).unwrap();
         assert_eq!(v["id"], "q");

@@ -16,10 +16,16 @@ use prometheus_client::registry::Registry;
 
 use crate::wiring::Kaizen;
 
+/// A readiness check beyond the state database: returns what is wrong, or `None`.
+pub type ReadyCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
 pub struct Admin {
     pub registry: Registry,
     pub kaizen: Arc<Kaizen>,
-    pub workspace: PathBuf,
+    /// The served directory, when there is one (checked by /readyz).
+    pub workspace: Option<PathBuf>,
+    /// More readiness checks (a proxy's upstream, say).
+    pub checks: Vec<ReadyCheck>,
     pub dashboard: Arc<crate::dashboard::Dashboard>,
     /// Required on every route but the health checks when set (`--admin-token`).
     pub token: Option<String>,
@@ -81,9 +87,12 @@ async fn readyz(State(a): State<Arc<Admin>>) -> Response {
     let a2 = a.clone();
     let problems = tokio::task::spawn_blocking(move || {
         let mut problems = Vec::new();
-        if let Err(e) = std::fs::read_dir(&a2.workspace) {
-            problems.push(format!("workspace {} is not readable: {e}", a2.workspace.display()));
+        if let Some(ws) = &a2.workspace
+            && let Err(e) = std::fs::read_dir(ws)
+        {
+            problems.push(format!("workspace {} is not readable: {e}", ws.display()));
         }
+        problems.extend(a2.checks.iter().filter_map(|c| c()));
         match &a2.kaizen.store {
             Some(s) => {
                 if let Err(e) = s.check_writable() {
@@ -121,6 +130,18 @@ pub fn router(admin: Arc<Admin>) -> Router {
 
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the admin endpoint"))
+}
+
+/// Bind `addr` and serve the admin endpoints on a task of their own.
+pub async fn spawn(addr: SocketAddr, admin: Admin) -> Result<()> {
+    let listener = bind(addr).await?;
+    let admin = Arc::new(admin);
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, admin).await {
+            tracing::error!("{e:#}");
+        }
+    });
+    Ok(())
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) -> Result<()> {

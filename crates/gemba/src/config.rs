@@ -39,6 +39,9 @@ pub enum Command {
     Incidents(crate::incidents::cli::IncidentsArgs),
     /// Experiments: saved status, the report of decisions, checking a file, the knobs.
     Experiment(crate::experiments::cli::ExperimentArgs),
+    /// Kaizen for any MCP server: sit between a client and an upstream server, forward every
+    /// message unchanged, measure every call (`gemba proxy -- CMD ARGS`, or `--upstream URL`).
+    Proxy(Box<crate::proxy::ProxyArgs>),
 }
 
 #[derive(Debug, Args, Default)]

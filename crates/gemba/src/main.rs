@@ -19,6 +19,7 @@ mod incidents;
 mod loadtest;
 mod measure;
 mod operational;
+mod proxy;
 mod report;
 mod schema;
 mod server;
@@ -150,6 +151,7 @@ fn main() -> ExitCode {
             Command::Report(args) => report::run(args),
             Command::Incidents(args) => incidents::cli::run(args),
             Command::Experiment(args) => experiments::cli::run(args),
+            Command::Proxy(args) => proxy::run(*args).await,
         }
     });
     match result {

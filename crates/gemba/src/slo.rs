@@ -188,6 +188,13 @@ pub fn status_json(engine: &kaizen::sli::SliEngine) -> serde_json::Value {
 
 /// The SLO config from a file, or the seed default.
 pub fn load(path: Option<&PathBuf>) -> Result<SloFile> {
+    load_with(path, seed)
+}
+
+/// The SLO config from a file, or `default` (another embedder's seed, e.g. the proxy's: tiers
+/// and a default tier, no tools). What the file leaves out (tiers, tools, the default tier)
+/// comes from the default.
+pub fn load_with(path: Option<&PathBuf>, default: fn() -> SloConfig) -> Result<SloFile> {
     let file = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read SLO file {}", p.display()))?;
@@ -203,16 +210,19 @@ pub fn load(path: Option<&PathBuf>) -> Result<SloFile> {
                 .try_into()
                 .with_context(|| format!("SLO file {} is not valid", p.display()))?;
             // Tiers not given in the file keep the seed's figures.
-            let seed = seed();
+            let seed = default();
             for (k, v) in seed.tiers {
                 cfg.tiers.entry(k).or_insert(v);
             }
             if cfg.tools.is_empty() {
                 cfg.tools = seed.tools;
             }
+            if cfg.default_tier.is_none() {
+                cfg.default_tier = seed.default_tier;
+            }
             SloFile { slo: cfg, operational }
         }
-        None => SloFile { slo: seed(), operational: OperationalConfig::default() },
+        None => SloFile { slo: default(), operational: OperationalConfig::default() },
     };
     if let Err(e) = file.slo.validate() {
         bail!("SLO config: {e}");

@@ -100,7 +100,8 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    fn start(kaizen: Arc<Kaizen>, parts: Vec<Box<dyn Periodic>>) -> Self {
+    /// Run `parts` every few seconds on a thread of their own, delivering what they return.
+    pub fn start(kaizen: Arc<Kaizen>, parts: Vec<Box<dyn Periodic>>) -> Self {
         let parts = Arc::new(parking_lot::Mutex::new(parts));
         let (p, k) = (parts.clone(), kaizen.clone());
         let spawned = std::thread::Builder::new().name("gemba-kaizen".into()).spawn(move || {
@@ -144,35 +145,10 @@ pub async fn start(
     let r = recorder.clone();
     let _ =
         server.engine().cache.stats.load_observer.set(Box::new(move |d| r.observe(measure::CACHE_LOAD_HISTOGRAM, d)));
-    let webhook = match &cfg.alert_webhook {
-        Some(url) => Some(kaizen::alerts::Webhook::parse(url, &slo::naming().service).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let sli = Arc::new(kaizen::sli::SliEngine::new(
-        slo_file.slo.clone(),
-        recorder.names(),
-        slo::RUNBOOK_URL,
-        recorder.naming(),
-    ));
-    let store = match kaizen::store::Store::open(&cfg.state_dir, cfg.retention.clone()) {
-        Ok(s) => {
-            recorder.attach_log(s.sender());
-            // Reports compare configurations across starts and take the capacity in force here.
-            crate::report::runs::record(&s, cfg);
-            Some(Arc::new(s))
-        }
-        Err(e) => {
-            tracing::warn!("request log disabled: {e}");
-            None
-        }
-    };
-    // SLIs: restore the period's minutes, count every request from now on.
-    if let Some(st) = &store {
-        let period_min = u64::from(sli.config().period_days) * 1440;
-        match kaizen::store::load_slo_minutes(&st.path, (now_secs() / 60).saturating_sub(period_min)) {
-            Ok(rows) => sli.restore(rows),
-            Err(e) => tracing::warn!("cannot restore SLO minutes: {e}"),
-        }
+    let Opened { webhook, sli, store } = open_parts(&Settings::of(cfg), recorder, &slo_file)?;
+    if let Some(s) = &store {
+        // Reports compare configurations across starts and take the capacity in force here.
+        crate::report::runs::record(s, cfg);
     }
     // Anomalies and incidents (a config_change event when this run differs from the previous).
     let db = store.as_ref().map(|s| s.path.clone());
@@ -191,8 +167,8 @@ pub async fn start(
     };
     let kaizen = Arc::new(Kaizen {
         recorder: recorder.clone(),
-        sli: sli.clone(),
-        store: store.clone(),
+        sli,
+        store,
         webhook,
         slo: slo_file,
         state_dir: cfg.state_dir.clone(),
@@ -203,7 +179,7 @@ pub async fn start(
     server.attach_kaizen(kaizen.clone());
     let dashboard = dashboard::Dashboard::new(kaizen.clone());
     let evaluator = if recorder.enabled() {
-        recorder.attach_observer(sli.clone());
+        recorder.attach_observer(kaizen.sli.clone());
         let alerting = Alerting {
             server: server.clone(),
             kaizen: kaizen.clone(),
@@ -231,21 +207,96 @@ pub async fn start(
             .with_context(|| format!("cannot push StatsD to {addr}"))?;
     }
     if let Some(addr) = cfg.admin {
-        let listener = admin::bind(addr).await?;
-        let a = Arc::new(admin::Admin {
+        let a = admin::Admin {
             registry: kaizen::exposition::registry(recorder.clone()),
             kaizen: kaizen.clone(),
-            workspace: cfg.workspace.clone(),
+            workspace: Some(cfg.workspace.clone()),
+            checks: Vec::new(),
             dashboard,
             token: cfg.admin_token.clone(),
-        });
-        tokio::spawn(async move {
-            if let Err(e) = admin::serve(listener, a).await {
-                tracing::error!("{e:#}");
-            }
-        });
+        };
+        admin::spawn(addr, a).await?;
     }
     Ok((kaizen, evaluator))
+}
+
+/// What the parts every Kaizen embedder shares need to know (`gemba serve`, `gemba proxy`).
+pub struct Settings {
+    pub state_dir: PathBuf,
+    pub retention: kaizen::store::Retention,
+    pub alert_webhook: Option<String>,
+    /// The embedder's cache bound in bytes (0 when it has none).
+    pub cache_bytes: usize,
+}
+
+impl Settings {
+    fn of(cfg: &ServeConfig) -> Self {
+        Self {
+            state_dir: cfg.state_dir.clone(),
+            retention: cfg.retention.clone(),
+            alert_webhook: cfg.alert_webhook.clone(),
+            cache_bytes: cfg.cache_bytes,
+        }
+    }
+}
+
+/// The shared parts: the alert webhook, the SLI engine over the recorder's operations, and the
+/// request log in the state directory (attached to the recorder, SLO minutes of the period
+/// restored). The caller attaches observers and starts the evaluator.
+/// What every embedder of Kaizen opens the same way: the webhook, the SLI engine (its minutes
+/// restored from the state database) and the request log.
+struct Opened {
+    webhook: Option<kaizen::alerts::Webhook>,
+    sli: Arc<kaizen::sli::SliEngine>,
+    store: Option<Arc<kaizen::store::Store>>,
+}
+
+fn open_parts(settings: &Settings, recorder: &Arc<kaizen::Recorder>, slo_file: &slo::SloFile) -> Result<Opened> {
+    let webhook = match &settings.alert_webhook {
+        Some(url) => Some(kaizen::alerts::Webhook::parse(url, &recorder.naming().service).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let sli = Arc::new(kaizen::sli::SliEngine::new(
+        slo_file.slo.clone(),
+        recorder.names(),
+        slo::RUNBOOK_URL,
+        recorder.naming(),
+    ));
+    let store = match kaizen::store::Store::open(&settings.state_dir, settings.retention.clone()) {
+        Ok(s) => {
+            recorder.attach_log(s.sender());
+            Some(Arc::new(s))
+        }
+        Err(e) => {
+            tracing::warn!("request log disabled: {e}");
+            None
+        }
+    };
+    // SLIs: restore the period's minutes, count every request from now on.
+    if let Some(st) = &store {
+        let period_min = u64::from(sli.config().period_days) * 1440;
+        match kaizen::store::load_slo_minutes(&st.path, (now_secs() / 60).saturating_sub(period_min)) {
+            Ok(rows) => sli.restore(rows),
+            Err(e) => tracing::warn!("cannot restore SLO minutes: {e}"),
+        }
+    }
+    Ok(Opened { webhook, sli, store })
+}
+
+/// Kaizen for an embedder without incidents or experiments of its own (the proxy).
+pub fn open(settings: &Settings, recorder: &Arc<kaizen::Recorder>, slo_file: slo::SloFile) -> Result<Arc<Kaizen>> {
+    let Opened { webhook, sli, store } = open_parts(settings, recorder, &slo_file)?;
+    Ok(Arc::new(Kaizen {
+        recorder: recorder.clone(),
+        sli,
+        store,
+        webhook,
+        slo: slo_file,
+        state_dir: settings.state_dir.clone(),
+        cache_bytes: settings.cache_bytes,
+        incidents: None,
+        experiments: None,
+    }))
 }
 
 /// Samples from the engine, admission, SLIs and the state directory on every export.

@@ -44,10 +44,20 @@ impl Sample {
     }
 }
 
+/// Exports one or more recorders: every family once, with each recorder's series (carrying its
+/// constant labels). Metric names come from the first recorder's naming.
 #[derive(Debug)]
-struct KaizenCollector(Arc<Recorder>);
+struct KaizenCollector(Vec<Arc<Recorder>>);
 
 type Labels<'a> = Vec<(&'a str, &'a str)>;
+/// A named histogram's help and its series, one per recorder that has it.
+type NamedSeries<'a> = (&'a str, Vec<(&'a Recorder, &'a crate::buckets::Buckets)>);
+
+/// `base` followed by the recorder's constant labels.
+fn with_const<'a>(r: &'a Recorder, mut base: Labels<'a>) -> Labels<'a> {
+    base.extend(r.const_labels().iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    base
+}
 
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -92,24 +102,26 @@ fn hist(
 
 impl Collector for KaizenCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        let r = &self.0;
-        let naming = r.naming();
+        let Some(first) = self.0.first() else { return Ok(()) };
+        let recs: Vec<&Recorder> = self.0.iter().map(|r| &**r).collect();
+        let naming = first.naming();
         let m = |suffix: &str| naming.metric(suffix);
         let op = naming.op_label.as_str();
-        let ops: Vec<_> = r.ops().collect();
 
         let mut requests = Vec::new();
-        for (name, s) in &ops {
-            for o in Outcome::ALL {
-                let v = s.requests[o as usize].load(Ordering::Relaxed);
-                if v > 0 || o == Outcome::Ok {
-                    requests.push((vec![(op, *name), ("outcome", o.as_str())], v as f64));
+        let mut in_flight = Vec::new();
+        for r in &recs {
+            for (name, s) in r.ops() {
+                for o in Outcome::ALL {
+                    let v = s.requests[o as usize].load(Ordering::Relaxed);
+                    if v > 0 || o == Outcome::Ok {
+                        requests.push((with_const(r, vec![(op, name), ("outcome", o.as_str())]), v as f64));
+                    }
                 }
+                in_flight.push((with_const(r, vec![(op, name)]), s.in_flight.load(Ordering::Relaxed) as f64));
             }
         }
         counter(&mut enc, &m("tool_requests"), "Requests by tool (or protocol method) and outcome.", &requests)?;
-        let in_flight: Vec<_> =
-            ops.iter().map(|(n, s)| (vec![(op, *n)], s.in_flight.load(Ordering::Relaxed) as f64)).collect();
         gauge(&mut enc, &m("tool_in_flight"), "Requests being served now.", &in_flight)?;
 
         {
@@ -120,21 +132,23 @@ impl Collector for KaizenCollector {
                 None,
                 MetricType::Histogram,
             )?;
-            for (name, s) in &ops {
-                let mut acc = [0u64; 24];
-                let (mut sum, mut count) = (0.0, 0);
-                for o in Outcome::ALL {
-                    for p in 0..naming.protocol_count() {
-                        for t in 0..naming.transport_count() {
-                            let b = s.duration(o, p, t);
-                            b.add_into(&mut acc);
-                            sum += b.sum_seconds();
-                            count += b.count();
+            for r in &recs {
+                let n = r.naming();
+                for (name, s) in r.ops() {
+                    let mut acc = [0u64; 24];
+                    let (mut sum, mut count) = (0.0, 0);
+                    for o in Outcome::ALL {
+                        for p in 0..n.protocol_count() {
+                            for t in 0..n.transport_count() {
+                                let b = s.duration(o, p, t);
+                                b.add_into(&mut acc);
+                                sum += b.sum_seconds();
+                                count += b.count();
+                            }
                         }
                     }
+                    hist(&mut h, &with_const(r, vec![(op, name)]), &acc, sum, count, &EDGES_SECONDS)?;
                 }
-                let labels = [(op, *name)];
-                hist(&mut h, &labels, &acc, sum, count, &EDGES_SECONDS)?;
             }
         }
         {
@@ -145,15 +159,17 @@ impl Collector for KaizenCollector {
                 None,
                 MetricType::Histogram,
             )?;
-            for (name, s) in &ops {
-                let mut acc = [0u64; 24];
-                s.queue.add_into(&mut acc);
-                let labels = [(op, *name)];
-                hist(&mut h, &labels, &acc, s.queue.sum_seconds(), s.queue.count(), &EDGES_SECONDS)?;
+            for r in &recs {
+                for (name, s) in r.ops() {
+                    let mut acc = [0u64; 24];
+                    s.queue.add_into(&mut acc);
+                    let labels = with_const(r, vec![(op, name)]);
+                    hist(&mut h, &labels, &acc, s.queue.sum_seconds(), s.queue.count(), &EDGES_SECONDS)?;
+                }
             }
         }
         let per_op = |f: &dyn Fn(&crate::recorder::OpStats) -> u64| -> Vec<(Labels, f64)> {
-            ops.iter().map(|(n, s)| (vec![(op, *n)], f(s) as f64)).collect()
+            recs.iter().flat_map(|r| r.ops().map(move |(n, s)| (with_const(r, vec![(op, n)]), f(s) as f64))).collect()
         };
         counter(
             &mut enc,
@@ -174,11 +190,13 @@ impl Collector for KaizenCollector {
             &per_op(&|s| s.rows.load(Ordering::Relaxed)),
         )?;
         let mut stages = Vec::new();
-        for (n, s) in &ops {
-            for (i, st) in r.stage_names().iter().enumerate() {
-                let v = s.stage_nanos[i].load(Ordering::Relaxed);
-                if v > 0 {
-                    stages.push((vec![(op, *n), ("stage", st.as_str())], v as f64 / 1e9));
+        for r in &recs {
+            for (n, s) in r.ops() {
+                for (i, st) in r.stage_names().iter().enumerate() {
+                    let v = s.stage_nanos[i].load(Ordering::Relaxed);
+                    if v > 0 {
+                        stages.push((with_const(r, vec![(op, n), ("stage", st.as_str())]), v as f64 / 1e9));
+                    }
                 }
             }
         }
@@ -188,19 +206,23 @@ impl Collector for KaizenCollector {
             "Time spent in each stage of a request (value stream), by tool.",
             &stages,
         )?;
+        let per_rec = |f: &dyn Fn(&Recorder) -> u64| -> Vec<(Labels, f64)> {
+            recs.iter().map(|r| (with_const(r, vec![]), f(r) as f64)).collect()
+        };
         counter(
             &mut enc,
             &m("kaizen_dropped_events"),
             "Measurement events dropped because the aggregator queue was full.",
-            &[(vec![], r.dropped_events.load(Ordering::Relaxed) as f64)],
+            &per_rec(&|r| r.dropped_events.load(Ordering::Relaxed)),
         )?;
         counter(
             &mut enc,
             &m("kaizen_dropped_log_rows"),
             "Request-log rows dropped because the writer queue was full.",
-            &[(vec![], r.dropped_log_rows.load(Ordering::Relaxed) as f64)],
+            &per_rec(&|r| r.dropped_log_rows.load(Ordering::Relaxed)),
         )?;
 
+        // The process is one, however many recorders it has.
         let p = process_stats();
         gauge(
             &mut enc,
@@ -230,72 +252,97 @@ impl Collector for KaizenCollector {
             {
                 let mut h =
                     enc.encode_descriptor(&sc.operation_metric, &sc.operation_help, None, MetricType::Histogram)?;
-                for (i, (_, s)) in ops.iter().enumerate() {
-                    let spec = &r.specs()[i];
-                    for o in Outcome::ALL {
-                        for (pi, proto) in protocols.iter().enumerate() {
-                            for (ti, transport) in naming.transports.iter().enumerate() {
-                                let b = s.duration(o, pi, ti);
-                                if b.count() == 0 {
-                                    continue;
+                for r in &recs {
+                    for (i, (_, s)) in r.ops().enumerate() {
+                        let spec = &r.specs()[i];
+                        for o in Outcome::ALL {
+                            for (pi, proto) in protocols.iter().enumerate() {
+                                for (ti, transport) in naming.transports.iter().enumerate() {
+                                    let b = s.duration(o, pi, ti);
+                                    if b.count() == 0 {
+                                        continue;
+                                    }
+                                    let mut acc = [0u64; 24];
+                                    b.add_into(&mut acc);
+                                    let error_type = if o == Outcome::Ok { "" } else { o.as_str() };
+                                    let labels = with_const(
+                                        r,
+                                        vec![
+                                            (sc.method_label.as_str(), spec.method.as_str()),
+                                            (sc.target_label.as_str(), spec.target.as_deref().unwrap_or("")),
+                                            (sc.error_label.as_str(), error_type),
+                                            (sc.transport_label.as_str(), transport.as_str()),
+                                            (sc.protocol_label.as_str(), proto),
+                                        ],
+                                    );
+                                    hist(&mut h, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                                 }
-                                let mut acc = [0u64; 24];
-                                b.add_into(&mut acc);
-                                let error_type = if o == Outcome::Ok { "" } else { o.as_str() };
-                                let labels = [
-                                    (sc.method_label.as_str(), spec.method.as_str()),
-                                    (sc.target_label.as_str(), spec.target.as_deref().unwrap_or("")),
-                                    (sc.error_label.as_str(), error_type),
-                                    (sc.transport_label.as_str(), transport.as_str()),
-                                    (sc.protocol_label.as_str(), proto),
-                                ];
-                                hist(&mut h, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                             }
                         }
                     }
                 }
             }
             let mut h = enc.encode_descriptor(&sc.session_metric, &sc.session_help, None, MetricType::Histogram)?;
-            for (pi, proto) in protocols.iter().enumerate() {
-                for (ti, transport) in naming.transports.iter().enumerate() {
-                    let b = r.sessions(pi, ti);
-                    if b.count() == 0 {
-                        continue;
+            for r in &recs {
+                for (pi, proto) in protocols.iter().enumerate() {
+                    for (ti, transport) in naming.transports.iter().enumerate() {
+                        let b = r.sessions(pi, ti);
+                        if b.count() == 0 {
+                            continue;
+                        }
+                        let mut acc = [0u64; 24];
+                        b.add_into(&mut acc);
+                        let labels = with_const(
+                            r,
+                            vec![
+                                (sc.transport_label.as_str(), transport.as_str()),
+                                (sc.protocol_label.as_str(), *proto),
+                            ],
+                        );
+                        hist(&mut h, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                     }
-                    let mut acc = [0u64; 24];
-                    b.add_into(&mut acc);
-                    let labels =
-                        [(sc.transport_label.as_str(), transport.as_str()), (sc.protocol_label.as_str(), *proto)];
-                    hist(&mut h, &labels, &acc, b.sum_seconds(), b.count(), &OTEL_EDGES_SECONDS)?;
                 }
             }
         }
 
-        for (name, help, b) in r.histograms() {
+        // Named histograms: one family per name, a series per recorder that has it.
+        let mut named: BTreeMap<&str, NamedSeries> = BTreeMap::new();
+        for r in &recs {
+            for (name, help, b) in r.histograms() {
+                named.entry(name.as_str()).or_insert_with(|| (help.as_str(), Vec::new())).1.push((*r, b));
+            }
+        }
+        for (name, (help, series)) in named {
             let mut h = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            let mut acc = [0u64; 24];
-            b.add_into(&mut acc);
-            hist(&mut h, &[], &acc, b.sum_seconds(), b.count(), &EDGES_SECONDS)?;
+            for (r, b) in series {
+                let mut acc = [0u64; 24];
+                b.add_into(&mut acc);
+                hist(&mut h, &with_const(r, vec![]), &acc, b.sum_seconds(), b.count(), &EDGES_SECONDS)?;
+            }
         }
 
-        // Extra samples from the embedding program, grouped into families by name.
-        if let Some(provider) = r.extra.get() {
-            let mut samples = Vec::new();
-            provider(&mut samples);
-            let mut families: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
-            for s in samples {
-                families.entry(s.name.clone()).or_default().push(s);
-            }
-            for (name, list) in families {
-                let first = &list[0];
-                let series: Vec<(Labels, f64)> = list
-                    .iter()
-                    .map(|s| (s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(), s.value))
-                    .collect();
-                match first.kind {
-                    Kind::Counter => counter(&mut enc, &name, &first.help, &series)?,
-                    Kind::Gauge => gauge(&mut enc, &name, &first.help, &series)?,
+        // Extra samples from the embedding program, grouped into families by name; they carry
+        // the labels the embedder gave them (not the recorder's: a provider's samples may be
+        // about all recorders, or label themselves).
+        let mut families: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+        for r in &recs {
+            if let Some(provider) = r.extra.get() {
+                let mut samples = Vec::new();
+                provider(&mut samples);
+                for s in samples {
+                    families.entry(s.name.clone()).or_default().push(s);
                 }
+            }
+        }
+        for (name, list) in families {
+            let first = &list[0];
+            let series: Vec<(Labels, f64)> = list
+                .iter()
+                .map(|s| (s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(), s.value))
+                .collect();
+            match first.kind {
+                Kind::Counter => counter(&mut enc, &name, &first.help, &series)?,
+                Kind::Gauge => gauge(&mut enc, &name, &first.help, &series)?,
             }
         }
         Ok(())
@@ -304,8 +351,14 @@ impl Collector for KaizenCollector {
 
 /// A Prometheus registry exporting this recorder.
 pub fn registry(recorder: Arc<Recorder>) -> Registry {
+    registry_of(vec![recorder])
+}
+
+/// A Prometheus registry exporting several recorders of the same naming as one set of families,
+/// each recorder's series told apart by its constant labels (`Recorder::set_const_labels`).
+pub fn registry_of(recorders: Vec<Arc<Recorder>>) -> Registry {
     let mut reg = Registry::default();
-    reg.register_collector(Box::new(KaizenCollector(recorder)));
+    reg.register_collector(Box::new(KaizenCollector(recorders)));
     reg
 }
 
@@ -427,3 +480,59 @@ pub fn summary(r: &Recorder) -> serde_json::Value {
 
 #[allow(dead_code)]
 fn _assert_encode_metric<T: EncodeMetric>() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::naming::Naming;
+    use crate::recorder::{Completion, OpId, OpSpec};
+
+    fn recorder(upstream: &str) -> Arc<Recorder> {
+        let spec = OpSpec { name: "echo".into(), method: "tools/call".into(), target: Some("echo".into()) };
+        let r = Recorder::with_histograms(
+            Naming::plain("px"),
+            vec![spec],
+            vec![],
+            vec![("px_restart_seconds".into(), "Restart time.".into())],
+            true,
+        );
+        r.set_const_labels(vec![("upstream".into(), upstream.into())]);
+        r
+    }
+
+    #[test]
+    fn several_recorders_share_families_and_keep_their_labels() {
+        let (a, b) = (recorder("a"), recorder("b"));
+        for _ in 0..3 {
+            a.start(OpId(0)).finish(Completion { outcome: Some(Outcome::Ok), ..Default::default() });
+        }
+        b.start(OpId(0)).finish(Completion { outcome: Some(Outcome::Internal), ..Default::default() });
+        a.set_provider(Box::new(|out| out.push(Sample::new("px_up", "Up.", Kind::Gauge, 1.0).label("upstream", "a"))));
+        b.set_provider(Box::new(|out| out.push(Sample::new("px_up", "Up.", Kind::Gauge, 0.0).label("upstream", "b"))));
+        let text = encode_text_004(&registry_of(vec![a, b]));
+        let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+        assert_eq!(
+            line("px_tool_requests_total{op=\"echo\",outcome=\"ok\",upstream=\"a\"}").as_deref(),
+            Some("px_tool_requests_total{op=\"echo\",outcome=\"ok\",upstream=\"a\"} 3.0")
+        );
+        assert!(line("px_tool_requests_total{op=\"echo\",outcome=\"internal\",upstream=\"b\"} 1").is_some(), "{text}");
+        assert!(line("px_up{upstream=\"a\"} 1").is_some() && line("px_up{upstream=\"b\"} 0").is_some(), "{text}");
+        assert!(line("px_restart_seconds_count{upstream=\"b\"}").is_some(), "{text}");
+        // Every family is described once, and the process is one.
+        for family in ["# TYPE px_tool_requests_total counter", "# TYPE px_up gauge", "# TYPE px_process_threads gauge"]
+        {
+            assert_eq!(text.lines().filter(|l| *l == family).count(), 1, "{family}");
+        }
+        assert_eq!(text.lines().filter(|l| l.starts_with("px_process_threads")).count(), 1);
+    }
+
+    #[test]
+    fn one_recorder_without_labels_exports_as_before() {
+        let spec = OpSpec { name: "echo".into(), method: "tools/call".into(), target: None };
+        let r = Recorder::new(Naming::plain("px"), vec![spec], vec![], true);
+        r.start(OpId(0)).finish(Completion { outcome: Some(Outcome::Ok), ..Default::default() });
+        let text = encode_text_004(&registry(r));
+        assert!(text.contains("px_tool_requests_total{op=\"echo\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("px_kaizen_dropped_events_total 0"), "{text}");
+    }
+}

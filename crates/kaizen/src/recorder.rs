@@ -151,6 +151,8 @@ pub struct Recorder {
     specs: Vec<OpSpec>,
     names: Vec<String>,
     pub(crate) extra: OnceLock<Provider>,
+    /// Labels every series of this recorder carries (e.g. which upstream a proxy measured).
+    const_labels: OnceLock<Vec<(String, String)>>,
     observers: parking_lot::RwLock<Vec<Arc<dyn Observer>>>,
     sessions: Vec<Buckets>,
     /// Named histograms of other durations (e.g. loads), in `EDGES_SECONDS` buckets.
@@ -205,6 +207,7 @@ impl Recorder {
             specs,
             names,
             extra: OnceLock::new(),
+            const_labels: OnceLock::new(),
             observers: parking_lot::RwLock::new(Vec::new()),
             sessions: (0..protocols * transports).map(|_| Buckets::default()).collect(),
             naming,
@@ -240,6 +243,18 @@ impl Recorder {
     /// The names this recorder's exports carry.
     pub fn naming(&self) -> &Naming {
         &self.naming
+    }
+
+    /// Labels added to every series this recorder exports (set once, before the first export;
+    /// later calls are ignored). Several recorders with different labels can share one export
+    /// (`exposition::registry_of`), e.g. one per upstream of a proxy.
+    pub fn set_const_labels(&self, labels: Vec<(String, String)>) {
+        let _ = self.const_labels.set(labels);
+    }
+
+    /// The labels set with `set_const_labels` (none by default).
+    pub fn const_labels(&self) -> &[(String, String)] {
+        self.const_labels.get().map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Add samples from the embedding program to every export.

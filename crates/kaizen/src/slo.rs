@@ -62,6 +62,53 @@ pub struct SloConfig {
     /// Granularity of the in-process SLI counts, in seconds (60 in production).
     #[serde(default = "default_resolution")]
     pub resolution_secs: u64,
+    /// Tiers for operations not listed under `tools`, by name pattern (`[[pattern]]`, first
+    /// match wins): for embedders whose operations are only known at run time.
+    #[serde(default, rename = "pattern", skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<TierPattern>,
+    /// The tier of operations neither listed nor matched by a pattern; without it they have no
+    /// objectives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_tier: Option<String>,
+}
+
+/// `[[pattern]] match = "read_*" tier = "data"`: a tier for every operation whose name matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierPattern {
+    /// A glob over operation names: `*` matches any run of characters, `?` exactly one.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub tier: String,
+}
+
+/// Longest pattern accepted (a pattern is matched against every operation at start).
+const MAX_PATTERN_CHARS: usize = 200;
+
+/// Whether `name` matches the glob `pattern` (`*` any run of characters, `?` one character,
+/// everything else literally). Linear in the inputs' lengths times the number of stars at worst.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0, 0);
+    // The last star seen and the name position it is currently standing in for.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == n[ni])) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            // Let the star absorb one more character and retry.
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 fn default_scale() -> f64 {
@@ -135,7 +182,37 @@ impl SloConfig {
             tools,
             window_scale: 1.0,
             resolution_secs: 60,
+            patterns: Vec::new(),
+            default_tier: None,
         }
+    }
+
+    /// The tier an operation gets from the patterns or the default tier (`None` when neither
+    /// applies). Operations listed under `tools` are not looked at here.
+    pub fn tier_by_pattern(&self, op: &str) -> Option<&str> {
+        self.patterns
+            .iter()
+            .find(|p| glob_match(&p.pattern, op))
+            .map(|p| p.tier.as_str())
+            .or(self.default_tier.as_deref())
+    }
+
+    /// This config with an entry under `tools` for every operation in `ops` that is not listed
+    /// by name but gets a tier from a pattern or the default tier. Call it once the operation
+    /// names are known (e.g. a proxy's upstream tools); the result has the same objectives for
+    /// listed tools and new ones for the others.
+    pub fn resolve(&self, ops: &[&str]) -> SloConfig {
+        let mut out = self.clone();
+        for op in ops {
+            if out.tools.contains_key(*op) {
+                continue;
+            }
+            if let Some(tier) = self.tier_by_pattern(op) {
+                out.tools
+                    .insert((*op).to_string(), ToolObjectives { tier: Some(tier.to_string()), ..Default::default() });
+            }
+        }
+        out
     }
 
     /// Seconds a window spans, after scaling.
@@ -168,6 +245,23 @@ impl SloConfig {
                     return Err(format!("tool {tool}: {what} {v} must be between 0 and 1, e.g. 0.999"));
                 }
             }
+        }
+        let known = || self.tiers.keys().cloned().collect::<Vec<_>>().join(", ");
+        for p in &self.patterns {
+            if p.pattern.is_empty() || p.pattern.chars().count() > MAX_PATTERN_CHARS {
+                return Err(format!(
+                    "pattern '{}': a pattern needs 1 to {MAX_PATTERN_CHARS} characters, e.g. match = \"read_*\"",
+                    p.pattern
+                ));
+            }
+            if !self.tiers.contains_key(&p.tier) {
+                return Err(format!("pattern '{}': no tier '{}'; tiers are {}", p.pattern, p.tier, known()));
+            }
+        }
+        if let Some(t) = &self.default_tier
+            && !self.tiers.contains_key(t)
+        {
+            return Err(format!("default_tier: no tier '{t}'; tiers are {}", known()));
         }
         if !(self.window_scale > 0.0 && self.window_scale <= 1.0) || self.resolution_secs == 0 {
             return Err("window_scale must be in (0, 1] and resolution_secs at least 1".into());
@@ -417,6 +511,71 @@ mod tests {
         assert_eq!(rt.indicator, Indicator::Latency { threshold_seconds: 0.2 });
         let av = objs.iter().find(|o| o.name == "read-availability").unwrap();
         assert!((av.error_budget() - 0.001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn globs_match_stars_and_single_characters() {
+        assert!(glob_match("read_*", "read_table"));
+        assert!(glob_match("read_*", "read_"));
+        assert!(!glob_match("read_*", "range_values"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*_batch", "edit_batch"));
+        assert!(glob_match("get-?um", "get-sum"));
+        assert!(!glob_match("get-?um", "get-um"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("*trigger*", "trigger-long-running-operation"));
+        assert!(glob_match("écho", "écho"), "characters, not bytes");
+        assert!(!glob_match("echo", "echo2"));
+        // Many stars against a long name that does not match: still quick.
+        let long = "a".repeat(2_000);
+        assert!(!glob_match(&format!("{}b", "*a".repeat(50)), &long));
+    }
+
+    #[test]
+    fn patterns_and_default_tier_resolve_unlisted_operations() {
+        let text = r#"
+default_tier = "analysis"
+[[pattern]]
+match = "read_*"
+tier = "data"
+[[pattern]]
+match = "*"
+tier = "metadata"
+[tools.echo]
+tier = "compute"
+"#;
+        let mut c: SloConfig = toml::from_str(text).unwrap();
+        c.tiers = SloConfig::seed_tiers();
+        assert!(c.validate().is_ok());
+        let r = c.resolve(&["echo", "read_file", "list_things"]);
+        let tier = |op: &str| r.tools.get(op).and_then(|o| o.tier.clone());
+        assert_eq!(tier("echo").as_deref(), Some("compute"), "a tool listed by name keeps its own tier");
+        assert_eq!(tier("read_file").as_deref(), Some("data"), "first matching pattern");
+        assert_eq!(tier("list_things").as_deref(), Some("metadata"), "later pattern");
+        assert_eq!(r.timeout_ms("read_file"), Some(10_000));
+        assert_eq!(r.objectives().len(), 6);
+        // Without the catch-all, the default tier applies; without either, no objectives.
+        c.patterns.pop();
+        assert_eq!(c.resolve(&["list_things"]).tools["list_things"].tier.as_deref(), Some("analysis"));
+        c.default_tier = None;
+        assert!(!c.resolve(&["list_things"]).tools.contains_key("list_things"));
+    }
+
+    #[test]
+    fn patterns_are_validated() {
+        let mut c = SloConfig::with_tiers(&[]);
+        c.patterns.push(TierPattern { pattern: "read_*".into(), tier: "fast".into() });
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("no tier 'fast'") && e.contains("metadata"), "{e}");
+        c.patterns[0] = TierPattern { pattern: String::new(), tier: "data".into() };
+        assert!(c.validate().unwrap_err().contains("1 to 200 characters"));
+        c.patterns.clear();
+        c.default_tier = Some("nope".into());
+        assert!(c.validate().unwrap_err().contains("default_tier"));
+        // Unknown keys in a pattern table are refused.
+        let bad = "[[pattern]]\nmatch = \"a*\"\ntier = \"data\"\ntimeout = 3\n";
+        assert!(toml::from_str::<SloConfig>(bad).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod forks;
 mod gate;
+mod proxy;
 pub mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -49,7 +50,7 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Which part to run: reads, kaizen, forks, report, or all.
+    /// Which part to run: reads, kaizen, forks, report, proxy, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Regression gate: instructions per call, counted under valgrind, compared with this
@@ -459,6 +460,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.only == "all" || args.only == "report" {
         bars.extend(crate::report::bench::bench(&dir, &mut report)?);
+    }
+    if args.only == "all" || args.only == "proxy" {
+        bars.extend(proxy::proxy_overhead(&dir, args.warm, &mut report).await?);
     }
     outln!();
     for (name, ok) in &bars {

@@ -1,0 +1,325 @@
+//! JSON-RPC messages as the proxy sees them: read just enough to route and measure (kind, id,
+//! method, tool name, progress token, `isError`, error code and message) and forward the
+//! original text. Nothing here builds a JSON tree of a whole message; the parts are borrowed
+//! slices of the text, so an id can be replaced in place without touching anything else.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// What a message is, by the JSON-RPC rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `method` and `id`: wants an answer.
+    Request,
+    /// `method`, no `id`.
+    Notification,
+    /// `result` or `error`, no `method`.
+    Response,
+    /// Anything else (not JSON, not an object, neither of the above).
+    Invalid,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+/// One message, its parts borrowed from the text.
+#[derive(Debug)]
+pub struct Msg<'a> {
+    pub kind: Kind,
+    pub id: Option<&'a RawValue>,
+    pub method: Option<Cow<'a, str>>,
+    pub params: Option<&'a RawValue>,
+    pub result: Option<&'a RawValue>,
+    pub error: Option<&'a RawValue>,
+}
+
+impl<'a> Msg<'a> {
+    /// The id as its JSON text (`1`, `"abc"`), the key requests and responses are matched by.
+    pub fn id_text(&self) -> Option<&'a str> {
+        self.id.map(RawValue::get)
+    }
+
+    pub fn method(&self) -> &str {
+        self.method.as_deref().unwrap_or("")
+    }
+}
+
+/// Read one message (an object). Anything unreadable is `Kind::Invalid`.
+pub fn peek(text: &str) -> Msg<'_> {
+    match serde_json::from_str::<Envelope>(text) {
+        Ok(e) => {
+            let kind = match (&e.method, &e.id, e.result.is_some() || e.error.is_some()) {
+                (Some(_), Some(_), _) => Kind::Request,
+                (Some(_), None, _) => Kind::Notification,
+                (None, _, true) => Kind::Response,
+                _ => Kind::Invalid,
+            };
+            Msg { kind, id: e.id, method: e.method, params: e.params, result: e.result, error: e.error }
+        }
+        Err(_) => Msg { kind: Kind::Invalid, id: None, method: None, params: None, result: None, error: None },
+    }
+}
+
+/// The elements of a batch (a JSON array of messages), or `None` when `text` is not an array.
+pub fn batch(text: &str) -> Option<Vec<&RawValue>> {
+    if !text.trim_start().starts_with('[') {
+        return None;
+    }
+    serde_json::from_str::<Vec<&RawValue>>(text).ok()
+}
+
+#[derive(Deserialize)]
+struct CallParams<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// A `tools/call`'s tool name and its arguments' text.
+pub fn tool_call<'a>(params: Option<&'a RawValue>) -> Option<(Cow<'a, str>, Option<&'a str>)> {
+    let p: CallParams = serde_json::from_str(params?.get()).ok()?;
+    Some((p.name, p.arguments.map(RawValue::get)))
+}
+
+#[derive(Deserialize)]
+struct WithMeta<'a> {
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, default, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/subscriptionId")]
+    subscription_id: Option<&'a RawValue>,
+}
+
+fn meta(params: Option<&RawValue>) -> Option<Meta<'_>> {
+    let w: WithMeta = serde_json::from_str(params?.get()).ok()?;
+    serde_json::from_str(w.meta?.get()).ok()
+}
+
+/// `params._meta.progressToken` of a request.
+pub fn progress_token(params: Option<&RawValue>) -> Option<&RawValue> {
+    meta(params)?.progress_token
+}
+
+/// The protocol version a 2026-era request names in `_meta`.
+pub fn meta_protocol_version(params: Option<&RawValue>) -> Option<String> {
+    meta(params)?.protocol_version.map(Cow::into_owned)
+}
+
+/// `params._meta["io.modelcontextprotocol/subscriptionId"]` of a notification.
+pub fn subscription_id(params: Option<&RawValue>) -> Option<&RawValue> {
+    meta(params)?.subscription_id
+}
+
+#[derive(Deserialize)]
+struct ProgressParams<'a> {
+    #[serde(borrow, default, rename = "progressToken")]
+    token: Option<&'a RawValue>,
+}
+
+/// `params.progressToken` of a `notifications/progress`.
+pub fn progress_notification_token(params: Option<&RawValue>) -> Option<&RawValue> {
+    serde_json::from_str::<ProgressParams>(params?.get()).ok()?.token
+}
+
+#[derive(Deserialize)]
+struct CancelParams<'a> {
+    #[serde(borrow, default, rename = "requestId")]
+    request_id: Option<&'a RawValue>,
+}
+
+/// `params.requestId` of a `notifications/cancelled`.
+pub fn cancelled_id(params: Option<&RawValue>) -> Option<&RawValue> {
+    serde_json::from_str::<CancelParams>(params?.get()).ok()?.request_id
+}
+
+#[derive(Deserialize)]
+struct ToolResult<'a> {
+    #[serde(default, rename = "isError")]
+    is_error: Option<bool>,
+    #[serde(borrow, default)]
+    content: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct TextBlock<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// Whether a tool result says `isError: true`.
+pub fn is_tool_error(result: Option<&RawValue>) -> bool {
+    result.and_then(|r| serde_json::from_str::<ToolResult>(r.get()).ok()).is_some_and(|r| r.is_error == Some(true))
+}
+
+/// The first text block of a tool result (what a failed call said).
+pub fn first_text(result: Option<&RawValue>) -> Option<String> {
+    let r: ToolResult = serde_json::from_str(result?.get()).ok()?;
+    let first = r.content?.into_iter().next()?;
+    serde_json::from_str::<TextBlock>(first.get()).ok()?.text.map(Cow::into_owned)
+}
+
+#[derive(Deserialize)]
+struct ErrorObject<'a> {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// A JSON-RPC error's code and message.
+pub fn error_info(error: Option<&RawValue>) -> (i64, String) {
+    match error.and_then(|e| serde_json::from_str::<ErrorObject>(e.get()).ok()) {
+        Some(e) => (e.code.unwrap_or(0), e.message.map(Cow::into_owned).unwrap_or_default()),
+        None => (0, String::new()),
+    }
+}
+
+#[derive(Deserialize)]
+struct InitResult<'a> {
+    #[serde(borrow, default, rename = "protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+}
+
+/// `result.protocolVersion` of an `initialize` answer (or `params.protocolVersion` of the request).
+pub fn protocol_version(part: Option<&RawValue>) -> Option<String> {
+    serde_json::from_str::<InitResult>(part?.get()).ok()?.protocol_version.map(Cow::into_owned)
+}
+
+/// Where `part` (a slice borrowed from `text`) sits in `text`.
+fn span(text: &str, part: &RawValue) -> Option<std::ops::Range<usize>> {
+    let start = (part.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start + part.get().len();
+    (end <= text.len()).then_some(start..end)
+}
+
+/// `text` with `part` (borrowed from it) replaced by `replacement`; every other byte kept.
+pub fn splice(text: &str, part: &RawValue, replacement: &str) -> Option<String> {
+    let r = span(text, part)?;
+    let mut out = String::with_capacity(text.len() + replacement.len());
+    out.push_str(&text[..r.start]);
+    out.push_str(replacement);
+    out.push_str(&text[r.end..]);
+    Some(out)
+}
+
+/// A JSON-RPC error answer to the request with id `id` (its JSON text).
+pub fn error_response(id: &str, code: i64, message: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{}}}}}"#,
+        serde_json::Value::String(message.to_string())
+    )
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// `text` on one line: JSON allows raw newlines only as whitespace between tokens (inside
+/// strings they must be escaped), so turning them into spaces changes nothing a reader sees.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if text.contains(['\n', '\r']) { Cow::Owned(text.replace(['\n', '\r'], " ")) } else { Cow::Borrowed(text) }
+}
+
+/// JSON-RPC error codes the proxy answers with itself.
+pub mod codes {
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const INTERNAL_ERROR: i64 = -32603;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_parts() {
+        let req = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"},"_meta":{"progressToken":"p1"}}}"#;
+        let m = peek(req);
+        assert_eq!(m.kind, Kind::Request);
+        assert_eq!(m.id_text(), Some("7"));
+        assert_eq!(m.method(), "tools/call");
+        let (name, args) = tool_call(m.params).unwrap();
+        assert_eq!((name.as_ref(), args), ("echo", Some(r#"{"message":"hi"}"#)));
+        assert_eq!(progress_token(m.params).map(RawValue::get), Some(r#""p1""#));
+
+        let note = peek(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a-1"}}"#);
+        assert_eq!(note.kind, Kind::Notification);
+        assert_eq!(cancelled_id(note.params).map(RawValue::get), Some(r#""a-1""#));
+
+        let ok = peek(
+            r#"{"jsonrpc":"2.0","id":"x","result":{"content":[{"type":"text","text":"no such file"}],"isError":true}}"#,
+        );
+        assert_eq!(ok.kind, Kind::Response);
+        assert!(is_tool_error(ok.result));
+        assert_eq!(first_text(ok.result).as_deref(), Some("no such file"));
+
+        let err = peek(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"Method not found"}}"#);
+        assert_eq!(err.kind, Kind::Response);
+        assert_eq!(error_info(err.error), (-32601, "Method not found".to_string()));
+        // An error without an id (the request could not be read) is still a response.
+        assert_eq!(peek(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#).kind, Kind::Response);
+
+        for bad in ["", "not json", "[1,2]", "{}", r#"{"jsonrpc":"2.0","id":1}"#] {
+            assert_eq!(peek(bad).kind, Kind::Invalid, "{bad}");
+        }
+    }
+
+    #[test]
+    fn splicing_replaces_only_the_part() {
+        let text = r#"{ "jsonrpc" : "2.0", "id" : "abc" , "method":"ping","params":{"_meta":{"progressToken":1}}}"#;
+        let m = peek(text);
+        let out = splice(text, m.id.unwrap(), "42").unwrap();
+        assert_eq!(out, r#"{ "jsonrpc" : "2.0", "id" : 42 , "method":"ping","params":{"_meta":{"progressToken":1}}}"#);
+        let token = progress_token(m.params).unwrap();
+        let out = splice(text, token, r#""t9""#).unwrap();
+        assert!(out.ends_with(r#"{"progressToken":"t9"}}}"#), "{out}");
+    }
+
+    #[test]
+    fn batches_and_lines() {
+        let b = batch(r#" [{"jsonrpc":"2.0","id":1,"method":"ping"}, {"jsonrpc":"2.0","method":"x"}]"#).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(peek(b[0].get()).kind, Kind::Request);
+        assert!(batch(r#"{"jsonrpc":"2.0"}"#).is_none());
+        assert_eq!(one_line("{\n  \"a\": \"b\\n\"\r\n}"), "{   \"a\": \"b\\n\"  }");
+        let e = error_response("\"q\"", codes::INTERNAL_ERROR, "upstream \"x\" exited");
+        let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+        assert_eq!(v["id"], "q");
+        assert_eq!(v["error"]["message"], "upstream \"x\" exited");
+    }
+
+    #[test]
+    fn protocol_versions_from_both_eras() {
+        let init = peek(r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18","capabilities":{}}}"#);
+        assert_eq!(protocol_version(init.result).as_deref(), Some("2025-06-18"));
+        let modern = peek(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        );
+        assert_eq!(meta_protocol_version(modern.params).as_deref(), Some("2026-07-28"));
+        let n = peek(
+            r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"x","_meta":{"io.modelcontextprotocol/subscriptionId":"listen-1"}}}"#,
+        );
+        assert_eq!(subscription_id(n.params).map(RawValue::get), Some(r#""listen-1""#));
+    }
+}

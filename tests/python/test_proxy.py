@@ -1,0 +1,741 @@
+"""`gemba proxy`: Kaizen in front of MCP servers nobody here wrote — the MCP reference server
+(`@modelcontextprotocol/server-everything`, installed by scripts/test.sh into `.npm-tools`), a
+FastMCP (`MCPServer`) server written with the official Python SDK, and a small server that
+crashes in the middle of a call. The client is the official Python SDK in every case; the
+proxy is the real binary; the measurements are read from its own /metrics and `gemba stats`."""
+
+import contextlib
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters, types
+
+from conftest import BIN, ROOT, TIMEOUT
+
+pytestmark = pytest.mark.anyio
+
+EVERYTHING = ROOT / ".npm-tools" / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+PY = sys.executable
+
+FASTMCP_SERVER = textwrap.dedent('''
+    """A small server on the official Python SDK's FastMCP (MCPServer in mcp 2.x)."""
+    import os
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    mcp = MCPServer("weather")
+
+    @mcp.tool()
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    @mcp.tool()
+    def forecast(city: str) -> str:
+        """The forecast for a city."""
+        return f"sunny in {city}"
+
+    @mcp.tool()
+    def fail(why: str) -> str:
+        """Always fails (a tool error)."""
+        raise ToolError(why)
+
+    @mcp.tool()
+    def version() -> str:
+        """Which build of the server this is."""
+        return os.environ.get("WEATHER_VERSION", "a")
+
+    @mcp.resource("note://hello")
+    def hello() -> str:
+        """A note."""
+        return "hello from the note"
+
+    @mcp.prompt()
+    def greet(name: str) -> str:
+        """Greet someone."""
+        return f"Hello {name}, how is the weather?"
+
+    if __name__ == "__main__":
+        mcp.run()
+''')
+
+# A server of the plainest kind (raw JSON-RPC over stdio) that dies in the middle of a call to
+# `crash`. Every process appends one line per message it received to $CRASHY_LOG.
+CRASHY_SERVER = textwrap.dedent('''
+    import json, os, sys, time
+    log = open(os.environ["CRASHY_LOG"], "a", buffering=1)
+    log.write(f"start {os.getpid()}\\n")
+    def send(obj):
+        sys.stdout.write(json.dumps(obj) + "\\n"); sys.stdout.flush()
+    def text(s):
+        return {"content": [{"type": "text", "text": s}], "isError": False}
+    for line in sys.stdin:
+        m = json.loads(line)
+        method, mid = m.get("method"), m.get("id")
+        log.write(f"{os.getpid()} {method or 'response'}\\n")
+        if method == "initialize":
+            send({"jsonrpc": "2.0", "id": mid, "result": {
+                "protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}},
+                "serverInfo": {"name": "crashy", "version": "1.0"}}})
+        elif method == "tools/list":
+            tools = [{"name": n, "inputSchema": {"type": "object"}} for n in ("echo", "pid", "crash", "slow")]
+            send({"jsonrpc": "2.0", "id": mid, "result": {"tools": tools}})
+        elif method == "tools/call":
+            name, args = m["params"]["name"], m["params"].get("arguments") or {}
+            if name == "crash":
+                time.sleep(0.3)
+                os._exit(3)
+            if name == "slow":
+                time.sleep(float(args.get("seconds", 1)))
+            if name == "pid":
+                send({"jsonrpc": "2.0", "id": mid, "result": text(str(os.getpid()))})
+            else:
+                send({"jsonrpc": "2.0", "id": mid, "result": text(json.dumps(args))})
+        elif method == "ping":
+            send({"jsonrpc": "2.0", "id": mid, "result": {}})
+        elif mid is not None and method is not None:
+            send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32601, "message": f"no method {method}"}})
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_everything():
+    if not EVERYTHING.exists():
+        pytest.skip(f"server-everything is not installed at {EVERYTHING}; run scripts/test.sh")
+
+
+def everything_cmd():
+    return ["node", str(EVERYTHING), "stdio"]
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("servers")
+    (d / "weather_server.py").write_text(FASTMCP_SERVER)
+    (d / "crashy.py").write_text(CRASHY_SERVER)
+    return d
+
+
+def proxy_args(upstream, state_dir, admin_port=None, extra=()):
+    args = ["proxy", "--state-dir", str(state_dir), *extra]
+    if admin_port:
+        args += ["--admin", f"127.0.0.1:{admin_port}"]
+    return [*args, "--", *upstream]
+
+
+def proxied(upstream, state_dir, admin_port=None, extra=(), env=None, mode="legacy", **kw):
+    """The SDK client over stdio to `gemba proxy -- upstream…`."""
+    params = StdioServerParameters(command=BIN, args=proxy_args(upstream, state_dir, admin_port, extra),
+                                   env={"GEMBA_LOG": "warn", "PATH": os.environ["PATH"], **(env or {})})
+    return Client(params, mode=mode, read_timeout_seconds=TIMEOUT, cache=None, **kw)
+
+
+def direct(upstream, env=None, mode="legacy", **kw):
+    params = StdioServerParameters(command=upstream[0], args=upstream[1:],
+                                   env={"PATH": os.environ["PATH"], **(env or {})})
+    return Client(params, mode=mode, read_timeout_seconds=TIMEOUT, cache=None, **kw)
+
+
+def scrape(admin_port) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
+
+
+def series(text, name, **labels) -> float:
+    """The sum of the samples of `name` whose labels include `labels` (0 when none)."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line.split("}")[0] if "{" in line else ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else 0.0
+
+
+def wait_for(pred, timeout=20.0, every=0.2):
+    """Poll until `pred()` is truthy (the aggregator drains its queue every few ms)."""
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > end:
+            return v
+        time.sleep(every)
+
+
+def stats(state_dir) -> dict:
+    out = subprocess.run([BIN, "stats", "--state-dir", str(state_dir), "--since", "1h", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {s["tool"]: s for s in json.loads(out.stdout)}
+
+
+def dump(x):
+    return x.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The MCP reference server (Node), through the proxy and direct: the same answers.
+
+async def everything_session(client_factory, calls_log):
+    """One session's worth of everything the reference server offers; returns what was seen."""
+    seen = {"progress": [], "sampled": [], "elicited": 0, "roots": 0, "logs": 0}
+
+    async def sampling(ctx, params):
+        seen["sampled"].append(params.messages[0].content.text)
+        return types.CreateMessageResult(role="assistant", model="test-model",
+                                         content=types.TextContent(type="text", text="the sampled answer"))
+
+    async def elicitation(ctx, params):
+        seen["elicited"] += 1
+        return types.ElicitResult(action="decline")
+
+    async def roots(ctx):
+        seen["roots"] += 1
+        return types.ListRootsResult(roots=[types.Root(uri="file:///tmp/project", name="project")])
+
+    async def logging_cb(params):
+        seen["logs"] += 1
+
+    out = {}
+    async with client_factory(sampling_callback=sampling, elicitation_callback=elicitation,
+                              list_roots_callback=roots, logging_callback=logging_cb) as c:
+        tools = await c.list_tools()
+        out["tools"] = sorted(t.name for t in tools.tools)
+        out["tool_schemas"] = {t.name: dump(t) for t in tools.tools}
+        r = await c.call_tool("echo", {"message": "hello through the proxy"})
+        out["echo"] = dump(r)
+        calls_log.append("echo")
+        r = await c.call_tool("get-sum", {"a": 2, "b": 40})
+        out["sum"] = dump(r)
+        calls_log.append("get-sum")
+        r = await c.call_tool("get-structured-content", {"location": "New York"})
+        out["structured"] = r.structured_content
+        calls_log.append("get-structured-content")
+        r = await c.call_tool("get-tiny-image", {})
+        out["image_types"] = [x.type for x in r.content]
+        calls_log.append("get-tiny-image")
+
+        async def progress(p, total, message):
+            seen["progress"].append(p)
+        r = await c.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 3},
+                              progress_callback=progress)
+        out["long"] = r.is_error
+        calls_log.append("trigger-long-running-operation")
+        if "trigger-sampling-request" in out["tools"]:
+            r = await c.call_tool("trigger-sampling-request", {"prompt": "say hi", "maxTokens": 20})
+            out["sampling"] = json.dumps(dump(r))
+            calls_log.append("trigger-sampling-request")
+        if "trigger-elicitation-request" in out["tools"]:
+            await c.call_tool("trigger-elicitation-request", {})
+            calls_log.append("trigger-elicitation-request")
+        if "get-roots-list" in out["tools"]:
+            await c.call_tool("get-roots-list", {})
+            calls_log.append("get-roots-list")
+        res = await c.list_resources()
+        out["resources"] = sorted(x.uri for x in res.resources)
+        first = res.resources[0].uri
+        rr = await c.read_resource(first)
+        out["read"] = dump(rr)
+        prompts = await c.list_prompts()
+        out["prompts"] = sorted(p.name for p in prompts.prompts)
+        g = await c.get_prompt("args-prompt", {"city": "Paris", "state": "Texas"})
+        out["prompt"] = dump(g)
+        try:
+            out["unknown_tool"] = dump(await c.call_tool("no-such-tool", {}))
+        except Exception as e:  # a JSON-RPC error rather than a tool error
+            out["unknown_tool"] = str(e)
+        await c.send_ping()
+    out["seen"] = {"progress": len(seen["progress"]) > 0, "sampled": seen["sampled"],
+                   "elicited": seen["elicited"], "roots": seen["roots"]}
+    return out
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_reference_server_answers_the_same_through_the_proxy(mode, tmp_path):
+    need_everything()
+    port = free_port()
+    calls_direct, calls_proxied = [], []
+    want = await everything_session(lambda **kw: direct(everything_cmd(), mode=mode, **kw), calls_direct)
+    got = await everything_session(
+        lambda **kw: proxied(everything_cmd(), tmp_path / "state", port, mode=mode, **kw), calls_proxied)
+    assert got == want
+    # Server-to-client requests crossed the proxy both ways (where the server offers them).
+    assert got["seen"]["progress"]
+    if "trigger-sampling-request" in got["tools"]:
+        assert got["seen"]["sampled"], got["seen"]
+        assert "the sampled answer" in got["sampling"]
+    if "get-roots-list" in got["tools"]:
+        assert got["seen"]["roots"] >= 1
+
+
+async def test_every_call_to_the_reference_server_is_measured_with_its_upstream_label(tmp_path):
+    need_everything()
+    port = free_port()
+    state = tmp_path / "state"
+    async with proxied(everything_cmd(), state, port, extra=["--name", "everything"]) as c:
+        for i in range(5):
+            r = await c.call_tool("echo", {"message": f"m{i}"})
+            assert not r.is_error
+        r = await c.call_tool("get-sum", {"a": 1, "b": 2})
+        assert "3" in r.content[0].text
+        # A bad argument: the reference server answers with a tool error (or a protocol error).
+        with contextlib.suppress(Exception):
+            await c.call_tool("get-sum", {"a": "x"})
+        await c.list_resources()
+        text = wait_for(lambda: (t := scrape(port)) and series(
+            t, "gemba_tool_requests_total", tool="echo", upstream="everything") == 5 and t)
+        assert text, scrape(port)
+        assert series(text, "gemba_tool_requests_total", tool="echo", outcome="ok", upstream="everything") == 5
+        assert series(text, "gemba_tool_requests_total", tool="get-sum", upstream="everything") == 2
+        assert series(text, "gemba_tool_requests_total", tool="get-sum", outcome="ok", upstream="everything") == 1
+        assert series(text, "gemba_tool_requests_total", tool="resources/list", upstream="everything") == 1
+        assert series(text, "gemba_tool_requests_total", tool="initialize", upstream="everything") == 1
+        assert series(text, "gemba_tool_duration_seconds_count", tool="echo", upstream="everything") == 5
+        assert series(text, "gemba_tool_in_flight", tool="echo", upstream="everything") == 0
+        assert series(text, "gemba_proxy_upstream_up", upstream="everything") == 1
+        assert series(text, "mcp_server_operation_duration_seconds_count", mcp_method_name="tools/call",
+                      gen_ai_tool_name="echo", network_transport="pipe") == 5
+        # Every series of the recorder carries the label, so two proxies can share a Prometheus.
+        for line in text.splitlines():
+            if line.startswith("gemba_tool_requests_total{"):
+                assert 'upstream="everything"' in line, line
+        slo = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/slo.json", timeout=10).read())
+        assert slo, "the SLO status is served"
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert ready.status == 200
+    s = wait_for(lambda: (st := stats(state)).get("echo", {}).get("count") == 5 and st, timeout=15) or stats(state)
+    assert s["echo"]["count"] == 5, s
+    assert s["get-sum"]["count"] == 2, s
+
+
+# ---------------------------------------------------------------------------------------------
+# A FastMCP server: byte-for-byte transparency, tool errors measured, SLO tiers by pattern.
+
+RAW_SESSION = [
+    {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
+        "clientInfo": {"name": "raw", "version": "0"}}},
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    {"jsonrpc": "2.0", "id": "s-3", "method": "tools/call", "params": {"name": "add", "arguments": {"a": 2, "b": 3}}},
+    {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "fail", "arguments": {"why": "no sun"}}},
+    {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "missing", "arguments": {}}},
+    {"jsonrpc": "2.0", "id": 6, "method": "resources/read", "params": {"uri": "note://hello"}},
+    {"jsonrpc": "2.0", "id": 7, "method": "prompts/get", "params": {"name": "greet", "arguments": {"name": "Ann"}}},
+    {"jsonrpc": "2.0", "id": 8, "method": "no/such/method", "params": {}},
+    {"jsonrpc": "2.0", "id": 9, "method": "ping"},
+]
+
+
+def raw_exchange(cmd, lines, env=None):
+    """Send JSON-RPC lines one at a time (each answered before the next) and return every line
+    the server wrote, as text."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True, env={**os.environ, "GEMBA_LOG": "warn", **(env or {})})
+    out = []
+    try:
+        for msg in lines:
+            p.stdin.write(json.dumps(msg) + "\n")
+            p.stdin.flush()
+            if "id" in msg:
+                while True:
+                    line = p.stdout.readline()
+                    assert line, f"the server closed its output (answer to {msg} missing)"
+                    out.append(line.rstrip("\n"))
+                    m = json.loads(line)
+                    if m.get("id") == msg["id"] and "method" not in m:
+                        break
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return out
+
+
+async def test_fastmcp_answers_are_forwarded_byte_for_byte(scripts, tmp_path):
+    upstream = [PY, str(scripts / "weather_server.py")]
+    want = raw_exchange(upstream, RAW_SESSION)
+    got = raw_exchange([BIN, *proxy_args(upstream, tmp_path / "state")], RAW_SESSION)
+    assert got == want
+    assert len(got) >= len([m for m in RAW_SESSION if "id" in m])
+
+
+async def test_fastmcp_calls_are_measured_by_tool_with_slo_tiers_by_pattern(scripts, tmp_path):
+    upstream = [PY, str(scripts / "weather_server.py")]
+    slo = tmp_path / "slo.toml"
+    slo.write_text(textwrap.dedent('''
+        default_tier = "data"
+        [[pattern]]
+        match = "fore*"
+        tier = "metadata"
+    '''))
+    port = free_port()
+    state = tmp_path / "state"
+    async with proxied(upstream, state, port, extra=["--slo", str(slo)]) as c:
+        tools = sorted(t.name for t in (await c.list_tools()).tools)
+        assert tools == ["add", "fail", "forecast", "version"]
+        for i in range(4):
+            r = await c.call_tool("add", {"a": i, "b": 1})
+            assert not r.is_error and r.content[0].text == str(i + 1)
+        r = await c.call_tool("forecast", {"city": "Oslo"})
+        assert r.content[0].text == "sunny in Oslo"
+        r = await c.call_tool("fail", {"why": "no sun today"})
+        assert r.is_error and "no sun today" in r.content[0].text
+        rr = await c.read_resource("note://hello")
+        assert rr.contents[0].text == "hello from the note"
+        g = await c.get_prompt("greet", {"name": "Ann"})
+        assert "Hello Ann" in g.messages[0].content.text
+        text = wait_for(lambda: (t := scrape(port)) and series(
+            t, "gemba_tool_requests_total", tool="fail", upstream="weather_server") == 1 and t)
+        assert text, scrape(port)
+        assert series(text, "gemba_tool_requests_total", tool="add", outcome="ok", upstream="weather_server") == 4
+        assert series(text, "gemba_tool_requests_total", tool="fail", outcome="tool_error",
+                      upstream="weather_server") == 1
+        assert series(text, "gemba_tool_requests_total", tool="resources/read", outcome="ok") == 1
+        assert series(text, "gemba_tool_requests_total", tool="prompts/get", outcome="ok") == 1
+        slo_json = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/slo.json", timeout=10).read())
+        tiers = json.dumps(slo_json)
+        assert "metadata" in tiers and "forecast" in tiers
+    s = wait_for(lambda: (st := stats(state)).get("add", {}).get("count") == 4 and st, timeout=15) or stats(state)
+    assert s["add"]["count"] == 4 and s["fail"]["errors"] == 1, s
+
+
+# ---------------------------------------------------------------------------------------------
+# A server that crashes in the middle of a call.
+
+async def test_a_crash_mid_call_is_answered_clearly_survived_and_visible(scripts, tmp_path):
+    log = tmp_path / "crashy.log"
+    upstream = [PY, str(scripts / "crashy.py")]
+    port = free_port()
+    state = tmp_path / "state"
+    async with proxied(upstream, state, port, env={"CRASHY_LOG": str(log)}, extra=["--name", "crashy"]) as c:
+        first_pid = (await c.call_tool("pid", {})).content[0].text
+        r = await c.call_tool("echo", {"x": 1})
+        assert json.loads(r.content[0].text) == {"x": 1}
+
+        # Two calls in flight when the server dies (the second waits behind the first in the
+        # server's input): both answered, both with the reason.
+        async def call(name, args, out):
+            try:
+                out[name] = await c.call_tool(name, args)
+            except Exception as e:  # the SDK raises on a JSON-RPC error
+                out[name] = e
+        results = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "crash", {}, results)
+            await anyio.sleep(0.05)
+            tg.start_soon(call, "slow", {"seconds": 0}, results)
+        for name in ("slow", "crash"):
+            msg = str(results[name])
+            assert "upstream MCP server" in msg and "exited with status 3" in msg and "restarting" in msg, msg
+
+        # Restarted (with backoff) and the session replayed: later calls work, on a new process.
+        second_pid = None
+        for _ in range(40):
+            try:
+                second_pid = (await c.call_tool("pid", {})).content[0].text
+                break
+            except Exception:
+                await anyio.sleep(0.25)
+        assert second_pid and second_pid != first_pid
+        r = await c.call_tool("echo", {"after": "crash"})
+        assert json.loads(r.content[0].text) == {"after": "crash"}
+
+        text = wait_for(lambda: (t := scrape(port)) and series(t, "gemba_proxy_upstream_restarts_total",
+                                                                   upstream="crashy") >= 1 and t)
+        assert text, scrape(port)
+        assert series(text, "gemba_proxy_upstream_exits_total", upstream="crashy") == 1
+        assert series(text, "gemba_proxy_failed_requests_total", upstream="crashy") == 2
+        assert series(text, "gemba_proxy_upstream_up", upstream="crashy") == 1
+        assert series(text, "gemba_tool_requests_total", tool="crash", outcome="internal", upstream="crashy") == 1
+        assert series(text, "gemba_tool_requests_total", tool="slow", outcome="internal", upstream="crashy") == 1
+        assert series(text, "gemba_tool_requests_total", tool="echo", outcome="ok", upstream="crashy") == 2
+
+    # The new process heard the client's handshake again before any call.
+    lines = log.read_text().splitlines()
+    starts = [l.split()[1] for l in lines if l.startswith("start ")]
+    assert len(starts) >= 2, lines
+    second = [l.split()[1] for l in lines if l.startswith(starts[1] + " ")]
+    assert second[:2] == ["initialize", "notifications/initialized"], second
+    # The request log has the crash with its reason.
+    s = stats(state)
+    assert s["crash"]["errors"] == 1 and s["slow"]["errors"] == 1, s
+
+
+async def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(scripts, tmp_path):
+    """A server that dies at once every time: the proxy keeps retrying with backoff (not in a
+    tight loop), reports itself not ready, and answers held requests with an error in time."""
+    dead = tmp_path / "dead.py"
+    dead.write_text("import os, sys\nopen(os.environ['DEAD_LOG'], 'a').write('start\\n')\nsys.exit(7)\n")
+    log = tmp_path / "dead.log"
+    port = free_port()
+    args = proxy_args([PY, str(dead)], tmp_path / "state", port, extra=["--name", "dead", "--hold-ms", "1500"])
+    p = subprocess.Popen([BIN, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "GEMBA_LOG": "warn", "DEAD_LOG": str(log)})
+    try:
+        def ready_status():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
+            except urllib.error.HTTPError as e:
+                return e.code
+            except OSError:
+                return None
+        assert wait_for(lambda: ready_status() == 503, timeout=30)
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+        p.stdin.write(json.dumps(init) + "\n")
+        p.stdin.flush()
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "x", "arguments": {}}}
+        p.stdin.write(json.dumps(call) + "\n")
+        p.stdin.flush()
+        # The call is answered once it has been held --hold-ms (the handshake waits on).
+        answers = {}
+
+        def read_until_the_call_is_answered():
+            for line in p.stdout:
+                m = json.loads(line)
+                answers[m.get("id")] = m
+                if m.get("id") == 2:
+                    return
+        reader = threading.Thread(target=read_until_the_call_is_answered, daemon=True)
+        reader.start()
+        reader.join(30)
+        assert 2 in answers and "error" in answers[2], answers
+        assert "down" in answers[2]["error"]["message"] and "exited with status 7" in answers[2]["error"]["message"]
+        time.sleep(3)
+        text = scrape(port)
+        exits = series(text, "gemba_proxy_upstream_exits_total", upstream="dead")
+        assert series(text, "gemba_proxy_upstream_up", upstream="dead") == 0
+        # Delays of 0.25, 0.5, 1, 2, 4 s …: a few starts in these seconds, not hundreds.
+        # (one start is the proxy's probe of the tools, which exits too)
+        starts = len(log.read_text().splitlines())
+        assert 3 <= starts <= 12, starts
+        assert 1 <= exits <= starts, (exits, starts)
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamable HTTP: the proxy serving HTTP clients, and an upstream over HTTP.
+
+@contextlib.contextmanager
+def proxy_http(upstream_args, state_dir, admin_port, env=None):
+    """`gemba proxy --http 127.0.0.1:0 …`; yields its MCP URL."""
+    args = [BIN, "proxy", "--http", "127.0.0.1:0", "--state-dir", str(state_dir),
+            "--admin", f"127.0.0.1:{admin_port}", *upstream_args]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "GEMBA_LOG": "warn", **(env or {})})
+    url = None
+    try:
+        for line in p.stderr:
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "gemba proxy did not report its address"
+        threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+        yield url
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+async def test_http_clients_get_a_session_each_in_front_of_a_stdio_server(tmp_path):
+    need_everything()
+    port = free_port()
+    with proxy_http(["--name", "everything", "--", *everything_cmd()], tmp_path / "state", port) as url:
+        progress = []
+
+        async def on_progress(p, total, message):
+            progress.append(p)
+        async with Client(url, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as a, \
+                Client(url, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as b:
+            ra = await a.call_tool("echo", {"message": "from a"})
+            rb = await b.call_tool("echo", {"message": "from b"})
+            assert "from a" in ra.content[0].text and "from b" in rb.content[0].text
+            r = await a.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 2},
+                                  progress_callback=on_progress)
+            assert not r.is_error and progress
+            text = scrape(port)
+            assert series(text, "gemba_proxy_upstream_connections", upstream="everything") == 2
+            g = await b.get_prompt("simple-prompt", {})
+            assert g.messages
+        text = wait_for(lambda: (t := scrape(port)) and series(
+            t, "gemba_tool_requests_total", tool="echo", upstream="everything") == 2 and t)
+        assert text, scrape(port)
+        assert series(text, "gemba_tool_requests_total", tool="echo", outcome="ok") == 2
+        assert series(text, "gemba_tool_requests_total", tool="prompts/get", outcome="ok") == 1
+        assert series(text, "mcp_server_operation_duration_seconds_count", mcp_method_name="tools/call",
+                      gen_ai_tool_name="echo", network_transport="tcp") == 2
+
+
+async def test_http_front_answers_the_same_as_direct(tmp_path):
+    """The reference server's HTTP transport direct, and the proxy's HTTP front in front of its
+    stdio transport: the same answers to the same session."""
+    need_everything()
+    up_port = free_port()
+    node = subprocess.Popen(["node", str(EVERYTHING), "streamableHttp"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PORT": str(up_port)})
+    try:
+        for line in node.stderr:
+            if "listening" in line.lower():
+                break
+        threading.Thread(target=lambda: [None for _ in node.stderr], daemon=True).start()
+        want = await everything_session(
+            lambda **kw: Client(f"http://127.0.0.1:{up_port}/mcp", mode="legacy", read_timeout_seconds=TIMEOUT,
+                                cache=None, **kw), [])
+        with proxy_http(["--", *everything_cmd()], tmp_path / "state", free_port()) as url:
+            got = await everything_session(
+                lambda **kw: Client(url, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None, **kw), [])
+        assert got == want
+    finally:
+        node.terminate()
+        node.wait(timeout=15)
+
+
+async def test_an_http_upstream_is_proxied_to_a_stdio_client(tmp_path):
+    need_everything()
+    up_port = free_port()
+    node = subprocess.Popen(["node", str(EVERYTHING), "streamableHttp"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PORT": str(up_port)})
+    try:
+        for line in node.stderr:
+            if "listening" in line.lower():
+                break
+        threading.Thread(target=lambda: [None for _ in node.stderr], daemon=True).start()
+        port = free_port()
+        params = StdioServerParameters(
+            command=BIN, args=["proxy", "--upstream", f"http://127.0.0.1:{up_port}/mcp", "--name", "remote",
+                               "--state-dir", str(tmp_path / "state"), "--admin", f"127.0.0.1:{port}"],
+            env={"GEMBA_LOG": "warn", "PATH": os.environ["PATH"]})
+        progress = []
+
+        async def on_progress(p, total, message):
+            progress.append(p)
+        async with Client(params, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as c:
+            tools = sorted(t.name for t in (await c.list_tools()).tools)
+            assert "echo" in tools and "get-sum" in tools
+            for i in range(3):
+                r = await c.call_tool("get-sum", {"a": i, "b": 10})
+                assert str(i + 10) in r.content[0].text
+            r = await c.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 2},
+                                  progress_callback=on_progress)
+            assert not r.is_error and progress
+            rr = await c.read_resource((await c.list_resources()).resources[0].uri)
+            assert rr.contents
+            text = wait_for(lambda: (t := scrape(port)) and series(
+                t, "gemba_tool_requests_total", tool="get-sum", upstream="remote") == 3 and t)
+            assert text, scrape(port)
+            assert series(text, "gemba_tool_requests_total", tool="get-sum", outcome="ok", upstream="remote") == 3
+            assert series(text, "gemba_proxy_upstream_up", upstream="remote") == 1
+    finally:
+        node.terminate()
+        node.wait(timeout=15)
+
+
+# ---------------------------------------------------------------------------------------------
+# A/B between two upstreams: the experiment engine chooses per session.
+
+AB_EXPERIMENT = '''
+[[experiment]]
+name = "weather-v2"
+kind = "ab"
+unit = "session"
+primary = { metric = "latency", mde = 0.10 }
+[[experiment.variant]]
+name = "a"
+share = 0.5
+[[experiment.variant]]
+name = "b"
+share = 0.5
+knobs = { upstream = "b" }
+'''
+
+
+async def test_ab_between_two_upstreams_splits_sessions_and_measures_each(scripts, tmp_path):
+    (scripts / "weather_b.py").write_text(FASTMCP_SERVER.replace('"WEATHER_VERSION", "a"', '"WEATHER_VERSION", "b"'))
+    exp = tmp_path / "ab.toml"
+    exp.write_text(AB_EXPERIMENT)
+    port = free_port()
+    b_cmd = f"{PY} {scripts / 'weather_b.py'}"
+    args = ["--name", "v1", "--upstream-b", b_cmd, "--name-b", "v2", "--experiments", str(exp),
+            "--", PY, str(scripts / "weather_server.py")]
+    seen = {"a": 0, "b": 0}
+    with proxy_http(args, tmp_path / "state", port) as url:
+        for _ in range(10):
+            async with Client(url, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as c:
+                v = (await c.call_tool("version", {})).content[0].text
+                seen[v] += 1
+                # The session stays on its upstream.
+                assert (await c.call_tool("version", {})).content[0].text == v
+        text = wait_for(lambda: (t := scrape(port)) and series(t, "gemba_tool_requests_total", tool="version")
+                        == 20 and t)
+        assert text, scrape(port)
+    # 10 sessions at 50/50: both sides serve (all ten on one side: p = 0.002).
+    assert seen["a"] >= 1 and seen["b"] >= 1, seen
+    assert series(text, "gemba_tool_requests_total", tool="version", outcome="ok", upstream="v1") == 2 * seen["a"]
+    assert series(text, "gemba_tool_requests_total", tool="version", outcome="ok", upstream="v2") == 2 * seen["b"]
+    assert any(line.startswith("gemba_experiment_") and 'experiment="weather-v2"' in line
+               for line in text.splitlines()), "the experiment's figures are exported"
+
+
+# ---------------------------------------------------------------------------------------------
+# The MCP conformance suite: Gemba direct, and Gemba behind the proxy, give the same results.
+
+def conformance_suite():
+    from test_conformance import TOOLS, node_22
+    node = node_22()
+    cli = os.environ.get("GEMBA_CONFORMANCE_CLI",
+                         str(TOOLS / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"))
+    if node is None or not pathlib.Path(cli).exists():
+        pytest.skip("the MCP conformance suite and Node >= 22 are not installed; run scripts/test.sh")
+    return node, cli
+
+
+def conformance_checks(node, cli, url, scenario, out):
+    run = subprocess.run([node, cli, "server", "--url", url, "--scenario", scenario, "-o", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    checks = [c for f in out.rglob("checks.json") for c in json.loads(f.read_text())]
+    return run.returncode, sorted((c.get("id") or c.get("name") or json.dumps(c, sort_keys=True), c["status"])
+                                  for c in checks)
+
+
+def test_the_conformance_suite_gives_the_same_results_through_the_proxy(workspace, tmp_path):
+    from conftest import http_server
+    from test_conformance import SCENARIOS
+    node, cli = conformance_suite()
+    upstream = [BIN, "serve", "--stdio", "--workspace", str(workspace), "--state-dir", str(tmp_path / "up")]
+    with http_server(workspace) as direct_srv, proxy_http(["--", *upstream], tmp_path / "px", free_port()) as url:
+        for scenario in SCENARIOS:
+            want = conformance_checks(node, cli, direct_srv.url, scenario, tmp_path / "d" / scenario)
+            got = conformance_checks(node, cli, url, scenario, tmp_path / "p" / scenario)
+            assert want[1], f"{scenario}: no checks ran"
+            assert got == want, f"{scenario}: direct {want}, through the proxy {got}"

@@ -16,6 +16,7 @@ pub mod tools;
 pub mod value;
 pub mod workbook;
 pub mod workspace;
+pub mod xlsx_reader;
 
 use std::path::Path;
 use std::sync::Arc;

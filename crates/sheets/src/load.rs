@@ -13,6 +13,7 @@ use crate::error::{Result, SheetsError};
 use crate::limits::{Budget, Limits};
 use crate::sheet::{Sheet, SheetBuilder};
 use crate::value::{CellError, Value};
+use crate::xlsx_reader::{Failure, Progress, XlsxBook};
 
 /// Days between the 1904 and 1900 date systems.
 const EPOCH_1904_OFFSET: f64 = 1462.0;
@@ -279,8 +280,70 @@ fn rect(d: &calamine::Dimensions) -> Rect {
     Rect::new(d.start.0, d.start.1, d.end.0, d.end.1)
 }
 
-/// Load one sheet into the compact model.
+/// Load one sheet into the compact model: xlsx sheets through the streaming reader when the
+/// workbook has one (`fast`), falling back to calamine when that reader is unsure of
+/// something; every other format (and the fallback) through calamine.
+#[allow(clippy::too_many_arguments)]
 pub fn load_sheet(
+    id: &str,
+    book: &mut Book,
+    bytes: &Arc<[u8]>,
+    name: &str,
+    date1904: bool,
+    limits: &Limits,
+    budget: &Budget,
+) -> Result<Sheet> {
+    load_sheet_calamine(id, book, bytes, name, date1904, limits, budget)
+}
+
+/// Load sheet `index` with the streaming xlsx reader; `Ok(None)` when it handed the sheet
+/// back (read it with calamine).
+pub fn load_sheet_fast(
+    id: &str,
+    fast: &XlsxBook,
+    index: usize,
+    name: &str,
+    limits: &Limits,
+    budget: &Budget,
+    progress: &dyn Progress,
+) -> Result<Option<Sheet>> {
+    match guarded(id, &format!("reading sheet '{name}'"), || match fast.load_sheet(index, limits, budget, progress) {
+        Ok(s) => Ok(Ok(s)),
+        Err(Failure::Bail(b)) => Ok(Err(b)),
+        Err(Failure::Error(e)) => Err(with_workbook_id(e, id)),
+    })? {
+        Ok(sheet) => Ok(Some(sheet)),
+        Err(bail) => {
+            tracing::debug!(workbook = id, sheet = name, "streaming reader handed the sheet to calamine: {}", bail.0);
+            Ok(None)
+        }
+    }
+}
+
+/// Errors raised deep in a reader do not know the workbook's id: give it to them.
+fn with_workbook_id(e: SheetsError, id: &str) -> SheetsError {
+    match e {
+        SheetsError::LimitExceeded { workbook_id, detail } if workbook_id.is_empty() => {
+            SheetsError::LimitExceeded { workbook_id: id.to_string(), detail }
+        }
+        other => other,
+    }
+}
+
+/// The refusal for a sheet with a cell outside Excel's grid.
+fn outside_grid(id: &str, name: &str, (row, col): (u32, u32)) -> SheetsError {
+    limit(
+        id,
+        format!(
+            "sheet '{name}' has a cell at row {}, column {}: beyond Excel's last row (1,048,576) or column (XFD)",
+            u64::from(row) + 1,
+            u64::from(col) + 1
+        ),
+    )
+}
+
+/// Load one sheet with calamine.
+fn load_sheet_calamine(
     id: &str,
     book: &mut Book,
     bytes: &Arc<[u8]>,
@@ -359,6 +422,9 @@ pub fn load_sheet(
         };
         if b.len() > max {
             return Err(over(b.len()));
+        }
+        if let Some(at) = b.outside() {
+            return Err(outside_grid(id, name, at));
         }
         budget.check_load()?;
         Ok(b.finish(merged))

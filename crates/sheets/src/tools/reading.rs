@@ -299,10 +299,7 @@ impl<'a> Renderer<'a> {
     /// Add a row; false when the byte cap is reached (the row is not added).
     fn push(&mut self, row: u32) -> bool {
         let cells = self.sheet.row(row);
-        let value_at = |c: u32| match cells.binary_search_by_key(&c, |x| x.col) {
-            Ok(i) => cells[i].value,
-            Err(_) => Value::Empty,
-        };
+        let value_at = |c: u32| cells.get(c);
         match self.format {
             Format::Csv => {
                 let mark = self.csv.len();

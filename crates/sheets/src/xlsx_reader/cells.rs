@@ -1,0 +1,809 @@
+//! The worksheet scan: `<sheetData>` read byte by byte into the `SheetBuilder`, then the
+//! merged ranges after it. Positions, types and values follow calamine's cell reader
+//! (`XlsxCellReader::next_cell_with_formula`) rule for rule; what it does not recognize it
+//! hands back as a [`Bail`].
+
+use memchr::{memchr, memmem};
+
+use super::numfmt::NumKind;
+use super::text::{decode_text, read_inline_string, unescape_excel};
+use super::{Bail, Failure, Sst, inflate::Source};
+use crate::address::Rect;
+use crate::error::SheetsError;
+use crate::limits::{Budget, Limits};
+use crate::sheet::{Sheet, SheetBuilder, packed};
+use crate::value::CellError;
+
+/// Told about a sheet as its rows arrive, so a caller can be answered from the first rows
+/// while the rest of the sheet loads.
+pub trait Progress: Sync {
+    /// The rows (0-based, exclusive) someone is waiting for; 0 when nobody waits.
+    fn wanted_rows(&self) -> u32;
+    /// The complete rows before `rows_done`, as a sheet of their own.
+    fn publish(&self, prefix: Sheet, rows_done: u32);
+}
+
+/// For loads nobody watches.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn wanted_rows(&self) -> u32 {
+        0
+    }
+    fn publish(&self, _: Sheet, _: u32) {}
+}
+
+/// Everything a scan needs besides its bytes.
+pub struct Context<'a> {
+    pub strings: &'a Sst,
+    pub formats: &'a [NumKind],
+    pub date1904: bool,
+    pub limits: &'a Limits,
+    pub budget: &'a Budget,
+    pub progress: &'a dyn Progress,
+    /// The sheet XML's inflated size, to size the cell arrays up front.
+    pub xml_bytes: u64,
+}
+
+/// Cells between checks of the budget and the cell limit.
+const CHECK_EVERY: usize = 16_384;
+/// A single element larger than this is not something a sane sheet has.
+const MAX_ITEM: usize = 64 << 20;
+/// Most shared-formula groups a sheet may declare.
+const MAX_SHARED: usize = 1 << 20;
+/// Days between the 1904 and 1900 date systems.
+const EPOCH_1904_OFFSET: f64 = 1462.0;
+
+/// The unconsumed bytes of the stream.
+struct Input<'s> {
+    src: &'s mut Source,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl Input<'_> {
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Read one more chunk behind what is left; false at the end of the part.
+    fn more(&mut self) -> Result<bool, Bail> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.buf.len() - self.pos > MAX_ITEM {
+            return Err(Bail::new("an element larger than 64 MiB"));
+        }
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let n = self.src.fill(&mut self.buf)?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n > 0)
+    }
+
+    /// Read the rest of the part (so its checksum is checked).
+    fn drain(&mut self) -> Result<(), Bail> {
+        self.pos = self.buf.len();
+        while self.more()? {
+            self.pos = self.buf.len();
+        }
+        Ok(())
+    }
+}
+
+/// What one `<…>` at the cursor is.
+enum Tag<'a> {
+    /// `<name attrs>` or `<name attrs/>`: the qualified name, local name, attribute bytes.
+    Start {
+        qname: &'a [u8],
+        local: &'a [u8],
+        attrs: &'a [u8],
+        empty: bool,
+    },
+    End {
+        local: &'a [u8],
+    },
+    /// A comment or processing instruction: nothing to read.
+    Skip,
+}
+
+/// The tag at the start of `d` (which begins with `<`) and its length; `None` when the
+/// buffer ends before the tag does.
+fn tag(d: &[u8]) -> Result<Option<(Tag<'_>, usize)>, Bail> {
+    if d.len() < 2 {
+        return Ok(None);
+    }
+    match d[1] {
+        b'!' => {
+            if d.len() < 4 {
+                return Ok(None);
+            }
+            if &d[..4] != b"<!--" {
+                return Err(Bail::new("a DTD or CDATA section"));
+            }
+            Ok(memmem::find(&d[4..], b"-->").map(|i| (Tag::Skip, 4 + i + 3)))
+        }
+        b'?' => Ok(memmem::find(&d[2..], b"?>").map(|i| (Tag::Skip, 2 + i + 2))),
+        b'/' => Ok(memchr(b'>', d).map(|i| {
+            let name = d[2..i].trim_ascii_end();
+            (Tag::End { local: local(name) }, i + 1)
+        })),
+        _ => {
+            // The tag ends at the first '>' outside quotes.
+            let mut quote = 0u8;
+            let mut end = None;
+            for (i, &b) in d.iter().enumerate().skip(1) {
+                if quote != 0 {
+                    if b == quote {
+                        quote = 0;
+                    }
+                } else if b == b'"' || b == b'\'' {
+                    quote = b;
+                } else if b == b'>' {
+                    end = Some(i);
+                    break;
+                }
+            }
+            let Some(end) = end else { return Ok(None) };
+            let inner = &d[1..end];
+            let empty = inner.last() == Some(&b'/');
+            let inner = if empty { &inner[..inner.len() - 1] } else { inner };
+            let name_end = inner.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(inner.len());
+            let qname = &inner[..name_end];
+            Ok(Some((Tag::Start { qname, local: local(qname), attrs: &inner[name_end..], empty }, end + 1)))
+        }
+    }
+}
+
+fn local(qname: &[u8]) -> &[u8] {
+    match memchr(b':', qname) {
+        Some(i) => &qname[i + 1..],
+        None => qname,
+    }
+}
+
+/// Raw attribute values (no entity decoding), matched on exact keys, as calamine reads them.
+fn attrs<'a, const N: usize>(raw: &'a [u8], keys: [&[u8]; N]) -> Result<[Option<&'a [u8]>; N], Bail> {
+    let mut out = [None; N];
+    let mut pos = 0;
+    let len = raw.len();
+    loop {
+        while pos < len && raw[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        if pos >= len {
+            return Ok(out);
+        }
+        let key_start = pos;
+        while pos < len && raw[pos] != b'=' {
+            pos += 1;
+        }
+        if pos >= len {
+            return Err(Bail::new("an attribute without a value"));
+        }
+        let key = raw[key_start..pos].trim_ascii_end();
+        pos += 1;
+        while pos < len && raw[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        let q = raw.get(pos).copied();
+        if q != Some(b'"') && q != Some(b'\'') {
+            return Err(Bail::new("an unquoted attribute"));
+        }
+        pos += 1;
+        let start = pos;
+        while pos < len && Some(raw[pos]) != q {
+            pos += 1;
+        }
+        let val = &raw[start..pos];
+        pos += 1;
+        for (k, slot) in keys.iter().zip(out.iter_mut()) {
+            if key == *k && slot.is_none() {
+                *slot = Some(val);
+            }
+        }
+    }
+}
+
+/// "B7" → (row 6, col Some(1)); letters then digits, as calamine's `get_row_column`.
+fn position(r: &[u8]) -> Result<(u32, Option<u32>), Bail> {
+    let bad = || Bail::new(format!("cell reference '{}'", String::from_utf8_lossy(r)));
+    let mut i = 0;
+    let mut col: u32 = 0;
+    let mut row: u32 = 0;
+    while i < r.len() {
+        match r[i] {
+            c @ b'A'..=b'Z' => {
+                col = col.checked_mul(26).and_then(|x| x.checked_add(u32::from(c - b'A') + 1)).ok_or_else(bad)?
+            }
+            c @ b'a'..=b'z' => {
+                col = col.checked_mul(26).and_then(|x| x.checked_add(u32::from(c - b'a') + 1)).ok_or_else(bad)?
+            }
+            c @ b'0'..=b'9' => {
+                row = u32::from(c - b'0');
+                i += 1;
+                break;
+            }
+            _ => return Err(bad()),
+        }
+        i += 1;
+    }
+    while i < r.len() {
+        match r[i] {
+            c @ b'0'..=b'9' => {
+                row = row.checked_mul(10).and_then(|x| x.checked_add(u32::from(c - b'0'))).ok_or_else(bad)?
+            }
+            _ => return Err(bad()),
+        }
+        i += 1;
+    }
+    let row = row.checked_sub(1).ok_or_else(bad)?;
+    Ok((row, col.checked_sub(1)))
+}
+
+fn cell_position(r: &[u8]) -> Result<(u32, u32), Bail> {
+    match position(r)? {
+        (row, Some(col)) => Ok((row, col)),
+        _ => Err(Bail::new("a cell reference without a column")),
+    }
+}
+
+/// "A1:C4" (or "A1") as a rectangle, as calamine's `get_dimension`.
+fn dimension(r: &[u8]) -> Result<Rect, Bail> {
+    let mut parts = r.split(|&b| b == b':');
+    let a = cell_position(parts.next().unwrap_or_default())?;
+    let b = match parts.next() {
+        Some(p) => cell_position(p)?,
+        None => a,
+    };
+    if parts.next().is_some() {
+        return Err(Bail::new("a range with three parts"));
+    }
+    Ok(Rect::new(a.0, a.1, b.0, b.1))
+}
+
+fn digits(v: &[u8]) -> Option<usize> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0')))
+}
+
+/// A plain decimal `-?\d+(\.\d+)?` with at most 9 significant digits and 9 decimals, as
+/// mantissa and scale: `m / 10^k` is then exactly the `f64` a correct parser makes of it.
+#[inline]
+fn small_decimal(v: &[u8]) -> Option<(i32, u8)> {
+    let (neg, digits) = match v.first()? {
+        b'-' => (true, &v[1..]),
+        _ => (false, v),
+    };
+    let mut m: u64 = 0;
+    let mut sig = 0u32;
+    let mut scale: i32 = -1;
+    let mut any = false;
+    for &b in digits {
+        match b {
+            b'0'..=b'9' => {
+                any = true;
+                m = m * 10 + u64::from(b - b'0');
+                if m != 0 {
+                    sig += 1;
+                }
+                if sig > 9 {
+                    return None;
+                }
+                if scale >= 0 {
+                    scale += 1;
+                }
+            }
+            b'.' if scale < 0 => scale = 0,
+            _ => return None,
+        }
+    }
+    if !any || scale == 0 || scale > 9 || (neg && m == 0) {
+        return None;
+    }
+    let k = scale.max(0) as u8;
+    let m = m as i64;
+    Some((if neg { -m } else { m } as i32, k))
+}
+
+/// A cell's value, before its style makes a number a date.
+enum Raw<'a> {
+    Empty,
+    Bool(bool),
+    Error(CellError),
+    Shared(usize),
+    Text(std::borrow::Cow<'a, str>),
+    Decimal(i32, u8),
+    Float(f64),
+}
+
+fn error_value(v: &[u8]) -> Option<CellError> {
+    Some(match v {
+        b"#DIV/0!" => CellError::Div0,
+        b"#N/A" => CellError::NA,
+        b"#NAME?" => CellError::Name,
+        b"#NULL!" => CellError::Null,
+        b"#NUM!" => CellError::Num,
+        b"#REF!" => CellError::Ref,
+        b"#VALUE!" => CellError::Value,
+        _ => return None,
+    })
+}
+
+/// A `<v>`'s text by the cell's `t`.
+fn value_of<'a>(t: Option<&[u8]>, v: &'a [u8]) -> Result<Raw<'a>, Bail> {
+    match t {
+        Some(b"inlineStr") | Some(b"is") => Ok(Raw::Empty),
+        Some(b"n") | Some(b"s") | Some(b"b") | Some(b"e") | None => {
+            if v.is_empty() {
+                return Ok(Raw::Empty);
+            }
+            if v.contains(&b'&') || v.contains(&b'\r') {
+                return Err(Bail::new("an entity or CR in a plain value"));
+            }
+            match t {
+                Some(b"s") => {
+                    digits(v).map(Raw::Shared).ok_or_else(|| Bail::new("a shared-string index that is not a number"))
+                }
+                Some(b"b") => match std::str::from_utf8(v).map_err(|_| Bail::new("not UTF-8"))?.trim() {
+                    "" => Ok(Raw::Empty),
+                    "0" => Ok(Raw::Bool(false)),
+                    "1" => Ok(Raw::Bool(true)),
+                    s if s.eq_ignore_ascii_case("false") => Ok(Raw::Bool(false)),
+                    s if s.eq_ignore_ascii_case("true") => Ok(Raw::Bool(true)),
+                    _ => Err(Bail::new("a boolean that is neither 0 nor 1")),
+                },
+                Some(b"e") => {
+                    error_value(v).map(Raw::Error).ok_or_else(|| Bail::new("an error value calamine does not know"))
+                }
+                _ => {
+                    if let Some((m, k)) = small_decimal(v) {
+                        return Ok(Raw::Decimal(m, k));
+                    }
+                    match fast_float2::parse::<f64, _>(v) {
+                        Ok(n) => Ok(Raw::Float(n)),
+                        Err(_) if t.is_none() => Ok(Raw::Text(std::borrow::Cow::Borrowed(
+                            std::str::from_utf8(v).map_err(|_| Bail::new("not UTF-8"))?,
+                        ))),
+                        Err(_) => Err(Bail::new("a number that does not parse")),
+                    }
+                }
+            }
+        }
+        Some(b"str") => {
+            let s = decode_text(v)?;
+            Ok(Raw::Text(match unescape_excel(&s) {
+                std::borrow::Cow::Borrowed(_) => s,
+                std::borrow::Cow::Owned(o) => std::borrow::Cow::Owned(o),
+            }))
+        }
+        // An ISO date as text: calamine hands it over as a string.
+        Some(b"d") => Ok(Raw::Text(decode_text(v)?)),
+        Some(_) => Err(Bail::new("an unknown cell type")),
+    }
+}
+
+struct SharedFormula {
+    text: String,
+    start: (u32, u32),
+}
+
+/// The scan's state between cells.
+struct Scan<'c> {
+    ctx: &'c Context<'c>,
+    b: SheetBuilder,
+    /// Shared-string index → pool index (u32::MAX: not interned yet).
+    sst_map: Vec<u32>,
+    shared: Vec<Option<SharedFormula>>,
+    row_index: u32,
+    col_index: u32,
+    shift: f64,
+    next_check: usize,
+}
+
+impl Scan<'_> {
+    fn push(&mut self, row: u32, col: u32, s: Option<&[u8]>, raw: Raw<'_>, has_formula: bool) -> Result<(), Failure> {
+        let kind = match raw {
+            Raw::Decimal(..) | Raw::Float(_) => self.kind(s),
+            _ => packed::NUMBER,
+        };
+        let b = &mut self.b;
+        match raw {
+            Raw::Empty => {
+                if has_formula {
+                    b.push(row, col, crate::value::Value::Empty);
+                }
+            }
+            Raw::Bool(x) => b.push(row, col, crate::value::Value::Bool(x)),
+            Raw::Error(e) => b.push(row, col, crate::value::Value::Error(e)),
+            Raw::Text(t) => {
+                let v = b.intern(&t);
+                b.push(row, col, v);
+            }
+            Raw::Shared(i) => {
+                let slot = self.sst_map.get_mut(i).ok_or_else(|| Bail::new("a shared-string index past the table"))?;
+                if *slot == u32::MAX {
+                    let s = self.ctx.strings.get(i).ok_or_else(|| Bail::new("a shared-string index past the table"))?;
+                    *slot = b.intern_index(s);
+                }
+                b.push(row, col, crate::value::Value::Text(*slot));
+            }
+            Raw::Decimal(m, k) => {
+                if kind == packed::DATE && self.shift != 0.0 {
+                    b.push_number(row, col, kind, packed::small(m as u32, k) + self.shift);
+                } else {
+                    b.push_decimal(row, col, kind, m, k);
+                }
+            }
+            Raw::Float(n) => {
+                let n = if kind == packed::DATE { n + self.shift } else { n };
+                b.push_number(row, col, kind, n);
+            }
+        }
+        if b.len() >= self.next_check {
+            self.next_check = b.len() + CHECK_EVERY;
+            let max = self.ctx.limits.max_cells_per_sheet;
+            if b.len() > max {
+                return Err(Failure::Error(SheetsError::LimitExceeded {
+                    workbook_id: String::new(),
+                    detail: format!("more than {max} cells in one sheet (limit {max})"),
+                }));
+            }
+            self.ctx.budget.check_load()?;
+        }
+        Ok(())
+    }
+
+    /// The number kind a style gives (absent style: a plain number).
+    #[inline]
+    fn kind(&self, s: Option<&[u8]>) -> u8 {
+        let Some(s) = s else { return packed::NUMBER };
+        let id = digits(s).unwrap_or(0);
+        match self.ctx.formats.get(id) {
+            Some(NumKind::DateTime) => packed::DATE,
+            Some(NumKind::TimeDelta) => packed::DURATION,
+            _ => packed::NUMBER,
+        }
+    }
+
+    /// A `<f>` element: its text, expanded for a shared formula's later cells.
+    fn formula(&mut self, attrs_raw: &[u8], text: &[u8], pos: (u32, u32)) -> Result<Option<String>, Bail> {
+        let text = decode_text(text)?;
+        let [t, si, r] = attrs(attrs_raw, [b"t", b"si", b"ref"])?;
+        if t != Some(b"shared") {
+            return Ok(Some(text.into_owned()));
+        }
+        let si = si.ok_or_else(|| Bail::new("a shared formula without si"))?;
+        let si = digits(si).filter(|&n| n < MAX_SHARED).ok_or_else(|| Bail::new("a shared formula index"))?;
+        match r {
+            Some(r) => {
+                let range = dimension(r)?;
+                if self.shared.len() <= si {
+                    self.shared.resize_with(si + 1, || None);
+                }
+                self.shared[si] = Some(SharedFormula { text: text.to_string(), start: (range.top, range.left) });
+                Ok(Some(text.into_owned()))
+            }
+            None => match self.shared.get(si).and_then(Option::as_ref) {
+                Some(f) => calamine::expand_shared_formula(&f.text, f.start, pos)
+                    .map(Some)
+                    .map_err(|e| Bail::new(format!("shared formula: {e}"))),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// One `<c>` element: `tag_attrs` are its attributes, `body` what lies between its tags.
+    fn cell(&mut self, tag_attrs: &[u8], body: &[u8]) -> Result<(), Failure> {
+        let [r, s, t] = attrs(tag_attrs, [b"r", b"s", b"t"])?;
+        let pos = match r {
+            Some(r) => {
+                let p = cell_position(r)?;
+                self.col_index = p.1;
+                p
+            }
+            None => (self.row_index, self.col_index),
+        };
+        let mut raw = Raw::Empty;
+        let mut formula = None;
+        let mut d = body;
+        while let Some(lt) = memchr(b'<', d) {
+            d = &d[lt..];
+            let Some((tg, len)) = tag(d)? else { return Err(Bail::new("a cell ends inside a tag").into()) };
+            match tg {
+                Tag::Skip => d = &d[len..],
+                Tag::End { .. } => return Err(Bail::new("an unexpected end tag inside a cell").into()),
+                Tag::Start { qname, local, attrs: a, empty } => {
+                    let (content, next) = if empty {
+                        (&d[len..len], len)
+                    } else {
+                        let close = [b"</", qname, b">"].concat();
+                        let at = memmem::find(&d[len..], &close)
+                            .ok_or_else(|| Bail::new("an element not closed in its cell"))?;
+                        (&d[len..len + at], len + at + close.len())
+                    };
+                    match local {
+                        b"v" => {
+                            if content.contains(&b'<') {
+                                return Err(Bail::new("markup inside a value").into());
+                            }
+                            raw = value_of(t, content)?;
+                        }
+                        b"f" => {
+                            if content.contains(&b'<') {
+                                return Err(Bail::new("markup inside a formula").into());
+                            }
+                            formula = self.formula(a, content, pos)?;
+                        }
+                        b"is" => {
+                            raw = Raw::Text(std::borrow::Cow::Owned(read_inline_string(&d[..next])?));
+                        }
+                        _ => return Err(Bail::new("an unknown element inside a cell").into()),
+                    }
+                    d = &d[next..];
+                }
+            }
+        }
+        self.col_index += 1;
+        // A formula that is kept (not blank) keeps its cell even without a value.
+        let has_formula = formula.is_some_and(|f| self.b.push_formula(pos.0, pos.1, &f));
+        self.push(pos.0, pos.1, s, raw, has_formula)
+    }
+
+    fn end_row(&mut self) {
+        self.row_index += 1;
+        self.col_index = 0;
+        let want = self.ctx.progress.wanted_rows();
+        if want != 0 && self.row_index >= want {
+            // Rows can come out of order: then there is no prefix to give (the builder says so).
+            if let Some(prefix) = self.b.snapshot(self.row_index) {
+                self.ctx.progress.publish(prefix, self.row_index);
+            }
+        }
+    }
+}
+
+/// Find the next tag in the input, reading more as needed; `None` at the end of the part.
+macro_rules! next_tag {
+    ($input:ident, $d:ident, $tg:ident, $len:ident, $at_eof:block, $body:block) => {
+        loop {
+            let rest = $input.rest();
+            let Some(lt) = memchr(b'<', rest) else {
+                $input.pos = $input.buf.len();
+                if !$input.more()? $at_eof
+                continue;
+            };
+            $input.pos += lt;
+            let $d = $input.rest();
+            match tag($d)? {
+                None => {
+                    if !$input.more()? {
+                        return Err(Bail::new("the part ends inside a tag").into());
+                    }
+                }
+                Some(($tg, $len)) => $body,
+            }
+        }
+    };
+}
+
+/// Read one worksheet's cells, formulas and merged ranges.
+pub fn read_sheet(name: &str, src: &mut Source, ctx: &Context<'_>) -> Result<Sheet, Failure> {
+    let mut input = Input { src, buf: Vec::with_capacity(super::inflate::CHUNK * 2), pos: 0, eof: false };
+    let mut scan = Scan {
+        ctx,
+        b: SheetBuilder::new(name.to_string()),
+        sst_map: vec![u32::MAX; ctx.strings.len()],
+        shared: Vec::new(),
+        row_index: 0,
+        col_index: 0,
+        shift: if ctx.date1904 { EPOCH_1904_OFFSET } else { 0.0 },
+        next_check: CHECK_EVERY,
+    };
+    // The prolog: an XML declaration in UTF-8, the worksheet element, then sheetData.
+    let mut root_seen = false;
+    let has_cells = 'prolog: {
+        next_tag!(input, d, tg, len, { return Err(Bail::new("no sheetData").into()) }, {
+            match tg {
+                Tag::Skip => {
+                    if d.starts_with(b"<?xml") {
+                        let decl = &d[..len];
+                        let lower = decl.to_ascii_lowercase();
+                        if let Some(i) = memmem::find(&lower, b"encoding") {
+                            let after = &lower[i..];
+                            if memmem::find(after, b"utf-8").is_none() {
+                                return Err(Bail::new("an XML encoding other than UTF-8").into());
+                            }
+                        }
+                    }
+                    input.pos += len;
+                }
+                Tag::End { .. } => input.pos += len,
+                Tag::Start { local, attrs: a, empty, .. } => {
+                    if !root_seen {
+                        root_seen = true;
+                        if local != b"worksheet" {
+                            return Err(Bail::new("not a worksheet").into());
+                        }
+                        if memmem::find(a, b"purl.oclc.org").is_some() {
+                            return Err(Bail::new("strict OOXML").into());
+                        }
+                    } else if local == b"dimension" {
+                        if let [Some(r)] = attrs(a, [b"ref"])?
+                            && let Ok(dim) = dimension(r)
+                        {
+                            // Reserve for the declared area, never more than the XML could hold.
+                            let by_xml = (ctx.xml_bytes / 16) as usize;
+                            let n = (dim.area() as usize).min(by_xml).min(ctx.limits.max_cells_per_sheet).min(1 << 26);
+                            scan.b.reserve(n);
+                        }
+                    } else if local == b"sheetData" {
+                        input.pos += len;
+                        break 'prolog !empty;
+                    }
+                    input.pos += len;
+                }
+            }
+        });
+    };
+    if has_cells {
+        'cells: {
+            next_tag!(input, d, tg, len, { return Err(Bail::new("the part ends inside sheetData").into()) }, {
+                match tg {
+                    Tag::Skip => input.pos += len,
+                    Tag::End { local } => {
+                        match local {
+                            b"row" => scan.end_row(),
+                            b"sheetData" => {
+                                input.pos += len;
+                                break 'cells;
+                            }
+                            _ => return Err(Bail::new("an unexpected end tag in sheetData").into()),
+                        }
+                        input.pos += len;
+                    }
+                    Tag::Start { qname, local, attrs: a, empty } => match local {
+                        b"row" => {
+                            if let [Some(r)] = attrs(a, [b"r"])? {
+                                scan.row_index = position(r)?.0;
+                            }
+                            input.pos += len;
+                            if empty {
+                                scan.end_row();
+                            }
+                        }
+                        b"c" => {
+                            if empty {
+                                scan.cell(a, b"")?;
+                                input.pos += len;
+                            } else {
+                                let owned;
+                                let close: &[u8] = if qname == b"c" {
+                                    b"</c>"
+                                } else {
+                                    owned = [b"</", qname, b">"].concat();
+                                    &owned
+                                };
+                                match memmem::find(&d[len..], close) {
+                                    Some(at) => {
+                                        let attrs_owned = a;
+                                        scan.cell(attrs_owned, &d[len..len + at])?;
+                                        input.pos += len + at + close.len();
+                                    }
+                                    None => {
+                                        if !input.more()? {
+                                            return Err(Bail::new("the part ends inside a cell").into());
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        _ => return Err(Bail::new("an unknown element in sheetData").into()),
+                    },
+                }
+            });
+        }
+    }
+    // After the cells: merged ranges (calamine's errors there cost only the merges).
+    let mut merged = Vec::new();
+    let mut merges_ok = true;
+    'tail: {
+        next_tag!(input, _d, tg, len, { break 'tail }, {
+            if let Tag::Start { local: b"mergeCell", attrs: a, .. } = tg {
+                match attrs(a, [b"ref"]) {
+                    Ok([Some(r)]) => match dimension(r) {
+                        Ok(rect) => merged.push(rect),
+                        Err(_) => merges_ok = false,
+                    },
+                    Ok(_) => {}
+                    Err(_) => merges_ok = false,
+                }
+            }
+            input.pos += len;
+        });
+    }
+    input.drain()?;
+    if !merges_ok {
+        merged.clear();
+    }
+    let b = scan.b;
+    if let Some((row, col)) = b.outside() {
+        return Err(Failure::Error(SheetsError::LimitExceeded {
+            workbook_id: String::new(),
+            detail: format!(
+                "sheet '{name}' has a cell at {} (row {}, column {}), beyond Excel's last row 1,048,576 or column XFD",
+                crate::address::CellRef::new(row, col.min(crate::address::MAX_COLS - 1)),
+                u64::from(row) + 1,
+                u64::from(col) + 1
+            ),
+        }));
+    }
+    let max = ctx.limits.max_cells_per_sheet;
+    if b.len() > max {
+        return Err(Failure::Error(SheetsError::LimitExceeded {
+            workbook_id: String::new(),
+            detail: format!("sheet '{name}' has more than {max} cells (limit {max})"),
+        }));
+    }
+    ctx.budget.check_load()?;
+    Ok(b.finish(merged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_decimals_equal_the_parsed_double() {
+        let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = 1 + (x % 9) as usize;
+            let frac = (x >> 8) as usize % (digits + 1);
+            let mut s: String = (0..digits).map(|i| char::from(b'0' + ((x >> (i * 3 + 16)) % 10) as u8)).collect();
+            if frac > 0 && frac < digits {
+                s.insert(digits - frac, '.');
+            }
+            if x & 1 == 1 {
+                s.insert(0, '-');
+            }
+            let want: f64 = fast_float2::parse(s.as_bytes()).unwrap();
+            if let Some((m, k)) = small_decimal(s.as_bytes()) {
+                assert_eq!(packed::small(m as u32, k).to_bits(), want.to_bits(), "{s}");
+            }
+        }
+        assert_eq!(small_decimal(b"64.53"), Some((6453, 2)));
+        assert_eq!(small_decimal(b"-0"), None);
+        assert_eq!(small_decimal(b"1."), None);
+        assert_eq!(small_decimal(b"1e5"), None);
+        assert_eq!(small_decimal(b"1234567890"), None);
+        assert_eq!(small_decimal(b"0.000000001"), Some((1, 9)));
+    }
+
+    #[test]
+    fn references_parse_like_calamine() {
+        assert_eq!(cell_position(b"A1").unwrap(), (0, 0));
+        assert_eq!(cell_position(b"xfd1048576").unwrap(), (1_048_575, 16_383));
+        assert!(cell_position(b"A0").is_err());
+        assert!(cell_position(b"12").is_err());
+        assert_eq!(position(b"7").unwrap(), (6, None));
+        assert_eq!(dimension(b"B2:C9").unwrap(), Rect::new(1, 1, 8, 2));
+        assert!(dimension(b"A1:B2:C3").is_err());
+    }
+
+    #[test]
+    fn attributes_are_raw_and_exact() {
+        let [r, s, t] = attrs(br#" r="A1" s='3'  t = "s" x:r="Z9""#, [b"r", b"s", b"t"]).unwrap();
+        assert_eq!((r, s, t), (Some(&b"A1"[..]), Some(&b"3"[..]), Some(&b"s"[..])));
+        assert!(attrs(b" r=A1", [b"r"]).is_err());
+    }
+}

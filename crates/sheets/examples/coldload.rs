@@ -59,6 +59,23 @@ fn main() {
     let sheet = &args[2];
     let part = args.get(4).cloned().unwrap_or_else(|| "xl/worksheets/sheet1.xml".into());
     let runs: usize = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(5);
+    // One load only (for valgrind): "gemba" or "inflate" or "calamine" as the 5th argument.
+    match args.get(5).map(String::as_str) {
+        Some("gemba") => {
+            let (_, f, cells, bytes) = gemba_load(&path, sheet);
+            println!("gemba full {:.1} ms, {cells} cells, {bytes} bytes", f.as_secs_f64() * 1e3);
+            return;
+        }
+        Some("inflate") => {
+            println!("inflate {:.1} ms", inflate(&path, &part).as_secs_f64() * 1e3);
+            return;
+        }
+        Some("calamine") => {
+            println!("calamine {:.1} ms", calamine_read(&path, sheet).as_secs_f64() * 1e3);
+            return;
+        }
+        _ => {}
+    }
     let (mut inf, mut cal, mut open, mut full) = (vec![], vec![], vec![], vec![]);
     let mut last = (0, 0);
     for _ in 0..runs {

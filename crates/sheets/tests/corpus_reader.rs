@@ -67,7 +67,11 @@ fn corpus_streaming_reader_agrees_with_calamine() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "xlsx" | "xlsm")))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "xlsx" | "xlsm"))
+        })
         .collect();
     files.sort();
     let (mut compared, mut cells, mut handed_back, mut no_package) = (0usize, 0usize, Vec::new(), Vec::new());
@@ -106,12 +110,16 @@ fn corpus_streaming_reader_agrees_with_calamine() {
                         differences.push(format!("{name} / {}: {d}", meta.name));
                     }
                 }
-                (Ok(Some(a)), Err(e)) => {
-                    differences.push(format!("{name} / {}: streamed {} cells, calamine failed: {e}", meta.name, a.cell_count()))
-                }
-                (Err(e), Ok(b)) => {
-                    differences.push(format!("{name} / {}: streaming failed ({e}), calamine read {} cells", meta.name, b.cell_count()))
-                }
+                (Ok(Some(a)), Err(e)) => differences.push(format!(
+                    "{name} / {}: streamed {} cells, calamine failed: {e}",
+                    meta.name,
+                    a.cell_count()
+                )),
+                (Err(e), Ok(b)) => differences.push(format!(
+                    "{name} / {}: streaming failed ({e}), calamine read {} cells",
+                    meta.name,
+                    b.cell_count()
+                )),
                 (Err(_), Err(_)) => {}
             }
         }

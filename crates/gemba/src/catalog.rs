@@ -30,7 +30,13 @@ fn call<P: DeserializeOwned, O: Serialize>(
     let t = std::time::Instant::now();
     let params: P = serde_json::from_value(args).map_err(|e| CallError::InvalidParams(e.to_string()))?;
     let validate = t.elapsed();
-    let out = f(engine, params, budget).map_err(CallError::Tool)?;
+    let out = f(engine, params, budget).map_err(|e| {
+        // A load refused by a limit is worth telling the client about (surface::logging).
+        if let SheetsError::LimitExceeded { .. } = &e {
+            budget.notice(sheets::limits::NoticeLevel::Warning, "limits", || format!("refused: {e}"));
+        }
+        CallError::Tool(e)
+    })?;
     let v = serde_json::to_value(out).map_err(|e| CallError::Tool(SheetsError::Internal(e.to_string())))?;
     Ok((v, validate))
 }
@@ -67,7 +73,8 @@ fn tool<P: schemars::JsonSchema, O: schemars::JsonSchema>(
     t.output_schema = Some(out);
     let a = ToolAnnotations::with_title(title).open_world(false);
     t.annotations = Some(match effect {
-        Effect::Read => a.read_only(true).destructive(false).idempotent(true),
+        // Destructive and idempotent hints mean something only when a tool is not read-only.
+        Effect::Read => a.read_only(true),
         Effect::Write => a.read_only(false).destructive(false).idempotent(true),
         Effect::Append => a.read_only(false).destructive(false).idempotent(false),
         Effect::Destructive => a.read_only(false).destructive(true).idempotent(false),

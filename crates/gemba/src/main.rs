@@ -20,6 +20,7 @@ mod schema;
 mod server;
 mod slo;
 mod stats;
+mod surface;
 mod wiring;
 mod yaml;
 

@@ -20,7 +20,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use crate::catalog;
 
 /// Protocol methods measured besides the tools (a closed set; anything else is "unknown").
-pub const METHODS: [&str; 12] = [
+pub const METHODS: [&str; 16] = [
     "initialize",
     "server/discover",
     "ping",
@@ -29,9 +29,13 @@ pub const METHODS: [&str; 12] = [
     "resources/list",
     "resources/templates/list",
     "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "subscriptions/listen",
     "prompts/list",
     "prompts/get",
     "completion/complete",
+    "logging/setLevel",
     "unknown",
 ];
 
@@ -182,6 +186,14 @@ impl Drop for Session {
 
 static SESSION_SEQ: AtomicU64 = AtomicU64::new(1);
 
+/// A handler with per-session state: HTTP asks for a fresh one for every session (the
+/// default shares everything, for handlers without such state).
+pub trait SessionScoped: Clone {
+    fn new_session(&self) -> Self {
+        self.clone()
+    }
+}
+
 /// The wrapper: measures every request that reaches the inner handler.
 pub struct Measured<H> {
     inner: H,
@@ -191,7 +203,7 @@ pub struct Measured<H> {
     transport: usize,
 }
 
-impl<H: Clone> Measured<H> {
+impl<H: SessionScoped> Measured<H> {
     pub fn new(inner: H, recorder: Arc<Recorder>, transport: usize) -> Self {
         let ops: Vec<OpId> = recorder.names().iter().enumerate().map(|(i, _)| OpId(i as u16)).collect();
         let seed = SESSION_SEQ.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u64) << 32;
@@ -212,7 +224,7 @@ impl<H: Clone> Measured<H> {
 
     /// A handle for a new session sharing the inner handler (HTTP makes one per session).
     pub fn new_session(&self) -> Self {
-        Self::new(self.inner.clone(), self.recorder.clone(), self.transport)
+        Self::new(self.inner.new_session(), self.recorder.clone(), self.transport)
     }
 
     fn op(&self, name: &str) -> OpId {
@@ -270,7 +282,7 @@ macro_rules! measured {
     }};
 }
 
-impl<H: ServerHandler + Clone> ServerHandler for Measured<H> {
+impl<H: ServerHandler + SessionScoped> ServerHandler for Measured<H> {
     async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
         measured!(self, context, "ping", self.inner.ping(context))
     }
@@ -418,12 +430,64 @@ impl<H: ServerHandler + Clone> ServerHandler for Measured<H> {
         measured!(self, context, "unknown", self.inner.on_custom_request(request, context))
     }
 
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        measured!(self, context, "logging/setLevel", self.inner.set_level(request, context))
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        measured!(self, context, "resources/subscribe", self.inner.subscribe(request, context))
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        measured!(self, context, "resources/unsubscribe", self.inner.unsubscribe(request, context))
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        self.inner.accepted_subscription_filter(requested)
+    }
+
+    /// A listen request lasts as long as its stream: its "duration" is the stream's life.
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let protocol = self.protocol(context.request_context());
+        let timer = self.recorder.start(self.op("subscriptions/listen"));
+        let r = self.inner.listen(context).await;
+        timer.finish(self.completion(&r, protocol));
+        r
+    }
+
     async fn on_cancelled(&self, n: CancelledNotificationParam, context: NotificationContext<RoleServer>) {
         self.inner.on_cancelled(n, context).await
     }
 
+    async fn on_progress(&self, n: ProgressNotificationParam, context: NotificationContext<RoleServer>) {
+        self.inner.on_progress(n, context).await
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         self.inner.on_initialized(context).await
+    }
+
+    async fn on_roots_list_changed(&self, context: NotificationContext<RoleServer>) {
+        self.inner.on_roots_list_changed(context).await
+    }
+
+    async fn on_custom_notification(&self, n: CustomNotification, context: NotificationContext<RoleServer>) {
+        self.inner.on_custom_notification(n, context).await
     }
 
     fn get_info(&self) -> ServerConfig {
@@ -497,6 +561,11 @@ pub fn engine_samples(engine: &sheets::Engine, out: &mut Vec<Sample>) {
         c("gemba_recalc_failures", "Recalculations that failed.", load(&lo.failures)).label("backend", "libreoffice"),
     );
     out.push(c("gemba_recalc_timeouts", "Recalculations killed at their timeout.", load(&lo.timeouts)));
+    out.push(c(
+        "gemba_recalc_fallbacks",
+        "Recalculations the in-process engine refused that LibreOffice ran instead.",
+        load(&fs.recalc_fallbacks),
+    ));
     out.push(c("gemba_recalc_retries", "Recalculation retries after transient failures.", load(&lo.retries)));
     out.push(c(
         "gemba_recalc_rejected",

@@ -6,18 +6,23 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kaizen::Outcome;
+#[allow(deprecated)] // logging/setLevel is deprecated by SEP-2577 but part of the legacy era
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceContents,
+    ServerConfig, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
+use sheets::limits::Observer;
 use sheets::{Budget, Engine, ErrorClass};
 
 use crate::catalog::{self, CallError};
 use crate::measure::{self, Note};
+use crate::surface::{self, completion, logging, prompts, resources};
 
 /// The MCP resource with the server's own figures.
 pub const METRICS_URI: &str = "kaizen://metrics";
@@ -50,6 +55,8 @@ pub struct State {
     pub faults: crate::faults::Faults,
     /// Admission control: slots for tool calls, refusals past them.
     pub gate: crate::admission::Gate,
+    /// Prompts, completion, logging, progress, resources and subscriptions (process-wide part).
+    pub surface: surface::Shared,
 }
 
 pub use crate::admission::Admission;
@@ -57,10 +64,21 @@ pub use crate::admission::Admission;
 #[derive(Clone)]
 pub struct GembaServer {
     state: Arc<State>,
+    /// This session's surface state (log level, rate limit, subscriptions): HTTP makes a new
+    /// one per session through `measure::SessionScoped`.
+    session: Arc<surface::Session>,
+}
+
+impl measure::SessionScoped for GembaServer {
+    fn new_session(&self) -> Self {
+        Self { state: self.state.clone(), session: Arc::new(surface::Session::new(&self.state.surface)) }
+    }
 }
 
 impl GembaServer {
     pub fn new(engine: Engine, timeouts: crate::slo::Timeouts, admission: Admission) -> Self {
+        let shared = surface::Shared::default();
+        let session = Arc::new(surface::Session::new(&shared));
         Self {
             state: Arc::new(State {
                 engine,
@@ -71,8 +89,15 @@ impl GembaServer {
                 kaizen: std::sync::OnceLock::new(),
                 faults: crate::faults::Faults::from_env(),
                 gate: crate::admission::Gate::new(admission),
+                surface: shared,
             }),
+            session,
         }
+    }
+
+    /// The surface's figures (log messages, progress, subscriptions) for the metrics provider.
+    pub fn surface_samples(&self, out: &mut Vec<kaizen::exposition::Sample>) {
+        self.state.surface.samples(out);
     }
 
     /// Calls refused for capacity, the admission settings, and slots free now.
@@ -91,12 +116,14 @@ impl GembaServer {
     }
 
     /// Run one tool to completion, reporting details into `note` for the measurement layer.
+    /// `observer` (progress and notices, see `surface`) watches the call when given.
     pub async fn run_tool(
         &self,
         name: &str,
         args: Value,
         note: &Note,
         ct: &tokio_util::sync::CancellationToken,
+        observer: Option<Arc<Observer>>,
     ) -> CallToolResult {
         let state = self.state.clone();
         // Admission: a slot, or a quick refusal. The slot goes with the work, so it is held
@@ -110,7 +137,11 @@ impl GembaServer {
             }
         };
         let timeout = state.timeouts.get(name).copied().unwrap_or(state.default_timeout);
-        let budget = Budget::with_timeouts(timeout, state.load_timeout).with_waiting(ticket.clone());
+        let mut budget = Budget::with_timeouts(timeout, state.load_timeout).with_waiting(ticket.clone());
+        // surface: progress and notices of this call go to its observer.
+        if let Some(o) = observer {
+            budget = budget.observed_by(o);
+        }
         let canceller = budget.canceller();
         let name_owned = name.to_string();
         let queued = Instant::now();
@@ -240,9 +271,107 @@ fn tool_error(msg: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(msg)])
 }
 
+/// The surface (prompts, completion, logging, progress, resources): helpers of the handler.
+impl GembaServer {
+    /// Run `f` on the blocking pool (workspace scans, workbook opens), as an MCP error if it panics.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, ErrorData> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || f(&state.engine))
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("internal error: {e}"), None))
+    }
+
+    /// After a call: tell the client what it should know (notices the domain left, a response
+    /// cut by a cap, a recalculation fallback, a file changed under a fork), at its level.
+    async fn report_call(
+        &self,
+        log: &logging::RequestLog<'_>,
+        tool: &str,
+        forks: &[String],
+        result: &CallToolResult,
+        observer: &Observer,
+    ) {
+        let (notices, more) = observer.take_notices();
+        log.emit_notices(tool, notices, more).await;
+        if let Some(v) = &result.structured_content {
+            for (level, logger, data) in logging::result_notices(tool, v) {
+                log.emit(level, logger, data).await;
+            }
+        }
+        #[allow(deprecated)]
+        let warning = rmcp::model::LoggingLevel::Warning;
+        if log.wants(warning) {
+            for fork in forks {
+                if let Some(data) = surface::fork_source_changed(&self.state.engine, &self.session, fork) {
+                    log.emit(warning, "gemba.forks", data).await;
+                }
+            }
+        }
+    }
+
+    /// `resources/read` of a workbook summary or a sheet's first page, run like the tool that
+    /// produces it (admission, budget, cancellation).
+    async fn read_workbook_resource(
+        &self,
+        uri: &str,
+        target: resources::Target,
+        ct: &tokio_util::sync::CancellationToken,
+    ) -> Result<ReadResourceResult, ErrorData> {
+        let id = target.workbook_id().to_string();
+        // An unknown workbook is "resource not found", with the tools' did-you-mean.
+        let check = id.clone();
+        self.blocking(move |e| surface::path_of(e, &check))
+            .await?
+            .map_err(|e| ErrorData::resource_not_found(e.to_string(), None))?;
+        let (tool, args, mime) = match &target {
+            resources::Target::Workbook { .. } => {
+                ("workbook_summary", serde_json::json!({"workbook_id": id}), "application/json")
+            }
+            resources::Target::Sheet { sheet, .. } => {
+                ("sheet_page", serde_json::json!({"workbook_id": id, "sheet_name": sheet}), "text/csv")
+            }
+        };
+        let note = Note::default();
+        let result = self.run_tool(tool, args, &note, ct, None).await;
+        let text = result.content.first().and_then(|b| b.as_text()).map(|t| t.text.clone()).unwrap_or_default();
+        if result.is_error == Some(true) {
+            if let resources::Target::Sheet { sheet, .. } = target {
+                // An unknown sheet is "resource not found" too (the workbook is cached by now).
+                let (wid, s) = (id.clone(), sheet.clone());
+                let unknown = self
+                    .blocking(move |e| {
+                        e.workbook(&wid, &Budget::with_timeout(Duration::from_secs(5)))
+                            .and_then(|wb| wb.sheet_index(Some(&s)).map(|_| ()))
+                            .err()
+                            .filter(|e| matches!(e, sheets::SheetsError::UnknownSheet { .. }))
+                    })
+                    .await?;
+                if let Some(e) = unknown {
+                    return Err(ErrorData::resource_not_found(e.to_string(), None));
+                }
+            }
+            return Err(ErrorData::invalid_params(format!("cannot read {uri}: {text}"), None));
+        }
+        let body = match (&target, &result.structured_content) {
+            (resources::Target::Sheet { .. }, Some(v)) => {
+                v.get("csv").and_then(Value::as_str).unwrap_or("").to_string()
+            }
+            _ => text,
+        };
+        Ok(ReadResourceResult::new(vec![ResourceContents::TextResourceContents {
+            uri: uri.to_string(),
+            mime_type: Some(mime.into()),
+            text: body,
+            meta: None,
+        }])
+        .with_ttl_ms(0)
+        .with_cache_scope(CacheScope::Private))
+    }
+}
+
 impl ServerHandler for GembaServer {
     fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build());
+        let mut info = ServerConfig::new(surface::capabilities());
         let mut imp = Implementation::new("gemba", env!("CARGO_PKG_VERSION"));
         imp = imp.with_title("Gemba spreadsheet server");
         info.server_info = imp;
@@ -274,29 +403,162 @@ impl ServerHandler for GembaServer {
         let args = Value::Object(request.arguments.unwrap_or_default());
         let ct = context.ct.clone();
         let note = context.extensions.get::<Arc<Note>>().cloned().unwrap_or_default();
-        let result = self.run_tool(&name, args, &note, &ct).await;
+        // surface: progress when the call asks for it, notices when the client hears warnings.
+        let log = logging::RequestLog::new(&context, &self.session.log, &self.state.surface.log);
+        let token = context.meta.get_progress_token();
+        #[allow(deprecated)]
+        let observed = token.is_some() || log.wants(rmcp::model::LoggingLevel::Warning);
+        let observer = observed.then(|| Arc::new(Observer::new(token.is_some())));
+        let forks = if observed { surface::forks_named(&args) } else { Vec::new() };
+        let reporter = token
+            .zip(observer.clone())
+            .map(|(t, o)| surface::progress::start(context.peer.clone(), t, o, self.state.surface.progress.clone()));
+        let result = self.run_tool(&name, args, &note, &ct, observer.clone()).await;
+        drop(reporter);
+        if let Some(o) = &observer {
+            self.report_call(&log, &name, &forks, &result, o).await;
+        }
         Ok(CallToolResponse::from(result))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(prompts::list())
+            .with_ttl_ms(resources::STATIC_TTL_MS)
+            .with_cache_scope(CacheScope::Public))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let args = request.arguments.unwrap_or_default();
+        let name = prompts::check(&request.name, &args).map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        let id = args.get("workbook_id").and_then(Value::as_str).unwrap_or_default().trim().to_string();
+        let lookup = id.clone();
+        let path = self
+            .blocking(move |e| surface::path_of(e, &lookup))
+            .await?
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        let arg = |k: &str| args.get(k).and_then(Value::as_str).map(String::from);
+        Ok(GetPromptResponse::from(prompts::render(name, &prompts::Subject { id: &id, path: &path }, arg)))
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let argument = request.argument.name.as_str();
+        let known: Vec<&str> = match &request.r#ref {
+            Reference::Prompt(p) => prompts::argument_names(&p.name)
+                .ok_or_else(|| ErrorData::invalid_params(format!("no prompt '{}'; call prompts/list", p.name), None))?,
+            Reference::Resource(r) => match r.uri.as_str() {
+                resources::WORKBOOK_TEMPLATE => vec!["workbook_id"],
+                resources::SHEET_TEMPLATE => vec!["workbook_id", "sheet_name"],
+                other => {
+                    return Err(ErrorData::invalid_params(
+                        format!(
+                            "no resource template '{other}'; the templates are {} and {}",
+                            resources::WORKBOOK_TEMPLATE,
+                            resources::SHEET_TEMPLATE
+                        ),
+                        None,
+                    ));
+                }
+            },
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    "completion is offered for prompts and resource templates",
+                    None,
+                ));
+            }
+        };
+        if !known.contains(&argument) {
+            return Err(ErrorData::invalid_params(
+                format!("no argument '{argument}' to complete here; the arguments are: {}", known.join(", ")),
+                None,
+            ));
+        }
+        let value = request.argument.value.clone();
+        let info = match argument {
+            "workbook_id" => {
+                let all = self.blocking(surface::candidates).await?;
+                completion::workbook_ids(&all, &value)
+            }
+            "sheet_name" => {
+                let book = request
+                    .context
+                    .as_ref()
+                    .and_then(|c| c.arguments.as_ref())
+                    .and_then(|a| a.get("workbook_id"))
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty());
+                match book {
+                    // Without the workbook there are no sheet names to offer.
+                    None => completion::none(),
+                    Some(id) => {
+                        let names = self
+                            .blocking(move |e| {
+                                let budget = Budget::with_timeouts(Duration::from_secs(2), Duration::from_secs(10));
+                                e.workbook(&id, &budget).map(|wb| wb.sheets.iter().map(|s| s.name.clone()).collect())
+                            })
+                            .await?
+                            .unwrap_or_else(|_: sheets::SheetsError| Vec::new());
+                        completion::sheet_names(&names, &value)
+                    }
+                }
+            }
+            _ => completion::none(),
+        };
+        Ok(CompleteResult::new(info))
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.session.log.set_level(request.level);
+        Ok(())
     }
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let mut m = Resource::new(METRICS_URI, "kaizen-metrics");
-        m.description =
-            Some("Gemba's own figures: requests, outcomes, latency percentiles per tool, cache, process.".into());
-        m.mime_type = Some("application/json".into());
-        let mut s = Resource::new(SLO_URI, "kaizen-slo");
-        s.description = Some("Each tool's objectives: SLI, error budget left, burn rates, alert state.".into());
-        s.mime_type = Some("application/json".into());
-        Ok(ListResourcesResult::with_all_items(vec![m, s]))
+        let m = Resource::new(METRICS_URI, "kaizen-metrics")
+            .with_description("Gemba's own figures: requests, outcomes, latency percentiles per tool, cache, process.")
+            .with_mime_type("application/json");
+        let s = Resource::new(SLO_URI, "kaizen-slo")
+            .with_description("Each tool's objectives: SLI, error budget left, burn rates, alert state.")
+            .with_mime_type("application/json");
+        let listing = self.blocking(|e| e.workspace.list()).await?;
+        let cursor = request.and_then(|r| r.cursor);
+        let books = listing.iter().map(|e| resources::Listed { id: &e.id, path: &e.rel_path, size: e.size });
+        resources::list_page(vec![m, s], books, cursor.as_deref()).map_err(|e| ErrorData::invalid_params(e, None))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(resources::templates())
+            .with_ttl_ms(resources::STATIC_TTL_MS)
+            .with_cache_scope(CacheScope::Public))
     }
 
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let body = match request.uri.as_str() {
             METRICS_URI => match self.state.kaizen.get() {
@@ -308,17 +570,82 @@ impl ServerHandler for GembaServer {
                 None => "{\"slo\":\"disabled\"}".into(),
             },
             other => {
-                return Err(ErrorData::resource_not_found(
-                    format!("no resource '{other}'; the server offers {METRICS_URI} and {SLO_URI}"),
-                    None,
-                ));
+                let target = resources::parse(other).map_err(|e| {
+                    ErrorData::resource_not_found(
+                        format!("{e}; the server also offers {METRICS_URI} and {SLO_URI}"),
+                        None,
+                    )
+                })?;
+                let r = self.read_workbook_resource(other, target, &context.ct).await?;
+                return Ok(ReadResourceResponse::from(r));
             }
         };
-        Ok(ReadResourceResponse::from(ReadResourceResult::new(vec![ResourceContents::TextResourceContents {
-            uri: request.uri.clone(),
-            mime_type: Some("application/json".into()),
-            text: body,
-            meta: None,
-        }])))
+        Ok(ReadResourceResponse::from(
+            ReadResourceResult::new(vec![ResourceContents::TextResourceContents {
+                uri: request.uri.clone(),
+                mime_type: Some("application/json".into()),
+                text: body,
+                meta: None,
+            }])
+            .with_ttl_ms(0)
+            .with_cache_scope(CacheScope::Private),
+        ))
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let uri = request.uri.clone();
+        let path = self
+            .blocking(move |e| surface::watched_file(e, &uri))
+            .await?
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        self.state
+            .surface
+            .watcher
+            .subscribe(self.session.id, request.uri, path, surface::watch::Target::session(context.peer.clone()))
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        // Unsubscribing from something not subscribed to is not an error: the end state holds.
+        self.state.surface.watcher.unsubscribe(self.session.id, &request.uri);
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(surface::accepted_filter(&self.state.engine, requested))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let owner = surface::new_owner();
+        let watcher = self.state.surface.watcher.clone();
+        // The subscriptions end with the request, however it ends.
+        struct Release(Arc<surface::watch::Watcher>, u64);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.drop_owner(self.1);
+            }
+        }
+        let _release = Release(watcher.clone(), owner);
+        let uris: Vec<String> = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+        for uri in uris {
+            let check = uri.clone();
+            let Ok(Ok(path)) = self.blocking(move |e| surface::watched_file(e, &check)).await else { continue };
+            let target = surface::watch::Target::listen(context.sink().clone());
+            if let Err(e) = watcher.subscribe(owner, uri, path, target) {
+                tracing::debug!("subscription not kept: {e}");
+            }
+        }
+        context.cancelled().await;
+        Ok(())
     }
 }

@@ -217,6 +217,8 @@ fn set_samples(cfg: &ServeConfig, server: &GembaServer, kaizen: &Arc<Kaizen>) {
     let disk = Arc::new(parking_lot::Mutex::new((std::time::Instant::now(), 0u64, false)));
     kaizen.recorder.set_provider(Box::new(move |out| {
         measure::engine_samples(s.engine(), out);
+        // surface: log messages, progress notifications, resource subscriptions.
+        s.surface_samples(out);
         let (refused, adm, free) = s.admission_figures();
         out.push(Sample::new(
             "gemba_requests_refused",

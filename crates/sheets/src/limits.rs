@@ -59,6 +59,8 @@ pub struct Budget {
     cancelled: Arc<AtomicBool>,
     stages: Arc<StageTimes>,
     waiting: Option<Arc<dyn Waiting>>,
+    /// Who watches this call's progress and notices (none unless the embedder asked).
+    observer: Option<Arc<Observer>>,
 }
 
 impl std::fmt::Debug for Budget {
@@ -124,6 +126,7 @@ impl Budget {
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
             waiting: None,
+            observer: None,
         }
     }
 
@@ -161,6 +164,50 @@ impl Budget {
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
             waiting: None,
+            observer: None,
+        }
+    }
+
+    /// This budget with `observer` watching the call: long stages report their progress to
+    /// it and the domain leaves notices in it (see [`Observer`]).
+    pub fn observed_by(mut self, observer: Arc<Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The call's observer, when someone watches it (clone it into a helper thread).
+    pub fn observer(&self) -> Option<&Arc<Observer>> {
+        self.observer.as_ref()
+    }
+
+    /// Start a stage of `total` units (`unit`: "bytes inflated", "steps"...); a no-op unless
+    /// the call is observed.
+    pub fn progress_begin(&self, what: impl FnOnce() -> String, unit: &'static str, total: u64) {
+        if let Some(o) = self.observer.as_ref().filter(|o| o.wants_progress()) {
+            o.begin(what(), unit, total);
+        }
+    }
+
+    /// Start a stage unless one is still running (a load inside a save is part of the save's
+    /// own step); whether it started, so the caller reports only its own stage.
+    pub fn progress_begin_if_idle(&self, what: impl FnOnce() -> String, unit: &'static str, total: u64) -> bool {
+        match self.observer.as_ref().filter(|o| o.wants_progress()) {
+            Some(o) => o.begin_if_idle(what(), unit, total),
+            None => false,
+        }
+    }
+
+    /// `done` units of the current stage are finished.
+    pub fn progress(&self, done: u64) {
+        if let Some(o) = &self.observer {
+            o.advance(done);
+        }
+    }
+
+    /// Tell the caller something it should know besides the result; a no-op unless observed.
+    pub fn notice(&self, level: NoticeLevel, topic: &'static str, message: impl FnOnce() -> String) {
+        if let Some(o) = &self.observer {
+            o.notice(level, topic, message());
         }
     }
 
@@ -205,6 +252,11 @@ impl Budget {
         }
     }
 
+    /// Whether the caller withdrew the call (as opposed to running out of time).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Time left for the tool's own work (`None`: no deadline).
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
@@ -222,6 +274,143 @@ impl Budget {
     /// A handle that cancels this budget's work when `cancel()` is called on it.
     pub fn canceller(&self) -> Canceller {
         Canceller(self.cancelled.clone())
+    }
+}
+
+/// How much a notice matters (the embedder maps it to its own log levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NoticeLevel {
+    Info,
+    Notice,
+    Warning,
+    Error,
+}
+
+/// Something the caller of a tool should hear about besides its result: a limit hit, a
+/// fallback taken, a file changed under a fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub level: NoticeLevel,
+    /// What the notice is about ("limits", "recalc", "forks"...).
+    pub topic: &'static str,
+    pub message: String,
+}
+
+/// Most notices one call keeps; later ones are counted, not kept.
+pub const MAX_NOTICES: usize = 16;
+
+/// Watches one call: long stages (loading by bytes inflated, recalculation, save, structure
+/// edits) write how far they have got, and the domain leaves notices. Writers only set plain
+/// fields under a short lock; whoever reports progress reads a snapshot when it wants one, so
+/// a hot loop never calls out into the embedder.
+#[derive(Debug, Default)]
+pub struct Observer {
+    /// Whether anyone reads the progress (a client asked for it); notices are always kept.
+    progress_wanted: bool,
+    progress: parking_lot::Mutex<ProgressState>,
+    notices: parking_lot::Mutex<(Vec<Notice>, usize)>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    /// Units of the stages already over, so progress only grows across stages.
+    base: u64,
+    done: u64,
+    total: u64,
+    what: String,
+    unit: &'static str,
+    started: bool,
+}
+
+/// Progress so far, summed over the call's stages: `progress` never decreases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressSnapshot {
+    pub progress: u64,
+    pub total: u64,
+    /// What is happening now, e.g. "loading sheet 'Sales' of sales.xlsx: 12 of 40 MB inflated".
+    pub message: String,
+}
+
+impl Observer {
+    /// An observer that keeps notices, and progress too when `progress` (someone reads it).
+    pub fn new(progress: bool) -> Self {
+        Self { progress_wanted: progress, ..Self::default() }
+    }
+
+    /// Whether progress is read: stages that cost something to measure check this first.
+    pub fn wants_progress(&self) -> bool {
+        self.progress_wanted
+    }
+
+    /// A new stage of `total` units; the previous stage counts as finished.
+    pub fn begin(&self, what: String, unit: &'static str, total: u64) {
+        if !self.progress_wanted {
+            return;
+        }
+        let mut p = self.progress.lock();
+        if p.started {
+            p.base += p.total.max(p.done);
+        }
+        p.started = true;
+        p.done = 0;
+        p.total = total;
+        p.what = what;
+        p.unit = unit;
+    }
+
+    /// Begin a stage only when none is running (none began yet, or the last one is finished).
+    pub fn begin_if_idle(&self, what: String, unit: &'static str, total: u64) -> bool {
+        {
+            let p = self.progress.lock();
+            if !self.progress_wanted || (p.started && p.done < p.total) {
+                return false;
+            }
+        }
+        self.begin(what, unit, total);
+        true
+    }
+
+    /// `done` units of the current stage are finished (never goes back, never past the total).
+    pub fn advance(&self, done: u64) {
+        if !self.progress_wanted {
+            return;
+        }
+        let mut p = self.progress.lock();
+        p.done = p.done.max(done.min(p.total));
+    }
+
+    /// Where the call is, or `None` before any stage began.
+    pub fn snapshot(&self) -> Option<ProgressSnapshot> {
+        let p = self.progress.lock();
+        if !p.started {
+            return None;
+        }
+        let amount = |n: u64| match p.unit.starts_with("bytes") {
+            true if p.total >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+            true => format!("{:.1} KB", n as f64 / 1e3),
+            false => n.to_string(),
+        };
+        let unit = p.unit.strip_prefix("bytes").map(str::trim).unwrap_or(p.unit);
+        Some(ProgressSnapshot {
+            progress: p.base + p.done,
+            total: p.base + p.total,
+            message: format!("{}: {} of {} {unit}", p.what, amount(p.done), amount(p.total)).trim_end().to_string(),
+        })
+    }
+
+    /// Leave a notice for the caller (at most [`MAX_NOTICES`] are kept).
+    pub fn notice(&self, level: NoticeLevel, topic: &'static str, message: String) {
+        let mut n = self.notices.lock();
+        if n.0.len() < MAX_NOTICES {
+            n.0.push(Notice { level, topic, message });
+        } else {
+            n.1 += 1;
+        }
+    }
+
+    /// The notices left so far (emptied), and how many more were not kept.
+    pub fn take_notices(&self) -> (Vec<Notice>, usize) {
+        std::mem::take(&mut *self.notices.lock())
     }
 }
 
@@ -270,5 +459,55 @@ mod tests {
         w.1.store(true, Ordering::SeqCst);
         assert!(matches!(b.while_waiting(|| ()), Err(SheetsError::Timeout { .. })), "no share back: a timeout");
         assert_eq!(Budget::unlimited().while_waiting(|| 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn progress_grows_across_stages_and_is_clamped() {
+        let b = Budget::unlimited();
+        // Unobserved: reporting is a no-op.
+        b.progress_begin(|| unreachable!("not observed, so never formatted"), "steps", 3);
+        // Observed for notices only: progress is not kept.
+        let quiet = Arc::new(Observer::new(false));
+        let q = Budget::unlimited().observed_by(quiet.clone());
+        q.progress_begin(|| unreachable!("progress not wanted, so never formatted"), "steps", 3);
+        q.progress(2);
+        assert_eq!(quiet.snapshot(), None);
+        let o = Arc::new(Observer::new(true));
+        let b = b.observed_by(o.clone());
+        assert_eq!(o.snapshot(), None);
+        b.progress_begin(|| "loading sheet 'S'".into(), "bytes inflated", 2_000_000);
+        b.progress(500_000);
+        let s = o.snapshot().unwrap();
+        assert_eq!((s.progress, s.total), (500_000, 2_000_000));
+        assert_eq!(s.message, "loading sheet 'S': 0.5 MB of 2.0 MB inflated");
+        b.progress(100); // never goes back
+        b.progress(9_000_000); // never past the total
+        assert_eq!(o.snapshot().unwrap().progress, 2_000_000);
+        b.progress_begin(|| "recalculating".into(), "steps", 4);
+        b.progress(1);
+        let s = o.snapshot().unwrap();
+        assert_eq!((s.progress, s.total), (2_000_001, 2_000_004));
+        assert_eq!(s.message, "recalculating: 1 of 4 steps");
+        // A load inside a running stage does not replace it...
+        assert!(!b.progress_begin_if_idle(|| "loading".into(), "bytes inflated", 10));
+        assert_eq!(o.snapshot().unwrap().message, "recalculating: 1 of 4 steps");
+        // ...but once it is over, the next load is a stage of its own.
+        b.progress(4);
+        assert!(b.progress_begin_if_idle(|| "loading sheet 'T'".into(), "bytes inflated", 2_000));
+        assert_eq!(o.snapshot().unwrap().message, "loading sheet 'T': 0.0 KB of 2.0 KB inflated");
+    }
+
+    #[test]
+    fn notices_are_bounded() {
+        let o = Arc::new(Observer::new(false));
+        let b = Budget::unlimited().observed_by(o.clone());
+        for i in 0..MAX_NOTICES + 3 {
+            b.notice(NoticeLevel::Warning, "limits", || format!("n{i}"));
+        }
+        let (kept, more) = o.take_notices();
+        assert_eq!(kept.len(), MAX_NOTICES);
+        assert_eq!(kept[0].message, "n0");
+        assert_eq!(more, 3);
+        assert_eq!(o.take_notices(), (Vec::new(), 0));
     }
 }

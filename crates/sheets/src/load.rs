@@ -2,7 +2,8 @@
 //! zip-bomb checks before parsing, streaming sheets into the compact model, and turning
 //! every reader failure (including a panic inside the reader) into a clear error.
 
-use std::io::{Cursor, Read};
+use std::cell::Cell;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -40,7 +41,99 @@ impl Format {
 }
 
 /// The file image, shared so a second reader can work on it in parallel.
-pub type Bytes = Cursor<Arc<[u8]>>;
+pub type Bytes = Image;
+
+thread_local! {
+    /// Where the last read of a file image on this thread ended: a sheet load (on the same
+    /// thread as its reader) turns it into progress in bytes inflated.
+    static READ_POS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A file image that publishes its read position (per thread, one store per read: the zip
+/// inflater reads in 32 KiB chunks) so a sheet load can tell how far into its part it is.
+pub struct Image(Cursor<Arc<[u8]>>);
+
+impl Image {
+    pub fn new(bytes: Arc<[u8]>) -> Self {
+        Self(Cursor::new(bytes))
+    }
+}
+
+impl Read for Image {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        READ_POS.with(|p| p.set(self.0.position()));
+        Ok(n)
+    }
+}
+
+impl Seek for Image {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let at = self.0.seek(pos)?;
+        READ_POS.with(|p| p.set(at));
+        Ok(at)
+    }
+}
+
+/// The zip part a sheet's reader is in, found from the image's read position: its local
+/// header offset and its compressed and inflated sizes.
+struct PartSpan {
+    start: u64,
+    packed: u64,
+    size: u64,
+}
+
+impl PartSpan {
+    /// The part holding the current read position (the reader has just opened it).
+    fn current(bytes: &[u8]) -> Option<Self> {
+        let pos = READ_POS.with(Cell::get);
+        let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).ok()?;
+        let mut best: Option<Self> = None;
+        for i in 0..zip.len() {
+            let Ok(f) = zip.by_index_raw(i) else { continue };
+            let start = f.header_start();
+            if start <= pos && best.as_ref().is_none_or(|b| b.start < start) {
+                best = Some(Self { start, packed: f.compressed_size().max(1), size: f.size() });
+            }
+        }
+        best
+    }
+
+    /// Bytes inflated so far, estimated from the compressed bytes read (exact at the end).
+    fn inflated(&self) -> u64 {
+        let read = READ_POS.with(Cell::get).saturating_sub(self.start).min(self.packed);
+        ((read as f64 / self.packed as f64) * self.size as f64) as u64
+    }
+}
+
+/// Progress of one sheet load in bytes inflated, when someone watches the call and no other
+/// stage (a save, a recalculation) is running around the load.
+struct LoadProgress<'a> {
+    budget: &'a Budget,
+    span: Option<PartSpan>,
+}
+
+impl<'a> LoadProgress<'a> {
+    fn start(budget: &'a Budget, id: &str, sheet: &str, bytes: &[u8]) -> Self {
+        let span =
+            budget.observer().filter(|o| o.wants_progress()).and_then(|_| PartSpan::current(bytes)).filter(|s| {
+                budget.progress_begin_if_idle(|| format!("loading sheet '{sheet}' of {id}"), "bytes inflated", s.size)
+            });
+        Self { budget, span }
+    }
+
+    fn tick(&self) {
+        if let Some(s) = &self.span {
+            self.budget.progress(s.inflated());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(s) = &self.span {
+            self.budget.progress(s.size);
+        }
+    }
+}
 
 /// An open calamine reader over the file's bytes.
 pub enum Book {
@@ -185,7 +278,7 @@ pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
                 unreadable(id, text)
             }
         };
-        let cursor = Cursor::new(bytes.clone());
+        let cursor = Image::new(bytes.clone());
         let (book, date1904) = match format {
             Format::Xlsx => {
                 let b = Xlsx::new(cursor).map_err(|e| map(&e))?;
@@ -373,28 +466,43 @@ fn load_sheet_calamine(
                     .unwrap_or_default()
                 });
                 let mut r = x.worksheet_cells_reader(name).map_err(|e| err(&e))?;
+                let progress = LoadProgress::start(budget, id, name, bytes);
                 let d = r.dimensions();
                 b.reserve((d.len() as usize).min(max).min(4_000_000));
+                let mut seen = 0usize;
                 while let Some(c) = r.next_cell_with_formula().map_err(|e| err(&e))? {
                     let (row, col) = c.pos;
                     if let Some(f) = &c.formula {
-                        b.push_formula(row, col, f);
+                        // Formula text is an OOXML string: `_xHHHH_` stands for a character.
+                        b.push_formula(row, col, &crate::forks::xstring::unescape(f));
                     }
                     let v = convert_ref(&mut b, c.value, shift);
                     push_checked(&mut b, row, col, v, max, budget).map_err(|e| e.unwrap_or_else(|| over(max)))?;
+                    seen += 1;
+                    if seen.is_multiple_of(CHECK_EVERY) {
+                        progress.tick();
+                    }
                 }
+                progress.finish();
                 Ok(merges.join().unwrap_or_default())
             })?,
             Book::Xlsb(x) => {
                 let area;
                 {
                     let mut r = x.worksheet_cells_reader(name).map_err(|e| err(&e))?;
+                    let progress = LoadProgress::start(budget, id, name, bytes);
                     area = r.dimensions().len();
+                    let mut seen = 0usize;
                     while let Some(c) = r.next_cell().map_err(|e| err(&e))? {
                         let (row, col) = c.get_position();
                         let v = convert_ref(&mut b, c.get_value().clone(), shift);
                         push_checked(&mut b, row, col, v, max, budget).map_err(|e| e.unwrap_or_else(|| over(max)))?;
+                        seen += 1;
+                        if seen.is_multiple_of(CHECK_EVERY) {
+                            progress.tick();
+                        }
                     }
+                    progress.finish();
                 }
                 if area <= max as u64
                     && let Ok(fr) = x.worksheet_formula(name)

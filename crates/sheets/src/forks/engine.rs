@@ -45,11 +45,12 @@ impl Drop for EngineSlot {
         RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
-
 pub struct IronSession {
     model: Model<'static>,
     /// Our sheet index → the model's sheet index.
     sheet_ix: Vec<Option<u32>>,
+    /// The workbook counts dates from 1904: formulas are rewritten (see `date1904`).
+    date1904: bool,
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
@@ -59,43 +60,98 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn engine_error(id: &str, what: impl std::fmt::Display) -> SheetsError {
-    SheetsError::Unsupported {
-        workbook_id: id.to_string(),
-        reason: format!(
-            "the in-process engine cannot calculate this workbook ({what}); use recalculate with backend=\"libreoffice\""
-        ),
+/// Why the engine will not calculate a workbook (the caller may use another backend).
+#[derive(Debug, Clone)]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    /// The refusal as the error an agent sees when no other backend can take over.
+    pub fn into_error(self, id: &str) -> SheetsError {
+        SheetsError::Unsupported {
+            workbook_id: id.to_string(),
+            reason: format!(
+                "the in-process engine cannot calculate this workbook ({}); use recalculate with backend=\"libreoffice\" (LibreOffice must be installed)",
+                self.0
+            ),
+        }
     }
+}
+
+/// Replace `s` with its `_xHHHH_`-decoded text when that differs (the importer keeps the
+/// file's escapes; the engine must see the characters).
+fn decode_in_place(s: &mut String) {
+    if let std::borrow::Cow::Owned(d) = super::xstring::unescape(s) {
+        *s = d;
+    }
+}
+
+/// The formula rewritten for the 1900 system when the workbook counts from 1904.
+fn shim_in_place(f: &mut String, date1904: bool) -> std::result::Result<(), Refusal> {
+    if date1904 && let std::borrow::Cow::Owned(s) = super::date1904::shim(f).map_err(Refusal)? {
+        *f = s;
+    }
+    Ok(())
+}
+
+/// Make an imported workbook what the engine should evaluate: OOXML string escapes decoded,
+/// and in a 1904 workbook every formula rewritten for the 1900 system.
+fn prepare(wb: &mut ironcalc_base::types::Workbook, date1904: bool) -> std::result::Result<(), Refusal> {
+    wb.shared_strings.iter_mut().for_each(decode_in_place);
+    for ws in &mut wb.worksheets {
+        for f in &mut ws.shared_formulas {
+            decode_in_place(f);
+            shim_in_place(f, date1904)?;
+        }
+    }
+    for n in &mut wb.defined_names {
+        decode_in_place(&mut n.formula);
+        shim_in_place(&mut n.formula, date1904)?;
+    }
+    Ok(())
 }
 
 impl IronSession {
     /// Load the workbook image into a model. `sheet_names` are our sheets, in order.
-    pub fn load(id: &str, bytes: &[u8], sheet_names: &[String]) -> Result<Self> {
+    pub fn load(bytes: &[u8], sheet_names: &[String], date1904: bool) -> std::result::Result<Self, Refusal> {
         let loaded = catch_unwind(AssertUnwindSafe(|| {
-            let wb = ironcalc::import::load_from_xlsx_bytes(bytes, id, "en", "UTC").map_err(|e| e.to_string())?;
-            Model::from_workbook(wb, "en")
+            let mut wb = ironcalc::import::load_from_xlsx_bytes(bytes, "fork", "en", "UTC")
+                .map_err(|e| Refusal(format!("it cannot import the file: {e}")))?;
+            prepare(&mut wb, date1904)?;
+            Model::from_workbook(wb, "en").map_err(|e| Refusal(format!("it cannot build its model: {e}")))
         }));
         let model = match loaded {
             Ok(Ok(m)) => m,
-            Ok(Err(e)) => return Err(engine_error(id, e)),
-            Err(p) => return Err(engine_error(id, format!("it failed while loading: {}", panic_text(p)))),
+            Ok(Err(e)) => return Err(e),
+            Err(p) => return Err(Refusal(format!("it failed while loading: {}", panic_text(p)))),
         };
         let sheet_ix = sheet_names
             .iter()
             .map(|n| model.workbook.worksheets.iter().position(|w| &w.name == n).map(|i| i as u32))
             .collect();
-        Ok(Self { model, sheet_ix })
+        Ok(Self { model, sheet_ix, date1904 })
     }
 
-    /// Write one input into the model.
-    pub fn set(&mut self, sheet: usize, row: u32, col: u32, input: &Input) -> std::result::Result<(), String> {
+    /// Write one input into the model. `Err(Refusal)` when the engine cannot calculate the
+    /// input exactly (a formula the 1904 rewrite cannot take); `Ok(Err(_))` when the engine
+    /// rejects the input itself (the cell then keeps what the model had).
+    pub fn set(
+        &mut self,
+        sheet: usize,
+        row: u32,
+        col: u32,
+        input: &Input,
+    ) -> std::result::Result<std::result::Result<(), String>, Refusal> {
         let Some(Some(s)) = self.sheet_ix.get(sheet).copied() else {
-            return Err(format!("sheet {sheet} is not in the engine's model"));
+            return Ok(Err(format!("sheet {sheet} is not in the engine's model")));
         };
         let (r, c) = (row as i32 + 1, col as i32 + 1);
         let m = &mut self.model;
-        match input {
-            Input::Formula { f } => m.update_cell_with_formula(s, r, c, format!("={f}")),
+        Ok(match input {
+            Input::Formula { f } => {
+                let mut f = f.clone();
+                shim_in_place(&mut f, self.date1904)?;
+                m.update_cell_with_formula(s, r, c, format!("={f}"))
+            }
             Input::Value { v } => match v {
                 Scalar::Empty => m.set_user_input(s, r, c, String::new()),
                 Scalar::Number(n) => m.update_cell_with_number(s, r, c, *n),
@@ -103,7 +159,7 @@ impl IronSession {
                 Scalar::Text(t) => m.update_cell_with_text(s, r, c, t),
                 Scalar::Error(e) => m.set_user_input(s, r, c, e.clone()),
             },
-        }
+        })
     }
 
     /// Evaluate the whole workbook and return every formula cell's value, by our sheet index.

@@ -4,24 +4,36 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::cells::{Input, Scalar, a1};
-use super::engine::{EngineSlot, IronSession};
-use super::libreoffice::LibreOffice;
+use super::cells::{Input, Scalar};
+use super::engine::IronSession;
 use super::persist::{ForkDir, ForkMeta, Op, StyleOp};
-use super::recalc::{Backend, CellIssue, Computed, RecalcReport};
+use super::recalc::RecalcReport;
+use super::recalc_job::{RecalcDone, RecalcJob};
 use super::styles::StyleSpec;
 use super::xlsx::{self, CellWrite, PatchPlan, PatchReport, SheetPatch};
-use crate::address::{CellRef, quote_sheet};
+use crate::address::CellRef;
 use crate::error::{Result, SheetsError};
-use crate::limits::{Budget, Limits};
+use crate::limits::Budget;
 use crate::sheet::{Sheet, SheetBuilder};
+use crate::value::Value;
 use crate::workbook::Workbook;
 use crate::workspace::Entry;
 
-type CellMap<T> = BTreeMap<(u32, u32), T>;
+pub(super) type CellMap<T> = BTreeMap<(u32, u32), T>;
+/// Per sheet, shared copy-on-write: a snapshot costs one reference per sheet, and an edit made
+/// while a snapshot is out copies only the sheet it touches.
+pub(super) type Layer<T> = Vec<Arc<CellMap<T>>>;
 type FormulaLookup = Box<dyn Fn(u32, u32) -> Option<String>>;
+
+/// Versions are unique across forks, so a fork rebuilt in place (a structural edit) never
+/// repeats the version a running recalculation started from.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    VERSIONS.fetch_add(1, Ordering::Relaxed)
+}
 
 pub struct Fork {
     pub meta: ForkMeta,
@@ -29,12 +41,13 @@ pub struct Fork {
     base: Arc<Workbook>,
     ops: Vec<Op>,
     /// Latest input per cell, by sheet index.
-    edits: Vec<CellMap<Input>>,
-    /// Recalculated values that differ from the original's (and every edited formula's value).
-    computed: Vec<CellMap<Scalar>>,
+    edits: Layer<Input>,
+    /// Recalculated values that differ from the original's (and every edited formula's
+    /// value), as the file stores them (a date in a 1904 workbook is its 1904 serial).
+    computed: Layer<Scalar>,
     style_ops: Vec<StyleOp>,
     /// The formatting change per cell (later changes merged over earlier ones).
-    styles: Vec<CellMap<StyleSpec>>,
+    styles: Layer<StyleSpec>,
     /// Edits since the last recalculation.
     stale: bool,
     last_recalc: Option<RecalcReport>,
@@ -42,6 +55,33 @@ pub struct Fork {
     session: Option<IronSession>,
     /// Ops already written into `session`.
     session_ops: usize,
+    /// Changes whenever the cells may change (edits, a restored checkpoint, a rebuilt fork):
+    /// a recalculation is committed only onto the version it started from.
+    version: u64,
+    /// Changes when the op log no longer extends what the engine's model has seen (a
+    /// restored checkpoint, a rebuilt fork): such a model is dropped instead of reused.
+    lineage: u64,
+}
+
+/// What a render or a recalculation reads of a fork, taken under its lock in O(sheets).
+#[derive(Clone)]
+pub struct Snapshot {
+    pub(super) id: String,
+    pub(super) epoch: u32,
+    pub(super) stale: bool,
+    pub(super) base: Arc<Workbook>,
+    pub(super) edits: Layer<Input>,
+    pub(super) computed: Layer<Scalar>,
+    pub(super) styles: Layer<StyleSpec>,
+}
+
+/// A sheet value as the file stores it: a date of a 1904 workbook is loaded as its 1900
+/// serial (so reads show the right day) and goes back to its 1904 serial here.
+pub(super) fn file_scalar(v: &Value, pool: &[Arc<str>], date1904: bool) -> Scalar {
+    match v {
+        Value::Date(n) if date1904 => Scalar::Number(n - super::date1904::OFFSET_DAYS),
+        v => Scalar::from_value(v, pool),
+    }
 }
 
 /// A cell before and after, as the changeset shows it.
@@ -64,15 +104,17 @@ impl Fork {
             dir,
             base,
             ops: Vec::new(),
-            edits: vec![CellMap::new(); n],
-            computed: vec![CellMap::new(); n],
+            edits: vec![Arc::default(); n],
+            computed: vec![Arc::default(); n],
             style_ops: Vec::new(),
-            styles: vec![CellMap::new(); n],
+            styles: vec![Arc::default(); n],
             stale: false,
             last_recalc: None,
             view: None,
             session: None,
             session_ops: 0,
+            version: next_version(),
+            lineage: next_version(),
         };
         f.replay(ops)?;
         for st in styles {
@@ -90,7 +132,7 @@ impl Fork {
                     Some(prev) => prev.merge(&op.st),
                     None => op.st.clone(),
                 };
-                self.styles[i].insert((r, c), merged);
+                Arc::make_mut(&mut self.styles[i]).insert((r, c), merged);
             }
         }
         Ok(())
@@ -122,7 +164,7 @@ impl Fork {
     fn replay(&mut self, ops: Vec<Op>) -> Result<()> {
         for op in &ops {
             let i = self.base.sheet_index(Some(&op.s))?;
-            self.edits[i].insert((op.r, op.c), op.i.clone());
+            Arc::make_mut(&mut self.edits[i]).insert((op.r, op.c), op.i.clone());
         }
         self.stale = !ops.is_empty();
         self.ops = ops;
@@ -172,6 +214,11 @@ impl Fork {
         self.edits.iter().map(|m| m.len()).sum()
     }
 
+    /// Changes whenever the cells may have changed (unique across forks).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     pub fn is_stale(&self) -> bool {
         self.stale
     }
@@ -206,7 +253,7 @@ impl Fork {
         let v = self.computed[sheet]
             .get(&(row, col))
             .cloned()
-            .unwrap_or_else(|| Scalar::from_value(&s.get(row, col), &s.strings));
+            .unwrap_or_else(|| file_scalar(&s.get(row, col), &s.strings, self.base.date1904));
         Ok((v, s.formula_at(CellRef::new(row, col)).map(|f| f.to_string())))
     }
 
@@ -230,12 +277,15 @@ impl Fork {
         }
         self.dir.append_ops(&ops)?;
         for (op, i) in ops.iter().zip(idx) {
-            self.edits[i].insert((op.r, op.c), op.i.clone());
-            self.computed[i].remove(&(op.r, op.c));
+            Arc::make_mut(&mut self.edits[i]).insert((op.r, op.c), op.i.clone());
+            if self.computed[i].contains_key(&(op.r, op.c)) {
+                Arc::make_mut(&mut self.computed[i]).remove(&(op.r, op.c));
+            }
         }
         self.ops.extend(ops);
         self.stale = true;
         self.view = None;
+        self.version = next_version();
         Ok(())
     }
 
@@ -245,7 +295,7 @@ impl Fork {
         let keep_styles: Vec<StyleOp> = self.style_ops[..n_styles.min(self.style_ops.len())].to_vec();
         self.dir.rewrite_ops(&keep, &keep_styles)?;
         for m in &mut self.styles {
-            m.clear();
+            *m = Arc::default();
         }
         self.style_ops.clear();
         for st in keep_styles {
@@ -253,15 +303,17 @@ impl Fork {
             self.style_ops.push(st);
         }
         for m in &mut self.edits {
-            m.clear();
+            *m = Arc::default();
         }
         for m in &mut self.computed {
-            m.clear();
+            *m = Arc::default();
         }
         self.session = None;
         self.session_ops = 0;
         self.view = None;
         self.last_recalc = None;
+        self.version = next_version();
+        self.lineage = next_version();
         self.replay(keep)?;
         // Even with no edits left, recalculated values are gone: recalculate again to see them.
         self.stale = true;
@@ -281,270 +333,73 @@ impl Fork {
                 continue;
             }
             let base = self.base.sheet_at(i, budget)?;
-            *slot = Some(Arc::new(materialize(&base, &self.edits[i], &self.computed[i])));
+            *slot = Some(Arc::new(materialize(&base, &self.edits[i], &self.computed[i], self.base.date1904)));
         }
         let v = Arc::new(Workbook::overlay(&self.base, entry.clone(), changed));
         self.view = Some(v.clone());
         Ok(v)
     }
 
-    /// Recalculate with `backend`; the new values replace the previous run's.
-    pub fn recalculate(
-        &mut self,
-        backend: Backend,
-        lo: &LibreOffice,
-        limits: &Limits,
-        budget: &Budget,
-    ) -> Result<RecalcReport> {
-        let names: Vec<String> = self.base.sheets.iter().map(|s| s.name.clone()).collect();
-        let (results, load_ms, evaluate_ms) = match backend {
-            Backend::InProcess => self.run_in_process(&names, budget)?,
-            Backend::Libreoffice => self.run_libreoffice(lo, limits, budget)?,
-        };
-        let report = self.absorb(results, backend, load_ms, evaluate_ms, budget)?;
-        Ok(report)
+    /// Take a recalculation out of the fork, to run without its lock: a snapshot of its cells
+    /// and, for the in-process engine, its model and the edits the model has not seen.
+    pub fn begin_recalc(&mut self, take_engine: bool) -> Result<RecalcJob> {
+        let session = if take_engine { self.session.take() } else { None };
+        let from = if session.is_some() { self.session_ops.min(self.ops.len()) } else { 0 };
+        let mut pending = Vec::with_capacity(if take_engine { self.ops.len() - from } else { 0 });
+        if take_engine {
+            for op in &self.ops[from..] {
+                pending.push((self.base.sheet_index(Some(&op.s))?, op.clone()));
+            }
+        }
+        Ok(RecalcJob {
+            snap: self.snapshot(),
+            version: self.version,
+            lineage: self.lineage,
+            ops_seen: self.ops.len(),
+            session,
+            pending,
+        })
     }
 
-    fn run_in_process(&mut self, names: &[String], budget: &Budget) -> Result<(Vec<Computed>, f64, f64)> {
-        // The ops the engine has not seen yet, with their sheet indices.
-        let mut pending = Vec::with_capacity(self.ops.len() - self.session_ops.min(self.ops.len()));
-        let from = if self.session.is_some() { self.session_ops } else { 0 };
-        for op in &self.ops[from..] {
-            pending.push((self.base.sheet_index(Some(&op.s))?, op.clone()));
+    /// Commit a finished recalculation if the fork is still what it started from; `None`
+    /// (nothing committed) when the cells changed meanwhile. The engine's model is kept
+    /// either way when it still follows the op log, so a new run only feeds it the new edits.
+    pub fn finish_recalc(&mut self, done: RecalcDone) -> Option<RecalcReport> {
+        if done.lineage == self.lineage
+            && let Some(session) = done.session
+        {
+            self.session = Some(session);
+            self.session_ops = done.ops_seen;
         }
-        let session = self.session.take();
-        let bytes = session.is_none().then(|| self.base.file_bytes());
-        let (id, names) = (self.meta.id.clone(), names.to_vec());
-        budget.check()?;
-        // Load and evaluate on a thread of its own: the engine cannot be interrupted (a load
-        // can take minutes on some files), so a call past its budget returns at the deadline,
-        // and the engine's model is rebuilt next time.
-        let guard = EngineSlot::take(&id)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("gemba-recalc".into())
-            .spawn(move || {
-                let _slot = guard;
-                let t = Instant::now();
-                let mut session = match (session, bytes) {
-                    (Some(s), _) => s,
-                    (None, Some(b)) => match IronSession::load(&id, &b, &names) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    },
-                    (None, None) => return,
-                };
-                let load = t.elapsed();
-                for (i, op) in &pending {
-                    if let Err(e) = session.set(*i, op.r, op.c, &op.i) {
-                        tracing::debug!(fork = %id, "engine refused {}!{}: {e}", op.s, a1(CellRef::new(op.r, op.c)));
-                    }
-                }
-                let t = Instant::now();
-                let r = session.evaluate();
-                let _ = tx.send(Ok((session, r, load, t.elapsed())));
-            })
-            .map_err(|e| SheetsError::Internal(format!("cannot start the recalculation thread: {e}")))?;
-        let wait = budget.remaining().unwrap_or(std::time::Duration::from_secs(24 * 3600));
-        let fresh = from == 0;
-        self.session_ops = 0;
-        match rx.recv_timeout(wait) {
-            Ok(Ok((session, Ok(results), load, took))) => {
-                self.session = Some(session);
-                self.session_ops = self.ops.len();
-                let load_ms = if fresh { load.as_secs_f64() * 1e3 } else { 0.0 };
-                Ok((results, load_ms, took.as_secs_f64() * 1e3))
-            }
-            Ok(Ok((_, Err(panic), _, _))) => Err(SheetsError::Unsupported {
-                workbook_id: self.meta.id.clone(),
-                reason: format!("the in-process engine failed ({panic}); use recalculate with backend=\"libreoffice\""),
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                budget.check()?;
-                Err(SheetsError::Internal("the recalculation thread ended without a result".into()))
-            }
+        if done.version != self.version {
+            return None;
         }
-    }
-
-    fn run_libreoffice(
-        &mut self,
-        lo: &LibreOffice,
-        limits: &Limits,
-        budget: &Budget,
-    ) -> Result<(Vec<Computed>, f64, f64)> {
-        let t = Instant::now();
-        let (input, _) = self.render(false, budget)?;
-        let out = lo.recalculate(&input, budget)?;
-        let took = t.elapsed().as_secs_f64() * 1e3;
-        let opened = crate::load::open(&self.meta.id, out, limits)?;
-        let date1904 = opened.date1904;
-        let bytes = opened.bytes.clone();
-        let mut book = opened.book;
-        let mut results = Vec::new();
-        for (i, meta) in self.base.sheets.iter().enumerate() {
-            if meta.kind != "worksheet" {
-                continue;
-            }
-            // The formula cells of this fork's sheet: the original's, less those overwritten by
-            // values, plus the edited formulas.
-            let base = self.base.sheet_at(i, budget)?;
-            let mut cells: Vec<(u32, u32)> = base
-                .formulas()
-                .iter()
-                .map(|f| (f.at.row, f.at.col))
-                .filter(|k| !matches!(self.edits[i].get(k), Some(Input::Value { .. })))
-                .collect();
-            cells.extend(self.edits[i].iter().filter(|(_, v)| v.formula().is_some()).map(|(k, _)| *k));
-            if cells.is_empty() {
-                continue;
-            }
-            let recalculated =
-                crate::load::load_sheet(&self.meta.id, &mut book, &bytes, &meta.name, date1904, limits, budget)?;
-            for (r, c) in cells {
-                let v = Scalar::from_value(&recalculated.get(r, c), &recalculated.strings);
-                results.push(Computed { sheet: i, row: r, col: c, value: v, issue: None });
-            }
-        }
-        Ok((results, 0.0, took))
-    }
-
-    fn absorb(
-        &mut self,
-        results: Vec<Computed>,
-        backend: Backend,
-        load_ms: f64,
-        evaluate_ms: f64,
-        budget: &Budget,
-    ) -> Result<RecalcReport> {
-        let n = self.base.sheets.len();
-        let mut computed: Vec<CellMap<Scalar>> = vec![CellMap::new(); n];
-        let mut report = RecalcReport {
-            backend: backend.as_str().into(),
-            formulas: results.len(),
-            load_ms,
-            evaluate_ms,
-            ..Default::default()
-        };
-        let mut sheets: Vec<Option<Arc<Sheet>>> = vec![None; n];
-        for c in results {
-            let key = (c.row, c.col);
-            let edited = self.edits[c.sheet].get(&key);
-            if matches!(edited, Some(Input::Value { .. })) {
-                continue;
-            }
-            let base = match &sheets[c.sheet] {
-                Some(s) => s.clone(),
-                None => {
-                    let s = self.base.sheet_at(c.sheet, budget)?;
-                    sheets[c.sheet] = Some(s.clone());
-                    s
-                }
-            };
-            let cached = Scalar::from_value(&base.get(c.row, c.col), &base.strings);
-            if let Some(issue) = c.issue {
-                // Keep what the file says rather than write an engine's guess.
-                report.issue_count += 1;
-                if report.issues.len() < 50 {
-                    let cell =
-                        format!("{}!{}", quote_sheet(&self.base.sheets[c.sheet].name), a1(CellRef::new(c.row, c.col)));
-                    let kept = if edited.is_some() { serde_json::Value::Null } else { cached.to_json() };
-                    report.issues.push(CellIssue::new(cell, issue, kept));
-                }
-                continue;
-            }
-            if edited.is_some() {
-                if !c.value.same_as(&cached) || base.formula_at(CellRef::new(c.row, c.col)).is_none() {
-                    report.changed += 1;
-                }
-                computed[c.sheet].insert(key, c.value);
-            } else if !c.value.same_as(&cached) {
-                report.changed += 1;
-                computed[c.sheet].insert(key, c.value);
-            }
-        }
-        self.computed = computed;
+        self.computed = done.computed;
         self.stale = false;
         self.view = None;
-        self.last_recalc = Some(report.clone());
-        Ok(report)
+        self.last_recalc = Some(done.report.clone());
+        Some(done.report)
+    }
+
+    /// The fork's cells as they are now, for a render or a recalculation.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            id: self.meta.id.clone(),
+            epoch: self.meta.epoch,
+            stale: self.stale,
+            base: self.base.clone(),
+            edits: self.edits.clone(),
+            computed: self.computed.clone(),
+            styles: self.styles.clone(),
+        }
     }
 
     /// The fork as an xlsx image: the original's bytes with only the touched parts rewritten.
     /// Without `with_values`, recalculated values are left out and Excel is asked to
     /// recalculate on open.
     pub fn render(&self, with_values: bool, budget: &Budget) -> Result<(Vec<u8>, PatchReport)> {
-        let mut sheets_loaded: Vec<Arc<Sheet>> = Vec::new();
-        let mut indices = Vec::new();
-        for i in 0..self.base.sheets.len() {
-            if !self.edits[i].is_empty() || (with_values && !self.computed[i].is_empty()) || !self.styles[i].is_empty()
-            {
-                sheets_loaded.push(self.base.sheet_at(i, budget)?);
-                indices.push(i);
-            }
-        }
-        let bytes = self.base.file_bytes();
-        let styled: Vec<(String, &CellMap<StyleSpec>)> = indices
-            .iter()
-            .filter(|&&i| !self.styles[i].is_empty())
-            .map(|&i| (self.base.sheets[i].name.clone(), &self.styles[i]))
-            .collect();
-        let (styles_xml, mut style_maps) = if styled.is_empty() {
-            (None, Vec::new())
-        } else {
-            let (xml, maps) = xlsx::style_plan(&self.meta.id, &bytes, &styled)?;
-            (Some(xml), maps)
-        };
-        style_maps.reverse();
-        let lookups: Vec<FormulaLookup> = sheets_loaded
-            .iter()
-            .map(|s| {
-                let s = s.clone();
-                Box::new(move |r: u32, c: u32| s.formula_at(CellRef::new(r, c)).map(|f| f.to_string())) as FormulaLookup
-            })
-            .collect();
-        let mut drop_calc_chain = false;
-        let mut plan_sheets = Vec::new();
-        for (k, &i) in indices.iter().enumerate() {
-            let base = &sheets_loaded[k];
-            let mut cells: CellMap<CellWrite<'_>> = CellMap::new();
-            for (key, input) in &self.edits[i] {
-                let had_formula = base.formula_at(CellRef::new(key.0, key.1)).is_some();
-                if input.formula().is_some() || had_formula {
-                    drop_calc_chain = true;
-                }
-                let value = if with_values { self.computed[i].get(key) } else { None };
-                cells.insert(*key, CellWrite::Input { input, value });
-            }
-            if with_values {
-                for (key, v) in &self.computed[i] {
-                    cells.entry(*key).or_insert(CellWrite::Value(v));
-                }
-            }
-            let styles = if self.styles[i].is_empty() { BTreeMap::new() } else { style_maps.pop().unwrap_or_default() };
-            for key in styles.keys() {
-                cells.entry(*key).or_insert(CellWrite::Style);
-            }
-            plan_sheets.push(SheetPatch {
-                sheet: self.base.sheets[i].name.clone(),
-                cells,
-                styles,
-                formula_of: &*lookups[k],
-            });
-        }
-        let has_edits = self.edits.iter().any(|m| !m.is_empty());
-        let plan = PatchPlan {
-            sheets: plan_sheets,
-            drop_calc_chain,
-            full_calc_on_load: (has_edits || self.meta.epoch > 0) && (!with_values || self.stale),
-            styles_xml,
-        };
-        xlsx::patch(&self.meta.id, &bytes, &plan)
+        self.snapshot().render(with_values, budget)
     }
-
     /// Every changed cell, sheet by sheet in order: edits first by position, with the values
     /// the last recalculation changed.
     pub fn changes(&self, sheet: Option<usize>, budget: &Budget) -> Result<Vec<CellChange>> {
@@ -561,7 +416,7 @@ impl Fork {
             for key in keys {
                 budget.check()?;
                 let at = CellRef::new(key.0, key.1);
-                let before = Scalar::from_value(&base.get(key.0, key.1), &base.strings);
+                let before = file_scalar(&base.get(key.0, key.1), &base.strings, self.base.date1904);
                 let before_formula = base.formula_at(at).map(|f| f.to_string());
                 let (after, after_formula, kind) = match self.edits[i].get(&key) {
                     Some(Input::Value { v }) => {
@@ -586,8 +441,85 @@ impl Fork {
     }
 }
 
+impl Snapshot {
+    /// The fork as an xlsx image: the original's bytes with only the touched parts rewritten.
+    /// Without `with_values`, recalculated values are left out and Excel is asked to
+    /// recalculate on open.
+    pub fn render(&self, with_values: bool, budget: &Budget) -> Result<(Vec<u8>, PatchReport)> {
+        let mut sheets_loaded: Vec<Arc<Sheet>> = Vec::new();
+        let mut indices = Vec::new();
+        for i in 0..self.base.sheets.len() {
+            if !self.edits[i].is_empty() || (with_values && !self.computed[i].is_empty()) || !self.styles[i].is_empty()
+            {
+                sheets_loaded.push(self.base.sheet_at(i, budget)?);
+                indices.push(i);
+            }
+        }
+        let bytes = self.base.file_bytes();
+        let styled: Vec<(String, &CellMap<StyleSpec>)> = indices
+            .iter()
+            .filter(|&&i| !self.styles[i].is_empty())
+            .map(|&i| (self.base.sheets[i].name.clone(), &*self.styles[i]))
+            .collect();
+        let (styles_xml, mut style_maps) = if styled.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (xml, maps) = xlsx::style_plan(&self.id, &bytes, &styled)?;
+            (Some(xml), maps)
+        };
+        style_maps.reverse();
+        let lookups: Vec<FormulaLookup> = sheets_loaded
+            .iter()
+            .map(|s| {
+                let s = s.clone();
+                Box::new(move |r: u32, c: u32| s.formula_at(CellRef::new(r, c)).map(|f| f.to_string())) as FormulaLookup
+            })
+            .collect();
+        let mut drop_calc_chain = false;
+        let mut plan_sheets = Vec::new();
+        for (k, &i) in indices.iter().enumerate() {
+            let base = &sheets_loaded[k];
+            let mut cells: CellMap<CellWrite<'_>> = CellMap::new();
+            for (key, input) in self.edits[i].iter() {
+                let had_formula = base.formula_at(CellRef::new(key.0, key.1)).is_some();
+                if input.formula().is_some() || had_formula {
+                    drop_calc_chain = true;
+                }
+                let value = if with_values { self.computed[i].get(key) } else { None };
+                cells.insert(*key, CellWrite::Input { input, value });
+            }
+            if with_values {
+                for (key, v) in self.computed[i].iter() {
+                    cells.entry(*key).or_insert(CellWrite::Value(v));
+                }
+            }
+            let styles = if self.styles[i].is_empty() { BTreeMap::new() } else { style_maps.pop().unwrap_or_default() };
+            for key in styles.keys() {
+                cells.entry(*key).or_insert(CellWrite::Style);
+            }
+            plan_sheets.push(SheetPatch {
+                sheet: self.base.sheets[i].name.clone(),
+                cells,
+                styles,
+                formula_of: &*lookups[k],
+            });
+        }
+        let has_edits = self.edits.iter().any(|m| !m.is_empty());
+        let plan = PatchPlan {
+            sheets: plan_sheets,
+            drop_calc_chain,
+            full_calc_on_load: (has_edits || self.epoch > 0) && (!with_values || self.stale),
+            styles_xml,
+        };
+        xlsx::patch(&self.id, &bytes, &plan)
+    }
+}
+
 /// The original sheet with edits and recalculated values laid over it.
-fn materialize(base: &Sheet, edits: &CellMap<Input>, computed: &CellMap<Scalar>) -> Sheet {
+/// A recalculated number in a cell the file shows as a date stays a date (in 1900 serials,
+/// like every date the model holds).
+fn materialize(base: &Sheet, edits: &CellMap<Input>, computed: &CellMap<Scalar>, date1904: bool) -> Sheet {
+    let shift = if date1904 { super::date1904::OFFSET_DAYS } else { 0.0 };
     let mut b = SheetBuilder::with_pool(base.name.clone(), &base.strings);
     b.reserve(base.cell_count() + edits.len());
     for c in base.cells() {
@@ -599,6 +531,7 @@ fn materialize(base: &Sheet, edits: &CellMap<Input>, computed: &CellMap<Scalar>)
     let push_scalar = |b: &mut SheetBuilder, r: u32, c: u32, v: &Scalar| {
         let value = match v {
             Scalar::Empty => return,
+            Scalar::Number(n) if matches!(base.get(r, c), Value::Date(_)) => Value::Date(n + shift),
             Scalar::Number(n) => crate::value::Value::Number(*n),
             Scalar::Bool(x) => crate::value::Value::Bool(*x),
             Scalar::Text(t) => b.intern(t),

@@ -70,6 +70,8 @@ enum RunError {
     /// Worth another try (the process crashed or produced nothing).
     Transient(String),
     Timeout,
+    /// The caller withdrew (a client cancel, a discarded fork): not the backend's failure.
+    Cancelled,
     /// Not worth retrying (the program is missing).
     Permanent(String),
 }
@@ -103,6 +105,11 @@ impl LibreOffice {
             stats,
             jobs: AtomicU64::new(0),
         }
+    }
+
+    /// The program this backend runs.
+    pub fn program(&self) -> &Path {
+        &self.cfg.program
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -192,6 +199,7 @@ impl LibreOffice {
             }
             match self.run_once(slot, input, budget) {
                 Ok(bytes) => break Ok(bytes),
+                Err(RunError::Cancelled) => break Err(SheetsError::Cancelled),
                 Err(RunError::Timeout) => {
                     self.stats.count(&self.stats.timeouts);
                     break Err(failed(format!(
@@ -287,6 +295,10 @@ impl LibreOffice {
         let status = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break s,
+                Ok(None) if budget.is_cancelled() => {
+                    kill_group(&mut child);
+                    return Err(RunError::Cancelled);
+                }
                 Ok(None) if Instant::now() >= deadline || budget.check().is_err() => {
                     kill_group(&mut child);
                     return Err(RunError::Timeout);

@@ -4,15 +4,19 @@
 //! saved faithfully and atomically.
 
 pub mod cells;
+pub mod date1904;
 pub mod diff;
 pub mod engine;
 pub mod fork;
+pub mod handle;
 pub mod libreoffice;
 pub mod persist;
 pub mod recalc;
+pub mod recalc_job;
 pub mod structure;
 pub mod styles;
 pub mod xlsx;
+pub mod xstring;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,9 +32,10 @@ use crate::limits::{Budget, Limits};
 use crate::workbook::Workbook;
 use crate::workspace::{Entry, FileIdentity};
 use fork::Fork;
+use handle::ForkCell;
 use libreoffice::{LibreOffice, LibreOfficeConfig};
 use persist::{ForkDir, ForkMeta, Op, SourceIdentity, StyleOp, now_unix};
-use recalc::{Backend, RecalcStats};
+use recalc::{Backend, RecalcReport, RecalcStats};
 
 pub const FORK_PREFIX: &str = "fork-";
 
@@ -88,11 +93,18 @@ pub struct ForkStats {
     pub cells_edited: AtomicU64,
     pub recalcs_in_process: AtomicU64,
     pub recalc_nanos_in_process: AtomicU64,
+    /// Recalculations the in-process engine refused and LibreOffice did instead.
+    pub recalc_fallbacks: AtomicU64,
     /// The LibreOffice backend's own counters (runs, retries, breaker).
     pub libreoffice: Arc<RecalcStats>,
 }
 
-pub type ForkHandle = Arc<Mutex<Fork>>;
+/// A fork as the store hands it out: `handle.lock()` for the fork itself; the summary,
+/// recalculation state and discard flag without the lock (see `handle`).
+pub type ForkHandle = Arc<ForkCell>;
+
+/// Runs of one recalculation call while the fork keeps changing under it.
+const MAX_RECALC_RUNS: usize = 3;
 
 pub struct ForkStore {
     pub cfg: ForkConfig,
@@ -164,7 +176,7 @@ impl ForkStore {
                             }
                             None => tracing::info!(fork = %name, edits = f.op_count(), "fork restored"),
                         }
-                        forks.insert(name, Arc::new(Mutex::new(f)));
+                        forks.insert(name, Arc::new(ForkCell::new(f)));
                     }
                     Err(err) => self.not_restored(&name, err),
                 },
@@ -282,18 +294,76 @@ impl ForkStore {
                 return Err(e);
             }
         };
-        let handle = Arc::new(Mutex::new(fork));
+        let handle = Arc::new(ForkCell::new(fork));
         self.forks.lock().insert(id, handle.clone());
         self.stats.created.fetch_add(1, Ordering::Relaxed);
         Ok(handle)
     }
 
+    /// Discard a fork at once: it leaves the store, its running recalculation is cancelled,
+    /// and its directory is removed as soon as whoever holds the fork lets go (in the
+    /// background when that takes more than a moment).
     pub fn discard(&self, id: &str) -> Result<()> {
-        let handle = self.get(id)?;
-        self.forks.lock().remove(id.trim());
-        handle.lock().dir.remove();
+        let removed = self.forks.lock().remove(id.trim());
+        let Some(handle) = removed else {
+            return self.get(id).map(|_| ());
+        };
+        handle.discard();
+        match handle.try_lock_for(Duration::from_millis(200)) {
+            Some(f) => f.dir.remove(),
+            None => {
+                let h = handle.clone();
+                let spawned =
+                    std::thread::Builder::new().name("gemba-discard".into()).spawn(move || h.lock().dir.remove());
+                if let Err(e) = spawned {
+                    tracing::warn!(fork = %id.trim(), "its directory stays until the next start: {e}");
+                }
+            }
+        }
         self.stats.discarded.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Recalculate a fork without holding it: reads see its last committed values meanwhile,
+    /// a discard cancels the run, and the values are committed only if the fork did not change
+    /// while the run went on; if it did, the run starts again on the new edits (at most
+    /// `MAX_RECALC_RUNS` runs; the in-process engine then only takes the new edits).
+    pub fn recalculate(
+        &self,
+        handle: &ForkHandle,
+        backend: Backend,
+        limits: &Limits,
+        budget: &Budget,
+    ) -> Result<RecalcReport> {
+        let _turn = handle.recalc_turn(budget)?;
+        let _running = handle.register(budget)?;
+        let take_engine = backend == Backend::InProcess;
+        for _ in 0..MAX_RECALC_RUNS {
+            let job = handle.lock().begin_recalc(take_engine)?;
+            let id = job.snap_id().to_string();
+            let done = job.run(backend, &self.libreoffice, limits, budget);
+            if handle.is_discarded() {
+                return Err(handle::discarded_error(&id));
+            }
+            let done = done?;
+            let mut f = handle.lock();
+            if handle.is_discarded() {
+                return Err(handle::discarded_error(&id));
+            }
+            if let Some(report) = f.finish_recalc(done) {
+                if report.fallback_reason.is_some() {
+                    self.stats.recalc_fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(report);
+            }
+            tracing::debug!(fork = %id, "the fork changed during its recalculation; running again");
+        }
+        Err(SheetsError::invalid(
+            "fork_id",
+            format!(
+                "the fork changed during each of {MAX_RECALC_RUNS} recalculations, so none was committed; call recalculate again once the edits have landed"
+            ),
+        ))
     }
 
     /// The workbook a read tool sees for a fork id.
@@ -315,15 +385,19 @@ impl ForkStore {
         budget: &Budget,
     ) -> Result<Vec<String>> {
         let mut f = handle.lock();
+        // Steps: the fork rendered, each edit applied to the file, the new epoch committed.
+        budget.progress_begin(|| format!("restructuring {}", f.meta.id), "steps", ops.len() as u64 + 2);
         let (mut bytes, _) = f.render(true, budget)?;
+        budget.progress(1);
         let entry = view_entry(&f);
         let view = f.view(&entry, budget)?;
         // Sheet names as the ops rename, copy and create them → the view's sheet they show.
         let mut alias: HashMap<String, Option<String>> =
             view.sheets.iter().map(|s| (s.name.to_lowercase(), Some(s.name.clone()))).collect();
         let mut names: Vec<String> = view.sheets.iter().map(|s| s.name.clone()).collect();
-        for op in ops {
+        for (step, op) in ops.iter().enumerate() {
             budget.check()?;
+            budget.progress(step as u64 + 1);
             // A shared group still in the file sits on a sheet no earlier edit shifted (a shift
             // writes out the groups of its sheet), so its cells are where the view has them.
             let lookup = |sheet: &str, r: u32, c: u32| -> Option<String> {
@@ -404,6 +478,7 @@ impl ForkStore {
         };
         fresh.mark_structure_stale();
         *f = fresh;
+        budget.progress(ops.len() as u64 + 2);
         Ok(names)
     }
 

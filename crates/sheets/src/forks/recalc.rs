@@ -72,7 +72,11 @@ impl CellIssue {
 /// What the last recalculation did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct RecalcReport {
+    /// The backend that produced the values (libreoffice when the in-process engine refused).
     pub backend: String,
+    /// Why the in-process engine was not used although it was asked for (LibreOffice was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
     pub formulas: usize,
     /// Formula cells whose value differs from the original's.
     pub changed: usize,

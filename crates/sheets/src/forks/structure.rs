@@ -501,7 +501,9 @@ fn map_content(
     let content = std::str::from_utf8(&at.src[span.start as usize..span.end as usize]).map_err(|e| e.to_string())?;
     let text = unescape(content).map_err(|e| format!("bad text in <{qname}>: {e}"))?;
     let new = f(&text);
-    let body = if new == text { content.to_string() } else { escape(&new).into_owned() };
+    // The text is still in its OOXML form (`_xHHHH_` escapes kept): only XML's own escaping
+    // here, with a CR (from a character reference) kept as one, not left for parsers to drop.
+    let body = if new == text { content.to_string() } else { escape(&new).replace('\r', "&#13;") };
     Ok(Edit::Consumed(format!("{raw_start}{body}</{qname}>")))
 }
 
@@ -549,6 +551,20 @@ pub fn check_sheet_name(name: &str, existing: &[String]) -> Result<()> {
     }
     if let Some(c) = n.chars().find(|c| matches!(c, ':' | '\\' | '/' | '?' | '*' | '[' | ']')) {
         return Err(refuse(format!("a sheet name cannot contain '{c}' (nor any of : \\ / ? * [ ]): '{name}'")));
+    }
+    // Control characters cannot be typed into a sheet tab, and readers disagree on a literal
+    // `_xHHHH_` in a sheet name (LibreOffice decodes it, calamine and openpyxl do not).
+    if let Some(c) = n.chars().find(|&c| c.is_control() || super::xstring::forbidden_in_xml(c)) {
+        return Err(refuse(format!(
+            "a sheet name cannot contain control characters (found U+{:04X}): '{}'",
+            c as u32,
+            name.escape_debug()
+        )));
+    }
+    if super::xstring::unescape(n) != n {
+        return Err(refuse(format!(
+            "a sheet name cannot contain text of the form _xHHHH_ (spreadsheet programs read it as an escaped character): '{name}'"
+        )));
     }
     if n.starts_with('\'') || n.ends_with('\'') {
         return Err(refuse(format!("a sheet name cannot begin or end with an apostrophe: '{name}'")));
@@ -776,7 +792,7 @@ fn shift_sheet(
                             return Ok(match text {
                                 Some(t) => Edit::ReplaceElement(format!(
                                     "<{prefix}f>{}</{prefix}f>",
-                                    escape(s.formula(&t, host))
+                                    super::xstring::escape_text(&s.formula(&t, host))
                                 )),
                                 None => Edit::Drop,
                             });
@@ -1269,5 +1285,10 @@ mod tests {
         assert!(check_sheet_name("a/b", &existing).is_err());
         assert!(check_sheet_name(&"x".repeat(32), &existing).is_err());
         assert!(check_sheet_name("Summary 2", &existing).is_ok());
+        for bad in ["a\u{c}b", "tab\there", "line\nbreak", "x\u{fffe}", "a_x0041_b"] {
+            let e = check_sheet_name(bad, &existing).unwrap_err().to_string();
+            assert!(e.contains("control characters") || e.contains("_xHHHH_"), "{bad:?}: {e}");
+        }
+        assert!(check_sheet_name("a_x41_b _xZZZZ_", &existing).is_ok());
     }
 }

@@ -327,8 +327,10 @@ fn remove_child(inner: &str, name: &str) -> String {
     }
 }
 
+/// An attribute value (format codes, font names): XML-escaped, with OOXML's `_xHHHH_` for the
+/// characters XML cannot carry.
 fn escape(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
+    super::xstring::escape_attr(s).into_owned()
 }
 
 /// New styles.xml with a cell format for each (base xf, spec) pair; returns the new xf index

@@ -372,8 +372,10 @@ fn current_styles<T>(xml: &[u8], cells: &BTreeMap<(u32, u32), T>) -> HashMap<(u3
     out
 }
 
+/// Text for a value, string or formula element: XML-escaped, with OOXML's `_xHHHH_` for the
+/// characters XML cannot carry.
 fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    quick_xml::escape::escape(s)
+    super::xstring::escape_text(s)
 }
 
 fn number_text(n: f64) -> String {

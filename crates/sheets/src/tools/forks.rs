@@ -73,6 +73,9 @@ pub struct ForkInfo {
     /// Staged change ids.
     pub staged: Vec<String>,
     pub needs_recalc: bool,
+    /// A recalculation is running (reads see the values of the last one).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recalculating: bool,
     /// The original changed on disk since the fork.
     pub source_changed: bool,
     /// Edit-log lines unreadable after a restart (skipped): what is missing, what to do.
@@ -88,25 +91,30 @@ pub struct ListForksOutput {
     pub not_restored: Vec<String>,
 }
 
+/// Every fork, from summaries kept beside each fork: listing never waits for a fork that is
+/// busy (a recalculation, a save).
 pub fn list_forks(engine: &Engine, _: ListForksParams, _: &Budget) -> Result<ListForksOutput> {
     let mut forks = Vec::new();
     for id in engine.forks.ids() {
         let Ok(h) = engine.forks.get(&id) else { continue };
-        let f = h.lock();
-        let source = engine.workspace.root().join(&f.meta.source_path);
+        let f = h.summary();
+        let source = engine.workspace.root().join(&f.source_path);
+        let source_changed = !crate::workspace::FileIdentity::of(&source)
+            .is_ok_and(|now| crate::forks::persist::SourceIdentity::from(&now) == f.source);
         forks.push(ForkInfo {
-            fork_id: f.meta.id.clone(),
-            workbook_id: f.meta.workbook_id.clone(),
-            path: f.meta.source_path.clone(),
-            label: f.meta.label.clone(),
-            created: when(f.meta.created_unix),
-            cells_edited: f.cells_edited(),
-            cells_styled: f.cells_styled(),
-            checkpoints: f.meta.checkpoints.len(),
-            staged: f.meta.staged.iter().map(|s| s.id.clone()).collect(),
-            needs_recalc: f.is_stale(),
-            source_changed: !ForkStore::source_unchanged(&f.meta, &source),
-            damaged: f.damage().map(str::to_string),
+            fork_id: f.fork_id.clone(),
+            workbook_id: f.workbook_id.clone(),
+            path: f.source_path.clone(),
+            label: f.label.clone(),
+            created: when(f.created_unix),
+            cells_edited: f.cells_edited,
+            cells_styled: f.cells_styled,
+            checkpoints: f.checkpoints,
+            staged: f.staged.clone(),
+            needs_recalc: f.needs_recalc,
+            recalculating: h.recalculating(),
+            source_changed,
+            damaged: f.damaged.clone(),
         });
     }
     let not_restored = engine.forks.not_restored_forks().into_iter().map(|(_, why)| why).collect();
@@ -189,11 +197,10 @@ fn check_target(engine: &Engine, source_rel: &str, target: &str) -> Result<(std:
     Ok((path, is_original))
 }
 
-pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<SaveForkOutput> {
-    let handle = engine.forks.get(&p.fork_id)?;
-    let mut f = handle.lock();
-    let target_rel = p.target_path.trim().replace('\\', "/");
-    let (path, is_original) = check_target(engine, &f.meta.source_path, &target_rel)?;
+/// Where a save may write: the target checked against the fork's rules (a new path, a path it
+/// saved before, or the original with --allow-overwrite when it is unchanged on disk).
+fn save_target(engine: &Engine, f: &crate::forks::fork::Fork, target_rel: &str) -> Result<(std::path::PathBuf, bool)> {
+    let (path, is_original) = check_target(engine, &f.meta.source_path, target_rel)?;
     let cfg = &engine.forks.cfg;
     if is_original {
         if !cfg.allow_overwrite {
@@ -210,7 +217,7 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
                 ),
             ));
         }
-    } else if path.exists() && !f.meta.saved_paths.contains(&target_rel) {
+    } else if path.exists() && !f.meta.saved_paths.iter().any(|p| p == target_rel) {
         return Err(SheetsError::invalid(
             "target_path",
             format!(
@@ -218,18 +225,42 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
             ),
         ));
     }
+    Ok((path, is_original))
+}
+
+pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<SaveForkOutput> {
+    let handle = engine.forks.get(&p.fork_id)?;
+    let target_rel = p.target_path.trim().replace('\\', "/");
+    let cfg = &engine.forks.cfg;
+    // Check the target before a long recalculation, and again under the lock for the write.
+    let stale = {
+        let f = handle.lock();
+        save_target(engine, &f, &target_rel)?;
+        f.is_stale()
+    };
     let mut recalc = None;
     let mut recalc_error = None;
-    if f.is_stale() && p.recalculate.unwrap_or(true) {
-        match f.recalculate(cfg.default_backend, &engine.forks.libreoffice, &engine.limits, budget) {
+    if stale && p.recalculate.unwrap_or(true) {
+        match engine.forks.recalculate(&handle, cfg.default_backend, &engine.limits, budget) {
             Ok(r) => recalc = Some(r),
             Err(e @ (SheetsError::Timeout { .. } | SheetsError::Cancelled)) => return Err(e),
             Err(e) => recalc_error = Some(e.to_string()),
         }
     }
+    let mut f = handle.lock();
+    if handle.is_discarded() {
+        return Err(SheetsError::invalid(
+            "fork_id",
+            format!("fork '{}' was discarded; nothing was saved", p.fork_id.trim()),
+        ));
+    }
+    let (path, is_original) = save_target(engine, &f, &target_rel)?;
+    // Steps: the file built (sheet loads inside it are part of the step), then written.
+    budget.progress_begin(|| format!("saving {} to {target_rel}", f.meta.id), "steps", 2);
     let t = Instant::now();
     let (bytes, parts) = f.render(true, budget)?;
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    budget.progress(1);
     budget.check()?;
     let t = Instant::now();
     persist::write_atomic(&path, &bytes, cfg.save_pause).map_err(|e| {
@@ -238,6 +269,7 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
         ))
     })?;
     let write_ms = t.elapsed().as_secs_f64() * 1e3;
+    budget.progress(2);
     if is_original {
         if let Ok(id) = crate::workspace::FileIdentity::of(&path) {
             f.meta.source = (&id).into();

@@ -29,14 +29,15 @@ pub struct RecalculateOutput {
     pub took_ms: f64,
 }
 
+/// Recalculate a fork. The fork is not held while the engine runs: reads through it see its
+/// last committed values, and `discard_fork` cancels the run (see `ForkStore::recalculate`).
 pub fn recalculate(engine: &Engine, p: RecalculateParams, budget: &Budget) -> Result<RecalculateOutput> {
     let handle = engine.forks.get(&p.fork_id)?;
-    let mut f = handle.lock();
     let t = Instant::now();
     let backend = p.backend.unwrap_or(engine.forks.cfg.default_backend);
-    let report = f.recalculate(backend, &engine.forks.libreoffice, &engine.limits, budget)?;
+    let report = engine.forks.recalculate(&handle, backend, &engine.limits, budget)?;
     let took = t.elapsed();
-    if backend == Backend::InProcess {
+    if report.backend == Backend::InProcess.as_str() {
         let s = &engine.forks.stats;
         s.recalcs_in_process.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s.recalc_nanos_in_process.fetch_add(took.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -223,6 +223,7 @@ impl Budget {
             cancelled: Arc::new(AtomicBool::new(false)),
             stages: Arc::default(),
             waiting: None,
+            observer: None,
         }
     }
 

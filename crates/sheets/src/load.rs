@@ -400,6 +400,13 @@ pub fn load_sheet_fast(
     budget: &Budget,
     progress: &dyn Progress,
 ) -> Result<Option<Sheet>> {
+    // The call's own progress (bytes inflated), when someone watches it and no other stage
+    // runs around the load.
+    let total = fast.sheet_xml_bytes(index).unwrap_or(0);
+    let watched = budget.observer().is_some_and(|o| o.wants_progress())
+        && budget.progress_begin_if_idle(|| format!("loading sheet '{name}' of {id}"), "bytes inflated", total);
+    let progress = Reporting { inner: progress, budget: watched.then_some(budget) };
+    let progress = &progress;
     match guarded(id, &format!("reading sheet '{name}'"), || match fast.load_sheet(index, limits, budget, progress) {
         Ok(s) => Ok(Ok(s)),
         Err(Failure::Bail(b)) => Ok(Err(b)),
@@ -409,6 +416,28 @@ pub fn load_sheet_fast(
         Err(bail) => {
             tracing::debug!(workbook = id, sheet = name, "streaming reader handed the sheet to calamine: {}", bail.0);
             Ok(None)
+        }
+    }
+}
+
+/// A load's progress passed on to its watchers, and to the call's own observer when it has
+/// one.
+struct Reporting<'a> {
+    inner: &'a dyn Progress,
+    budget: Option<&'a Budget>,
+}
+
+impl Progress for Reporting<'_> {
+    fn wanted_rows(&self) -> u32 {
+        self.inner.wanted_rows()
+    }
+    fn publish(&self, prefix: Sheet, rows_done: u32) {
+        self.inner.publish(prefix, rows_done)
+    }
+    fn inflated(&self, bytes: u64) {
+        self.inner.inflated(bytes);
+        if let Some(b) = self.budget {
+            b.progress(bytes);
         }
     }
 }

@@ -10,7 +10,7 @@
 //! lock on the workbook, so several load in parallel ([`Workbook::load_sheets`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -24,7 +24,7 @@ use crate::xlsx_reader::{Progress, XlsxBook};
 
 /// xlsx sheets whose XML is at least this large load on a thread of their own, publishing
 /// prefixes as they go.
-const BACKGROUND_XML_BYTES: u64 = 4 << 20;
+const BACKGROUND_XML_BYTES: u64 = 8 << 20;
 /// Prefixes are published for at most this many rows; a read further down waits for the
 /// whole sheet.
 pub const MAX_PREFIX_ROWS: u32 = 20_000;
@@ -82,6 +82,11 @@ pub struct SheetLoad {
     want: AtomicU32,
     /// Stops the load (the workbook left the cache).
     cancel: Canceller,
+    /// Bytes of the sheet's XML inflated so far, of `xml_bytes`, for waiters' progress.
+    inflated: AtomicU64,
+    xml_bytes: u64,
+    /// "loading sheet 'S' of ID", for waiters' progress.
+    what: String,
 }
 
 #[derive(Default)]
@@ -101,11 +106,22 @@ impl Progress for SheetLoad {
         let _ = self.want.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| (w <= rows_done).then_some(0));
         self.changed.notify_all();
     }
+    fn inflated(&self, bytes: u64) {
+        self.inflated.store(bytes, Ordering::Relaxed);
+    }
 }
 
 impl SheetLoad {
-    fn new(cancel: Canceller) -> Self {
-        Self { state: Mutex::new(LoadState::default()), changed: Condvar::new(), want: AtomicU32::new(0), cancel }
+    fn new(cancel: Canceller, xml_bytes: u64, what: String) -> Self {
+        Self {
+            state: Mutex::new(LoadState::default()),
+            changed: Condvar::new(),
+            want: AtomicU32::new(0),
+            cancel,
+            inflated: AtomicU64::new(0),
+            xml_bytes,
+            what,
+        }
     }
 
     fn finish(&self, r: Result<Arc<Sheet>>) {
@@ -120,8 +136,17 @@ impl SheetLoad {
         if let Some(r) = rows {
             self.want.fetch_max(r, Ordering::Relaxed);
         }
+        // A watched call reports the load's progress while it waits (the load itself runs
+        // under a budget of its own when it runs in the background).
+        let watched = self.xml_bytes > 0
+            && budget.observer().is_some_and(|o| o.wants_progress())
+            && budget.progress_begin_if_idle(|| self.what.clone(), "bytes inflated", self.xml_bytes);
+        let tick = if watched { Duration::from_millis(100) } else { Duration::from_secs(1) };
         let mut st = self.state.lock();
         loop {
+            if watched {
+                budget.progress(self.inflated.load(Ordering::Relaxed));
+            }
             if let Some(r) = &st.result {
                 return r.clone().map(SheetView::Full);
             }
@@ -134,7 +159,7 @@ impl SheetLoad {
                 SheetsError::Cancelled => SheetsError::Cancelled,
                 _ => budget.load_timeout_error(),
             })?;
-            let wait = budget.load_remaining().unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
+            let wait = budget.load_remaining().unwrap_or(tick).min(tick);
             if wait.is_zero() {
                 return Err(budget.load_timeout_error());
             }
@@ -418,7 +443,12 @@ impl Workbook {
                     // A background load outlives the call that starts it: its own cancel
                     // flag (the workbook's drop), the caller's load deadline.
                     let job_budget = if background { budget.detached() } else { budget.clone() };
-                    let l = Arc::new(SheetLoad::new(job_budget.canceller()));
+                    let what = format!("loading sheet '{}' of {}", meta.name, self.entry.id);
+                    let l = Arc::new(SheetLoad::new(job_budget.canceller(), if background { xml } else { 0 }, what));
+                    // Before the load starts, so its first rows are kept for this caller.
+                    if let Some(r) = rows {
+                        l.want.store(r, Ordering::Relaxed);
+                    }
                     let estimate = if background { (xml as f64 * MODEL_PER_XML_BYTE) as usize } else { 0 };
                     self.held.bytes.fetch_add(estimate, Ordering::Relaxed);
                     let job = LoadJob {

@@ -21,6 +21,8 @@ pub trait Progress: Sync {
     fn wanted_rows(&self) -> u32;
     /// The complete rows before `rows_done`, as a sheet of their own.
     fn publish(&self, prefix: Sheet, rows_done: u32);
+    /// Bytes of the sheet's XML inflated so far.
+    fn inflated(&self, _bytes: u64) {}
 }
 
 /// For loads nobody watches.
@@ -60,6 +62,9 @@ struct Input<'s> {
     buf: Vec<u8>,
     pos: usize,
     eof: bool,
+    /// Bytes read so far, reported to whoever watches the load.
+    read: u64,
+    progress: &'s dyn Progress,
 }
 
 impl Input<'_> {
@@ -83,6 +88,8 @@ impl Input<'_> {
         if n == 0 {
             self.eof = true;
         }
+        self.read += n as u64;
+        self.progress.inflated(self.read);
         Ok(n > 0)
     }
 
@@ -786,7 +793,14 @@ macro_rules! next_tag {
 
 /// Read one worksheet's cells, formulas and merged ranges.
 pub fn read_sheet(name: &str, src: &mut Source, ctx: &Context<'_>) -> Result<Sheet, Failure> {
-    let mut input = Input { src, buf: Vec::with_capacity(super::inflate::CHUNK * 2), pos: 0, eof: false };
+    let mut input = Input {
+        src,
+        buf: Vec::with_capacity(super::inflate::CHUNK * 2),
+        pos: 0,
+        eof: false,
+        read: 0,
+        progress: ctx.progress,
+    };
     let mut scan = Scan {
         ctx,
         b: SheetBuilder::new(name.to_string()),

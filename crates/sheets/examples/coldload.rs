@@ -53,6 +53,15 @@ fn gemba_load(path: &Path, sheet: &str) -> (Duration, Duration, usize, usize) {
     (opened, full, s.cell_count(), s.heap_bytes())
 }
 
+/// (resident, peak resident) of this process in MB.
+fn memory() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |k: &str| {
+        s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    (kb("VmRSS:") / 1024, kb("VmHWM:") / 1024)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let path = std::fs::canonicalize(&args[1]).unwrap();
@@ -62,8 +71,10 @@ fn main() {
     // One load only (for valgrind): "gemba" or "inflate" or "calamine" as the 5th argument.
     match args.get(5).map(String::as_str) {
         Some("gemba") => {
+            let before = memory();
             let (_, f, cells, bytes) = gemba_load(&path, sheet);
             println!("gemba full {:.1} ms, {cells} cells, {bytes} bytes", f.as_secs_f64() * 1e3);
+            println!("memory (RSS, peak) before {before:?} after {:?}", memory());
             return;
         }
         Some("inflate") => {

@@ -40,6 +40,20 @@ enum Source {
     Overlay { base: Arc<Workbook> },
 }
 
+/// After loading a sheet of at least this many bytes, freed memory is handed back to the
+/// system.
+const TRIM_AFTER_BYTES: usize = 4 << 20;
+
+/// Hand the heap's free pages back to the system: a big load frees about as much as it keeps
+/// (the builder's growth, inflate buffers), and glibc keeps freed heap memory resident.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What a sheet's loads share with the workbook: the sheets in memory, the loads in flight,
 /// and the bytes held.
 struct Held {
@@ -216,6 +230,9 @@ impl LoadJob {
         let held = &self.held;
         match &r {
             Ok(sheet) => {
+                if sheet.heap_bytes() >= TRIM_AFTER_BYTES {
+                    give_back_freed_memory();
+                }
                 held.bytes.fetch_add(sheet.heap_bytes(), Ordering::Relaxed);
                 self.stats.sheets_loaded.fetch_add(1, Ordering::Relaxed);
                 self.stats.cells_loaded.fetch_add(sheet.cell_count() as u64, Ordering::Relaxed);

@@ -51,7 +51,6 @@ impl Inflater {
             return Ok(0);
         }
         let before = out.len();
-        out.reserve(CHUNK);
         match &mut self.z {
             None => {
                 let n = (self.end - self.pos).min(CHUNK);
@@ -59,27 +58,34 @@ impl Inflater {
                 self.pos += n;
             }
             Some(z) => {
-                while out.len() - before < CHUNK / 2 {
-                    let in_before = z.total_in();
+                // Exactly CHUNK bytes of room: inflating into a Vec fills all its spare capacity,
+                // so a recycled buffer would otherwise grow with every use.
+                out.resize(before + CHUNK, 0);
+                let mut filled = before;
+                while filled - before < CHUNK / 2 {
+                    let (in_before, out_before) = (z.total_in(), z.total_out());
                     let input = &self.image[self.pos..self.end];
                     let status = z
-                        .decompress_vec(input, out, FlushDecompress::None)
+                        .decompress(input, &mut out[filled..], FlushDecompress::None)
                         .map_err(|e| Bail::new(format!("inflate: {e}")))?;
-                    self.pos += (z.total_in() - in_before) as usize;
+                    let (took, gave) = (z.total_in() - in_before, z.total_out() - out_before);
+                    self.pos += took as usize;
+                    filled += gave as usize;
                     match status {
                         Status::StreamEnd => break,
                         Status::Ok => {}
                         Status::BufError => {
-                            if self.pos >= self.end {
+                            if self.pos >= self.end || (took == 0 && gave == 0 && filled < out.len()) {
+                                out.truncate(filled);
                                 return Err(Bail::new("compressed data ends early"));
                             }
-                            out.reserve(CHUNK);
                         }
                     }
-                    if out.len() == out.capacity() {
-                        out.reserve(CHUNK);
+                    if filled == out.len() {
+                        break;
                     }
                 }
+                out.truncate(filled);
             }
         }
         let n = out.len() - before;

@@ -118,13 +118,13 @@ enum Tag<'a> {
     Skip,
 }
 
+/// A start tag's qualified name, length and whether it closes itself.
+type StartTag<'a> = (&'a [u8], usize, bool);
+
 /// A start tag parsed in one pass: calls `on_attr(key, raw value)` for each attribute and
 /// returns (qualified name, tag length, self-closing); `None` when the buffer ends first.
 #[inline]
-fn parse_start<'a>(
-    d: &'a [u8],
-    mut on_attr: impl FnMut(&'a [u8], &'a [u8]),
-) -> Result<Option<(&'a [u8], usize, bool)>, Bail> {
+fn parse_start<'a>(d: &'a [u8], mut on_attr: impl FnMut(&'a [u8], &'a [u8])) -> Result<Option<StartTag<'a>>, Bail> {
     let len = d.len();
     let mut i = 1;
     while i < len && !matches!(d[i], b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/') {

@@ -396,20 +396,26 @@ impl Sheet {
         (top..=bottom).flat_map(move |r| self.row_span(r, rect.left, rect.right).iter())
     }
 
-    /// The string-pool indices of the text cells, with each cell's position, in row order:
-    /// for searches that only look at text (no decoding of the other cells).
-    pub fn text_cells(&self) -> impl Iterator<Item = (CellRef, u32)> + '_ {
-        let texts = self.tags.iter().enumerate().filter(|(_, t)| **t == packed::TEXT).map(|(i, _)| i);
+    /// The text cells whose string-pool index passes `keep`, with each cell's position, in row
+    /// order: for searches that only look at text (the other cells are not decoded, and a
+    /// position is worked out only for the cells kept).
+    pub fn text_cells<'a>(&'a self, keep: impl Fn(u32) -> bool + 'a) -> impl Iterator<Item = (CellRef, u32)> + 'a {
+        let string_at = move |i: usize| match &self.payload {
+            Payload::Narrow { small, .. } => small[i],
+            Payload::Wide(w) => w[i] as u32,
+        };
+        let texts = self
+            .tags
+            .iter()
+            .enumerate()
+            .filter(move |&(i, t)| *t == packed::TEXT && keep(string_at(i)))
+            .map(|(i, _)| i);
         let mut row_i = 0usize;
         texts.map(move |i| {
-            while self.row_start[row_i + 1] as usize <= i {
-                row_i += 1;
-            }
-            let p = match &self.payload {
-                Payload::Narrow { small, .. } => small[i],
-                Payload::Wide(w) => w[i] as u32,
-            };
-            (CellRef::new(self.first_row + row_i as u32, u32::from(self.cols[i])), p)
+            // Rows only move forward: the search resumes where the last kept cell was.
+            let rest = &self.row_start[row_i + 1..];
+            row_i += rest.partition_point(|&start| start as usize <= i);
+            (CellRef::new(self.first_row + row_i as u32, u32::from(self.cols[i])), string_at(i))
         })
     }
 
@@ -910,6 +916,25 @@ mod tests {
         assert_eq!(s.cell_count(), 4, "uncalculated formula keeps a cell");
         assert_eq!(&**s.formula_at(CellRef::new(5, 5)).unwrap(), "SUM(A1:A2)");
         assert_eq!(s.cells_in(Rect::new(0, 1, 9, 9)).count(), 3);
+    }
+
+    #[test]
+    fn text_cells_find_the_kept_strings_where_a_full_scan_does() {
+        let mut b = SheetBuilder::new("S".into());
+        let (x, y) = (b.intern("x"), b.intern("y"));
+        // Rows with gaps between them, numbers around the text.
+        for r in [0u32, 1, 4, 5, 9, 30] {
+            b.push(r, 0, Value::Number(f64::from(r)));
+            b.push(r, 1, if r % 2 == 0 { x } else { y });
+            b.push(r, 3, x);
+        }
+        let s = b.finish(vec![]);
+        let Value::Text(xi) = x else { panic!("interned text") };
+        let fast: Vec<(u32, u32)> = s.text_cells(|i| i == xi).map(|(at, _)| (at.row, at.col)).collect();
+        let full: Vec<(u32, u32)> = s.cells().iter().filter(|c| c.value == x).map(|c| (c.row, c.col)).collect();
+        assert_eq!(fast, full);
+        assert_eq!(fast.len(), 9);
+        assert_eq!(s.text_cells(|_| true).count(), 12);
     }
 
     #[test]

@@ -150,9 +150,12 @@ pub fn find_value(engine: &Engine, p: FindValueParams, budget: &Budget) -> Resul
         if !any_text && (num.is_none() || mode == FindMode::Label) {
             continue;
         }
-        // Without a number to find, only text cells can match: skip the rest undecoded.
+        // Without a number to find, only text cells can match: skip the rest undecoded, and
+        // the text cells whose string does not match before their position is worked out.
         let cells: Box<dyn Iterator<Item = crate::sheet::Cell>> = if num.is_none() || mode == FindMode::Label {
-            Box::new(sheet.text_cells().map(|(at, s)| crate::sheet::Cell {
+            let hits = &hits;
+            let keep = move |s: u32| hits.get(s as usize).copied().unwrap_or(false);
+            Box::new(sheet.text_cells(keep).map(|(at, s)| crate::sheet::Cell {
                 row: at.row,
                 col: at.col,
                 value: Value::Text(s),

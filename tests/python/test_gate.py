@@ -56,6 +56,6 @@ def test_the_gate_names_its_figures_when_asked_for_an_unknown_one(tmp_path):
 def test_the_committed_baseline_covers_every_gate_figure():
     base = json.loads((ROOT / "bench" / "baseline.json").read_text())
     assert base["threshold"] == 0.1
-    for name in ["list_workbooks", "read_table_100", "find_value_miss", "cold_read_10k", "fork_edit_100",
-                 "fork_recalc", "fork_save"]:
+    for name in ["list_workbooks", "read_table_100", "find_value_miss", "cold_read_10k", "load_100k",
+                 "fork_edit_100", "fork_recalc", "fork_save"]:
         assert base["figures"][name] > 0, name

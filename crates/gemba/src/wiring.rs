@@ -195,7 +195,11 @@ pub async fn start(
             parts.push(d.part);
         }
         if let Some(x) = experiments {
-            parts.push(Box::new(crate::experiments::periodic::ExperimentPart::new(x, sli.clone(), experiment_store)));
+            parts.push(Box::new(crate::experiments::periodic::ExperimentPart::new(
+                x,
+                kaizen.sli.clone(),
+                experiment_store,
+            )));
         }
         Some(Evaluator::start(kaizen.clone(), parts))
     } else {

@@ -16,6 +16,7 @@ pub mod tools;
 pub mod value;
 pub mod workbook;
 pub mod workspace;
+pub mod xlsx_reader;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub use limits::{Budget, Limits, Waiting};
 
 use cache::{Lookup, WorkbookCache};
 use sheet::Sheet;
-use workbook::Workbook;
+use workbook::{SheetView, Workbook};
 use workspace::Workspace;
 
 /// Caps on what one response may carry; a capped response says `truncated` and how to go on.
@@ -113,6 +114,21 @@ impl Engine {
             stages.cache.fetch_max(code, std::sync::atomic::Ordering::Relaxed);
         }
         r
+    }
+
+    /// Sheet `name`, or its first `rows` rows (0-based, exclusive) when it is still loading in
+    /// the background and they are in: for reads that need only the top of a sheet.
+    pub fn sheet_view(&self, wb: &Workbook, name: Option<&str>, rows: u32, budget: &Budget) -> Result<SheetView> {
+        let i = wb.sheet_index(name)?;
+        if wb.is_loaded(i) {
+            return wb.sheet_at(i, budget).map(SheetView::Full);
+        }
+        let t = std::time::Instant::now();
+        let v = wb.sheet_prefix_at(i, rows, budget)?;
+        self.cache.enforce(wb.id());
+        budget.stages().add_load(t.elapsed());
+        budget.stages().cache.store(2, std::sync::atomic::Ordering::Relaxed);
+        Ok(v)
     }
 
     /// A loaded sheet; keeps the cache within its byte bound after a sheet load.

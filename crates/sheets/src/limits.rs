@@ -228,6 +228,29 @@ impl Budget {
         self.bypass_cache
     }
 
+    /// A budget for work that outlives this call (a sheet loading in the background for the
+    /// calls after it): the same load deadline, a cancel flag of its own, no admission hook,
+    /// stage times of its own.
+    pub fn detached(&self) -> Budget {
+        Budget {
+            deadline: self.load_deadline,
+            total: self.load_total,
+            load_deadline: self.load_deadline,
+            load_total: self.load_total,
+            cancelled: Arc::new(AtomicBool::new(false)),
+            stages: Arc::default(),
+            waiting: None,
+            observer: None,
+            bypass_cache: false,
+        }
+    }
+
+    /// This budget without its admission hook, for helper threads of the call (only the
+    /// call's own thread lends its share out).
+    pub fn without_waiting(&self) -> Budget {
+        Budget { waiting: None, ..self.clone() }
+    }
+
     /// Check the load deadline (loops that read a workbook).
     pub fn check_load(&self) -> Result<()> {
         self.check_against(self.load_deadline, self.load_total)

@@ -14,6 +14,7 @@ use crate::error::{Result, SheetsError};
 use crate::limits::{Budget, Limits};
 use crate::sheet::{Sheet, SheetBuilder};
 use crate::value::{CellError, Value};
+use crate::xlsx_reader::{Failure, Progress, XlsxBook};
 
 /// Days between the 1904 and 1900 date systems.
 const EPOCH_1904_OFFSET: f64 = 1462.0;
@@ -372,8 +373,99 @@ fn rect(d: &calamine::Dimensions) -> Rect {
     Rect::new(d.start.0, d.start.1, d.end.0, d.end.1)
 }
 
-/// Load one sheet into the compact model.
+/// Load one sheet into the compact model: xlsx sheets through the streaming reader when the
+/// workbook has one (`fast`), falling back to calamine when that reader is unsure of
+/// something; every other format (and the fallback) through calamine.
+#[allow(clippy::too_many_arguments)]
 pub fn load_sheet(
+    id: &str,
+    book: &mut Book,
+    bytes: &Arc<[u8]>,
+    name: &str,
+    date1904: bool,
+    limits: &Limits,
+    budget: &Budget,
+) -> Result<Sheet> {
+    load_sheet_calamine(id, book, bytes, name, date1904, limits, budget)
+}
+
+/// Load sheet `index` with the streaming xlsx reader; `Ok(None)` when it handed the sheet
+/// back (read it with calamine).
+pub fn load_sheet_fast(
+    id: &str,
+    fast: &XlsxBook,
+    index: usize,
+    name: &str,
+    limits: &Limits,
+    budget: &Budget,
+    progress: &dyn Progress,
+) -> Result<Option<Sheet>> {
+    // The call's own progress (bytes inflated), when someone watches it and no other stage
+    // runs around the load.
+    let total = fast.sheet_xml_bytes(index).unwrap_or(0);
+    let watched = budget.observer().is_some_and(|o| o.wants_progress())
+        && budget.progress_begin_if_idle(|| format!("loading sheet '{name}' of {id}"), "bytes inflated", total);
+    let progress = Reporting { inner: progress, budget: watched.then_some(budget) };
+    let progress = &progress;
+    match guarded(id, &format!("reading sheet '{name}'"), || match fast.load_sheet(index, limits, budget, progress) {
+        Ok(s) => Ok(Ok(s)),
+        Err(Failure::Bail(b)) => Ok(Err(b)),
+        Err(Failure::Error(e)) => Err(with_workbook_id(e, id)),
+    })? {
+        Ok(sheet) => Ok(Some(sheet)),
+        Err(bail) => {
+            tracing::debug!(workbook = id, sheet = name, "streaming reader handed the sheet to calamine: {}", bail.0);
+            Ok(None)
+        }
+    }
+}
+
+/// A load's progress passed on to its watchers, and to the call's own observer when it has
+/// one.
+struct Reporting<'a> {
+    inner: &'a dyn Progress,
+    budget: Option<&'a Budget>,
+}
+
+impl Progress for Reporting<'_> {
+    fn wanted_rows(&self) -> u32 {
+        self.inner.wanted_rows()
+    }
+    fn publish(&self, prefix: Sheet, rows_done: u32) {
+        self.inner.publish(prefix, rows_done)
+    }
+    fn inflated(&self, bytes: u64) {
+        self.inner.inflated(bytes);
+        if let Some(b) = self.budget {
+            b.progress(bytes);
+        }
+    }
+}
+
+/// Errors raised deep in a reader do not know the workbook's id: give it to them.
+fn with_workbook_id(e: SheetsError, id: &str) -> SheetsError {
+    match e {
+        SheetsError::LimitExceeded { workbook_id, detail } if workbook_id.is_empty() => {
+            SheetsError::LimitExceeded { workbook_id: id.to_string(), detail }
+        }
+        other => other,
+    }
+}
+
+/// The refusal for a sheet with a cell outside Excel's grid.
+fn outside_grid(id: &str, name: &str, (row, col): (u32, u32)) -> SheetsError {
+    limit(
+        id,
+        format!(
+            "sheet '{name}' has a cell at row {}, column {}: beyond Excel's last row (1,048,576) or column (XFD)",
+            u64::from(row) + 1,
+            u64::from(col) + 1
+        ),
+    )
+}
+
+/// Load one sheet with calamine.
+fn load_sheet_calamine(
     id: &str,
     book: &mut Book,
     bytes: &Arc<[u8]>,
@@ -467,6 +559,9 @@ pub fn load_sheet(
         };
         if b.len() > max {
             return Err(over(b.len()));
+        }
+        if let Some(at) = b.outside() {
+            return Err(outside_grid(id, name, at));
         }
         budget.check_load()?;
         Ok(b.finish(merged))

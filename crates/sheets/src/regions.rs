@@ -250,7 +250,7 @@ fn classify(sheet: &Sheet, rect: Rect, id: String) -> Region {
         totals_row: None,
     };
     let first = profile(sheet, rect.top, &rect);
-    let cells: Vec<&crate::sheet::Cell> = sheet.cells_in(rect).take(4096).collect();
+    let cells: Vec<crate::sheet::Cell> = sheet.cells_in(rect).take(4096).collect();
     let text_cells = cells.iter().filter(|c| matches!(c.value, Value::Text(_))).count();
     let long_text =
         cells.iter().filter(|c| matches!(c.value, Value::Text(_)) && sheet.text(&c.value).len() > 40).count();

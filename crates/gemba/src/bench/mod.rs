@@ -4,6 +4,7 @@
 
 mod forks;
 mod gate;
+mod loads;
 mod proxy;
 pub mod workloads;
 
@@ -50,7 +51,8 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Which part to run: reads, kaizen, forks, report, proxy, or all.
+    /// Which part to run: reads, loads (the cold path of 100k- and 500k-row sheets), kaizen,
+    /// forks, report, proxy, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Regression gate: instructions per call, counted under valgrind, compared with this
@@ -63,6 +65,20 @@ pub struct BenchArgs {
     /// With --baseline: only this gate figure (repeatable; all when absent).
     #[arg(long, requires = "baseline", value_name = "NAME")]
     pub figure: Vec<String>,
+    /// Measure this gemba binary as the server instead of this one (e.g. a previous build, to
+    /// compare before and after in one run on the same machine state).
+    #[arg(long, value_name = "FILE")]
+    pub server: Option<PathBuf>,
+}
+
+/// The binary started as the server (`--server`, or this one).
+static SERVER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn server_exe() -> Result<PathBuf> {
+    match SERVER.get() {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().context("cannot find the gemba binary"),
+    }
 }
 
 type Client = RunningService<RoleClient, ()>;
@@ -73,7 +89,7 @@ async fn start(dir: &Path) -> Result<(Client, u32)> {
 
 /// Start `gemba serve --stdio` on `dir` with extra flags; its request log goes to a temp dir.
 async fn start_with(dir: &Path, extra: &[&str]) -> Result<(Client, u32)> {
-    let exe = std::env::current_exe().context("cannot find the gemba binary")?;
+    let exe = server_exe()?;
     let state = std::env::temp_dir().join(format!("gemba-bench-state-{}", std::process::id()));
     let cmd = tokio::process::Command::new(exe).configure(|c| {
         c.arg("serve").arg("--stdio").arg("--workspace").arg(dir).arg("--state-dir").arg(&state);
@@ -429,6 +445,10 @@ async fn reads(
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     let dir = &args.dir;
+    if let Some(server) = &args.server {
+        let server = server.canonicalize().with_context(|| format!("no server binary at {}", server.display()))?;
+        let _ = SERVER.set(server);
+    }
     if let Some(baseline) = &args.baseline {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let opts =
@@ -451,6 +471,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let mut bars: Vec<(String, bool)> = Vec::new();
     if args.only == "all" || args.only == "reads" {
         bars.extend(reads(&dir, &args, &mut report).await?);
+    }
+    if args.only == "all" || args.only == "loads" {
+        bars.extend(loads::loads(&dir, args.cold_runs, &mut report).await?);
     }
     if args.only == "all" || args.only == "kaizen" {
         bars.extend(kaizen_overhead(&dir, args.warm, &mut report).await?);

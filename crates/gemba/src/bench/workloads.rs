@@ -277,6 +277,11 @@ pub fn write_model(path: &Path, rows: u32) -> Result<()> {
     Ok(())
 }
 
+/// A workbook of one "Sales" sheet: the sales table with `rows` data rows.
+pub fn write_sales_book(path: &Path, rows: u32, seed: u64) -> Result<()> {
+    write_single_sales(path, rows, seed)
+}
+
 fn write_single_sales(path: &Path, rows: u32, seed: u64) -> Result<()> {
     let mut wb = Workbook::new();
     fixed_props(&mut wb)?;

@@ -15,7 +15,7 @@ use crate::error::{Result, SheetsError, short_list};
 use crate::limits::Budget;
 use crate::sheet::Sheet;
 use crate::value::{Value, push_csv_field};
-use crate::workbook::Workbook;
+use crate::workbook::{SheetView, Workbook};
 
 /// The sheet and block a read targets: an Excel table, or a selection on a named sheet.
 pub fn resolve_target(
@@ -299,10 +299,7 @@ impl<'a> Renderer<'a> {
     /// Add a row; false when the byte cap is reached (the row is not added).
     fn push(&mut self, row: u32) -> bool {
         let cells = self.sheet.row(row);
-        let value_at = |c: u32| match cells.binary_search_by_key(&c, |x| x.col) {
-            Ok(i) => cells[i].value,
-            Err(_) => Value::Empty,
-        };
+        let value_at = |c: u32| cells.get(c);
         match self.format {
             Format::Csv => {
                 let mark = self.csv.len();
@@ -508,7 +505,12 @@ pub fn range_values(engine: &Engine, p: RangeValuesParams, budget: &Budget) -> R
         return Err(SheetsError::invalid("ranges", "at most 50 ranges per call"));
     }
     let wb = engine.workbook(&p.workbook_id, budget)?;
-    let default_sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget).ok();
+    // Ranges near the top of a sheet still loading are read from its first rows: complete
+    // rows, so the answer is the same as from the whole sheet.
+    let default_sheet = match rows_needed(&p.ranges) {
+        Some(rows) => engine.sheet_view(&wb, p.sheet_name.as_deref(), rows, budget).map(|v| v.sheet().clone()).ok(),
+        None => engine.sheet(&wb, p.sheet_name.as_deref(), budget).ok(),
+    };
     let format = p.format.unwrap_or_default();
     let mut budget_cells = engine.caps.max_cells;
     let mut bytes = 0usize;
@@ -585,6 +587,22 @@ pub fn range_values(engine: &Engine, p: RangeValuesParams, budget: &Budget) -> R
     Ok(out)
 }
 
+/// The rows (0-based, exclusive) that explicit cell ranges on the call's sheet reach; `None`
+/// when a range names another sheet or whole rows or columns (they need the used range).
+fn rows_needed(ranges: &[String]) -> Option<u32> {
+    let mut rows = 0;
+    for spec in ranges {
+        let (sheet, r) = split_sheet(spec);
+        if sheet.is_some() {
+            return None;
+        }
+        let (a, b) = r.split_once(':').unwrap_or((r, r));
+        let (a, b) = (crate::address::parse_cell(a)?, crate::address::parse_cell(b)?);
+        rows = rows.max(a.row.max(b.row).saturating_add(1));
+    }
+    Some(rows)
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct SheetPageParams {
     pub workbook_id: String,
@@ -618,28 +636,70 @@ pub struct SheetPageOutput {
     pub next_start_row: Option<u32>,
     #[serde(skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// Set while the sheet still loads: the page came from its first rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
 }
+
+/// What a page answered from the first rows of a sheet still loading does not know yet.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Partial {
+    /// Rows read so far (1..=rows_read).
+    pub rows_read: u32,
+    pub unknown: String,
+}
+
+/// Rows past a page's end a prefix must hold, to find where the next page starts.
+const PAGE_SLACK: u32 = 64;
 
 pub fn sheet_page(engine: &Engine, p: SheetPageParams, budget: &Budget) -> Result<SheetPageOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
+    let page = clamp_limit(p.page_size, 50, 500) as u32;
+    // A sheet still loading answers from its first rows when they hold the page.
+    let want = p.start_row.unwrap_or(1).saturating_sub(1).saturating_add(page).saturating_add(PAGE_SLACK);
+    if let SheetView::Prefix { sheet, rows_done } = engine.sheet_view(&wb, p.sheet_name.as_deref(), want, budget)?
+        && let Some(out) = page_of(engine, &p, &sheet, Some(rows_done), budget)?
+    {
+        return Ok(out);
+    }
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
+    page_of(engine, &p, &sheet, None, budget)?
+        .ok_or_else(|| SheetsError::Internal("a page of a loaded sheet came back empty-handed".into()))
+}
+
+/// One page of `sheet`; with `rows_done` the sheet is the prefix of one still loading, and
+/// `None` comes back when the page reaches past it.
+fn page_of(
+    engine: &Engine,
+    p: &SheetPageParams,
+    sheet: &Sheet,
+    rows_done: Option<u32>,
+    budget: &Budget,
+) -> Result<Option<SheetPageOutput>> {
     let mut out = SheetPageOutput {
         sheet_name: sheet.name.clone(),
-        used_range: sheet.used.map(|u| u.to_string()),
+        used_range: if rows_done.is_some() { None } else { sheet.used.map(|u| u.to_string()) },
         range: String::new(),
         csv: None,
         values: Vec::new(),
         row_numbers: Vec::new(),
         next_start_row: None,
         truncated: false,
+        partial: rows_done.map(|rows_read| Partial {
+            rows_read,
+            unknown: "the sheet is still loading: used_range, and columns first used further down".into(),
+        }),
     };
     let Some(used) = sheet.used else {
+        if rows_done.is_some() {
+            return Ok(None);
+        }
         out.csv = (p.format.unwrap_or_default() == Format::Csv).then(String::new);
-        return Ok(out);
+        return Ok(Some(out));
     };
     let (left, right) = match p.columns.as_deref() {
         Some(c) => {
-            let r = parse_range_arg(&sheet, "columns", c)?;
+            let r = parse_range_arg(sheet, "columns", c)?;
             (r.left, r.right)
         }
         None => (used.left, used.right.min(used.left + 99)),
@@ -654,7 +714,13 @@ pub fn sheet_page(engine: &Engine, p: SheetPageParams, budget: &Budget) -> Resul
     };
     let format = p.format.unwrap_or_default();
     let max_rows_by_cells = (engine.caps.max_cells as u32 / (right - left + 1)).max(1);
-    let end = start.saturating_add(page.min(max_rows_by_cells)).saturating_sub(1).min(used.bottom.max(start));
+    let end = start.saturating_add(page.min(max_rows_by_cells)).saturating_sub(1);
+    let end = match rows_done {
+        // The page and the rows after it that find the next start must all have arrived.
+        Some(done) if end.saturating_add(PAGE_SLACK) >= done => return Ok(None),
+        Some(_) => end,
+        None => end.min(used.bottom.max(start)),
+    };
     out.range = Rect::new(start, left, end, right).to_string();
     let mut csv = String::new();
     if format == Format::Csv {
@@ -712,7 +778,14 @@ pub fn sheet_page(engine: &Engine, p: SheetPageParams, budget: &Budget) -> Resul
         out.csv = Some(csv);
     }
     let next = last_done.wrapping_add(1);
-    if next <= used.bottom {
+    if let Some(done) = rows_done {
+        // The next row with data among those read, or the first row not read yet.
+        let mut n = next;
+        while n < done && sheet.row_span(n, left, right).is_empty() {
+            n += 1;
+        }
+        out.next_start_row = Some(n + 1);
+    } else if next <= used.bottom {
         // Skip ahead to the next row that has data.
         let mut n = next;
         while n <= used.bottom && sheet.row_span(n, left, right).is_empty() {
@@ -722,7 +795,7 @@ pub fn sheet_page(engine: &Engine, p: SheetPageParams, budget: &Budget) -> Resul
             out.next_start_row = Some(n + 1);
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -150,7 +150,20 @@ pub fn find_value(engine: &Engine, p: FindValueParams, budget: &Budget) -> Resul
         if !any_text && (num.is_none() || mode == FindMode::Label) {
             continue;
         }
-        for (i, c) in sheet.cells().iter().enumerate() {
+        // Without a number to find, only text cells can match: skip the rest undecoded, and
+        // the text cells whose string does not match before their position is worked out.
+        let cells: Box<dyn Iterator<Item = crate::sheet::Cell>> = if num.is_none() || mode == FindMode::Label {
+            let hits = &hits;
+            let keep = move |s: u32| hits.get(s as usize).copied().unwrap_or(false);
+            Box::new(sheet.text_cells(keep).map(|(at, s)| crate::sheet::Cell {
+                row: at.row,
+                col: at.col,
+                value: Value::Text(s),
+            }))
+        } else {
+            Box::new(sheet.cells().iter())
+        };
+        for (i, c) in cells.enumerate() {
             if i % 262_144 == 0 {
                 budget.check()?;
             }

@@ -1,0 +1,216 @@
+//! A streaming reader of xlsx worksheets built for the compact model: the sheet's XML is
+//! inflated on one thread and scanned on another (byte-level, no XML event objects), shared
+//! strings and date formats are read once per workbook, and cells go straight into the
+//! `SheetBuilder`. It reads what calamine reads, the way calamine reads it (values, types,
+//! dates under both date systems, shared strings and rich text, inline strings, errors,
+//! booleans, formulas including shared ones), and a corpus test compares the two cell by cell.
+//!
+//! Whatever it is unsure of it does not guess: it gives up with a [`Bail`] (a strict OOXML
+//! package, a DTD, an unknown cell type, an entity in a number, a checksum mismatch...) and
+//! the loader reads the sheet with calamine instead.
+
+mod cells;
+mod inflate;
+mod numfmt;
+mod package;
+mod text;
+
+use std::sync::{Arc, OnceLock};
+
+use quick_xml::events::BytesStart;
+
+pub use cells::{NoProgress, Progress};
+pub(crate) use package::Package;
+
+use crate::error::SheetsError;
+use crate::limits::{Budget, Limits};
+use crate::sheet::Sheet;
+
+/// Why the fast reader handed a sheet back to calamine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bail(pub String);
+
+impl Bail {
+    pub fn new(why: impl Into<String>) -> Self {
+        Bail(why.into())
+    }
+    fn xml(e: quick_xml::Error) -> Self {
+        Bail(format!("xml: {e}"))
+    }
+}
+
+/// How a fast load ended when it did not give a sheet.
+#[derive(Debug)]
+pub enum Failure {
+    /// Read it with calamine instead.
+    Bail(Bail),
+    /// A real error (limits, budget, cancellation): report it.
+    Error(SheetsError),
+}
+
+impl From<Bail> for Failure {
+    fn from(b: Bail) -> Self {
+        Failure::Bail(b)
+    }
+}
+
+impl From<SheetsError> for Failure {
+    fn from(e: SheetsError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+/// A quick-xml reader configured as calamine configures its own, so the parts read through
+/// it (shared strings, styles, relationships, inline strings) decode the same way.
+fn xml_reader(bytes: &[u8]) -> quick_xml::Reader<&[u8]> {
+    let mut r = quick_xml::Reader::from_reader(bytes);
+    let config = r.config_mut();
+    config.check_end_names = false;
+    config.trim_text(false);
+    config.check_comments = false;
+    config.expand_empty_elements = true;
+    r
+}
+
+/// A raw attribute value (no entity decoding), matched on the exact key.
+fn attr(e: &BytesStart<'_>, key: &str) -> Result<Option<String>, Bail> {
+    for a in e.attributes().with_checks(false) {
+        let a = a.map_err(|e| Bail::new(format!("attribute: {e}")))?;
+        if a.key.as_ref() == key {
+            return Ok(Some(a.value.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// An attribute value with XML entities decoded.
+fn attr_decoded(e: &BytesStart<'_>, key: &str) -> Result<Option<String>, Bail> {
+    match attr(e, key)? {
+        None => Ok(None),
+        Some(raw) => quick_xml::escape::unescape(&raw)
+            .map(|c| Some(c.into_owned()))
+            .map_err(|e| Bail::new(format!("attribute entity: {e}"))),
+    }
+}
+
+/// The shared-strings table: all strings in one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Sst {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Sst {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..end)
+    }
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * 8
+    }
+}
+
+/// What the fast reader keeps per workbook: where each sheet's XML is, the cell formats that
+/// make dates, and (read on first use) the shared strings.
+pub struct XlsxBook {
+    image: Arc<[u8]>,
+    package: Package,
+    formats: Vec<numfmt::NumKind>,
+    date1904: bool,
+    strings: OnceLock<Result<Arc<Sst>, Bail>>,
+}
+
+impl std::fmt::Debug for XlsxBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XlsxBook").field("sheets", &self.package.sheets.len()).finish()
+    }
+}
+
+/// Parts at least this large are inflated on a thread of their own, beside the scan.
+const THREADED_PART_BYTES: u64 = 1 << 20;
+
+impl XlsxBook {
+    /// Read the package structure, checking that it names the sheets calamine found (in the
+    /// same order); anything unexpected leaves the workbook to calamine.
+    pub fn open(image: Arc<[u8]>, sheet_names: &[&str], date1904: bool) -> Result<Self, Bail> {
+        let package = Package::open(&image)?;
+        let names: Vec<&str> = package.sheets.iter().map(|(n, _)| n.as_str()).collect();
+        if names != sheet_names {
+            return Err(Bail::new("the package's sheet list differs from calamine's"));
+        }
+        let formats = match package.part_path_of("styles.xml") {
+            Some(path) => match package.read_small(&image, &path)? {
+                Some(bytes) => numfmt::read_cell_formats(&bytes)?,
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        Ok(Self { image, package, formats, date1904, strings: OnceLock::new() })
+    }
+
+    /// Uncompressed size of a sheet's XML (for reservations and progress), if known.
+    pub fn sheet_xml_bytes(&self, i: usize) -> Option<u64> {
+        let (_, path) = self.package.sheets.get(i)?;
+        self.package.entry(path).map(|e| e.size)
+    }
+
+    /// Heap bytes held (the shared strings once read).
+    pub fn heap_bytes(&self) -> usize {
+        let strings = match self.strings.get() {
+            Some(Ok(s)) => s.heap_bytes(),
+            _ => 0,
+        };
+        strings + self.formats.capacity()
+    }
+
+    fn strings(&self) -> Result<Arc<Sst>, Bail> {
+        self.strings
+            .get_or_init(|| {
+                let Some(path) = self.package.part_path_of("sharedStrings.xml") else {
+                    return Ok(Arc::new(Sst::default()));
+                };
+                match self.package.read_small(&self.image, &path)? {
+                    Some(bytes) => text::read_shared_strings(&bytes).map(Arc::new),
+                    None => Ok(Arc::new(Sst::default())),
+                }
+            })
+            .clone()
+    }
+
+    /// Load sheet `i` into the compact model, publishing prefixes to `progress` as rows arrive.
+    pub fn load_sheet(
+        &self,
+        i: usize,
+        limits: &Limits,
+        budget: &Budget,
+        progress: &dyn Progress,
+    ) -> Result<Sheet, Failure> {
+        let (name, path) = self.package.sheets.get(i).ok_or_else(|| Bail::new("no such sheet"))?;
+        let entry = self.package.entry(path).ok_or_else(|| Bail::new(format!("part {path} missing")))?.clone();
+        let strings = self.strings()?;
+        let threaded = entry.size >= THREADED_PART_BYTES
+            && std::thread::available_parallelism().map(|n| n.get() > 1).unwrap_or(false);
+        let mut source = inflate::Source::new(self.image.clone(), &entry, threaded)?;
+        let ctx = cells::Context {
+            strings: &strings,
+            formats: &self.formats,
+            date1904: self.date1904,
+            limits,
+            budget,
+            progress,
+            xml_bytes: entry.size,
+        };
+        cells::read_sheet(name, &mut source, &ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -90,6 +90,7 @@ fn shown(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn run(version: &str, config: Value) -> kaizen::store::Run {
         kaizen::store::Run { started_ms: 1, version: version.into(), config }

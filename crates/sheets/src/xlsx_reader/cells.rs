@@ -748,8 +748,10 @@ impl Scan<'_> {
             None => None,
         };
         self.col_index += 1;
-        // A formula that is kept (not blank) keeps its cell even without a value.
-        let has_formula = formula.is_some_and(|f| self.b.push_formula(pos.0, pos.1, &f));
+        // A formula that is kept (not blank) keeps its cell even without a value. Its text is an
+        // ST_Xstring: `_xHHHH_` escapes are decoded, as the calamine path does.
+        let has_formula =
+            formula.is_some_and(|f| self.b.push_formula(pos.0, pos.1, &crate::forks::xstring::unescape(&f)));
         self.push(pos.0, pos.1, s, raw, has_formula)?;
         Ok(Some(i))
     }

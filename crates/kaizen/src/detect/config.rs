@@ -40,6 +40,10 @@ pub struct DetectConfig {
     pub latency_h: f64,
     /// Latency must also be up by at least this share (0.2 = +20 %) over the run before opening.
     pub min_latency_increase: f64,
+    /// ... and its median by at least this many milliseconds: a tool that answers in a fraction
+    /// of a millisecond is slowed by tens of percent by any neighbour on the host (all tools at
+    /// once), a shift nobody waiting on it would notice.
+    pub min_latency_increase_ms: f64,
     /// Error ratio: the CUSUM's alternative is the baseline ratio plus this.
     pub error_shift: f64,
     /// Error ratio CUSUM threshold (log-likelihood ratio); a single window above
@@ -97,6 +101,7 @@ impl Default for DetectConfig {
             latency_allowance: 0.15,
             latency_h: 5.0,
             min_latency_increase: 0.25,
+            min_latency_increase_ms: 0.25,
             error_shift: 0.03,
             error_h: 11.5,
             error_h_strong: 18.0,
@@ -166,6 +171,9 @@ impl DetectConfig {
             if !finite_pos(v) {
                 return bad(field, v, "must be a positive number");
             }
+        }
+        if !(self.min_latency_increase_ms.is_finite() && self.min_latency_increase_ms >= 0.0) {
+            return bad("min_latency_increase_ms", self.min_latency_increase_ms, "must be ≥ 0 (milliseconds)");
         }
         if !(self.min_latency_increase.is_finite() && self.min_latency_increase >= 0.0) {
             return bad("min_latency_increase", self.min_latency_increase, "must be ≥ 0 (0.2 = +20 %)");

@@ -11,7 +11,8 @@
 //! and accumulated by a one-sided CUSUM `S = max(0, S + z/φ − k)`. The allowance `k` is a
 //! latency rise (`latency_allowance`, +15 %) expressed in standard errors, so a busy tool is
 //! not alarmed by a certain but harmless +5 %. It opens at `S ≥ h` when the run's latency is
-//! also up by `min_latency_increase` (+25 %): a strong single window opens at once, a few
+//! also up by `min_latency_increase` (+25 %) and its median by `min_latency_increase_ms`
+//! (0.25 ms: sub-millisecond jitter is nobody's regression): a strong single window opens at once, a few
 //! moderately bad ones in a row open too. The onset is the first clearly bad window of the run.
 //!
 //! The baseline is a decayed histogram (half-life in evaluations), frozen while open. A window
@@ -271,7 +272,10 @@ impl LatencyDetector {
         if self.cusum >= cfg.latency_h {
             let (n, s) = self.run.recent.iter().fold((0u64, 0.0), |(n, s), &(k, r)| (n + k, s + k as f64 * r));
             let run_rise = if n > 0 { s / n as f64 } else { 0.0 };
-            if run_rise >= floor {
+            // The median's rise in milliseconds, by the run's rise over the baseline's median.
+            let base_median_ms = midpoint_ms(self.base.quantile_bucket(0.5));
+            let rise_ms = base_median_ms * (run_rise.exp() - 1.0);
+            if run_rise >= floor && rise_ms >= cfg.min_latency_increase_ms {
                 let onset_ms = self.run.first_bad_ms.or(self.run.start_ms).unwrap_or(ctx.start_ms);
                 let detail = self.describe(acc, run_rise);
                 self.open = Some(OpenLatency { since_ms: onset_ms, good: 0 });

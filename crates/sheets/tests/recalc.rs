@@ -173,6 +173,11 @@ fn a_workbook_the_engine_refuses_goes_to_libreoffice_when_it_is_installed() {
     let err = missing.forks.recalculate(&handle, Backend::InProcess, &missing.limits, &b).unwrap_err().to_string();
     assert!(err.contains("NETWORKDAYS with a list of holidays") && err.contains("libreoffice"), "{err}");
     if !sheets::forks::libreoffice::available(Path::new("soffice")) {
+        // Under GEMBA_STRICT=1 (scripts/test.sh, CI) a missing install fails instead of skipping.
+        assert!(
+            std::env::var("GEMBA_STRICT").as_deref() != Ok("1"),
+            "LibreOffice (soffice) is not installed, and GEMBA_STRICT=1 forbids skipping the fallback"
+        );
         eprintln!("LibreOffice (soffice) is not installed: the fallback itself is not tried");
         return;
     }

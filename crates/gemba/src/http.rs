@@ -9,6 +9,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,10 @@ pub fn router(server: Measured<GembaServer>, cfg: &ServeConfig, ct: Cancellation
         .with_allowed_hosts(hosts)
         .with_allowed_origins(origins)
         .with_max_request_body_bytes(cfg.max_body_bytes)
+        // A request that runs statelessly (the 2026-07-28 era) and answers with nothing but its
+        // result gets it as one JSON body instead of an event stream; progress or log messages
+        // before the result still switch the answer to a stream.
+        .with_json_response(true)
         .with_cancellation_token(ct);
     let service = StreamableHttpService::new(
         move || Ok(server.new_session()),
@@ -71,6 +76,14 @@ pub async fn serve(server: Measured<GembaServer>, cfg: &ServeConfig) -> Result<(
     let addr = cfg.http.context("no HTTP address")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    // An answer is written in several small pieces (headers, event-stream frames, the last
+    // chunk): with Nagle's algorithm on, a kept-alive connection can hold the last piece until
+    // the client's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     let ct = CancellationToken::new();
     let app = router(server, cfg, ct.clone());
     tracing::info!("gemba listening on http://{local}/mcp (workspace {})", cfg.workspace.display());

@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
@@ -123,12 +124,27 @@ fn check_loopback(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// The HTTP client of the load: connections kept alive and reused. rmcp's default client opens
+/// a new TCP connection for every call (it turns pooling off), which made the generator's own
+/// connect/close cost — and the server's accept — most of what a run measured.
+fn pooled_http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")
+}
+
 async fn connect(args: &LoadtestArgs) -> Result<(Client, String)> {
     match (&args.url, args.command.split_first()) {
         (Some(_), Some(_)) => bail!("give either --url or a command after --, not both"),
         (Some(url), None) => {
             check_loopback(url)?;
-            let transport = StreamableHttpClientTransport::from_uri(url.as_str());
+            let transport = StreamableHttpClientTransport::with_client(
+                pooled_http_client()?,
+                StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .max_concurrent_requests(args.concurrency.clamp(1, 10_000)),
+            );
             let client = ().serve(transport).await.with_context(|| format!("MCP handshake with {url} failed"))?;
             Ok((client, url.clone()))
         }

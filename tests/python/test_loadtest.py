@@ -38,6 +38,36 @@ def test_open_loop_over_http_counts_every_call(workspace):
     assert "read_table" in table and "p99 ms" in table
 
 
+def tcp_sockets_to(port: int) -> int:
+    """Sockets on this machine with `port` at either end, listeners left out (TIME_WAIT ones
+    included): each TCP connection to the server leaves at least one behind for a minute."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, remote, state = line.split()[1:4]
+                ports = {int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)}
+                n += port in ports and state != "0A"  # 0A: LISTEN
+    return n
+
+
+@pytest.mark.parametrize("lifecycle", ["initialize", "discover"])
+def test_http_load_reuses_its_connections(workspace, lifecycle):
+    """Both lifecycles carry the load, over a few kept-alive connections rather than one per
+    call (the server answers at once on a reused connection: TCP_NODELAY)."""
+    with http_server(workspace) as srv:
+        port = int(srv.url.rsplit(":", 1)[1].split("/")[0])
+        report, _ = loadtest("--url", srv.url, "--scenario", str(SCENARIOS / "gemba-reads.toml"),
+                             "--closed", "--concurrency", "4", "--duration", "2s", "--lifecycle", lifecycle)
+        sockets = tcp_sockets_to(port)
+    total = report["result"]["total"]
+    assert total["count"] > 200 and total["ok"] == total["count"], total
+    # A connection per call would leave one socket per call; kept alive, a few per worker.
+    assert sockets <= 40, (sockets, total["count"])
+    # A reused connection never waits ~40 ms for a delayed ACK.
+    assert total["p50_ms"] < 30, total
+
+
 def test_closed_loop_over_stdio(workspace):
     state = tempfile.mkdtemp(prefix="gemba-state-")
     report, _ = loadtest("--scenario", str(SCENARIOS / "gemba-reads.toml"), "--closed", "--concurrency", "4",

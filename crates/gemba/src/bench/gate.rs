@@ -49,6 +49,7 @@ const FIGURES: &[Figure] = &[
     Figure { name: "list_workbooks", about: "list the workspace (2 workbooks)", reps: 100 },
     Figure { name: "read_table_100", about: "warm read_table of 100 rows, sales_10k", reps: 20 },
     Figure { name: "find_value_miss", about: "warm find_value that scans 10,000 rows and misses", reps: 50 },
+    Figure { name: "sheet_overview_summary", about: "warm sheet_overview of the model's Summary sheet", reps: 100 },
     Figure { name: "cold_read_10k", about: "first sheet_page of sales_10k: parse, index, answer", reps: 1 },
     Figure { name: "load_100k", about: "first read of the last rows of sales_100k: the whole sheet loads", reps: 1 },
     Figure { name: "fork_edit_100", about: "edit_batch of 100 cells on a fork of the model", reps: 30 },
@@ -60,16 +61,21 @@ const FIGURES: &[Figure] = &[
 struct Ids {
     sales: String,
     fork: Option<String>,
+    model: Option<String>,
 }
 
 async fn setup(client: &Client, fig: &Figure) -> Result<Ids> {
     let sales = id_of(client, if fig.name == "load_100k" { BIG_FILE } else { "sales_10k.xlsx" }).await?;
-    let mut ids = Ids { sales, fork: None };
-    if fig.name.starts_with("fork") {
+    let mut ids = Ids { sales, fork: None, model: None };
+    if fig.name.starts_with("fork") || fig.name == "sheet_overview_summary" {
         let model = id_of(client, "model.xlsx").await?;
-        let (_, r) = call(client, "create_fork", &json!({"workbook_id": model})).await?;
-        let fork = r.structured_content.as_ref().and_then(|v| v["fork_id"].as_str()).context("no fork id")?;
-        ids.fork = Some(fork.to_string());
+        if fig.name == "sheet_overview_summary" {
+            ids.model = Some(model);
+        } else {
+            let (_, r) = call(client, "create_fork", &json!({"workbook_id": model})).await?;
+            let fork = r.structured_content.as_ref().and_then(|v| v["fork_id"].as_str()).context("no fork id")?;
+            ids.fork = Some(fork.to_string());
+        }
     }
     // One unit to warm caches, engines and allocators; it is in both runs, so it cancels.
     if fig.name != "cold_read_10k" && fig.name != "load_100k" {
@@ -90,6 +96,10 @@ async fn unit(client: &Client, fig: &Figure, ids: &Ids, round: u64) -> Result<()
         "find_value_miss" => {
             let args = json!({"workbook_id": ids.sales, "sheet_name": "Sales", "query": "no such value anywhere"});
             call(client, "find_value", &args).await.map(drop)
+        }
+        "sheet_overview_summary" => {
+            let args = json!({"workbook_id": ids.model.as_deref().unwrap_or_default(), "sheet_name": "Summary"});
+            call(client, "sheet_overview", &args).await.map(drop)
         }
         "cold_read_10k" => {
             call(client, "sheet_page", &json!({"workbook_id": ids.sales, "page_size": 50})).await.map(drop)

@@ -18,11 +18,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use rmcp::model::CallToolRequestParams;
+use rmcp::model::{CallToolRequestParams, ProtocolVersion};
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
 use serde_json::{Value, json};
 
 use scenario::{Scenario, at_path, render};
@@ -68,6 +68,10 @@ pub struct LoadtestArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// How the client starts: `initialize` (the legacy handshake and a session, SSE answers)
+    /// or `discover` (the 2026-07-28 era: no session, each request stands alone).
+    #[arg(long, default_value = "initialize", value_parser = ["initialize", "discover"])]
+    pub lifecycle: String,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -135,6 +139,13 @@ fn pooled_http_client() -> Result<reqwest::Client> {
         .context("cannot build the HTTP client")
 }
 
+fn lifecycle(name: &str) -> ClientLifecycleMode {
+    match name {
+        "discover" => ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] },
+        _ => ClientLifecycleMode::Initialize,
+    }
+}
+
 async fn connect(args: &LoadtestArgs) -> Result<(Client, String)> {
     match (&args.url, args.command.split_first()) {
         (Some(_), Some(_)) => bail!("give either --url or a command after --, not both"),
@@ -145,7 +156,8 @@ async fn connect(args: &LoadtestArgs) -> Result<(Client, String)> {
                 StreamableHttpClientTransportConfig::with_uri(url.as_str())
                     .max_concurrent_requests(args.concurrency.clamp(1, 10_000)),
             );
-            let client = ().serve(transport).await.with_context(|| format!("MCP handshake with {url} failed"))?;
+            let client = ().serve_with_lifecycle(transport, lifecycle(&args.lifecycle)).await;
+            let client = client.with_context(|| format!("MCP handshake with {url} failed"))?;
             Ok((client, url.clone()))
         }
         (None, Some((program, rest))) => {
@@ -154,7 +166,8 @@ async fn connect(args: &LoadtestArgs) -> Result<(Client, String)> {
                 c.stderr(std::process::Stdio::null());
             });
             let transport = TokioChildProcess::new(cmd).with_context(|| format!("cannot start '{program}'"))?;
-            let client = ().serve(transport).await.with_context(|| format!("MCP handshake with '{program}' failed"))?;
+            let client = ().serve_with_lifecycle(transport, lifecycle(&args.lifecycle)).await;
+            let client = client.with_context(|| format!("MCP handshake with '{program}' failed"))?;
             Ok((client, format!("stdio: {}", args.command.join(" "))))
         }
         (None, None) => {

@@ -746,7 +746,7 @@ def test_the_conformance_suite_gives_the_same_results_through_the_proxy(workspac
 # engine rolls B back, every new session goes to A, and a restarted proxy remembers.
 
 TWO_FACED_SERVER = textwrap.dedent('''
-    """Raw JSON-RPC over stdio; `good` answers its tool, `bad` fails every call (a broken build)."""
+    """Raw JSON-RPC over stdio; `a` answers its tool, `b` fails every call (a broken build)."""
     import json, sys
     side = sys.argv[1]
     def send(obj):
@@ -763,7 +763,7 @@ TWO_FACED_SERVER = textwrap.dedent('''
         elif method == "tools/list":
             send({"jsonrpc": "2.0", "id": mid, "result": {"tools": [
                 {"name": "which", "inputSchema": {"type": "object"}}]}})
-        elif method == "tools/call" and side == "bad":
+        elif method == "tools/call" and side == "b":
             send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32603, "message": "broken build"}})
         elif method == "tools/call":
             send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": side}]}})
@@ -843,8 +843,8 @@ async def test_a_canary_whose_guard_breaks_is_rolled_back_end_to_end(scripts, tm
     state = tmp_path / "state"
     script = scripts / "two_faced.py"
     with webhook_sink() as (hook, alerts):
-        args = ["--name", "v1", "--upstream-b", f"{PY} {script} bad", "--name-b", "v2", "--experiments", str(exp),
-                "--alert-webhook", hook, "--", PY, str(script), "good"]
+        args = ["--name", "v1", "--upstream-b", f"{PY} {script} b", "--name-b", "v2", "--experiments", str(exp),
+                "--alert-webhook", hook, "--", PY, str(script), "a"]
         port = free_port()
         with proxy_http(args, state, port) as url:
             assert experiment_state(port)["running"] == 1
@@ -901,9 +901,11 @@ async def test_stateless_2026_requests_pass_through_the_http_front(upstream_kind
         # The plainest 2026-era client: one POST, no initialize before it, no session after it.
         body = {"jsonrpc": "2.0", "id": "plain-1", "method": "tools/call",
                 "params": {"name": "list_workbooks", "arguments": {},
-                           "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}}}
+                           "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                                     "io.modelcontextprotocol/clientCapabilities": {},
+                                     "io.modelcontextprotocol/clientInfo": {"name": "plain", "version": "1"}}}}
         headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-                   "MCP-Protocol-Version": MODERN}
+                   "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "list_workbooks"}
         async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
             for _ in range(2):
                 r = await http.post(url, json=body, headers=headers)
@@ -915,7 +917,7 @@ async def test_stateless_2026_requests_pass_through_the_http_front(upstream_kind
                                 if line.startswith("data:") and '"plain-1"' in line)
                 answer = json.loads(text)
                 assert answer["id"] == "plain-1", answer
-                assert "sales.xlsx" in json.dumps(answer["result"])
+                assert "sales.xlsx" in json.dumps(answer.get("result")), answer
         metrics = wait_for(lambda: (m := scrape(port)) and series(
             m, "gemba_tool_requests_total", tool="list_workbooks", upstream="sheets") >= 3 and m)
         assert metrics, scrape(port)

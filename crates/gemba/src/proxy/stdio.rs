@@ -232,13 +232,7 @@ fn read_in(tx: mpsc::Sender<String>, max: usize) {
                 return;
             }
         }
-        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            buf.pop();
-        }
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let line = String::from_utf8_lossy(&buf).into_owned();
+        let Some(line) = message_of(&mut buf) else { continue };
         if tx.blocking_send(line).is_err() {
             return;
         }

@@ -739,3 +739,188 @@ def test_the_conformance_suite_gives_the_same_results_through_the_proxy(workspac
             got = conformance_checks(node, cli, url, scenario, tmp_path / "p" / scenario)
             assert want[1], f"{scenario}: no checks ran"
             assert got == want, f"{scenario}: direct {want}, through the proxy {got}"
+
+
+# ---------------------------------------------------------------------------------------------
+# A canary that goes wrong: B answers every tool call with a server error, its guard breaks, the
+# engine rolls B back, every new session goes to A, and a restarted proxy remembers.
+
+TWO_FACED_SERVER = textwrap.dedent('''
+    """Raw JSON-RPC over stdio; `a` answers its tool, `b` fails every call (a broken build)."""
+    import json, sys
+    side = sys.argv[1]
+    def send(obj):
+        sys.stdout.write(json.dumps(obj) + "\\n"); sys.stdout.flush()
+    for line in sys.stdin:
+        m = json.loads(line)
+        method, mid = m.get("method"), m.get("id")
+        if mid is None or method is None:
+            continue
+        if method == "initialize":
+            send({"jsonrpc": "2.0", "id": mid, "result": {
+                "protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}},
+                "serverInfo": {"name": "two-faced", "version": side}}})
+        elif method == "tools/list":
+            send({"jsonrpc": "2.0", "id": mid, "result": {"tools": [
+                {"name": "which", "inputSchema": {"type": "object"}}]}})
+        elif method == "tools/call" and side == "b":
+            send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32603, "message": "broken build"}})
+        elif method == "tools/call":
+            send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": side}]}})
+        else:
+            send({"jsonrpc": "2.0", "id": mid, "result": {}})
+''')
+
+ROLLBACK_CANARY = '''
+[[experiment]]
+name = "v2-canary"
+kind = "canary"
+unit = "session"
+[experiment.canary]
+steps = [0.5, 1.0]
+min_samples_per_step = 1000
+[[experiment.guard]]
+metric = "server_error_ratio"
+max_worse = 0.01
+detect = 0.05
+gross = 3.0
+gross_min_samples = 3
+[[experiment.variant]]
+name = "a"
+[[experiment.variant]]
+name = "b"
+knobs = { upstream = "b" }
+'''
+
+
+@contextlib.contextmanager
+def webhook_sink():
+    """A local Alertmanager-style receiver; yields (url, bodies received)."""
+    import http.server
+    bodies = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/alerts", bodies
+    finally:
+        srv.shutdown()
+
+
+async def which_side(url) -> str:
+    """One session: three calls; `a`, or `b` when B's broken build answered."""
+    async with Client(url, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as c:
+        sides = set()
+        for _ in range(3):
+            try:
+                sides.add((await c.call_tool("which", {})).content[0].text)
+            except Exception as e:  # the JSON-RPC error of B's broken build
+                assert "broken build" in str(e), e
+                sides.add("b")
+        assert len(sides) == 1, f"a session stays on its upstream: {sides}"
+        return sides.pop()
+
+
+def experiment_state(port) -> dict:
+    text = scrape(port)
+    return {s: series(text, "gemba_experiment_state", experiment="v2-canary", state=s)
+            for s in ("running", "rolled_back")}
+
+
+async def test_a_canary_whose_guard_breaks_is_rolled_back_end_to_end(scripts, tmp_path):
+    (scripts / "two_faced.py").write_text(TWO_FACED_SERVER)
+    exp = tmp_path / "canary.toml"
+    exp.write_text(ROLLBACK_CANARY)
+    state = tmp_path / "state"
+    script = scripts / "two_faced.py"
+    with webhook_sink() as (hook, alerts):
+        args = ["--name", "v1", "--upstream-b", f"{PY} {script} b", "--name-b", "v2", "--experiments", str(exp),
+                "--alert-webhook", hook, "--", PY, str(script), "a"]
+        port = free_port()
+        with proxy_http(args, state, port) as url:
+            assert experiment_state(port)["running"] == 1
+            before = {"a": 0, "b": 0}
+            # Sessions split (50 %) until B has served a few.
+            for _ in range(20):
+                before[await which_side(url)] += 1
+                if before["b"] >= 2 and before["a"] >= 1:
+                    break
+            assert before["a"] >= 1 and before["b"] >= 2, before
+            text = scrape(port)
+            assert series(text, "gemba_tool_requests_total", tool="which", upstream="v2", outcome="ok") == 0
+            assert series(text, "gemba_tool_requests_total", tool="which", upstream="v2") == 3 * before["b"]
+            # The evaluator (every 10 s) sees B's server errors and rolls it back.
+            assert wait_for(lambda: experiment_state(port)["rolled_back"] == 1, timeout=40), scrape(port)
+            assert experiment_state(port)["running"] == 0
+            after = [await which_side(url) for _ in range(8)]
+            assert after == ["a"] * 8, after
+            assert wait_for(lambda: any("ExperimentRolledBack" in b for b in alerts), timeout=20), alerts
+            assert any("v2-canary" in b for b in alerts if "ExperimentRolledBack" in b)
+        # Restarted on the same state directory: still rolled back, every session on A.
+        port = free_port()
+        with proxy_http(args, state, port) as url:
+            assert experiment_state(port) == {"running": 0, "rolled_back": 1}
+            again = [await which_side(url) for _ in range(6)]
+            assert again == ["a"] * 6, again
+
+
+# ---------------------------------------------------------------------------------------------
+# The 2026 era over the proxy's HTTP front: stateless requests (no initialize, no session; the
+# protocol version in `_meta`) through to a stdio upstream and to an HTTP upstream.
+
+MODERN = "2026-07-28"
+
+
+@pytest.mark.parametrize("upstream_kind", ["stdio", "http"])
+async def test_stateless_2026_requests_pass_through_the_http_front(upstream_kind, workspace, tmp_path):
+    import httpx2
+    from conftest import http_server, ids, ok
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        if upstream_kind == "stdio":
+            up = ["--name", "sheets", "--", BIN, "serve", "--stdio", "--workspace", str(workspace),
+                  "--state-dir", str(tmp_path / "up")]
+        else:
+            srv = stack.enter_context(http_server(workspace))
+            up = ["--name", "sheets", "--upstream", srv.url]
+        url = stack.enter_context(proxy_http(up, tmp_path / "px", port))
+        async with Client(url, mode="auto", read_timeout_seconds=TIMEOUT, cache=None) as c:
+            assert c.protocol_version == MODERN
+            book = await ids(c)
+            t = await ok(c, "read_table", {"workbook_id": book["sales.xlsx"], "sheet_name": "Sales", "limit": 2})
+            assert t["returned"] == 2
+        # The plainest 2026-era client: one POST, no initialize before it, no session after it.
+        body = {"jsonrpc": "2.0", "id": "plain-1", "method": "tools/call",
+                "params": {"name": "list_workbooks", "arguments": {},
+                           "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                                     "io.modelcontextprotocol/clientCapabilities": {},
+                                     "io.modelcontextprotocol/clientInfo": {"name": "plain", "version": "1"}}}}
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+                   "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "list_workbooks"}
+        async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
+            for _ in range(2):
+                r = await http.post(url, json=body, headers=headers)
+                assert r.status_code == 200, r.text
+                assert "mcp-session-id" not in {k.lower() for k in r.headers}
+                text = r.text
+                if "text/event-stream" in r.headers.get("content-type", ""):
+                    text = next(line[5:] for line in text.splitlines()
+                                if line.startswith("data:") and '"plain-1"' in line)
+                answer = json.loads(text)
+                assert answer["id"] == "plain-1", answer
+                assert "sales.xlsx" in json.dumps(answer.get("result")), answer
+        metrics = wait_for(lambda: (m := scrape(port)) and series(
+            m, "gemba_tool_requests_total", tool="list_workbooks", upstream="sheets") >= 3 and m)
+        assert metrics, scrape(port)
+        assert series(metrics, "gemba_tool_requests_total", tool="read_table", upstream="sheets", outcome="ok") == 1
+        assert series(metrics, "mcp_server_operation_duration_seconds_count", mcp_method_name="tools/call",
+                      gen_ai_tool_name="list_workbooks", mcp_protocol_version=MODERN) >= 3

@@ -125,6 +125,15 @@ fn mcp_stream() -> std::io::Result<tokio::io::Stdout> {
     Ok(tokio::io::stdout())
 }
 
+/// `gemba proxy` runs its tasks on one thread: every message crosses several of them, and on one
+/// thread a hop is a queue push rather than a wake-up of another core (docs/proxy.md#overhead).
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        Command::Proxy(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+}
+
 fn main() -> ExitCode {
     // Logs go to stderr: in stdio mode stdout belongs to MCP.
     tracing_subscriber::fmt()
@@ -133,7 +142,7 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime_for(&cli.command) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gemba: cannot start the async runtime: {e}");

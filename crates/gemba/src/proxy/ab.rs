@@ -96,8 +96,7 @@ pub fn choose(engine: &Engine, unit: &str) -> (usize, Arc<Assignment>) {
     (usize::from(b), Arc::new(a))
 }
 
-/// Evaluate the experiments every 10 s (frozen while an SLO's budget is spent), deliver
-/// rollbacks and freezes as alerts, persist.
+/// Evaluate the experiments every 10 s, deliver rollbacks as alerts, persist.
 pub struct Experiments {
     pub engine: Arc<Engine>,
     pub kaizen: Arc<Kaizen>,
@@ -106,10 +105,12 @@ pub struct Experiments {
 }
 
 impl Experiments {
+    /// Unlike `gemba serve`, the proxy does not freeze its experiments when an SLO's error
+    /// budget is spent: the only thing they change is which upstream serves, so a spent budget
+    /// is most likely B's doing, and freezing would stop the very guards that roll B back
+    /// (a frozen canary sends new sessions to A but resumes B once the budget recovers).
     fn evaluate(&mut self, now: u64) -> Vec<AlertEvent> {
-        let exhausted =
-            self.kaizen.sli.status(now).iter().any(|s| s.requests_period > 0 && s.error_budget_remaining <= 0.0);
-        let ts = self.engine.evaluate(now, exhausted);
+        let ts = self.engine.evaluate(now, false);
         for t in &ts {
             tracing::warn!("experiment: {}", t.message);
         }

@@ -94,7 +94,7 @@ impl HttpTarget {
             task_id: Option<String>,
             arguments: Option<Value>,
         }
-        let Some(p) = m.params.and_then(|p| serde_json::from_str::<P>(p.get()).ok()) else { return out };
+        let Some(p) = m.params.and_then(|p| serde_json::from_str::<P>(p).ok()) else { return out };
         let name = match m.method() {
             "tools/call" | "prompts/get" => p.name.clone(),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => p.uri.clone(),
@@ -256,7 +256,7 @@ impl HttpUpstream {
         if modern && m.method() == "notifications/cancelled" {
             // The 2026 wire cancels by closing the request's stream.
             if let Some(id) = message::cancelled_id(m.params)
-                && let Some(h) = s.posts.lock().remove(id.get())
+                && let Some(h) = s.posts.lock().remove(id)
             {
                 h.abort();
             }
@@ -465,7 +465,7 @@ impl Shared {
         let answers = usize::from(m.kind == Kind::Response);
         if initialize
             && m.kind == Kind::Response
-            && let Some(v) = message::protocol_version(m.result)
+            && let Some(v) = message::protocol_version(message::peek_all(&data).result)
         {
             *self.version.lock() = Some(v);
         }

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use kaizen::experiment::{Assignment, Engine, Observation};
 use kaizen::{Completion, OpId, Outcome, Recorder, Timer};
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::message::{self, Kind, Msg, codes};
@@ -289,22 +288,22 @@ impl Link {
         let mut token_pair = None;
         if let (Some(id), Some(tok)) = (m.id, token) {
             let up_tok = format!("\"gpt-{n}\"");
-            let id_first = id.get().as_ptr() < tok.get().as_ptr();
-            let step = |s: &str, first: &RawValue, second: &RawValue, a: &str, b: &str| -> Option<String> {
+            let id_first = id.as_ptr() < tok.as_ptr();
+            let step = |s: &str, first: &str, second: &str, a: &str, b: &str| -> Option<String> {
                 let after = message::splice(s, second, b)?;
                 // `first` lies before `second`, so its offset is unchanged in `after`.
-                let start = first.get().as_ptr() as usize - s.as_ptr() as usize;
+                let start = first.as_ptr() as usize - s.as_ptr() as usize;
                 let mut o = String::with_capacity(after.len());
                 o.push_str(&after[..start]);
                 o.push_str(a);
-                o.push_str(&after[start + first.get().len()..]);
+                o.push_str(&after[start + first.len()..]);
                 Some(o)
             };
             let spliced =
                 if id_first { step(text, id, tok, &up_id, &up_tok) } else { step(text, tok, id, &up_tok, &up_id) };
             if let Some(s) = spliced {
                 out = s;
-                token_pair = Some((tok.get().to_string(), up_tok));
+                token_pair = Some((tok.to_string(), up_tok));
             }
         } else if let Some(id) = m.id
             && let Some(s) = message::splice(text, id, &up_id)
@@ -355,7 +354,7 @@ impl Link {
         if let Some((_, up_tok)) = &token {
             st.tokens.insert(up_tok.clone(), up_id.clone());
         } else if let Some(tok) = message::progress_token(m.params) {
-            st.tokens.insert(tok.get().to_string(), up_id.clone());
+            st.tokens.insert(tok.to_string(), up_id.clone());
         }
         let p = Pending {
             timer,
@@ -391,7 +390,7 @@ impl Link {
             "notifications/initialized" => self.replay.lock().initialized = Some(text.to_string()),
             "notifications/cancelled" if !self.shared => {
                 if let Some(id) = message::cancelled_id(m.params) {
-                    let p = self.state.lock().pending.remove(id.get());
+                    let p = self.state.lock().pending.remove(id);
                     if let Some(p) = p {
                         self.finish(p, Outcome::Cancelled, None, 0);
                     }
@@ -553,19 +552,17 @@ impl Link {
                 };
                 match p {
                     Some(p) => {
-                        let out = if self.shared {
-                            m.id.and_then(|i| message::splice(&text, i, &p.client_id)).unwrap_or_else(|| text.clone())
-                        } else {
-                            text.clone()
-                        };
+                        let spliced =
+                            if self.shared { m.id.and_then(|i| message::splice(&text, i, &p.client_id)) } else { None };
                         if p.initialize
-                            && let Some(v) = message::protocol_version(m.result)
+                            && let Some(v) = message::protocol_version(message::peek_all(&text).result)
                         {
                             self.state.lock().protocol = Some(self.recorder.naming().protocol_index(&v));
                         }
                         let sink = p.reply.clone();
                         self.measure_answer(p, &m, text.len() as u64);
-                        self.deliver(&sink, out).await;
+                        // The upstream's text itself goes on (no copy) unless an id was put back.
+                        self.deliver(&sink, spliced.unwrap_or(text)).await;
                     }
                     None if answered => {} // the proxy answered it already
                     None => self.to_client(text, via.as_deref()).await,
@@ -574,12 +571,12 @@ impl Link {
             Kind::Notification => {
                 // Progress belongs to the request that asked for it; a subscription's events to
                 // its listen request.
-                let (owner, rewrite): (Option<String>, Option<(&RawValue, String)>) =
+                let (owner, rewrite): (Option<String>, Option<(&str, String)>) =
                     if m.method() == "notifications/progress" {
                         match message::progress_notification_token(m.params) {
                             Some(tok) => {
                                 let st = self.state.lock();
-                                let owner = st.tokens.get(tok.get()).cloned();
+                                let owner = st.tokens.get(tok).cloned();
                                 let back = owner
                                     .as_ref()
                                     .and_then(|o| st.pending.get(o))
@@ -591,7 +588,7 @@ impl Link {
                         }
                     } else if let Some(sub) = message::subscription_id(m.params) {
                         let st = self.state.lock();
-                        let owner = st.pending.contains_key(sub.get()).then(|| sub.get().to_string());
+                        let owner = st.pending.contains_key(sub).then(|| sub.to_string());
                         let back = owner
                             .as_ref()
                             .and_then(|o| st.pending.get(o))
@@ -764,12 +761,12 @@ impl Link {
     }
 }
 
-fn uri_of(params: Option<&RawValue>) -> Option<String> {
+fn uri_of(params: Option<&str>) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct P {
         uri: String,
     }
-    serde_json::from_str::<P>(params?.get()).ok().map(|p| p.uri)
+    serde_json::from_str::<P>(params?).ok().map(|p| p.uri)
 }
 
 pub fn fnv(bytes: &[u8]) -> u64 {

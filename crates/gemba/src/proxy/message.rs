@@ -1,7 +1,10 @@
 //! JSON-RPC messages as the proxy sees them: read just enough to route and measure (kind, id,
 //! method, tool name, progress token, `isError`, error code and message) and forward the
 //! original text. Nothing here builds a JSON tree of a whole message; the parts are borrowed
-//! slices of the text, so an id can be replaced in place without touching anything else.
+//! slices of the text (their JSON text), so an id can be replaced in place without touching
+//! anything else. A response in the shape every SDK writes (`{"jsonrpc":"2.0","id":…,"result":…}`)
+//! is read from its first bytes only: its result, often most of the message, is not scanned
+//! (the client reads it as it would from the server directly).
 
 use std::borrow::Cow;
 
@@ -35,21 +38,21 @@ struct Envelope<'a> {
     error: Option<&'a RawValue>,
 }
 
-/// One message, its parts borrowed from the text.
+/// One message, its parts borrowed from the text (each part's JSON text).
 #[derive(Debug)]
 pub struct Msg<'a> {
     pub kind: Kind,
-    pub id: Option<&'a RawValue>,
+    pub id: Option<&'a str>,
     pub method: Option<Cow<'a, str>>,
-    pub params: Option<&'a RawValue>,
-    pub result: Option<&'a RawValue>,
-    pub error: Option<&'a RawValue>,
+    pub params: Option<&'a str>,
+    pub result: Option<&'a str>,
+    pub error: Option<&'a str>,
 }
 
 impl<'a> Msg<'a> {
     /// The id as its JSON text (`1`, `"abc"`), the key requests and responses are matched by.
     pub fn id_text(&self) -> Option<&'a str> {
-        self.id.map(RawValue::get)
+        self.id
     }
 
     pub fn method(&self) -> &str {
@@ -59,6 +62,11 @@ impl<'a> Msg<'a> {
 
 /// Read one message (an object). Anything unreadable is `Kind::Invalid`.
 pub fn peek(text: &str) -> Msg<'_> {
+    quick_response(text).unwrap_or_else(|| peek_all(text))
+}
+
+/// Read one message, scanning all of it.
+pub fn peek_all(text: &str) -> Msg<'_> {
     match serde_json::from_str::<Envelope>(text) {
         Ok(e) => {
             let kind = match (&e.method, &e.id, e.result.is_some() || e.error.is_some()) {
@@ -67,10 +75,51 @@ pub fn peek(text: &str) -> Msg<'_> {
                 (None, _, true) => Kind::Response,
                 _ => Kind::Invalid,
             };
-            Msg { kind, id: e.id, method: e.method, params: e.params, result: e.result, error: e.error }
+            Msg {
+                kind,
+                id: e.id.map(RawValue::get),
+                method: e.method,
+                params: e.params.map(RawValue::get),
+                result: e.result.map(RawValue::get),
+                error: e.error.map(RawValue::get),
+            }
         }
         Err(_) => Msg { kind: Kind::Invalid, id: None, method: None, params: None, result: None, error: None },
     }
+}
+
+/// A response that starts `{"jsonrpc":"2.0","id":<number or plain string>,"result":` (any
+/// whitespace between) and ends with `}`: its id and result read without scanning the result.
+/// Anything else is left to `peek_all`.
+fn quick_response(text: &str) -> Option<Msg<'_>> {
+    let mut r = text.trim_start().strip_prefix('{')?;
+    let key = |r: &mut &str, name: &str| -> Option<()> {
+        *r = r.trim_start().strip_prefix('"')?.strip_prefix(name)?.strip_prefix('"')?.trim_start().strip_prefix(':')?;
+        *r = r.trim_start();
+        Some(())
+    };
+    key(&mut r, "jsonrpc")?;
+    r = r.strip_prefix("\"2.0\"")?.trim_start().strip_prefix(',')?;
+    key(&mut r, "id")?;
+    let id_len = if let Some(s) = r.strip_prefix('"') {
+        let end = s.find(['"', '\\'])?;
+        (s.as_bytes()[end] == b'"').then_some(end + 2)?
+    } else {
+        let n = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+        (n > 0).then_some(n)?
+    };
+    let (id, rest) = r.split_at(id_len);
+    r = rest.trim_start().strip_prefix(',')?;
+    key(&mut r, "result")?;
+    let result = r.trim_end().strip_suffix('}')?.trim_end();
+    (!result.is_empty()).then_some(Msg {
+        kind: Kind::Response,
+        id: Some(id),
+        method: None,
+        params: None,
+        result: Some(result),
+        error: None,
+    })
 }
 
 /// The elements of a batch (a JSON array of messages), or `None` when `text` is not an array.
@@ -90,8 +139,8 @@ struct CallParams<'a> {
 }
 
 /// A `tools/call`'s tool name and its arguments' text.
-pub fn tool_call<'a>(params: Option<&'a RawValue>) -> Option<(Cow<'a, str>, Option<&'a str>)> {
-    let p: CallParams = serde_json::from_str(params?.get()).ok()?;
+pub fn tool_call(params: Option<&str>) -> Option<(Cow<'_, str>, Option<&str>)> {
+    let p: CallParams = serde_json::from_str(params?).ok()?;
     Some((p.name, p.arguments.map(RawValue::get)))
 }
 
@@ -111,24 +160,24 @@ struct Meta<'a> {
     subscription_id: Option<&'a RawValue>,
 }
 
-fn meta(params: Option<&RawValue>) -> Option<Meta<'_>> {
-    let w: WithMeta = serde_json::from_str(params?.get()).ok()?;
+fn meta(params: Option<&str>) -> Option<Meta<'_>> {
+    let w: WithMeta = serde_json::from_str(params?).ok()?;
     serde_json::from_str(w.meta?.get()).ok()
 }
 
 /// `params._meta.progressToken` of a request.
-pub fn progress_token(params: Option<&RawValue>) -> Option<&RawValue> {
-    meta(params)?.progress_token
+pub fn progress_token(params: Option<&str>) -> Option<&str> {
+    meta(params)?.progress_token.map(RawValue::get)
 }
 
 /// The protocol version a 2026-era request names in `_meta`.
-pub fn meta_protocol_version(params: Option<&RawValue>) -> Option<String> {
+pub fn meta_protocol_version(params: Option<&str>) -> Option<String> {
     meta(params)?.protocol_version.map(Cow::into_owned)
 }
 
 /// `params._meta["io.modelcontextprotocol/subscriptionId"]` of a notification.
-pub fn subscription_id(params: Option<&RawValue>) -> Option<&RawValue> {
-    meta(params)?.subscription_id
+pub fn subscription_id(params: Option<&str>) -> Option<&str> {
+    meta(params)?.subscription_id.map(RawValue::get)
 }
 
 #[derive(Deserialize)]
@@ -138,8 +187,8 @@ struct ProgressParams<'a> {
 }
 
 /// `params.progressToken` of a `notifications/progress`.
-pub fn progress_notification_token(params: Option<&RawValue>) -> Option<&RawValue> {
-    serde_json::from_str::<ProgressParams>(params?.get()).ok()?.token
+pub fn progress_notification_token(params: Option<&str>) -> Option<&str> {
+    serde_json::from_str::<ProgressParams>(params?).ok()?.token.map(RawValue::get)
 }
 
 #[derive(Deserialize)]
@@ -149,8 +198,8 @@ struct CancelParams<'a> {
 }
 
 /// `params.requestId` of a `notifications/cancelled`.
-pub fn cancelled_id(params: Option<&RawValue>) -> Option<&RawValue> {
-    serde_json::from_str::<CancelParams>(params?.get()).ok()?.request_id
+pub fn cancelled_id(params: Option<&str>) -> Option<&str> {
+    serde_json::from_str::<CancelParams>(params?).ok()?.request_id.map(RawValue::get)
 }
 
 #[derive(Deserialize)]
@@ -167,14 +216,38 @@ struct TextBlock<'a> {
     text: Option<Cow<'a, str>>,
 }
 
-/// Whether a tool result says `isError: true`.
-pub fn is_tool_error(result: Option<&RawValue>) -> bool {
-    result.and_then(|r| serde_json::from_str::<ToolResult>(r.get()).ok()).is_some_and(|r| r.is_error == Some(true))
+/// Whether a tool result says `isError: true`. Most results do not, and a result can be large
+/// (the whole message was scanned once already), so the text is first searched for an
+/// `"isError"` key followed by `true` at any depth; only when one is found is the result read
+/// to see whether it is the top-level one.
+pub fn is_tool_error(result: Option<&str>) -> bool {
+    let Some(r) = result else { return false };
+    if !may_say_is_error_true(r) {
+        return false;
+    }
+    serde_json::from_str::<ToolResult>(r).ok().is_some_and(|r| r.is_error == Some(true))
+}
+
+/// Whether `"isError"` appears as a key (its closing quote not escaped, so not inside a string)
+/// with the value `true`. False means no object in `text` has `isError: true`.
+fn may_say_is_error_true(text: &str) -> bool {
+    const KEY: &str = "\"isError\"";
+    let mut rest = text;
+    while let Some(i) = rest.find(KEY) {
+        rest = &rest[i + KEY.len()..];
+        let after = rest.trim_start();
+        if let Some(value) = after.strip_prefix(':')
+            && value.trim_start().starts_with("true")
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// The first text block of a tool result (what a failed call said).
-pub fn first_text(result: Option<&RawValue>) -> Option<String> {
-    let r: ToolResult = serde_json::from_str(result?.get()).ok()?;
+pub fn first_text(result: Option<&str>) -> Option<String> {
+    let r: ToolResult = serde_json::from_str(result?).ok()?;
     let first = r.content?.into_iter().next()?;
     serde_json::from_str::<TextBlock>(first.get()).ok()?.text.map(Cow::into_owned)
 }
@@ -188,8 +261,8 @@ struct ErrorObject<'a> {
 }
 
 /// A JSON-RPC error's code and message.
-pub fn error_info(error: Option<&RawValue>) -> (i64, String) {
-    match error.and_then(|e| serde_json::from_str::<ErrorObject>(e.get()).ok()) {
+pub fn error_info(error: Option<&str>) -> (i64, String) {
+    match error.and_then(|e| serde_json::from_str::<ErrorObject>(e).ok()) {
         Some(e) => (e.code.unwrap_or(0), e.message.map(Cow::into_owned).unwrap_or_default()),
         None => (0, String::new()),
     }
@@ -202,19 +275,19 @@ struct InitResult<'a> {
 }
 
 /// `result.protocolVersion` of an `initialize` answer (or `params.protocolVersion` of the request).
-pub fn protocol_version(part: Option<&RawValue>) -> Option<String> {
-    serde_json::from_str::<InitResult>(part?.get()).ok()?.protocol_version.map(Cow::into_owned)
+pub fn protocol_version(part: Option<&str>) -> Option<String> {
+    serde_json::from_str::<InitResult>(part?).ok()?.protocol_version.map(Cow::into_owned)
 }
 
 /// Where `part` (a slice borrowed from `text`) sits in `text`.
-fn span(text: &str, part: &RawValue) -> Option<std::ops::Range<usize>> {
-    let start = (part.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-    let end = start + part.get().len();
+fn span(text: &str, part: &str) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start + part.len();
     (end <= text.len()).then_some(start..end)
 }
 
 /// `text` with `part` (borrowed from it) replaced by `replacement`; every other byte kept.
-pub fn splice(text: &str, part: &RawValue, replacement: &str) -> Option<String> {
+pub fn splice(text: &str, part: &str, replacement: &str) -> Option<String> {
     let r = span(text, part)?;
     let mut out = String::with_capacity(text.len() + replacement.len());
     out.push_str(&text[..r.start]);
@@ -261,11 +334,11 @@ mod tests {
         assert_eq!(m.method(), "tools/call");
         let (name, args) = tool_call(m.params).unwrap();
         assert_eq!((name.as_ref(), args), ("echo", Some(r#"{"message":"hi"}"#)));
-        assert_eq!(progress_token(m.params).map(RawValue::get), Some(r#""p1""#));
+        assert_eq!(progress_token(m.params), Some(r#""p1""#));
 
         let note = peek(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a-1"}}"#);
         assert_eq!(note.kind, Kind::Notification);
-        assert_eq!(cancelled_id(note.params).map(RawValue::get), Some(r#""a-1""#));
+        assert_eq!(cancelled_id(note.params), Some(r#""a-1""#));
 
         let ok = peek(
             r#"{"jsonrpc":"2.0","id":"x","result":{"content":[{"type":"text","text":"no such file"}],"isError":true}}"#,
@@ -273,6 +346,17 @@ mod tests {
         assert_eq!(ok.kind, Kind::Response);
         assert!(is_tool_error(ok.result));
         assert_eq!(first_text(ok.result).as_deref(), Some("no such file"));
+
+        for (result, is_error) in [
+            (r#"{"content":[],"isError":false}"#, false),
+            (r#"{"content":[{"type":"text","text":"\"isError\": true"}]}"#, false),
+            (r#"{"structuredContent":{"isError":true},"isError":false}"#, false),
+            (r#"{"isError" :  true,"content":[]}"#, true),
+            (r#"{"content":[{"type":"text","text":"x"}],"isError":true}"#, true),
+        ] {
+            let text = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
+            assert_eq!(is_tool_error(peek(&text).result), is_error, "{result}");
+        }
 
         let err = peek(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"Method not found"}}"#);
         assert_eq!(err.kind, Kind::Response);
@@ -283,6 +367,35 @@ mod tests {
         for bad in ["", "not json", "[1,2]", "{}", r#"{"jsonrpc":"2.0","id":1}"#] {
             assert_eq!(peek(bad).kind, Kind::Invalid, "{bad}");
         }
+    }
+
+    #[test]
+    fn responses_in_the_usual_shape_are_read_from_their_first_bytes() {
+        let big = format!(r#"{{"content":[{{"type":"text","text":"{}"}}],"isError":false}}"#, "x".repeat(10_000));
+        for text in [
+            format!(r#"{{"jsonrpc":"2.0","id":7,"result":{big}}}"#),
+            format!(r#"{{ "jsonrpc" : "2.0" , "id" : "a-1" , "result" : {big} }}"#),
+            r#"{"jsonrpc":"2.0","id":"x","result":{"isError":true,"content":[]}}"#.to_string(),
+        ] {
+            let quick = quick_response(&text).expect(&text[..40]);
+            let all = peek_all(&text);
+            assert_eq!((quick.kind, quick.id, quick.result), (all.kind, all.id, all.result), "{}", &text[..40]);
+            assert_eq!(is_tool_error(quick.result), is_tool_error(all.result));
+        }
+        // Anything else is read whole, and reads the same.
+        for text in [
+            r#"{"id":1,"jsonrpc":"2.0","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":"a\"b","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":-1,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":}"#,
+        ] {
+            assert!(quick_response(text).is_none(), "{text}");
+        }
+        assert_eq!(peek(r#"{"jsonrpc":"2.0","id":"a\"b","result":{}}"#).id, Some(r#""a\"b""#));
+        assert_eq!(peek(r#"{"jsonrpc":"2.0","id":1,"result":}"#).kind, Kind::Invalid);
     }
 
     #[test]
@@ -320,6 +433,6 @@ mod tests {
         let n = peek(
             r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"x","_meta":{"io.modelcontextprotocol/subscriptionId":"listen-1"}}}"#,
         );
-        assert_eq!(subscription_id(n.params).map(RawValue::get), Some(r#""listen-1""#));
+        assert_eq!(subscription_id(n.params), Some(r#""listen-1""#));
     }
 }

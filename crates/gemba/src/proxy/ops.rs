@@ -9,30 +9,15 @@ use std::sync::Arc;
 use kaizen::recorder::OpSpec;
 use kaizen::{OpId, Outcome, Recorder};
 
-/// Client-to-server methods measured besides the tools (anything else is `unknown`).
-pub const METHODS: [&str; 21] = [
-    "initialize",
-    "server/discover",
-    "ping",
-    "tools/list",
-    "tools/call",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "subscriptions/listen",
-    "prompts/list",
-    "prompts/get",
-    "completion/complete",
-    "logging/setLevel",
-    "tasks/get",
-    "tasks/list",
-    "tasks/result",
-    "tasks/cancel",
-    "tasks/update",
-    "unknown",
-];
+/// The task methods (2025-11-25) a client sends, measured by the proxy besides Gemba's own
+/// methods (`measure::METHODS`), which Gemba's server does not implement.
+pub const TASK_METHODS: [&str; 5] = ["tasks/get", "tasks/list", "tasks/result", "tasks/cancel", "tasks/update"];
+
+/// Client-to-server methods measured besides the tools: Gemba's own list, then the task
+/// methods (anything else is `unknown`).
+pub fn methods() -> impl Iterator<Item = &'static str> {
+    crate::measure::METHODS.iter().chain(TASK_METHODS.iter()).copied()
+}
 
 /// The operation a call of a tool not known at start counts under.
 pub const OTHER_TOOL: &str = "tools/call";
@@ -67,18 +52,18 @@ impl Ops {
             if tool_ids.contains_key(t) {
                 continue;
             }
-            let op = if METHODS.contains(&t.as_str()) { format!("tool:{t}") } else { t.clone() };
+            let op = if methods().any(|m| m == t) { format!("tool:{t}") } else { t.clone() };
             tool_ids.insert(t.clone(), OpId(specs.len() as u16));
             specs.push(OpSpec { name: op, method: "tools/call".into(), target: Some(t.clone()) });
         }
-        let mut methods = HashMap::new();
-        for m in METHODS {
-            methods.insert(m, OpId(specs.len() as u16));
+        let mut method_ids = HashMap::new();
+        for m in methods() {
+            method_ids.insert(m, OpId(specs.len() as u16));
             specs.push(OpSpec { name: m.into(), method: m.into(), target: None });
         }
-        let other_tool = methods[OTHER_TOOL];
-        let unknown = methods["unknown"];
-        Self { specs, tools: tool_ids, methods, other_tool, unknown }
+        let other_tool = method_ids[OTHER_TOOL];
+        let unknown = method_ids["unknown"];
+        Self { specs, tools: tool_ids, methods: method_ids, other_tool, unknown }
     }
 
     /// The operation of a request: its tool for `tools/call`, else its method.
@@ -142,7 +127,7 @@ mod tests {
     fn tool_operations_are_bounded() {
         let tools: Vec<String> = (0..2 * MAX_TOOL_OPS).map(|i| format!("t{i}")).collect();
         let ops = Ops::new(&tools);
-        assert_eq!(ops.specs.len(), MAX_TOOL_OPS + METHODS.len());
+        assert_eq!(ops.specs.len(), MAX_TOOL_OPS + methods().count());
         assert_eq!(ops.name(ops.of("tools/call", Some("t0"))), "t0");
         assert_eq!(ops.name(ops.of("tools/call", Some(&format!("t{}", MAX_TOOL_OPS)))), "tools/call");
     }

@@ -1,14 +1,19 @@
 //! The client side over stdio: one session, lines in on stdin, lines out on a private handle to
 //! stdout (fd 1 itself is pointed at stderr so nothing else in the process can write to the
-//! client). A thread each way, so a message costs no hop through the blocking pool.
+//! client). When both are pipes (how MCP clients start servers) they are read and written on
+//! the runtime's own thread, so a message costs no wake-up of another thread; otherwise (a
+//! terminal, a file, a socket) a thread each way, so a message costs no hop through the
+//! blocking pool.
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::Proxy;
+use super::child::{LineRead, read_bounded_line};
 use super::link::ClientCtx;
 
 /// Messages waiting for stdout; when full, the upstream's output waits (and so the upstream).
@@ -25,13 +30,116 @@ fn client_out() -> std::io::Result<std::fs::File> {
     Err(std::io::Error::other("gemba proxy over stdio needs a Unix system"))
 }
 
+/// Where client messages come from: stdin as an async pipe, or a thread reading it.
+enum Input {
+    #[cfg(unix)]
+    Pipe(BufReader<tokio::net::unix::pipe::Receiver>, Vec<u8>),
+    Thread(mpsc::Receiver<String>),
+}
+
+impl Input {
+    fn open(max: usize) -> Result<Self> {
+        #[cfg(unix)]
+        if let Some(pipe) = stdin_pipe() {
+            return Ok(Self::Pipe(BufReader::with_capacity(64 * 1024, pipe), Vec::with_capacity(8 * 1024)));
+        }
+        let (in_tx, in_rx) = mpsc::channel::<String>(64);
+        std::thread::Builder::new().name("proxy-stdin".into()).spawn(move || read_in(in_tx, max))?;
+        Ok(Self::Thread(in_rx))
+    }
+
+    /// The next message (`None` at the end of input).
+    async fn next(&mut self, max: usize) -> Option<String> {
+        match self {
+            #[cfg(unix)]
+            Self::Pipe(r, buf) => loop {
+                buf.clear();
+                match read_bounded_line(r, buf, max).await {
+                    Ok(LineRead::Eof) => return None,
+                    Ok(LineRead::TooLong(_)) => {
+                        tracing::warn!("a client message longer than {max} bytes was skipped (raise --max-message-mb)");
+                    }
+                    Ok(LineRead::Line) => {
+                        if let Some(line) = message_of(buf) {
+                            return Some(line);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot read stdin: {e}");
+                        return None;
+                    }
+                }
+            },
+            Self::Thread(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// Where client messages go: a task writing stdout as an async pipe, or a thread writing it.
+enum Output {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
+}
+
+impl Output {
+    fn start(out: std::fs::File, rx: mpsc::Receiver<String>) -> Result<Self> {
+        #[cfg(unix)]
+        let out = match pipe_sender(out) {
+            Ok(pipe) => return Ok(Self::Task(tokio::spawn(write_out_async(pipe, rx)))),
+            Err(file) => file,
+        };
+        Ok(Self::Thread(std::thread::Builder::new().name("proxy-stdout".into()).spawn(move || write_out(out, rx))?))
+    }
+
+    /// Wait until what is queued is written (the writer ends when every sender is gone).
+    async fn finish(self) {
+        match self {
+            Self::Task(t) => {
+                let _ = t.await;
+            }
+            Self::Thread(t) => {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        }
+    }
+}
+
+/// A duplicate of stdin as an async pipe, when it is one.
+#[cfg(unix)]
+fn stdin_pipe() -> Option<tokio::net::unix::pipe::Receiver> {
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::fs::FileTypeExt;
+    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata().ok()?.file_type().is_fifo() {
+        return None;
+    }
+    tokio::net::unix::pipe::Receiver::from_file(file).ok()
+}
+
+/// The private stdout as an async pipe, or the file back when it is not a pipe.
+#[cfg(unix)]
+fn pipe_sender(out: std::fs::File) -> std::result::Result<tokio::net::unix::pipe::Sender, std::fs::File> {
+    use std::os::unix::fs::FileTypeExt;
+    if !out.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+        return Err(out);
+    }
+    let Ok(dup) = out.try_clone() else { return Err(out) };
+    match tokio::net::unix::pipe::Sender::from_file(dup) {
+        Ok(pipe) => Ok(pipe),
+        Err(e) => {
+            tracing::debug!("stdout as an async pipe: {e}; writing it from a thread");
+            Err(out)
+        }
+    }
+}
+
 pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     let out = client_out().context("cannot set up the MCP stream on stdout")?;
     let (out_tx, out_rx) = mpsc::channel::<String>(OUT_QUEUE);
-    let writer = std::thread::Builder::new().name("proxy-stdout".into()).spawn(move || write_out(out, out_rx))?;
-    let (in_tx, mut in_rx) = mpsc::channel::<String>(64);
+    let writer = Output::start(out, out_rx)?;
     let max = proxy.cfg.max_message_bytes;
-    std::thread::Builder::new().name("proxy-stdin".into()).spawn(move || read_in(in_tx, max))?;
+    let mut input = Input::open(max)?;
 
     let session = proxy.new_session_id();
     let (link, assignment) = proxy.session_link(session, Some(out_tx.clone()), 0).await?;
@@ -42,7 +150,7 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            line = in_rx.recv() => match line {
+            line = input.next(max) => match line {
                 Some(line) => link.on_client_message(line, &ctx).await,
                 None => break,
             },
@@ -53,9 +161,40 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     drop(ctx);
     drop(out_tx);
     drop(link);
-    // The writer ends when every sender is gone (answers still queued are written first).
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    writer.finish().await;
     Ok(())
+}
+
+/// Write what is queued, then flush once.
+#[cfg(unix)]
+async fn write_out_async(out: tokio::net::unix::pipe::Sender, mut rx: mpsc::Receiver<String>) {
+    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Some(first) = rx.recv().await {
+        let mut m = Some(first);
+        while let Some(msg) = m {
+            if w.write_all(msg.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err() {
+                return;
+            }
+            m = rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A line read (its newline still on) as a message: `None` when blank.
+fn message_of(buf: &mut Vec<u8>) -> Option<String> {
+    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        buf.pop();
+    }
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(match String::from_utf8(std::mem::take(buf)) {
+        Ok(t) => t,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 fn write_out(out: std::fs::File, mut rx: mpsc::Receiver<String>) {
@@ -93,13 +232,7 @@ fn read_in(tx: mpsc::Sender<String>, max: usize) {
                 return;
             }
         }
-        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            buf.pop();
-        }
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let line = String::from_utf8_lossy(&buf).into_owned();
+        let Some(line) = message_of(&mut buf) else { continue };
         if tx.blocking_send(line).is_err() {
             return;
         }

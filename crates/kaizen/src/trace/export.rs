@@ -156,11 +156,18 @@ impl ExportStats {
     }
 }
 
+/// What the exporter thread receives: one call's spans, or a request to export what it holds.
+#[derive(Debug)]
+enum Msg {
+    Spans(Vec<Span>),
+    Flush(SyncSender<()>),
+}
+
 /// The handle callers submit finished spans to. Dropping it flushes what is queued (bounded by
 /// one export's timeout) and ends the thread.
 #[derive(Debug)]
 pub struct Exporter {
-    tx: Option<SyncSender<Vec<Span>>>,
+    tx: Option<SyncSender<Msg>>,
     stats: Arc<ExportStats>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -181,9 +188,31 @@ impl Exporter {
             return;
         }
         let Some(tx) = &self.tx else { return };
-        if let Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) = tx.try_send(spans) {
+        if let Err(TrySendError::Full(Msg::Spans(s)) | TrySendError::Disconnected(Msg::Spans(s))) =
+            tx.try_send(Msg::Spans(spans))
+        {
             self.stats.dropped_queue_full.fetch_add(s.len() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Exports everything queued so far, waiting at most `timeout` (at shutdown, say).
+    pub fn flush(&self, timeout: Duration) {
+        let Some(tx) = &self.tx else { return };
+        let (ack, done) = sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(ack);
+        // The queue may be full: retry until the deadline rather than block.
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
     pub fn stats(&self) -> &ExportStats {
@@ -200,7 +229,7 @@ impl Drop for Exporter {
     }
 }
 
-fn run(cfg: ExportConfig, rx: Receiver<Vec<Span>>, stats: &ExportStats) {
+fn run(cfg: ExportConfig, rx: Receiver<Msg>, stats: &ExportStats) {
     let mut batch: Vec<Span> = Vec::new();
     let mut deadline = Instant::now() + cfg.flush_interval;
     let mut backoff = Duration::ZERO;
@@ -235,11 +264,15 @@ fn run(cfg: ExportConfig, rx: Receiver<Vec<Span>>, stats: &ExportStats) {
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(spans) => {
+            Ok(Msg::Spans(spans)) => {
                 batch.extend(spans);
                 if batch.len() >= cfg.max_batch_spans {
                     flush(&mut batch);
                 }
+            }
+            Ok(Msg::Flush(ack)) => {
+                flush(&mut batch);
+                let _ = ack.try_send(());
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -381,10 +414,8 @@ mod tests {
         let text = String::from_utf8_lossy(&req);
         assert!(text.starts_with("POST /v1/traces HTTP/1.1"));
         assert!(text.contains("Content-Type: application/x-protobuf"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ex.stats().exported.load(Ordering::Relaxed) < 3 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // The flush is answered after the batch before it was posted.
+        ex.flush(Duration::from_secs(10));
         assert_eq!(ex.stats().exported.load(Ordering::Relaxed), 3);
     }
 

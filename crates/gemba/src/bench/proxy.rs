@@ -38,7 +38,7 @@ async fn start_proxied(dir: &Path) -> Result<Client> {
 }
 
 /// Calls completed by `CALLERS` callers in `ROUND`.
-async fn throughput(client: &Client, tool: &str, args: &Value) -> f64 {
+pub(super) async fn throughput(client: &Client, tool: &str, args: &Value) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();

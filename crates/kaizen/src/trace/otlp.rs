@@ -52,13 +52,28 @@ impl Pb<'_> {
         self.key(field, FIXED64);
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    /// A nested message: written into the buffer, then its length patched in front.
+    /// A nested message, written in place: one byte is kept for its length and patched after
+    /// the body (moved right in the rare case the length needs more bytes), so nesting
+    /// allocates nothing.
     fn message(&mut self, field: u32, body: impl FnOnce(&mut Pb)) {
         self.key(field, LEN);
-        let mut inner = Vec::new();
-        body(&mut Pb(&mut inner));
-        self.varint(inner.len() as u64);
-        self.0.extend_from_slice(&inner);
+        let at = self.0.len();
+        self.0.push(0);
+        body(&mut Pb(self.0));
+        let mut len = self.0.len() - at - 1;
+        if len < 0x80 {
+            self.0[at] = len as u8;
+            return;
+        }
+        let mut prefix = [0u8; 10];
+        let mut n = 0;
+        while len >= 0x80 {
+            prefix[n] = (len as u8) | 0x80;
+            len >>= 7;
+            n += 1;
+        }
+        prefix[n] = len as u8;
+        self.0.splice(at..at + 1, prefix[..=n].iter().copied());
     }
 }
 
@@ -145,6 +160,12 @@ mod tests {
         let mut v = Vec::new();
         Pb(&mut v).message(1, |m| m.string(1, "ab"));
         assert_eq!(v, [0x0a, 4, 0x0a, 2, b'a', b'b']);
+        // A body of 200 bytes: its length takes two bytes, the body moved right after them.
+        let mut v = Vec::new();
+        Pb(&mut v).message(3, |m| m.0.extend_from_slice(&[7u8; 200]));
+        assert_eq!(&v[..3], &[0x1a, 0xc8, 0x01]);
+        assert_eq!(v.len(), 203);
+        assert!(v[3..].iter().all(|b| *b == 7));
         // A negative int64 is ten bytes, as protobuf writes it.
         let mut v = Vec::new();
         key_value(&mut Pb(&mut v), 1, "k", &Value::Int(-1));

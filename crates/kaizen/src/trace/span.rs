@@ -1,6 +1,7 @@
 //! The span model: what one finished span carries to the exporter. Attribute names are the
 //! embedder's (`&'static str`): Kaizen knows no semantic convention itself.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use super::context::{SpanId, TraceId};
@@ -60,7 +61,8 @@ pub struct Span {
     /// The parent span (the caller's for a root span of this process), if any.
     pub parent: Option<SpanId>,
     pub trace_state: String,
-    pub name: String,
+    /// A fixed name (a stage) costs no allocation.
+    pub name: Cow<'static, str>,
     pub kind: SpanKind,
     /// Unix nanoseconds.
     pub start_nanos: u64,
@@ -72,7 +74,7 @@ pub struct Span {
 
 impl Span {
     /// A span of `trace` under `parent`, with a fresh id, from `start` to `end` (unix nanos).
-    pub fn new(trace_id: TraceId, parent: Option<SpanId>, name: impl Into<String>, start: u64, end: u64) -> Self {
+    pub fn new(trace_id: TraceId, parent: Option<SpanId>, name: impl Into<Cow<'static, str>>, start: u64, end: u64) -> Self {
         Span {
             trace_id,
             span_id: SpanId::random(),

@@ -74,7 +74,13 @@ pub struct Span {
 
 impl Span {
     /// A span of `trace` under `parent`, with a fresh id, from `start` to `end` (unix nanos).
-    pub fn new(trace_id: TraceId, parent: Option<SpanId>, name: impl Into<Cow<'static, str>>, start: u64, end: u64) -> Self {
+    pub fn new(
+        trace_id: TraceId,
+        parent: Option<SpanId>,
+        name: impl Into<Cow<'static, str>>,
+        start: u64,
+        end: u64,
+    ) -> Self {
         Span {
             trace_id,
             span_id: SpanId::random(),

@@ -72,6 +72,12 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# A real OTLP receiver for test_traces.py, in a venv of its own (its dependencies would clash
+# with the MCP SDK's): about 1.5 min and 850 MB once, then cached.
+if [ ! -x .phoenix-venv/bin/phoenix ]; then
+  python3 -m venv .phoenix-venv
+  .phoenix-venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements-phoenix.txt
+fi
 
 rust_skip=()
 if [ "${GEMBA_CORPUS:-}" = none ]; then

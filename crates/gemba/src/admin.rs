@@ -39,6 +39,8 @@ async fn metrics(State(a): State<Arc<Admin>>, headers: axum::http::HeaderMap) ->
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     if wants_om {
         let body = kaizen::exposition::encode_text(&a.registry);
+        let family = a.kaizen.recorder.naming().metric("tool_duration_seconds");
+        let body = crate::traces::with_exemplars(body, &family, &a.kaizen.recorder.naming().op_label);
         ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
     } else {
         let body = kaizen::exposition::encode_text_004(&a.registry);

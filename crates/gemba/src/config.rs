@@ -154,6 +154,14 @@ pub struct ServeArgs {
     /// docs/experiments.md and `gemba experiment knobs`), checked at start.
     #[arg(long, env = "GEMBA_EXPERIMENTS", value_name = "FILE")]
     pub experiments: Option<PathBuf>,
+    /// Export traces (OTLP/HTTP protobuf) to this receiver, e.g. http://127.0.0.1:4318 (off by
+    /// default; OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT work too).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0..1 (default 1, or OTEL_TRACES_SAMPLER_ARG); a caller's
+    /// sampled flag is always followed.
+    #[arg(long, value_name = "RATIO")]
+    pub trace_sample: Option<f64>,
 }
 
 /// The same settings as a config file.
@@ -227,6 +235,8 @@ pub struct ServeConfig {
     pub detect_file: Option<PathBuf>,
     /// The experiments file, when experiments run.
     pub experiments: Option<PathBuf>,
+    /// OTLP trace export, when on (`--otlp-endpoint` or the `OTEL_*` variables).
+    pub traces: Option<crate::traces::TraceSettings>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -327,6 +337,9 @@ impl ServeArgs {
             max_queued: self.max_queued.or(file.max_queued).unwrap_or(4 * max_inflight),
             detect_file: self.detect.or(file.detect),
             experiments: self.experiments.or(file.experiments),
+            traces: crate::traces::TraceSettings::resolve(self.otlp_endpoint.as_deref(), self.trace_sample, |k| {
+                std::env::var(k).ok()
+            })?,
         };
         if cfg.experiments.is_some() && !cfg.kaizen {
             bail!("experiments are judged by measurement: drop --no-kaizen (GEMBA_NO_KAIZEN) or --experiments");

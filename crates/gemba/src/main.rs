@@ -26,6 +26,7 @@ mod server;
 mod slo;
 mod stats;
 mod surface;
+mod traces;
 mod wiring;
 mod yaml;
 
@@ -80,6 +81,9 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     let slo_file = slo::load(cfg.slo_file.as_ref())?;
     let timeouts = slo::Timeouts::from(&slo_file.slo, cfg.timeout_ms, cfg.load_timeout_ms);
     let recorder = measure::new_recorder(cfg.kaizen);
+    if let Some(t) = cfg.traces.clone() {
+        traces::install(t, recorder.names().to_vec())?;
+    }
     let server = build_server(&cfg, timeouts)?;
     let (kaizen, evaluator) = wiring::start(&cfg, &server, &recorder, slo_file).await?;
     let result = if cfg.http.is_some() {
@@ -90,6 +94,7 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     // Nothing measured is lost at shutdown: drain the queue, evaluate once more and save, let
     // the log catch up.
     recorder.flush();
+    traces::flush(Duration::from_secs(2));
     if let Some(e) = evaluator {
         e.shutdown();
     }

@@ -277,9 +277,14 @@ impl<H: Clone> Clone for Measured<H> {
 macro_rules! measured {
     ($self:ident, $ctx:ident, $name:expr, $call:expr) => {{
         let protocol = $self.protocol(&$ctx);
-        let timer = $self.recorder.start($self.op($name));
+        let op = $self.op($name);
+        let trace = crate::traces::begin(&$ctx, None, $name, None, op.0 as usize, $self.session.id, $self.transport);
+        let timer = $self.recorder.start(op);
         let r = $call.await;
         timer.finish($self.completion(&r, protocol));
+        if let Some(t) = trace {
+            t.finish(crate::traces::error_type(&r, false, None), None);
+        }
         r
     }};
 }
@@ -372,6 +377,15 @@ impl<H: ServerHandler + SessionScoped> ServerHandler for Measured<H> {
         let protocol = self.protocol(&context);
         let name = request.name.to_string();
         let op = if catalog::NAMES.contains(&name.as_str()) { self.op(&name) } else { self.op("tools/call") };
+        let trace = crate::traces::begin(
+            &context,
+            request.meta.as_deref(),
+            "tools/call",
+            Some(&name),
+            op.0 as usize,
+            self.session.id,
+            self.transport,
+        );
         let timer = self.recorder.start(op);
         let args = request.arguments.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default()).unwrap_or_default();
         let note = Arc::new(Note { session: self.session.id, ..Default::default() });
@@ -409,6 +423,10 @@ impl<H: ServerHandler + SessionScoped> ServerHandler for Measured<H> {
             c.stages[i] = s.load(Ordering::Relaxed);
         }
         timer.finish(c);
+        if let Some(t) = trace {
+            let is_error = matches!(&r, Ok(CallToolResponse::Complete(res)) if res.is_error == Some(true));
+            t.finish(crate::traces::error_type(&r, is_error, Some(&note)), Some(&note));
+        }
         r
     }
 

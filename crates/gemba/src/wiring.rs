@@ -311,6 +311,7 @@ fn set_samples(cfg: &ServeConfig, server: &GembaServer, kaizen: &Arc<Kaizen>) {
     let disk = Arc::new(parking_lot::Mutex::new((std::time::Instant::now(), 0u64, false)));
     kaizen.recorder.set_provider(Box::new(move |out| {
         measure::engine_samples(s.engine(), out);
+        crate::traces::samples(out);
         // surface: log messages, progress notifications, resource subscriptions.
         s.surface_samples(out);
         let (refused, adm, free) = s.admission_figures();

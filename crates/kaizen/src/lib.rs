@@ -12,6 +12,8 @@
 //! - `operational`: threshold alerts over the embedder's signals; `event`, `alerts`: delivery
 //! - `learn`: error signatures, usage patterns, cache what-if, trends, backlog and reports
 //! - `detect`: anomalies with a measured false-alarm rate, incidents with ranked causes
+//! - `trace`: spans over OTLP (bounded queue, batching exporter thread), W3C trace context,
+//!   parent-based sampling, exemplars for OpenMetrics histograms
 //! - `experiment`: flags, A/B tests, canaries with automatic rollback, a bandit; `stats`: the
 //!   statistics they rest on (Welch, Mann–Whitney, proportions, power, alpha spending)
 
@@ -32,6 +34,7 @@ pub mod slo;
 pub mod stats;
 pub mod statsd;
 pub mod store;
+pub mod trace;
 pub mod windows;
 
 pub use naming::Naming;

@@ -52,7 +52,7 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 }
 
 /// Calls per second completed by `CALLERS` callers in `ROUND`, and the calls.
-async fn throughput(client: &Client, tool: &str, args: &Value) -> (f64, u64) {
+pub(super) async fn throughput(client: &Client, tool: &str, args: &Value) -> (f64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();

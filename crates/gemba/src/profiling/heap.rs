@@ -260,7 +260,7 @@ pub fn stop(seconds: u64) -> HeapProfile {
             x.1 += bytes;
         }
     }
-    let mut names: HashMap<usize, String> = HashMap::new();
+    let mut names: HashMap<usize, Vec<String>> = HashMap::new();
     let sites = tables
         .stacks
         .iter()
@@ -276,29 +276,29 @@ pub fn stop(seconds: u64) -> HeapProfile {
     HeapProfile { seconds, sites, dropped }
 }
 
-/// Function names of a stack, innermost first, without the sampler's and allocator's own frames.
-fn resolve_stack(ips: &[usize], names: &mut HashMap<usize, String>) -> Vec<String> {
-    let all: Vec<String> = ips
-        .iter()
-        .map(|&ip| {
-            names
-                .entry(ip)
-                .or_insert_with(|| {
-                    let mut name = None;
-                    backtrace::resolve(ip as *mut std::ffi::c_void, |sym| {
-                        if name.is_none() {
-                            name = sym.name().map(|n| format!("{n:#}"));
-                        }
-                    });
-                    name.unwrap_or_else(|| format!("{ip:#x}"))
-                })
-                .clone()
-        })
-        .collect();
+/// Function names of a stack, innermost first (an address inside inlined code gives its whole
+/// inline chain), without the sampler's and allocator's own frames.
+fn resolve_stack(ips: &[usize], names: &mut HashMap<usize, Vec<String>>) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for &ip in ips {
+        let chain = names.entry(ip).or_insert_with(|| {
+            let mut chain = Vec::new();
+            backtrace::resolve(ip as *mut std::ffi::c_void, |sym| {
+                if let Some(n) = sym.name() {
+                    chain.push(format!("{n:#}"));
+                }
+            });
+            if chain.is_empty() {
+                chain.push(format!("{ip:#x}"));
+            }
+            chain
+        });
+        all.extend(chain.iter().cloned());
+    }
     // Drop everything up to the last frame inside the allocator machinery.
     let skip = all
         .iter()
-        .take(16)
+        .take(24)
         .rposition(|n| {
             n.contains("profiling::heap::account")
                 || n.contains("profiling::heap::record")
@@ -391,7 +391,7 @@ impl HeapProfile {
     /// A readable table: call sites by allocated bytes, with their in-use bytes.
     pub fn to_text(&self, top: usize) -> String {
         let mut sites: Vec<&Site> = self.sites.iter().collect();
-        sites.sort_by(|a, b| b.alloc_bytes.cmp(&a.alloc_bytes));
+        sites.sort_by_key(|s| std::cmp::Reverse(s.alloc_bytes));
         let total: u64 = sites.iter().map(|s| s.alloc_bytes).sum();
         let inuse: u64 = sites.iter().map(|s| s.inuse_bytes).sum();
         let mut out = format!(

@@ -67,6 +67,12 @@ if command -v npm >/dev/null 2>&1 && { [ ! -x .npm-tools/node_modules/node-linux
 fi
 # --- end surface
 
+# --- profiles: a pprof reader we did not write (tests/python/test_profiles.py)
+if command -v npm >/dev/null 2>&1 && [ ! -f .npm-tools/node_modules/pprof-format/package.json ]; then
+  npm install --silent --no-audit --no-fund --prefix .npm-tools pprof-format@2.3.2 >/dev/null
+fi
+# --- end profiles
+
 echo "== python test environment"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -1,6 +1,7 @@
 //! The admin listener, separate from MCP and available in stdio mode too: the dashboard at `/`,
 //! `/metrics` (Prometheus text), `/metrics.json` (percentile summary), `/slo.json`, `/healthz`,
-//! `/readyz`. With an admin token, everything but `/healthz` and `/readyz` requires it.
+//! `/readyz`, and profiles on demand under `/debug/pprof/` (see `profiling`). With an admin token,
+//! everything but `/healthz` and `/readyz` requires it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -126,7 +127,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(admin)
-        .merge(dashboard);
+        .merge(dashboard)
+        .merge(crate::profiling::router());
     crate::dashboard::auth::guard(routes, token)
 }
 

@@ -42,6 +42,8 @@ pub enum Command {
     /// Kaizen for any MCP server: sit between a client and an upstream server, forward every
     /// message unchanged, measure every call (`gemba proxy -- CMD ARGS`, or `--upstream URL`).
     Proxy(Box<crate::proxy::ProxyArgs>),
+    /// A CPU profile, flame graph or heap view of a running gemba, from its admin listener.
+    Profile(crate::profiling::cli::ProfileArgs),
 }
 
 #[derive(Debug, Args, Default)]

@@ -19,6 +19,7 @@ mod incidents;
 mod loadtest;
 mod measure;
 mod operational;
+mod profiling;
 mod proxy;
 mod report;
 mod schema;
@@ -166,6 +167,7 @@ fn main() -> ExitCode {
             Command::Incidents(args) => incidents::cli::run(args),
             Command::Experiment(args) => experiments::cli::run(args),
             Command::Proxy(args) => proxy::run(*args).await,
+            Command::Profile(args) => profiling::cli::run(args).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@
 mod forks;
 mod gate;
 mod loads;
+mod profile;
 mod proxy;
 mod traces;
 pub mod workloads;
@@ -53,7 +54,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Which part to run: reads, loads (the cold path of 100k- and 500k-row sheets), kaizen,
-    /// forks, report, proxy, traces (OTLP export on vs off), or all.
+    /// forks, report, proxy, traces (OTLP export on vs off), profile (the cost of a CPU
+    /// profile), or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Regression gate: instructions per call, counted under valgrind, compared with this
@@ -490,6 +492,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.only == "all" || args.only == "traces" {
         bars.extend(traces::traces_overhead(&dir, &mut report).await?);
+    }
+    if args.only == "all" || args.only == "profile" {
+        bars.extend(profile::profile_overhead(&dir, &mut report).await?);
     }
     outln!();
     for (name, ok) in &bars {

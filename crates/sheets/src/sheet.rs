@@ -278,12 +278,7 @@ impl Iterator for RowIter<'_> {
     type Item = Cell;
     #[inline]
     fn next(&mut self) -> Option<Cell> {
-        if self.i >= self.end {
-            return None;
-        }
-        let c = self.sheet.cell_at(self.row, self.i);
-        self.i += 1;
-        Some(c)
+        self.sheet.step(self.row, &mut self.i, self.end)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = self.end - self.i;
@@ -332,15 +327,11 @@ impl Iterator for CellIter<'_> {
     #[inline]
     fn next(&mut self) -> Option<Cell> {
         let s = self.sheet;
-        if self.i >= s.tags.len() {
-            return None;
-        }
-        while s.row_start[self.row_i + 1] as usize <= self.i {
+        let end = s.tags.len();
+        while self.i < end && s.row_start[self.row_i + 1] as usize <= self.i {
             self.row_i += 1;
         }
-        let c = s.cell_at(s.first_row + self.row_i as u32, self.i);
-        self.i += 1;
-        Some(c)
+        s.step(s.first_row + self.row_i as u32, &mut self.i, end)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = self.sheet.tags.len() - self.i;
@@ -375,6 +366,18 @@ impl Sheet {
     #[inline]
     fn cell_at(&self, row: u32, i: usize) -> Cell {
         Cell { row, col: u32::from(self.cols[i]), value: self.value_at(i) }
+    }
+
+    /// One step of a walk over packed cells: the cell at index `*i` (in row `row`) while
+    /// `*i < end`, moving `*i` past it.
+    #[inline]
+    fn step(&self, row: u32, i: &mut usize, end: usize) -> Option<Cell> {
+        if *i >= end {
+            return None;
+        }
+        let c = self.cell_at(row, *i);
+        *i += 1;
+        Some(c)
     }
 
     /// Cells of one row, sorted by column.
@@ -460,7 +463,10 @@ impl Sheet {
 
     /// Cell indices (ascending) paired with their positions: the row search resumes where the
     /// last one was found, so a walk over a few cells never visits every row.
-    fn positioned<'a>(&'a self, indices: impl Iterator<Item = usize> + 'a) -> impl Iterator<Item = (CellRef, usize)> + 'a {
+    fn positioned<'a>(
+        &'a self,
+        indices: impl Iterator<Item = usize> + 'a,
+    ) -> impl Iterator<Item = (CellRef, usize)> + 'a {
         let mut row_i = 0usize;
         indices.map(move |i| {
             let rest = &self.row_start[row_i + 1..];

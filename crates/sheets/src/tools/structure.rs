@@ -88,14 +88,8 @@ pub fn sheet_statistics(engine: &Engine, p: SheetParams, budget: &Budget) -> Res
     // Counted from the cell tags and only the error cells decoded: a statistics call on a big
     // sheet stays a pass over one byte a cell.
     let k = sheet.kind_counts(|| budget.check())?;
-    let t = TypeCounts {
-        number: k.number,
-        text: k.text,
-        bool: k.bool,
-        date: k.date,
-        duration: k.duration,
-        error: k.error,
-    };
+    let t =
+        TypeCounts { number: k.number, text: k.text, bool: k.bool, date: k.date, duration: k.duration, error: k.error };
     let empty_formula = k.empty;
     let errors: Vec<CellError> = sheet
         .error_cells()

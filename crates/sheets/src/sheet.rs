@@ -188,6 +188,19 @@ pub struct Sheet {
     lower_strings: OnceLock<Vec<Box<str>>>,
 }
 
+/// How many stored cells of each kind a sheet holds (`empty` are formulas without a cached
+/// value).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindCounts {
+    pub empty: u64,
+    pub bool: u64,
+    pub error: u64,
+    pub text: u64,
+    pub number: u64,
+    pub date: u64,
+    pub duration: u64,
+}
+
 /// The cells of one row (or of a column span of it), sorted by column.
 #[derive(Clone, Copy)]
 pub struct Row<'a> {
@@ -265,12 +278,7 @@ impl Iterator for RowIter<'_> {
     type Item = Cell;
     #[inline]
     fn next(&mut self) -> Option<Cell> {
-        if self.i >= self.end {
-            return None;
-        }
-        let c = self.sheet.cell_at(self.row, self.i);
-        self.i += 1;
-        Some(c)
+        self.sheet.step(self.row, &mut self.i, self.end)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = self.end - self.i;
@@ -319,15 +327,11 @@ impl Iterator for CellIter<'_> {
     #[inline]
     fn next(&mut self) -> Option<Cell> {
         let s = self.sheet;
-        if self.i >= s.tags.len() {
-            return None;
-        }
-        while s.row_start[self.row_i + 1] as usize <= self.i {
+        let end = s.tags.len();
+        while self.i < end && s.row_start[self.row_i + 1] as usize <= self.i {
             self.row_i += 1;
         }
-        let c = s.cell_at(s.first_row + self.row_i as u32, self.i);
-        self.i += 1;
-        Some(c)
+        s.step(s.first_row + self.row_i as u32, &mut self.i, end)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = self.sheet.tags.len() - self.i;
@@ -362,6 +366,18 @@ impl Sheet {
     #[inline]
     fn cell_at(&self, row: u32, i: usize) -> Cell {
         Cell { row, col: u32::from(self.cols[i]), value: self.value_at(i) }
+    }
+
+    /// One step of a walk over packed cells: the cell at index `*i` (in row `row`) while
+    /// `*i < end`, moving `*i` past it.
+    #[inline]
+    fn step(&self, row: u32, i: &mut usize, end: usize) -> Option<Cell> {
+        if *i >= end {
+            return None;
+        }
+        let c = self.cell_at(row, *i);
+        *i += 1;
+        Some(c)
     }
 
     /// Cells of one row, sorted by column.
@@ -404,18 +420,58 @@ impl Sheet {
             Payload::Narrow { small, .. } => small[i],
             Payload::Wide(w) => w[i] as u32,
         };
-        let texts = self
-            .tags
-            .iter()
-            .enumerate()
-            .filter(move |&(i, t)| *t == packed::TEXT && keep(string_at(i)))
-            .map(|(i, _)| i);
+        let texts = self.tags.iter().enumerate().filter(move |&(i, t)| *t == packed::TEXT && keep(string_at(i)));
+        self.positioned(texts.map(|(i, _)| i)).map(move |(at, i)| (at, string_at(i)))
+    }
+
+    /// The error cells with their positions, in row order (only the error cells are decoded).
+    pub fn error_cells(&self) -> impl Iterator<Item = (CellRef, CellError)> + '_ {
+        let errors = self.tags.iter().enumerate().filter(|&(_, t)| *t == packed::ERROR).map(|(i, _)| i);
+        self.positioned(errors).filter_map(|(at, i)| match self.value_at(i) {
+            Value::Error(e) => Some((at, e)),
+            _ => None,
+        })
+    }
+
+    /// Cells by kind, counted from the tags alone (no value is decoded), `check` called before
+    /// each block of 64 Ki cells so a caller can stop a long count.
+    pub fn kind_counts<E>(&self, mut check: impl FnMut() -> Result<(), E>) -> Result<KindCounts, E> {
+        let mut by_tag = [0u64; 256];
+        for block in self.tags.chunks(1 << 16) {
+            check()?;
+            for &t in block {
+                by_tag[usize::from(t)] += 1;
+            }
+        }
+        let mut k = KindCounts {
+            empty: by_tag[usize::from(packed::EMPTY)],
+            bool: by_tag[usize::from(packed::BOOL)],
+            error: by_tag[usize::from(packed::ERROR)],
+            text: by_tag[usize::from(packed::TEXT)],
+            ..KindCounts::default()
+        };
+        // Every other tag is a number kind, as `packed::decode_*` reads it.
+        for (tag, &n) in by_tag.iter().enumerate().skip(usize::from(packed::TEXT) + 1) {
+            match tag as u8 & 0xF0 {
+                packed::NUMBER => k.number += n,
+                packed::DATE => k.date += n,
+                _ => k.duration += n,
+            }
+        }
+        Ok(k)
+    }
+
+    /// Cell indices (ascending) paired with their positions: the row search resumes where the
+    /// last one was found, so a walk over a few cells never visits every row.
+    fn positioned<'a>(
+        &'a self,
+        indices: impl Iterator<Item = usize> + 'a,
+    ) -> impl Iterator<Item = (CellRef, usize)> + 'a {
         let mut row_i = 0usize;
-        texts.map(move |i| {
-            // Rows only move forward: the search resumes where the last kept cell was.
+        indices.map(move |i| {
             let rest = &self.row_start[row_i + 1..];
             row_i += rest.partition_point(|&start| start as usize <= i);
-            (CellRef::new(self.first_row + row_i as u32, u32::from(self.cols[i])), string_at(i))
+            (CellRef::new(self.first_row + row_i as u32, u32::from(self.cols[i])), i)
         })
     }
 
@@ -935,6 +991,62 @@ mod tests {
         assert_eq!(fast, full);
         assert_eq!(fast.len(), 9);
         assert_eq!(s.text_cells(|_| true).count(), 12);
+    }
+
+    #[test]
+    fn kind_counts_and_error_cells_match_a_full_decode() {
+        // Both payload widths: a sheet of short decimals packs narrow, one of full-precision
+        // numbers packs wide.
+        for wide in [false, true] {
+            let mut b = SheetBuilder::new("S".into());
+            let t = b.intern("t");
+            let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+            for r in [0u32, 2, 3, 7, 100] {
+                for c in 0..40u32 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let n = if wide { f64::from_bits((x >> 12) | 0x3FF0_0000_0000_0000) } else { f64::from(c) / 4.0 };
+                    let v = match x % 8 {
+                        0 => Value::Bool(x % 3 == 0),
+                        1 => Value::Error(if x % 2 == 0 { CellError::Div0 } else { CellError::NA }),
+                        2 => t,
+                        3 => Value::Date(45_000.0 + f64::from(c)),
+                        4 => Value::Duration(0.5),
+                        5 => Value::Empty,
+                        _ => Value::Number(n),
+                    };
+                    b.push(r, c, v);
+                }
+            }
+            let s = b.finish(vec![]);
+            let mut full = KindCounts::default();
+            let mut full_errors = Vec::new();
+            for c in s.cells() {
+                match c.value {
+                    Value::Empty => full.empty += 1,
+                    Value::Bool(_) => full.bool += 1,
+                    Value::Error(e) => {
+                        full.error += 1;
+                        full_errors.push((c.row, c.col, e));
+                    }
+                    Value::Text(_) => full.text += 1,
+                    Value::Number(_) => full.number += 1,
+                    Value::Date(_) => full.date += 1,
+                    Value::Duration(_) => full.duration += 1,
+                }
+            }
+            let mut checks = 0;
+            let fast = s.kind_counts::<()>(|| {
+                checks += 1;
+                Ok(())
+            });
+            assert_eq!(fast, Ok(full), "wide payloads: {wide}");
+            assert!(checks >= 1 && full.number > 0 && full.error > 0 && full.empty > 0);
+            let errors: Vec<_> = s.error_cells().map(|(at, e)| (at.row, at.col, e)).collect();
+            assert_eq!(errors, full_errors);
+            assert_eq!(s.kind_counts(|| Err("stopped")), Err("stopped"));
+        }
     }
 
     #[test]

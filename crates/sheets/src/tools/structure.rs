@@ -85,28 +85,17 @@ pub struct SheetStatisticsOutput {
 pub fn sheet_statistics(engine: &Engine, p: SheetParams, budget: &Budget) -> Result<SheetStatisticsOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let sheet = engine.sheet(&wb, p.sheet_name.as_deref(), budget)?;
-    let mut t = TypeCounts::default();
-    let mut errors = Vec::new();
-    let mut empty_formula = 0;
-    for (i, c) in sheet.cells().iter().enumerate() {
-        if i % 65_536 == 0 {
-            budget.check()?;
-        }
-        match c.value {
-            Value::Number(_) => t.number += 1,
-            Value::Text(_) => t.text += 1,
-            Value::Bool(_) => t.bool += 1,
-            Value::Date(_) => t.date += 1,
-            Value::Duration(_) => t.duration += 1,
-            Value::Error(e) => {
-                t.error += 1;
-                if errors.len() < 20 {
-                    errors.push(CellError { cell: CellRef::new(c.row, c.col).to_string(), error: e.as_str().into() });
-                }
-            }
-            Value::Empty => empty_formula += 1,
-        }
-    }
+    // Counted from the cell tags and only the error cells decoded: a statistics call on a big
+    // sheet stays a pass over one byte a cell.
+    let k = sheet.kind_counts(|| budget.check())?;
+    let t =
+        TypeCounts { number: k.number, text: k.text, bool: k.bool, date: k.date, duration: k.duration, error: k.error };
+    let empty_formula = k.empty;
+    let errors: Vec<CellError> = sheet
+        .error_cells()
+        .take(20)
+        .map(|(at, e)| CellError { cell: at.to_string(), error: e.as_str().into() })
+        .collect();
     let filled = sheet.cell_count() as u64 - empty_formula;
     let area = sheet.used.map(|u| u.area()).unwrap_or(0);
     Ok(SheetStatisticsOutput {

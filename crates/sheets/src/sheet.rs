@@ -1008,8 +1008,8 @@ mod tests {
                     x ^= x << 17;
                     let n = if wide { f64::from_bits((x >> 12) | 0x3FF0_0000_0000_0000) } else { f64::from(c) / 4.0 };
                     let v = match x % 8 {
-                        0 => Value::Bool(x % 3 == 0),
-                        1 => Value::Error(if x % 2 == 0 { CellError::Div0 } else { CellError::NA }),
+                        0 => Value::Bool(x.is_multiple_of(3)),
+                        1 => Value::Error(if x.is_multiple_of(2) { CellError::Div0 } else { CellError::NA }),
                         2 => t,
                         3 => Value::Date(45_000.0 + f64::from(c)),
                         4 => Value::Duration(0.5),

@@ -544,21 +544,24 @@ async def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(script
 # Streamable HTTP: the proxy serving HTTP clients, and an upstream over HTTP.
 
 @contextlib.contextmanager
-def proxy_http(upstream_args, state_dir, admin_port, env=None):
-    """`gemba proxy --http 127.0.0.1:0 …`; yields its MCP URL."""
+def proxy_http(upstream_args, state_dir, admin_port, env=None, log=None):
+    """`gemba proxy --http 127.0.0.1:0 …`; yields its MCP URL. Its stderr lines are appended to
+    `log` when one is given."""
     args = [BIN, "proxy", "--http", "127.0.0.1:0", "--state-dir", str(state_dir),
             "--admin", f"127.0.0.1:{admin_port}", *upstream_args]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "GEMBA_LOG": "warn", **(env or {})})
     url = None
+    log = [] if log is None else log
     try:
         for line in p.stderr:
+            log.append(line)
             m = re.search(r"listening on (http://\S+)", line)
             if m:
                 url = m.group(1)
                 break
         assert url, "gemba proxy did not report its address"
-        threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+        threading.Thread(target=lambda: [log.append(line) for line in p.stderr], daemon=True).start()
         yield url
     finally:
         p.terminate()
@@ -830,6 +833,10 @@ async def which_side(url) -> str:
         return sides.pop()
 
 
+def experiments_json(port) -> dict:
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/experiments.json", timeout=10).read())
+
+
 def experiment_state(port) -> dict:
     text = scrape(port)
     return {s: series(text, "gemba_experiment_state", experiment="v2-canary", state=s)
@@ -848,6 +855,10 @@ async def test_a_canary_whose_guard_breaks_is_rolled_back_end_to_end(scripts, tm
         port = free_port()
         with proxy_http(args, state, port) as url:
             assert experiment_state(port)["running"] == 1
+            status = experiments_json(port)
+            assert [x["name"] for x in status["experiments"]] == ["v2-canary"], status
+            assert status["experiments"][0]["state"] == "running", status
+            assert [(u["upstream"], u["name"]) for u in status["upstreams"]] == [("a", "v1"), ("b", "v2")], status
             before = {"a": 0, "b": 0}
             # Sessions split (50 %) until B has served a few.
             for _ in range(20):
@@ -861,14 +872,26 @@ async def test_a_canary_whose_guard_breaks_is_rolled_back_end_to_end(scripts, tm
             # The evaluator (every 10 s) sees B's server errors and rolls it back.
             assert wait_for(lambda: experiment_state(port)["rolled_back"] == 1, timeout=40), scrape(port)
             assert experiment_state(port)["running"] == 0
+            # /experiments.json on the admin listener tells the same story: rolled back, B's
+            # guard broken, and how many sessions each upstream was given.
+            status = experiments_json(port)
+            canary = status["experiments"][0]
+            assert canary["state"] == "rolled_back", canary
+            assert any(t["role"] == "guard" and t["status"] == "broken" and t["variant"] == "b"
+                       for t in canary["tests"]), canary
+            sessions = {u["name"]: u["sessions"] for u in status["upstreams"]}
+            assert sessions == {"v1": before["a"], "v2": before["b"]}, (sessions, before)
             after = [await which_side(url) for _ in range(8)]
             assert after == ["a"] * 8, after
+            assert {u["name"]: u["sessions"] for u in experiments_json(port)["upstreams"]} == \
+                {"v1": before["a"] + 8, "v2": before["b"]}
             assert wait_for(lambda: any("ExperimentRolledBack" in b for b in alerts), timeout=20), alerts
             assert any("v2-canary" in b for b in alerts if "ExperimentRolledBack" in b)
         # Restarted on the same state directory: still rolled back, every session on A.
         port = free_port()
         with proxy_http(args, state, port) as url:
             assert experiment_state(port) == {"running": 0, "rolled_back": 1}
+            assert experiments_json(port)["experiments"][0]["state"] == "rolled_back"
             again = [await which_side(url) for _ in range(6)]
             assert again == ["a"] * 6, again
 
@@ -924,3 +947,254 @@ async def test_stateless_2026_requests_pass_through_the_http_front(upstream_kind
         assert series(metrics, "gemba_tool_requests_total", tool="read_table", upstream="sheets", outcome="ok") == 1
         assert series(metrics, "mcp_server_operation_duration_seconds_count", mcp_method_name="tools/call",
                       gen_ai_tool_name="list_workbooks", mcp_protocol_version=MODERN) >= 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancellation end to end: the client abandons a call in flight; the upstream (FastMCP) is told
+# for the request it is running (the id it saw, which the proxy chose itself for stateless
+# 2026-era requests), says so, and the proxy counts the call as cancelled. Progress on the way
+# reaches the client under its own token.
+
+SLOW_SERVER = textwrap.dedent('''
+    """FastMCP: `slow` reports progress until it is cancelled (at most 30 s). Each call and each
+    cancellation is written to $CANCEL_LOG with the request id this server saw."""
+    import json, os
+    import anyio
+    from mcp.server.mcpserver import MCPServer, Context
+
+    mcp = MCPServer("slow")
+    log = open(os.environ["CANCEL_LOG"], "a", buffering=1)
+
+    @mcp.tool()
+    async def slow(ctx: Context) -> str:
+        """Works until cancelled, reporting progress."""
+        rid = json.dumps(ctx.request_id)
+        log.write(f"call {rid}\\n")
+        try:
+            for n in range(600):
+                await ctx.report_progress(n + 1, 600)
+                await anyio.sleep(0.05)
+        except anyio.get_cancelled_exc_class():
+            log.write(f"cancelled {rid}\\n")
+            with anyio.CancelScope(shield=True):
+                await ctx.info(f"stopped {rid}")
+            raise
+        return "done"
+
+    @mcp.tool()
+    def echo(text: str) -> str:
+        """Echo."""
+        return text
+
+    if __name__ == "__main__":
+        import warnings
+        warnings.simplefilter("ignore")
+        mcp.run()
+''')
+
+
+async def cancel_a_slow_call(c) -> int:
+    """Start `slow`, wait for its first progress, abandon it; returns the progress seen."""
+    progress = []
+    first = anyio.Event()
+
+    async def on_progress(p, total, message):
+        progress.append(p)
+        first.set()
+    async with anyio.create_task_group() as tg:
+        async def call():
+            await c.call_tool("slow", {}, progress_callback=on_progress)
+            raise AssertionError("slow finished: it was not cancelled")
+        tg.start_soon(call)
+        with anyio.fail_after(TIMEOUT):
+            await first.wait()
+        tg.cancel_scope.cancel()
+    return len(progress)
+
+
+async def until(pred, timeout=20.0):
+    """`wait_for` that lets the client's own tasks run meanwhile (its cancel goes out on one)."""
+    with anyio.move_on_after(timeout):
+        while not (v := pred()):
+            await anyio.sleep(0.1)
+        return v
+    return pred()
+
+
+def cancel_log(path) -> dict:
+    """{"call": [ids], "cancelled": [ids]} from the slow server's log."""
+    out = {"call": [], "cancelled": []}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            kind, rid = line.split(" ", 1)
+            out[kind].append(json.loads(rid))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_cancelled_call_is_cancelled_upstream_over_stdio(mode, scripts, tmp_path):
+    (scripts / "slow_server.py").write_text(SLOW_SERVER)
+    log = tmp_path / "cancel.log"
+    port = free_port()
+    logs = []
+
+    async def on_log(params):
+        logs.append(params.data)
+    upstream = [PY, str(scripts / "slow_server.py")]
+    async with proxied(upstream, tmp_path / "state", port, env={"CANCEL_LOG": str(log)}, mode=mode,
+                       logging_callback=on_log) as c:
+        assert await cancel_a_slow_call(c) >= 1
+        seen = await until(lambda: (x := cancel_log(log))["cancelled"] and x)
+        assert seen, cancel_log(log)
+        # The upstream was told to cancel the very request it was running, once.
+        assert len(seen["call"]) == 1 and seen["cancelled"] == seen["call"], seen
+        # The session goes on.
+        assert (await c.call_tool("echo", {"text": "still here"})).content[0].text == "still here"
+        if mode == "legacy":
+            # The upstream's reaction (a log message) came back through the proxy.
+            assert await until(lambda: any("stopped" in str(x) for x in logs), timeout=TIMEOUT), logs
+            assert f"stopped {json.dumps(seen['call'][0])}" in logs
+        text = wait_for(lambda: (t := scrape(port)) and series(
+            t, "gemba_tool_requests_total", tool="slow", outcome="cancelled") == 1 and t)
+        assert text, scrape(port)
+        assert series(text, "gemba_tool_requests_total", tool="slow", upstream="slow_server") == 1
+        assert series(text, "gemba_tool_requests_total", tool="echo", outcome="ok") == 1
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_cancelled_call_is_cancelled_upstream_over_http(mode, scripts, tmp_path):
+    """legacy: the client POSTs `notifications/cancelled` in its session. auto (2026-07-28): the
+    client closes the request's stream; the proxy, which gave the request an id of its own on
+    the upstream it shares between stateless requests, cancels it there under that id."""
+    (scripts / "slow_server.py").write_text(SLOW_SERVER)
+    log = tmp_path / "cancel.log"
+    port = free_port()
+    with proxy_http(["--name", "slow", "--", PY, str(scripts / "slow_server.py")], tmp_path / "state", port,
+                    env={"CANCEL_LOG": str(log)}) as url:
+        async with Client(url, mode=mode, read_timeout_seconds=TIMEOUT, cache=None) as c:
+            assert (c.protocol_version == MODERN) == (mode == "auto")
+            assert await cancel_a_slow_call(c) >= 1
+            seen = await until(lambda: (x := cancel_log(log))["cancelled"] and x)
+            assert seen, cancel_log(log)
+            assert len(seen["call"]) == 1 and seen["cancelled"] == seen["call"], seen
+            if mode == "auto":
+                # The id the upstream saw is the proxy's, not the client's.
+                assert str(seen["call"][0]).startswith("gp-"), seen
+            assert (await c.call_tool("echo", {"text": "still here"})).content[0].text == "still here"
+        text = wait_for(lambda: (t := scrape(port)) and series(
+            t, "gemba_tool_requests_total", tool="slow", outcome="cancelled", upstream="slow") == 1 and t)
+        assert text, scrape(port)
+        assert series(text, "gemba_tool_requests_total", tool="slow") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# An HTTP upstream that demands a bearer token (FastMCP over streamable HTTP behind a check).
+
+VAULT_SERVER = textwrap.dedent('''
+    """FastMCP over streamable HTTP behind a bearer-token check."""
+    import os, sys, warnings
+    import uvicorn
+    from mcp.server.mcpserver import MCPServer
+
+    warnings.simplefilter("ignore")
+    mcp = MCPServer("vault")
+
+    @mcp.tool()
+    def secret(name: str) -> str:
+        """A secret, for callers with the token."""
+        return f"the {name} is safe"
+
+    app = mcp.streamable_http_app()
+    expected = ("Bearer " + os.environ["VAULT_TOKEN"]).encode()
+
+    async def guarded(scope, receive, send):
+        if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != expected:
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer error="invalid_token"')]})
+            await send({"type": "http.response.body",
+                        "body": b'{"error": "invalid_token", "error_description": "missing or wrong bearer token"}'})
+            return
+        await app(scope, receive, send)
+
+    uvicorn.run(guarded, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+''')
+
+
+@contextlib.contextmanager
+def vault_server(scripts, token):
+    (scripts / "vault.py").write_text(VAULT_SERVER)
+    port = free_port()
+    p = subprocess.Popen([PY, str(scripts / "vault.py"), str(port)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env={**os.environ, "VAULT_TOKEN": token})
+
+    def listening():
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    try:
+        assert wait_for(listening, timeout=30), "the vault server did not start"
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        p.terminate()
+        p.wait(timeout=15)
+
+
+def messages_of(e: BaseException) -> str:
+    """Every message in an exception and the groups and causes it holds."""
+    parts = [str(e)]
+    for sub in getattr(e, "exceptions", ()):
+        parts.append(messages_of(sub))
+    if e.__cause__ is not None:
+        parts.append(messages_of(e.__cause__))
+    return " | ".join(parts)
+
+
+async def test_an_upstream_that_demands_a_token(scripts, tmp_path):
+    token = "tok-" + os.urandom(12).hex()
+    wrong = "tok-" + os.urandom(12).hex()
+    with vault_server(scripts, token) as up:
+        logs, scraped = [], []
+        # The right token, from the environment: served and measured.
+        port = free_port()
+        with proxy_http(["--name", "vault", "--upstream", up], tmp_path / "right", port,
+                        env={"GEMBA_UPSTREAM_TOKEN": token, "GEMBA_LOG": "debug"}, log=logs) as url:
+            async with Client(url, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as c:
+                r = await c.call_tool("secret", {"name": "vault"})
+                assert r.content[0].text == "the vault is safe"
+            text = wait_for(lambda: (t := scrape(port)) and series(
+                t, "gemba_tool_requests_total", tool="secret", outcome="ok", upstream="vault") == 1 and t)
+            assert text, scrape(port)
+            assert series(text, "gemba_proxy_upstream_unauthorized_total", upstream="vault") == 0
+            scraped.append(text)
+        # A wrong token (the flag) and none at all: the client is told what the upstream said
+        # and what to do; the refusals are counted.
+        for name, extra, env, hint in [
+            ("wrong", ["--upstream-token", wrong], {}, "refused the token"),
+            ("missing", [], {"GEMBA_UPSTREAM_TOKEN": ""}, "sent no token"),
+        ]:
+            port = free_port()
+            with proxy_http(["--name", "vault", "--upstream", up, *extra], tmp_path / name, port,
+                            env={"GEMBA_LOG": "debug", **env}, log=logs) as url:
+                with pytest.raises(BaseException) as failed:
+                    async with Client(url, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as c:
+                        await c.call_tool("secret", {"name": "vault"})
+                said = messages_of(failed.value)
+                assert "401" in said and hint in said, said
+                assert "--upstream-token or GEMBA_UPSTREAM_TOKEN" in said, said
+                assert "invalid_token" in said, said  # the upstream's own words
+                text = wait_for(lambda: (t := scrape(port)) and series(
+                    t, "gemba_proxy_upstream_unauthorized_total", upstream="vault") >= 1 and t)
+                assert text, scrape(port)
+                assert series(text, "gemba_proxy_failed_requests_total", upstream="vault") >= 1
+                assert series(text, "gemba_tool_requests_total", tool="initialize", outcome="internal",
+                              upstream="vault") >= 1
+                scraped.append(text)
+                scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics.json", timeout=10)
+                               .read().decode())
+    # No token anywhere: not in the logs (at debug level), the metrics or the state directory.
+    everything = "".join(logs) + "".join(scraped)
+    assert "401" in everything  # the refusals were logged
+    for t in (token, wrong):
+        assert t not in everything
+        for f in tmp_path.rglob("*"):
+            if f.is_file():
+                assert t.encode() not in f.read_bytes(), f

@@ -20,6 +20,10 @@ use crate::wiring::Kaizen;
 /// A readiness check beyond the state database: returns what is wrong, or `None`.
 pub type ReadyCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
+/// The status of experiments an embedder runs itself (the proxy's A/B between upstreams), for
+/// `/experiments.json` in place of `gemba serve`'s.
+pub type ExperimentsStatus = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 pub struct Admin {
     pub registry: Registry,
     pub kaizen: Arc<Kaizen>,
@@ -30,6 +34,8 @@ pub struct Admin {
     pub dashboard: Arc<crate::dashboard::Dashboard>,
     /// Required on every route but the health checks when set (`--admin-token`).
     pub token: Option<String>,
+    /// `/experiments.json` from the embedder's own experiments, when it has them.
+    pub experiments: Option<ExperimentsStatus>,
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text format.
@@ -77,7 +83,11 @@ async fn incidents_json(State(a): State<Arc<Admin>>, uri: axum::http::Uri) -> Re
 }
 
 async fn experiments_json(State(a): State<Arc<Admin>>) -> Response {
-    let body = a.kaizen.experiments.as_ref().map_or_else(crate::experiments::none_json, |x| x.status_json());
+    let body = match (&a.experiments, &a.kaizen.experiments) {
+        (Some(own), _) => own(),
+        (None, Some(x)) => x.status_json(),
+        (None, None) => crate::experiments::none_json(),
+    };
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 

@@ -218,6 +218,7 @@ pub async fn start(
             checks: Vec::new(),
             dashboard,
             token: cfg.admin_token.clone(),
+            experiments: None,
         };
         admin::spawn(addr, a).await?;
     }

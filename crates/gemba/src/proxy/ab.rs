@@ -96,6 +96,39 @@ pub fn choose(engine: &Engine, unit: &str) -> (usize, Arc<Assignment>) {
     (usize::from(b), Arc::new(a))
 }
 
+/// One arm as the proxy sees it: the upstream behind a value of the knob.
+pub struct Arm {
+    /// The upstream's name (its `upstream` label in metrics).
+    pub upstream: String,
+    /// Sessions (and stateless requests) given to it since the proxy started.
+    pub sessions: u64,
+    /// Its connections open now (processes, or HTTP sessions).
+    pub connections: usize,
+}
+
+/// The engine's status (`/experiments.json`) with, under `upstreams`, which upstream serves
+/// each knob value (`a`, then `b`) and how many sessions each was given.
+pub fn status_json(engine: &Engine, arms: &[Arm]) -> serde_json::Value {
+    let mut status = engine.status_json();
+    let upstreams: Vec<serde_json::Value> = arms
+        .iter()
+        .zip(["a", "b"])
+        .map(|(arm, knob)| {
+            serde_json::json!({
+                KNOB: knob,
+                "name": arm.upstream,
+                "sessions": arm.sessions,
+                "connections": arm.connections,
+            })
+        })
+        .collect();
+    if let Some(map) = status.as_object_mut() {
+        map.insert("upstreams".into(), upstreams.into());
+        map.insert("source".into(), "gemba proxy".into());
+    }
+    status
+}
+
 /// Evaluate the experiments every 10 s, deliver rollbacks as alerts, persist.
 pub struct Experiments {
     pub engine: Arc<Engine>,
@@ -151,6 +184,21 @@ mod tests {
         let b = (0..2_000).filter(|i| choose(&e, &format!("session-{i}")).0 == 1).count();
         // The first step gives B about 5 % of sessions.
         assert!((40..=180).contains(&b), "{b} of 2000 sessions on B");
+    }
+
+    #[test]
+    fn the_status_names_the_upstream_of_each_arm() {
+        let e = engine(None, None).unwrap();
+        let arms = [
+            Arm { upstream: "v1".into(), sessions: 7, connections: 1 },
+            Arm { upstream: "v2".into(), sessions: 2, connections: 0 },
+        ];
+        let s = status_json(&e, &arms);
+        assert_eq!(s["experiments"][0]["name"], "upstream-b-canary");
+        assert_eq!(s["experiments"][0]["state"], "running");
+        assert_eq!(s["upstreams"][1]["upstream"], "b");
+        assert_eq!(s["upstreams"][1]["name"], "v2");
+        assert_eq!(s["upstreams"][0]["sessions"], 7);
     }
 
     #[test]

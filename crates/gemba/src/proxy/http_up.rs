@@ -28,17 +28,39 @@ const MAX_QUOTED: usize = 300;
 pub type HeaderParams = Vec<(Vec<String>, String)>;
 
 /// Where and how to reach an HTTP upstream.
-#[derive(Debug)]
 pub struct HttpTarget {
     pub url: String,
+    /// Never printed: `Debug` shows only whether there is one.
     token: Option<String>,
+    /// Where the user gives the token (flag / environment variable), for error messages.
+    token_source: &'static str,
     client: reqwest::Client,
     /// Per tool: arguments promoted to `Mcp-Param-*` headers (2026-07-28).
     pub header_params: Mutex<HashMap<String, HeaderParams>>,
 }
 
+impl std::fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTarget")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where `--upstream`'s token is given.
+pub const TOKEN_SOURCE_A: &str = "--upstream-token or GEMBA_UPSTREAM_TOKEN";
+/// Where `--upstream-b`'s token is given.
+pub const TOKEN_SOURCE_B: &str = "--upstream-b-token or GEMBA_UPSTREAM_B_TOKEN";
+
 impl HttpTarget {
+    /// The `--upstream` target (its token from [`TOKEN_SOURCE_A`]).
     pub fn new(url: &str, token: Option<String>) -> Result<Self> {
+        Self::with_token_source(url, token, TOKEN_SOURCE_A)
+    }
+
+    /// A target whose token the user gives at `token_source` (named in 401 errors).
+    pub fn with_token_source(url: &str, token: Option<String>, token_source: &'static str) -> Result<Self> {
         let parsed = reqwest::Url::parse(url).with_context(|| format!("--upstream {url} is not a URL"))?;
         match parsed.scheme() {
             "http" => {}
@@ -52,7 +74,23 @@ impl HttpTarget {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self { url: url.to_string(), token, client, header_params: Mutex::new(HashMap::new()) })
+        let token = token.filter(|t| !t.trim().is_empty());
+        Ok(Self { url: url.to_string(), token, token_source, client, header_params: Mutex::new(HashMap::new()) })
+    }
+
+    /// What to tell a client when the upstream refused the proxy (HTTP 401/403): the status,
+    /// the upstream's words, and where the token is given.
+    pub fn refused(&self, status: reqwest::StatusCode, body: &str) -> String {
+        let what = match (status, &self.token) {
+            (reqwest::StatusCode::FORBIDDEN, Some(_)) => {
+                format!("its token does not allow this; give a token that does with {}", self.token_source)
+            }
+            (_, None) => format!("gemba proxy sent no token; give the upstream's token with {}", self.token_source),
+            (_, Some(_)) => format!("it refused the token gemba proxy sent; check {}", self.token_source),
+        };
+        let body = quote(body);
+        let said = if body.is_empty() { String::new() } else { format!(" ({body})") };
+        format!("the upstream MCP server at {} answered HTTP {status}{said}: {what}", self.url)
     }
 
     fn request(
@@ -169,6 +207,10 @@ pub async fn post_once(
     let mut resp = b.body(body).send().await.with_context(|| format!("cannot reach {}", target.url))?;
     let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let status = resp.status();
+    if is_refusal(status) {
+        let text = resp.text().await.unwrap_or_default();
+        bail!("{}", target.refused(status, &text));
+    }
     if req.get("id").is_none() {
         return Ok((Value::Null, sid));
     }
@@ -191,6 +233,11 @@ pub async fn post_once(
         }
     }
     bail!("{} closed the stream without answering", target.url)
+}
+
+/// The upstream refused the proxy itself (its token), not the request.
+fn is_refusal(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
 }
 
 fn content_type(resp: &reqwest::Response) -> String {
@@ -381,6 +428,17 @@ impl Shared {
             *self.session.lock() = Some(sid.to_string());
         }
         if status == reqwest::StatusCode::ACCEPTED {
+            return;
+        }
+        if is_refusal(status) {
+            let body = resp.text().await.unwrap_or_default();
+            self.posts_done(&ids);
+            self.health.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let why = self.target.refused(status, &body);
+            tracing::warn!("{why}");
+            if !ids.is_empty() {
+                self.fail(ids, why).await;
+            }
             return;
         }
         if status == reqwest::StatusCode::NOT_FOUND && session.is_some() && !initialize {

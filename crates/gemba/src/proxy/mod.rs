@@ -161,8 +161,15 @@ pub struct UpstreamDef {
     pub recorder: Arc<Recorder>,
     links: Mutex<Vec<Weak<Link>>>,
     /// Counters of links that are gone.
-    retired: [AtomicU64; 3],
+    retired: [AtomicU64; 4],
+    /// Sessions (and stateless requests) the experiments gave this upstream.
+    assigned: AtomicU64,
     shared: OnceCell<Arc<Link>>,
+}
+
+/// The counters `UpstreamDef::totals` sums, in its order.
+fn health_counts(h: &upstream::Health) -> [u64; 4] {
+    [&h.exits, &h.restarts, &h.failed_requests, &h.refusals].map(|c| c.load(Ordering::Relaxed))
 }
 
 impl UpstreamDef {
@@ -179,23 +186,22 @@ impl UpstreamDef {
         out
     }
 
-    /// (exits, restarts, requests answered by the proxy), over every link there has been.
-    fn totals(&self) -> [u64; 3] {
-        let mut t: [u64; 3] = std::array::from_fn(|i| self.retired[i].load(Ordering::Relaxed));
+    /// (exits, restarts, requests answered by the proxy, refusals of its token), over every
+    /// link there has been.
+    fn totals(&self) -> [u64; 4] {
+        let mut t: [u64; 4] = std::array::from_fn(|i| self.retired[i].load(Ordering::Relaxed));
         for link in self.live() {
-            let h = link.upstream.health();
-            t[0] += h.exits.load(Ordering::Relaxed);
-            t[1] += h.restarts.load(Ordering::Relaxed);
-            t[2] += h.failed_requests.load(Ordering::Relaxed);
+            for (sum, n) in t.iter_mut().zip(health_counts(link.upstream.health())) {
+                *sum += n;
+            }
         }
         t
     }
 
     fn retire(&self, link: &Link) {
-        let h = link.upstream.health();
-        self.retired[0].fetch_add(h.exits.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.retired[1].fetch_add(h.restarts.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.retired[2].fetch_add(h.failed_requests.load(Ordering::Relaxed), Ordering::Relaxed);
+        for (sum, n) in self.retired.iter().zip(health_counts(link.upstream.health())) {
+            sum.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -297,9 +303,11 @@ pub fn default_name(kind: &UpstreamKind) -> String {
     }
 }
 
+/// `--upstream-b`: a URL (its token from `--upstream-b-token`) or a command line.
 fn parse_upstream(text_or_url: &str, token: Option<String>) -> Result<UpstreamKind> {
     if text_or_url.starts_with("http://") || text_or_url.starts_with("https://") {
-        return Ok(UpstreamKind::Http(Arc::new(HttpTarget::new(text_or_url, token)?)));
+        let target = HttpTarget::with_token_source(text_or_url, token, http_up::TOKEN_SOURCE_B)?;
+        return Ok(UpstreamKind::Http(Arc::new(target)));
     }
     let words = split_command(text_or_url)?;
     let Some((prog, args)) = words.split_first() else { bail!("--upstream-b is empty") };
@@ -385,6 +393,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         recorder: ops.recorder(&a_label, enabled),
         links: Mutex::new(Vec::new()),
         retired: Default::default(),
+        assigned: AtomicU64::new(0),
         shared: OnceCell::new(),
     }];
     if let (Some(kind), Some(label)) = (b_kind, b_label) {
@@ -394,6 +403,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             kind,
             links: Mutex::new(Vec::new()),
             retired: Default::default(),
+            assigned: AtomicU64::new(0),
             shared: OnceCell::new(),
         });
     }
@@ -466,6 +476,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             checks: vec![Box::new(move || p.readiness())],
             dashboard: crate::dashboard::Dashboard::new(kaizen.clone()),
             token: args.admin_token.clone().filter(|t| !t.trim().is_empty()),
+            experiments: proxy.engine.is_some().then(|| experiments_status(&proxy)),
         };
         crate::admin::spawn(addr, a).await?;
     }
@@ -507,13 +518,7 @@ impl Proxy {
         listener: Option<Sink>,
         transport: usize,
     ) -> Result<(Arc<Link>, Option<Arc<Assignment>>)> {
-        let (which, assignment) = match &self.engine {
-            Some(e) => {
-                let (w, a) = ab::choose(e, &format!("{session:016x}"));
-                (w, Some(a))
-            }
-            None => (0, None),
-        };
+        let (which, assignment) = self.choose_request(&format!("{session:016x}"));
         Ok((self.new_link(which, false, listener, transport), assignment))
     }
 
@@ -525,13 +530,15 @@ impl Proxy {
 
     /// Which upstream a stateless request goes to, and its assignment.
     pub fn choose_request(&self, unit: &str) -> (usize, Option<Arc<Assignment>>) {
-        match &self.engine {
+        let (which, assignment) = match &self.engine {
             Some(e) => {
                 let (w, a) = ab::choose(e, unit);
                 (w, Some(a))
             }
             None => (0, None),
-        }
+        };
+        self.upstreams[which].assigned.fetch_add(1, Ordering::Relaxed);
+        (which, assignment)
     }
 
     fn new_link(&self, which: usize, shared: bool, listener: Option<Sink>, transport: usize) -> Arc<Link> {
@@ -605,6 +612,27 @@ impl Proxy {
     }
 }
 
+/// `/experiments.json` on the admin listener: the engine's status (states, shares, guard tests,
+/// decisions such as a rollback) and, per arm, the upstream that serves it and how many sessions
+/// it was given.
+fn experiments_status(proxy: &Arc<Proxy>) -> crate::admin::ExperimentsStatus {
+    let p = Arc::downgrade(proxy);
+    Box::new(move || {
+        let Some(p) = p.upgrade() else { return crate::experiments::none_json() };
+        let Some(engine) = &p.engine else { return crate::experiments::none_json() };
+        let arms: Vec<ab::Arm> = p
+            .upstreams
+            .iter()
+            .map(|d| ab::Arm {
+                upstream: d.label.clone(),
+                sessions: d.assigned.load(Ordering::Relaxed),
+                connections: d.live().len(),
+            })
+            .collect();
+        ab::status_json(engine, &arms)
+    })
+}
+
 fn now_nanos() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -642,7 +670,7 @@ fn set_samples(proxy: &Arc<Proxy>, kaizen: &Arc<Kaizen>) {
         for d in &p.upstreams {
             let live = d.live();
             let up = live.iter().filter(|l| l.upstream.health().is_up()).count();
-            let [exits, restarts, failed] = d.totals();
+            let [exits, restarts, failed, refusals] = d.totals();
             let l = |s: Sample| s.label("upstream", &d.label);
             out.push(l(Sample::new(
                 "gemba_proxy_upstream_up",
@@ -673,6 +701,12 @@ fn set_samples(proxy: &Arc<Proxy>, kaizen: &Arc<Kaizen>) {
                 "Requests the proxy answered with an error because the upstream could not (it died, was unreachable, or stayed down).",
                 Kind::Counter,
                 failed as f64,
+            )));
+            out.push(l(Sample::new(
+                "gemba_proxy_upstream_unauthorized",
+                "HTTP 401/403 answers from the upstream: it refused the proxy's token (or its lack of one).",
+                Kind::Counter,
+                refusals as f64,
             )));
         }
         out.push(Sample::new(

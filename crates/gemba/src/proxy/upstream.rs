@@ -53,6 +53,8 @@ pub struct Health {
     pub failed_requests: AtomicU64,
     /// Messages from the upstream that could not be read or routed.
     pub dropped_messages: AtomicU64,
+    /// HTTP 401/403 answers: the upstream refused the proxy's token (or its lack of one).
+    pub refusals: AtomicU64,
     pub last_exit: Mutex<Option<String>>,
     pub down_since: Mutex<Option<Instant>>,
     /// When the next restart attempt is due, while down.

@@ -993,8 +993,9 @@ SLOW_SERVER = textwrap.dedent('''
 ''')
 
 
-async def cancel_a_slow_call(c) -> int:
-    """Start `slow`, wait for its first progress, abandon it; returns the progress seen."""
+async def cancel_a_slow_call(c, meanwhile=None) -> int:
+    """Start `slow`, wait for its first progress, run `meanwhile()` if given, abandon the call;
+    returns the progress seen."""
     progress = []
     first = anyio.Event()
 
@@ -1008,6 +1009,8 @@ async def cancel_a_slow_call(c) -> int:
         tg.start_soon(call)
         with anyio.fail_after(TIMEOUT):
             await first.wait()
+        if meanwhile is not None:
+            await meanwhile(progress)
         tg.cancel_scope.cancel()
     return len(progress)
 
@@ -1071,9 +1074,24 @@ async def test_a_cancelled_call_is_cancelled_upstream_over_http(mode, scripts, t
     port = free_port()
     with proxy_http(["--name", "slow", "--", PY, str(scripts / "slow_server.py")], tmp_path / "state", port,
                     env={"CANCEL_LOG": str(log)}) as url:
+        async def forge_a_cancel(progress):
+            """Another stateless caller names the running request's upstream id: not forwarded."""
+            import httpx2
+            up_id = cancel_log(log)["call"][0]
+            body = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": up_id, "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}}}
+            headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+                       "MCP-Protocol-Version": MODERN, "Mcp-Method": "notifications/cancelled"}
+            async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
+                r = await http.post(url, json=body, headers=headers)
+                assert r.status_code == 202, r.text
+            before = len(progress)
+            assert await until(lambda: len(progress) >= before + 5), "the call stopped reporting progress"
+            assert cancel_log(log)["cancelled"] == []
+
         async with Client(url, mode=mode, read_timeout_seconds=TIMEOUT, cache=None) as c:
             assert (c.protocol_version == MODERN) == (mode == "auto")
-            assert await cancel_a_slow_call(c) >= 1
+            assert await cancel_a_slow_call(c, forge_a_cancel if mode == "auto" else None) >= 1
             seen = await until(lambda: (x := cancel_log(log))["cancelled"] and x)
             assert seen, cancel_log(log)
             assert len(seen["call"]) == 1 and seen["cancelled"] == seen["call"], seen

@@ -42,6 +42,8 @@ const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Messages waiting to be written (while the process is slow or restarting).
 const QUEUE: usize = 256;
+/// Bytes of queued messages gathered into one write to the process.
+const MAX_BATCH: usize = 256 * 1024;
 
 struct Backoff {
     next: Duration,
@@ -301,12 +303,35 @@ async fn write_loop(
     written: Arc<AtomicU64>,
 ) {
     let mut rx = rx.lock().await;
-    while let Some((seq, line)) = rx.recv().await {
-        // Counted as given to this process before the write: if it dies now, the message died
-        // with it.
+    // Messages queued together go out in one write: with many callers, one syscall (and one
+    // wake-up of the upstream) for several messages.
+    let mut batch: Vec<u8> = Vec::new();
+    while let Some((mut seq, line)) = rx.recv().await {
+        let Ok((next_seq, next)) = rx.try_recv() else {
+            // Counted as given to this process before the write: if it dies now, the message
+            // died with it.
+            written.store(seq, Ordering::Release);
+            if stdin.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        batch.clear();
+        batch.extend_from_slice(line.as_bytes());
+        batch.extend_from_slice(next.as_bytes());
+        seq = next_seq;
+        while batch.len() < MAX_BATCH
+            && let Ok((s, more)) = rx.try_recv()
+        {
+            batch.extend_from_slice(more.as_bytes());
+            seq = s;
+        }
         written.store(seq, Ordering::Release);
-        if stdin.write_all(line.as_bytes()).await.is_err() {
+        if stdin.write_all(&batch).await.is_err() {
             return;
+        }
+        if batch.capacity() > MAX_BATCH * 4 {
+            batch = Vec::new();
         }
     }
 }
@@ -380,7 +405,7 @@ pub(crate) async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
                 LineRead::Line
             });
         }
-        let (take, done) = match memchr_newline(chunk) {
+        let (take, done) = match memchr::memchr(b'\n', chunk) {
             Some(i) => (i + 1, true),
             None => (chunk.len(), false),
         };
@@ -395,10 +420,6 @@ pub(crate) async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
             return Ok(if skipped > 0 { LineRead::TooLong(skipped) } else { LineRead::Line });
         }
     }
-}
-
-fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|c| *c == b'\n')
 }
 
 #[cfg(test)]

@@ -251,8 +251,12 @@ impl Link {
             }
             _ => {
                 self.note_client_message(&m, &text);
-                if self.shared && m.kind != Kind::Notification {
+                if self.shared && (m.kind != Kind::Notification || m.method() == "notifications/cancelled") {
                     // Answers to server requests have no client to come from on a shared link.
+                    // Nor does a cancellation: upstream ids there are the proxy's, so a client
+                    // naming one could cancel another client's request; a 2026-era client
+                    // cancels by closing its stream, which `abandon` turns into the upstream's
+                    // cancellation.
                     return;
                 }
                 let _order = self.send_order.lock().await;
@@ -322,7 +326,10 @@ impl Link {
         let timer = self.recorder.start(op);
         let args_text = tool.as_ref().and_then(|(_, a)| *a).unwrap_or("");
         let args_hash = tool.as_ref().map_or(0, |(n, _)| fnv(n.as_bytes()) ^ fnv(args_text.as_bytes()));
-        let args = tool.as_ref().map(|_| log_message(&args_text.chars().take(MAX_ARGS).collect::<String>()));
+        let args = tool.as_ref().map(|_| {
+            let end = args_text.char_indices().nth(MAX_ARGS).map_or(args_text.len(), |(i, _)| i);
+            log_message(&args_text[..end])
+        });
         let version = message::meta_protocol_version(m.params)
             .or_else(|| if method == "initialize" { message::protocol_version(m.params) } else { None })
             .or_else(|| ctx.protocol.clone());

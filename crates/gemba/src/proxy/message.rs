@@ -233,7 +233,7 @@ pub fn is_tool_error(result: Option<&str>) -> bool {
 fn may_say_is_error_true(text: &str) -> bool {
     const KEY: &str = "\"isError\"";
     let mut rest = text;
-    while let Some(i) = rest.find(KEY) {
+    while let Some(i) = memchr::memmem::find(rest.as_bytes(), KEY.as_bytes()) {
         rest = &rest[i + KEY.len()..];
         let after = rest.trim_start();
         if let Some(value) = after.strip_prefix(':')

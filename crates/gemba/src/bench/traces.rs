@@ -115,6 +115,72 @@ fn sink() -> Result<(u16, Arc<AtomicU64>, Arc<AtomicU64>)> {
     Ok((port, posts, bytes))
 }
 
+/// CPU seconds a thread of this process has used (`thread`: an id from `/proc/self/task`, or
+/// `None` for the calling thread), from the kernel's per-thread clock.
+fn thread_cpu_secs(thread: Option<&str>) -> Option<f64> {
+    let path = match thread {
+        Some(tid) => format!("/proc/self/task/{tid}/stat"),
+        None => "/proc/thread-self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / 100.0)
+}
+
+/// Calls whose spans the in-process figure builds.
+const SPAN_CALLS: usize = 100_000;
+
+/// The tracing code's own cost per call, apart from any server: a tool call's spans in
+/// Gemba's shape (the SERVER span with its MCP attributes, four stage children) built and
+/// submitted `SPAN_CALLS` times on this thread, then exported to the sink by the exporter
+/// thread. Returns CPU µs per call on the caller's side and on the exporter's.
+fn span_cost(port: u16) -> Result<(f64, f64)> {
+    use kaizen::trace::span::{Span, SpanKind, Value};
+    use kaizen::trace::{Endpoint, ExportConfig, Exporter, Resource, SpanId, TraceId};
+    let ep = Endpoint { host: "127.0.0.1".into(), port, path: "/v1/traces".into() };
+    let res = Resource { attributes: vec![("service.name".into(), Value::Static("bench"))], ..Default::default() };
+    let mut cfg = ExportConfig::new(ep, res);
+    cfg.queue_capacity = 1 << 20;
+    let exporter = Exporter::start(cfg)?;
+    let tid = std::fs::read_dir("/proc/self/task")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|t| std::fs::read_to_string(format!("/proc/self/task/{t}/comm")).is_ok_and(|c| c.trim() == "kaizen-otlp"))
+        .context("cannot find the exporter thread in /proc/self/task")?;
+    let (caller0, exporter0) = (thread_cpu_secs(None), thread_cpu_secs(Some(&tid)));
+    for i in 0..SPAN_CALLS {
+        let (trace, id) = (TraceId::random(), SpanId::random());
+        let mut root = Span::new(trace, Some(SpanId::random()), "tools/call list_sheets", 1, 2);
+        root.span_id = id;
+        root.kind = SpanKind::Server;
+        root.attributes = Vec::with_capacity(8);
+        root.attributes.extend([
+            ("mcp.method.name", Value::Static("tools/call")),
+            ("gen_ai.tool.name", Value::Static("list_sheets")),
+            ("gen_ai.operation.name", Value::Static("execute_tool")),
+            ("mcp.session.id", Value::Hex64(7)),
+            ("jsonrpc.request.id", Value::Decimal(i as i64)),
+            ("mcp.protocol.version", Value::Static("2025-06-18")),
+            ("network.transport", Value::Static("pipe")),
+        ]);
+        let mut spans = Vec::with_capacity(8);
+        spans.push(root);
+        for stage in ["validate", "load", "extract", "serialize"] {
+            spans.push(Span::new(trace, Some(id), stage, 1, 2));
+        }
+        exporter.submit(spans);
+    }
+    let caller = thread_cpu_secs(None).zip(caller0).map(|(b, a)| b - a);
+    exporter.flush(Duration::from_secs(30));
+    let spent = thread_cpu_secs(Some(&tid)).zip(exporter0).map(|(b, a)| b - a);
+    let dropped: u64 = exporter.stats().dropped().iter().map(|(_, n)| n).sum();
+    if dropped > 0 {
+        anyhow::bail!("the in-process span figure dropped {dropped} spans; the sink did not keep up");
+    }
+    let per_call = |s: Option<f64>| s.map_or(f64::NAN, |s| s / SPAN_CALLS as f64 * 1e6);
+    Ok((per_call(caller), per_call(spent)))
+}
+
 pub async fn traces_overhead(dir: &Path, report: &mut serde_json::Map<String, Value>) -> Result<Vec<(String, bool)>> {
     let (port, posts, bytes) = sink()?;
     let endpoint = format!("http://127.0.0.1:{port}");
@@ -123,6 +189,10 @@ pub async fn traces_overhead(dir: &Path, report: &mut serde_json::Map<String, Va
     let id = id_of(&off, "sales_100k.xlsx").await?;
     let cheap = json!({"workbook_id": id});
     let read = json!({"workbook_id": id, "sheet_name": "Sales", "limit": 100});
+    let (caller_us, exporter_us) = tokio::task::spawn_blocking(move || span_cost(port)).await??;
+    outln!(
+        "tracing code alone, {SPAN_CALLS} calls of 5 spans: {caller_us:.2} µs CPU per call building and queueing them, {exporter_us:.2} µs on the exporter thread (encoding and POSTing)"
+    );
     let mut figures = Vec::new();
     let mut loss_cheap = f64::NAN;
     let mut fixed = Vec::new();
@@ -187,6 +257,10 @@ pub async fn traces_overhead(dir: &Path, report: &mut serde_json::Map<String, Va
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     let (np, nb) = (posts.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     outln!("OTLP sink received {np} POSTs, {:.1} MB of spans", nb as f64 / 1e6);
+    report.insert(
+        "traces_span_cost_us".into(),
+        json!({"caller_per_call": caller_us, "exporter_per_call": exporter_us, "calls": SPAN_CALLS}),
+    );
     report.insert(
         "traces".into(),
         json!({"throughput": figures, "fixed_rate": fixed, "sink_posts": np, "sink_bytes": nb}),

@@ -159,6 +159,67 @@ async def test_stdio_spans_carry_the_pipe_transport(phoenix, workspace):
     assert not [s for s in spans if s["trace_id"] == trace and s not in roots and s not in children]
 
 
+async def test_recalc_save_and_libreoffice_are_child_spans(phoenix, scratch_workspace, tmp_path):
+    """A save that recalculates first, then a recalculation through the real LibreOffice, then
+    one through a LibreOffice that exits with status 3: the recalculation, save and LibreOffice
+    runs are child spans of each call's span, the LibreOffice ones carrying the exit status."""
+    project = "gemba-forks"
+    trace = "6e0c63257de34c926f9efcd03919fb92"
+    meta = lambda n: {"traceparent": f"00-{trace}-{n:016x}-01"}
+    fake = tmp_path / "soffice"
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    fake.chmod(0o755)
+    for extra in ([], ["--libreoffice", str(fake)]):
+        with http_server(scratch_workspace, extra, env=env_for(phoenix, project)) as srv:
+            async with Client(streamable_http_client(srv.url), mode="legacy", read_timeout_seconds=120,
+                              cache=None) as c:
+                model = (await ids(c))["model.xlsx"]
+                fork = (await ok(c, "create_fork", {"workbook_id": model}))["fork_id"]
+                await ok(c, "edit_batch", {"fork_id": fork, "sheet_name": "Inputs", "edits": ["B3=5"]})
+                if not extra:
+                    r = await c.call_tool("save_fork", {"fork_id": fork, "target_path": "traced.xlsx"}, meta=meta(1))
+                    assert not r.is_error, r.content
+                    r = await c.call_tool("recalculate", {"fork_id": fork, "backend": "libreoffice"}, meta=meta(2))
+                    assert not r.is_error, r.content
+                else:
+                    r = await c.call_tool("recalculate", {"fork_id": fork, "backend": "libreoffice"}, meta=meta(3))
+                    assert r.is_error
+
+    def ready(spans):
+        parents = {s.get("parent_span_id") for s in spans if s["trace_id"] == trace}
+        return {f"{n:016x}" for n in (1, 2, 3)} <= parents and sum(s["name"] == "libreoffice" for s in spans) >= 2
+    spans = [s for s in spans_of(phoenix, project, ready, timeout=90) if s["trace_id"] == trace]
+    root = {int(s["parent_span_id"], 16): s for s in spans if s.get("parent_span_id", "").startswith("0000")}
+    assert root[1]["name"] == "tools/call save_fork" and root[2]["name"] == "tools/call recalculate"
+
+    def children(parent, name):
+        return [s for s in spans if s.get("parent_span_id") == parent["span_id"] and s["name"] == name]
+
+    def inside(child, parent):
+        return int(parent["start_time_unix_nano"]) <= int(child["start_time_unix_nano"]) \
+            <= int(child["end_time_unix_nano"]) <= int(parent["end_time_unix_nano"])
+
+    # The save recalculated first (the fork was stale), then built and wrote the file.
+    [recalc], [save] = children(root[1], "recalc"), children(root[1], "save")
+    assert attrs(recalc)["gemba.recalc.backend"] in ("in_process", "libreoffice")
+    assert int(attrs(recalc)["gemba.recalc.cells"]) >= 1
+    assert int(attrs(save)["gemba.save.bytes"]) > 1000
+    assert inside(recalc, root[1]) and inside(save, root[1])
+    assert int(recalc["end_time_unix_nano"]) <= int(save["start_time_unix_nano"])
+    assert "error.type" not in attrs(save) and save["status"]["code"] != 2
+    # The real LibreOffice: a run inside the recalculation, exit status 0.
+    [recalc] = children(root[2], "recalc")
+    assert attrs(recalc)["gemba.recalc.backend"] == "libreoffice" and inside(recalc, root[2])
+    [lo] = children(recalc, "libreoffice")
+    assert int(attrs(lo)["process.exit.code"]) == 0 and inside(lo, recalc)
+    # A LibreOffice that exits with 3: each attempt a failed span with that status.
+    [recalc] = children(root[3], "recalc")
+    assert recalc["status"]["code"] == 2 and attrs(recalc)["error.type"]
+    runs = children(recalc, "libreoffice")
+    assert runs and all(int(attrs(s)["process.exit.code"]) == 3 for s in runs)
+    assert all(attrs(s)["error.type"] == "exit_status" and s["status"]["code"] == 2 for s in runs)
+
+
 async def test_a_receiver_that_is_down_costs_only_counted_drops(workspace):
     port = free_port()  # nothing listens there
     with http_server(workspace, ["--otlp-endpoint", f"http://127.0.0.1:{port}", "--trace-sample", "1"],

@@ -114,6 +114,8 @@ pub struct Note {
     pub truncated: std::sync::atomic::AtomicBool,
     /// The MCP session the request came in on (experiments assign by it).
     pub session: u64,
+    /// The heavy steps the call took (recalculations, LibreOffice runs, saves), for traces.
+    pub phases: Mutex<Vec<sheets::phase::Phase>>,
 }
 
 impl Note {

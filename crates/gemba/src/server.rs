@@ -250,6 +250,7 @@ impl GembaServer {
             None => 0,
         };
         note.cache.store(cache, Ordering::Relaxed);
+        *note.phases.lock() = stages.take_phases();
         if let Some(key) = stages.key() {
             // The workbook's size in the cache after the call: what a cache model must hold.
             *note.key.lock() = Some((key.to_string(), self.state.engine.cache.bytes_of(key) as u64));

@@ -5,6 +5,7 @@
 //! standard `OTEL_EXPORTER_OTLP_*` variables turn it on. The generic parts live in
 //! `kaizen::trace`; this module only names things and reads the MCP request.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,8 +19,9 @@ use kaizen::trace::{Resource, Sampler};
 use rmcp::RoleServer;
 use rmcp::model::MetaObject;
 use rmcp::service::RequestContext;
+use sheets::phase::{Phase, PhaseKind};
 
-use crate::measure::{Note, STAGES, TRANSPORTS};
+use crate::measure::{Note, PROTOCOLS, STAGES, TRANSPORTS};
 
 /// Where and how traces are exported (resolved from flags and `OTEL_*` variables).
 #[derive(Debug, Clone)]
@@ -95,6 +97,9 @@ pub struct Tracer {
     exemplars: Exemplars,
     /// Operation names in the recorder's order (exemplars are kept per operation).
     ops: Vec<String>,
+    /// `tools/call {op}` per operation: the span names of tool calls, made once (the tracer
+    /// is a static, so spans borrow them without allocating).
+    call_names: Vec<String>,
 }
 
 static TRACER: OnceLock<Tracer> = OnceLock::new();
@@ -113,6 +118,7 @@ pub fn install(settings: TraceSettings, ops: Vec<String>) -> Result<()> {
         sampler: Sampler::new(settings.sample_ratio),
         exporter: Exporter::start(cfg)?,
         exemplars: Exemplars::new(ops.len(), &kaizen::buckets::EDGES_SECONDS),
+        call_names: ops.iter().map(|o| format!("tools/call {o}")).collect(),
         ops,
     };
     let ep = &settings.endpoint;
@@ -138,8 +144,7 @@ pub struct Begun {
     trace_state: String,
     start_wall: SystemTime,
     start: Instant,
-    method: &'static str,
-    tool: Option<String>,
+    name: Cow<'static, str>,
     attrs: Vec<(&'static str, Value)>,
     op: usize,
 }
@@ -167,32 +172,42 @@ pub fn begin(
     session: u64,
     transport: usize,
 ) -> Option<Begun> {
-    let tracer = TRACER.get()?;
+    let tracer: &'static Tracer = TRACER.get()?;
     let parent = parent_of(ctx, meta);
     let trace_id = parent.as_ref().map_or_else(TraceId::random, |p| p.trace_id);
     if !tracer.sampler.sampled(trace_id, parent.as_ref()) {
         return None;
     }
-    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(10);
-    attrs.push(("mcp.method.name", method.into()));
+    // Fixed strings are borrowed and ids written out by the exporter thread: a call pays for
+    // the attribute vector and, at most, its HTTP session id and a string request id.
+    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(8);
+    attrs.push(("mcp.method.name", Value::Static(method)));
+    let known = tool.filter(|t| tracer.ops.get(op).is_some_and(|o| o.as_str() == *t));
+    let name: Cow<'static, str> = match (tool, known) {
+        (Some(_), Some(_)) => Cow::Borrowed(tracer.call_names[op].as_str()),
+        (Some(t), None) => Cow::Owned(format!("{method} {t}")),
+        (None, _) => Cow::Borrowed(method),
+    };
     if let Some(t) = tool {
-        attrs.push(("gen_ai.tool.name", t.into()));
-        attrs.push(("gen_ai.operation.name", "execute_tool".into()));
+        let v = known.map_or_else(|| Value::Str(t.to_string()), |_| Value::Static(tracer.ops[op].as_str()));
+        attrs.push(("gen_ai.tool.name", v));
+        attrs.push(("gen_ai.operation.name", Value::Static("execute_tool")));
     }
     let http_session = ctx
         .extensions
         .get::<axum::http::request::Parts>()
         .and_then(|p| p.headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string));
-    attrs.push(("mcp.session.id", http_session.unwrap_or_else(|| format!("{session:016x}")).into()));
+    attrs.push(("mcp.session.id", http_session.map_or(Value::Hex64(session), Value::Str)));
     let id = match &ctx.id {
-        rmcp::model::NumberOrString::Number(n) => n.to_string(),
-        rmcp::model::NumberOrString::String(s) => s.to_string(),
+        rmcp::model::NumberOrString::Number(n) => Value::Decimal(*n),
+        rmcp::model::NumberOrString::String(s) => Value::Str(s.to_string()),
     };
-    attrs.push(("jsonrpc.request.id", id.into()));
+    attrs.push(("jsonrpc.request.id", id));
     if let Some(v) = ctx.protocol_version() {
-        attrs.push(("mcp.protocol.version", v.as_str().into()));
+        let known = PROTOCOLS.iter().find(|p| **p == v.as_str());
+        attrs.push(("mcp.protocol.version", known.map_or_else(|| Value::Str(v.as_str().into()), |p| Value::Static(p))));
     }
-    attrs.push(("network.transport", TRANSPORTS.get(transport).copied().unwrap_or("pipe").into()));
+    attrs.push(("network.transport", Value::Static(TRANSPORTS.get(transport).copied().unwrap_or("pipe"))));
     Some(Begun {
         trace_id,
         span_id: SpanId::random(),
@@ -200,8 +215,7 @@ pub fn begin(
         trace_state: parent.map(|p| p.trace_state).unwrap_or_default(),
         start_wall: SystemTime::now(),
         start: Instant::now(),
-        method,
-        tool: tool.map(str::to_string),
+        name,
         attrs,
         op,
     })
@@ -225,11 +239,7 @@ impl Begun {
         let elapsed = self.start.elapsed();
         let start = unix_nanos(self.start_wall);
         let end = start + elapsed.as_nanos() as u64;
-        let name = match &self.tool {
-            Some(t) => format!("{} {t}", self.method),
-            None => self.method.to_string(),
-        };
-        let mut root = Span::new(self.trace_id, self.parent, name, start, end);
+        let mut root = Span::new(self.trace_id, self.parent, self.name, start, end);
         root.span_id = self.span_id;
         root.kind = SpanKind::Server;
         root.trace_state = self.trace_state;
@@ -238,9 +248,12 @@ impl Begun {
             root.status = StatusCode::Error;
             root.attributes.push(("error.type", e.into()));
         }
-        let mut spans = vec![root];
+        let mut spans = Vec::with_capacity(8);
+        spans.push(root);
         if let Some(n) = note {
             stage_spans(self.trace_id, self.span_id, start, n, &mut spans);
+            let phases = n.phases.lock();
+            phase_spans(self.trace_id, self.span_id, (self.start, start), &phases, &mut spans);
         }
         tracer.exporter.submit(spans);
         let unix = end as f64 / 1e9;
@@ -264,6 +277,43 @@ fn stage_spans(trace: TraceId, parent: SpanId, start: u64, note: &Note, out: &mu
             out.push(Span::new(trace, Some(parent), *stage, at, at + d));
             at += d;
         }
+    }
+}
+
+/// The heavy steps of a call (recalculation, each LibreOffice run, save) as children of the
+/// request's span at their real times (`origin`: the call's start as an instant and in unix
+/// nanos); a LibreOffice run inside a recalculation is that recalculation's child.
+fn phase_spans(trace: TraceId, parent: SpanId, origin: (Instant, u64), phases: &[Phase], out: &mut Vec<Span>) {
+    let at = |t: Instant| origin.1 + t.saturating_duration_since(origin.0).as_nanos() as u64;
+    let ids: Vec<SpanId> = phases.iter().map(|_| SpanId::random()).collect();
+    for (i, p) in phases.iter().enumerate() {
+        let within = |r: &Phase| r.kind == PhaseKind::Recalc && r.start <= p.start && p.end <= r.end;
+        let parent = match p.kind {
+            PhaseKind::LibreOffice => phases.iter().position(within).map_or(parent, |k| ids[k]),
+            _ => parent,
+        };
+        let mut span = Span::new(trace, Some(parent), p.kind.as_str(), at(p.start), at(p.end));
+        span.span_id = ids[i];
+        if let Some(b) = p.backend {
+            span.attr("gemba.recalc.backend", b);
+        }
+        if let Some(n) = p.cells {
+            span.attr("gemba.recalc.cells", n as i64);
+        }
+        if let Some(n) = p.bytes {
+            span.attr("gemba.save.bytes", n as i64);
+        }
+        if p.kind == PhaseKind::LibreOffice {
+            span.attr("process.executable.name", "soffice");
+            if let Some(code) = p.exit_code {
+                span.attr("process.exit.code", i64::from(code));
+            }
+        }
+        if let Some(e) = p.error {
+            span.status = StatusCode::Error;
+            span.attr("error.type", e);
+        }
+        out.push(span);
     }
 }
 

@@ -10,6 +10,7 @@ pub mod forks;
 pub mod formula;
 pub mod limits;
 pub mod load;
+pub mod phase;
 pub mod regions;
 pub mod sheet;
 pub mod tools;

@@ -83,6 +83,9 @@ pub struct StageTimes {
     pub cache: AtomicU8,
     /// The workbook the call looked up in the cache (the first one), for the request log.
     key: std::sync::OnceLock<String>,
+    /// The heavy steps the call took (recalculations, LibreOffice runs, saves), in the order
+    /// they ended; at most [`MAX_PHASES`](crate::phase::MAX_PHASES).
+    phases: parking_lot::Mutex<Vec<crate::phase::Phase>>,
 }
 
 impl StageTimes {
@@ -102,6 +105,19 @@ impl StageTimes {
     pub fn add_analyze(&self, d: Duration) {
         self.analyze_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
+    /// Note a heavy step the call took (dropped past [`MAX_PHASES`](crate::phase::MAX_PHASES)).
+    pub fn record_phase(&self, phase: crate::phase::Phase) {
+        let mut v = self.phases.lock();
+        if v.len() < crate::phase::MAX_PHASES {
+            v.push(phase);
+        }
+    }
+
+    /// The heavy steps noted so far, taken out (the embedder reads them once the call ended).
+    pub fn take_phases(&self) -> Vec<crate::phase::Phase> {
+        std::mem::take(&mut *self.phases.lock())
+    }
+
     /// Some(true) for a hit, Some(false) for a miss, None when no workbook was looked up.
     pub fn cache_hit(&self) -> Option<bool> {
         match self.cache.load(Ordering::Relaxed) {

@@ -9,10 +9,12 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
-use super::otlp::{Resource, encode_request};
+use parking_lot::{Condvar, Mutex};
+
+use super::otlp::{Resource, encode_request_into};
 use super::span::Span;
 
 /// Why a trace export cannot be set up.
@@ -106,7 +108,8 @@ pub struct ExportConfig {
     /// Extra request headers (authentication, say).
     pub headers: Vec<(String, String)>,
     pub resource: Resource,
-    /// Most calls' span groups waiting for the exporter thread; more are dropped (`queue_full`).
+    /// Most spans waiting for the exporter thread; a call whose spans do not fit is dropped
+    /// (`queue_full`).
     pub queue_capacity: usize,
     /// Most spans in one POST.
     pub max_batch_spans: usize,
@@ -124,7 +127,7 @@ impl ExportConfig {
             endpoint,
             headers: Vec::new(),
             resource,
-            queue_capacity: 4096,
+            queue_capacity: 16_384,
             max_batch_spans: 2048,
             flush_interval: Duration::from_millis(500),
             timeout: Duration::from_secs(2),
@@ -156,63 +159,78 @@ impl ExportStats {
     }
 }
 
-/// What the exporter thread receives: one call's spans, or a request to export what it holds.
-#[derive(Debug)]
-enum Msg {
-    Spans(Vec<Span>),
-    Flush(SyncSender<()>),
+/// What callers leave for the exporter thread: spans waiting, flush requests, and whether the
+/// exporter is closing. Callers append under a short lock; the thread swaps the vector out.
+#[derive(Debug, Default)]
+struct Pending {
+    spans: Vec<Span>,
+    flushes: Vec<SyncSender<()>>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Rung only when a batch is full, a flush is asked or the exporter closes: a call that
+    /// adds spans does not wake the thread, which otherwise wakes once per flush interval.
+    wake: Condvar,
 }
 
 /// The handle callers submit finished spans to. Dropping it flushes what is queued (bounded by
 /// one export's timeout) and ends the thread.
 #[derive(Debug)]
 pub struct Exporter {
-    tx: Option<SyncSender<Msg>>,
+    shared: Arc<Shared>,
     stats: Arc<ExportStats>,
+    queue_capacity: usize,
+    max_batch_spans: usize,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Exporter {
     /// Starts the exporter thread.
     pub fn start(cfg: ExportConfig) -> Result<Exporter, TraceError> {
-        let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
+        let shared = Arc::new(Shared::default());
         let stats = Arc::new(ExportStats::default());
-        let s = stats.clone();
-        let thread = std::thread::Builder::new().name("kaizen-otlp".into()).spawn(move || run(cfg, rx, &s))?;
-        Ok(Exporter { tx: Some(tx), stats, thread: Some(thread) })
+        let (queue_capacity, max_batch_spans) = (cfg.queue_capacity.max(1), cfg.max_batch_spans.max(1));
+        let (sh, st) = (shared.clone(), stats.clone());
+        let thread = std::thread::Builder::new().name("kaizen-otlp".into()).spawn(move || run(cfg, &sh, &st))?;
+        Ok(Exporter { shared, stats, queue_capacity, max_batch_spans, thread: Some(thread) })
     }
 
-    /// Queues one call's spans; never blocks (a full queue drops them, counted).
-    pub fn submit(&self, spans: Vec<Span>) {
+    /// Queues one call's spans; never blocks on the exporter (a full queue drops them, counted).
+    pub fn submit(&self, mut spans: Vec<Span>) {
         if spans.is_empty() {
             return;
         }
-        let Some(tx) = &self.tx else { return };
-        if let Err(TrySendError::Full(Msg::Spans(s)) | TrySendError::Disconnected(Msg::Spans(s))) =
-            tx.try_send(Msg::Spans(spans))
-        {
-            self.stats.dropped_queue_full.fetch_add(s.len() as u64, Ordering::Relaxed);
+        let n = spans.len();
+        let mut p = self.shared.pending.lock();
+        if p.closed || p.spans.len() + n > self.queue_capacity {
+            drop(p);
+            self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
+            return;
+        }
+        let before = p.spans.len();
+        p.spans.append(&mut spans);
+        let full = before < self.max_batch_spans && p.spans.len() >= self.max_batch_spans;
+        drop(p);
+        if full {
+            self.shared.wake.notify_one();
         }
     }
 
     /// Exports everything queued so far, waiting at most `timeout` (at shutdown, say).
     pub fn flush(&self, timeout: Duration) {
-        let Some(tx) = &self.tx else { return };
         let (ack, done) = sync_channel(1);
-        let deadline = Instant::now() + timeout;
-        let mut msg = Msg::Flush(ack);
-        // The queue may be full: retry until the deadline rather than block.
-        loop {
-            match tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return,
+        {
+            let mut p = self.shared.pending.lock();
+            if p.closed {
+                return;
             }
+            p.flushes.push(ack);
         }
-        let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        self.shared.wake.notify_one();
+        let _ = done.recv_timeout(timeout);
     }
 
     pub fn stats(&self) -> &ExportStats {
@@ -222,67 +240,68 @@ impl Exporter {
 
 impl Drop for Exporter {
     fn drop(&mut self) {
-        self.tx.take();
+        self.shared.pending.lock().closed = true;
+        self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn run(cfg: ExportConfig, rx: Receiver<Msg>, stats: &ExportStats) {
+fn run(cfg: ExportConfig, shared: &Shared, stats: &ExportStats) {
+    // Both buffers are reused: the batch swapped out of the queue and the encoded body.
     let mut batch: Vec<Span> = Vec::new();
-    let mut deadline = Instant::now() + cfg.flush_interval;
+    let mut body: Vec<u8> = Vec::new();
     let mut backoff = Duration::ZERO;
     let mut paused_until: Option<Instant> = None;
-    let mut flush = |batch: &mut Vec<Span>| {
-        if batch.is_empty() {
-            return;
-        }
-        let n = batch.len() as u64;
-        if paused_until.is_some_and(|t| Instant::now() < t) {
-            stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
-            batch.clear();
-            return;
-        }
-        let body = encode_request(&cfg.resource, batch);
-        batch.clear();
-        match post(&cfg, &body) {
-            Ok(()) => {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
-                backoff = Duration::ZERO;
-                paused_until = None;
-            }
-            Err(e) => {
-                stats.failed_exports.fetch_add(1, Ordering::Relaxed);
-                stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
-                backoff = (backoff * 2).clamp(Duration::from_secs(1), cfg.max_backoff.max(Duration::from_secs(1)));
-                paused_until = Some(Instant::now() + backoff);
-                tracing::debug!("trace export to {}:{} failed: {e}", cfg.endpoint.host, cfg.endpoint.port);
-            }
-        }
-    };
+    let max_batch = cfg.max_batch_spans.max(1);
+    let mut deadline = Instant::now() + cfg.flush_interval;
     loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Spans(spans)) => {
-                batch.extend(spans);
-                if batch.len() >= cfg.max_batch_spans {
-                    flush(&mut batch);
+        let (flushes, closed) = {
+            let mut p = shared.pending.lock();
+            while p.spans.len() < max_batch && p.flushes.is_empty() && !p.closed {
+                if shared.wake.wait_until(&mut p, deadline).timed_out() {
+                    break;
                 }
             }
-            Ok(Msg::Flush(ack)) => {
-                flush(&mut batch);
-                let _ = ack.try_send(());
+            std::mem::swap(&mut batch, &mut p.spans);
+            (std::mem::take(&mut p.flushes), p.closed)
+        };
+        if Instant::now() >= deadline {
+            deadline = Instant::now() + cfg.flush_interval;
+        }
+        for chunk in batch.chunks(max_batch) {
+            let n = chunk.len() as u64;
+            if paused_until.is_some_and(|t| Instant::now() < t) {
+                stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+                continue;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                flush(&mut batch);
-                return;
+            body.clear();
+            encode_request_into(&cfg.resource, chunk, &mut body);
+            match post(&cfg, &body) {
+                Ok(()) => {
+                    stats.exported.fetch_add(n, Ordering::Relaxed);
+                    backoff = Duration::ZERO;
+                    paused_until = None;
+                }
+                Err(e) => {
+                    stats.failed_exports.fetch_add(1, Ordering::Relaxed);
+                    stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), cfg.max_backoff.max(Duration::from_secs(1)));
+                    paused_until = Some(Instant::now() + backoff);
+                    tracing::debug!("trace export to {}:{} failed: {e}", cfg.endpoint.host, cfg.endpoint.port);
+                }
             }
         }
-        if Instant::now() >= deadline {
-            flush(&mut batch);
-            deadline = Instant::now() + cfg.flush_interval;
+        batch.clear();
+        // Keep the reused buffers bounded (a burst may have grown them).
+        batch.shrink_to(cfg.queue_capacity.min(4 * max_batch));
+        body.shrink_to(1 << 22);
+        for ack in flushes {
+            let _ = ack.try_send(());
+        }
+        if closed {
+            return;
         }
     }
 }
@@ -352,6 +371,33 @@ mod tests {
         (0..n).map(|i| Span::new(t, None, format!("s{i}"), 1, 2)).collect()
     }
 
+    /// Reads one HTTP request (until its Content-Length body is in), answers 200, returns it.
+    fn read_request_and_answer(c: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 65536];
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        loop {
+            let n = c.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).into_owned();
+            if let Some(i) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if req.len() >= i + 4 + len {
+                    break;
+                }
+            }
+        }
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").ok();
+        req
+    }
+
     fn cfg(port: u16) -> ExportConfig {
         let mut c = ExportConfig::new(
             Endpoint { host: "127.0.0.1".into(), port, path: "/v1/traces".into() },
@@ -383,30 +429,7 @@ mod tests {
         let port = l.local_addr().expect("addr").port();
         let got = std::thread::spawn(move || {
             let (mut c, _) = l.accept().expect("accept");
-            let mut req = Vec::new();
-            let mut buf = [0u8; 65536];
-            c.set_read_timeout(Some(Duration::from_secs(10))).ok();
-            // Read until the whole body is in (Content-Length).
-            loop {
-                let n = c.read(&mut buf).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                req.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&req).into_owned();
-                if let Some(i) = text.find("\r\n\r\n") {
-                    let len: usize = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if req.len() >= i + 4 + len {
-                        break;
-                    }
-                }
-            }
-            c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").ok();
-            req
+            read_request_and_answer(&mut c)
         });
         let ex = Exporter::start(cfg(port)).expect("start");
         ex.submit(spans(3));
@@ -456,6 +479,33 @@ mod tests {
             let [(_, full), (_, failed)] = s.dropped();
             assert_eq!(full + failed + s.exported.load(Ordering::Relaxed), 200);
         });
+    }
+
+    #[test]
+    fn calls_are_batched_not_posted_one_by_one() {
+        // A receiver that counts POSTs (one per connection) and answers 200.
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let posts = Arc::new(AtomicU64::new(0));
+        let p = posts.clone();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                p.fetch_add(1, Ordering::Relaxed);
+                read_request_and_answer(&mut c);
+            }
+        });
+        let mut c = cfg(port);
+        c.flush_interval = Duration::from_secs(60);
+        c.max_batch_spans = 100;
+        let ex = Exporter::start(c).expect("start");
+        // 50 calls of 4 spans: full batches go out as they fill, the rest at the flush.
+        for _ in 0..50 {
+            ex.submit(spans(4));
+        }
+        ex.flush(Duration::from_secs(10));
+        assert_eq!(ex.stats().exported.load(Ordering::Relaxed), 200);
+        let n = posts.load(Ordering::Relaxed);
+        assert!((2..=4).contains(&n), "{n} POSTs for 50 calls");
     }
 
     fn drop_and_wait(ex: Exporter, check: impl FnOnce(&ExportStats)) {

@@ -83,6 +83,35 @@ fn key_value(pb: &mut Pb, field: u32, key: &str, value: &Value) {
         kv.string(1, key);
         kv.message(2, |v| match value {
             Value::Str(s) => v.bytes(1, s.as_bytes()),
+            Value::Static(s) => v.bytes(1, s.as_bytes()),
+            Value::Hex64(n) => {
+                let mut b = [0u8; 16];
+                for (i, d) in b.iter_mut().enumerate() {
+                    *d = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+                }
+                v.bytes(1, &b);
+            }
+            Value::Decimal(n) => {
+                let mut b = [0u8; 20];
+                let mut at = b.len();
+                let mut u = n.unsigned_abs();
+                loop {
+                    at -= 1;
+                    b[at] = b'0' + (u % 10) as u8;
+                    u /= 10;
+                    if u == 0 {
+                        break;
+                    }
+                }
+                if *n < 0 {
+                    v.key(1, LEN);
+                    v.varint((b.len() - at + 1) as u64);
+                    v.0.push(b'-');
+                    v.0.extend_from_slice(&b[at..]);
+                } else {
+                    v.bytes(1, &b[at..]);
+                }
+            }
             Value::Bool(b) => {
                 v.key(2, VARINT);
                 v.varint(u64::from(*b));
@@ -123,7 +152,13 @@ fn span(pb: &mut Pb, s: &Span) {
 /// The body of a `POST /v1/traces` (`application/x-protobuf`) carrying `spans`.
 pub fn encode_request(resource: &Resource, spans: &[Span]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + spans.len() * 256);
-    let mut pb = Pb(&mut out);
+    encode_request_into(resource, spans, &mut out);
+    out
+}
+
+/// [`encode_request`] appending to `out` (the exporter reuses one buffer).
+pub fn encode_request_into(resource: &Resource, spans: &[Span], out: &mut Vec<u8>) {
+    let mut pb = Pb(out);
     // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1 }
     pb.message(1, |rs| {
         // ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2 }
@@ -143,7 +178,6 @@ pub fn encode_request(resource: &Resource, spans: &[Span]) -> Vec<u8> {
             }
         });
     });
-    out
 }
 
 #[cfg(test)]
@@ -166,6 +200,19 @@ mod tests {
         assert_eq!(&v[..3], &[0x1a, 0xc8, 0x01]);
         assert_eq!(v.len(), 203);
         assert!(v[3..].iter().all(|b| *b == 7));
+        // Ids written out at encoding time: hex and decimal strings.
+        let string_of = |value: Value| {
+            let mut v = Vec::new();
+            key_value(&mut Pb(&mut v), 1, "k", &value);
+            // KeyValue tag+len, key "k" (3 bytes), AnyValue tag+len, string tag+len: 9 bytes.
+            String::from_utf8(v[9..].to_vec()).expect("utf8")
+        };
+        assert_eq!(string_of(Value::Hex64(0x00f0_67aa_0ba9_02b7)), "00f067aa0ba902b7");
+        assert_eq!(string_of(Value::Decimal(0)), "0");
+        assert_eq!(string_of(Value::Decimal(1234567)), "1234567");
+        assert_eq!(string_of(Value::Decimal(-42)), "-42");
+        assert_eq!(string_of(Value::Decimal(i64::MIN)), "-9223372036854775808");
+        assert_eq!(string_of(Value::Static("tcp")), "tcp");
         // A negative int64 is ten bytes, as protobuf writes it.
         let mut v = Vec::new();
         key_value(&mut Pb(&mut v), 1, "k", &Value::Int(-1));

@@ -10,6 +10,13 @@ use super::context::{SpanId, TraceId};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Str(String),
+    /// A fixed string: no allocation per span.
+    Static(&'static str),
+    /// A number sent as 16 lowercase hex digits (an id), written out only when encoded.
+    Hex64(u64),
+    /// An integer sent as a decimal string (a JSON-RPC request id), written out only when
+    /// encoded.
+    Decimal(i64),
     Int(i64),
     F64(f64),
     Bool(bool),

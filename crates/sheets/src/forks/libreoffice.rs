@@ -16,6 +16,7 @@ use parking_lot::{Condvar, Mutex};
 use super::recalc::RecalcStats;
 use crate::error::{Result, SheetsError};
 use crate::limits::Budget;
+use crate::phase::{Phase, PhaseKind};
 
 #[derive(Debug, Clone)]
 pub struct LibreOfficeConfig {
@@ -285,7 +286,17 @@ impl LibreOffice {
             .stderr(log2);
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // The run, told to the embedder as a phase with its exit status.
+        let started = Instant::now();
+        let phase = |exit_code: Option<i32>, error: Option<&'static str>| {
+            let mut p = Phase::ended(PhaseKind::LibreOffice, started);
+            p.backend = Some("libreoffice");
+            p.exit_code = exit_code;
+            p.error = error;
+            budget.stages().record_phase(p);
+        };
         let mut child = spawn_retrying_busy(&mut cmd).map_err(|e| {
+            phase(None, Some("spawn_failed"));
             RunError::Permanent(format!(
                 "cannot start '{}': {e}; install LibreOffice (libreoffice-calc-nogui) or pass --libreoffice PATH",
                 self.cfg.program.display()
@@ -297,15 +308,18 @@ impl LibreOffice {
                 Ok(Some(s)) => break s,
                 Ok(None) if budget.is_cancelled() => {
                     kill_group(&mut child);
+                    phase(None, Some("cancelled"));
                     return Err(RunError::Cancelled);
                 }
                 Ok(None) if Instant::now() >= deadline || budget.check().is_err() => {
                     kill_group(&mut child);
+                    phase(None, Some("timeout"));
                     return Err(RunError::Timeout);
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
                     kill_group(&mut child);
+                    phase(None, Some("lost_process"));
                     return Err(RunError::Transient(format!("lost track of the process: {e}")));
                 }
             }
@@ -321,9 +335,12 @@ impl LibreOffice {
             t[start..].to_string()
         };
         if !status.success() {
+            phase(status.code(), Some(if status.code().is_some() { "exit_status" } else { "killed_by_signal" }));
             return Err(RunError::Transient(format!("LibreOffice exited with {status}: {}", tail())));
         }
-        std::fs::read(&out).map_err(|_| RunError::Transient(format!("LibreOffice wrote no output file: {}", tail())))
+        let read = std::fs::read(&out);
+        phase(status.code(), read.is_err().then_some("no_output"));
+        read.map_err(|_| RunError::Transient(format!("LibreOffice wrote no output file: {}", tail())))
     }
 
     /// A profile per slot (LibreOffice locks its profile), set to recalculate on load.

@@ -335,6 +335,31 @@ impl ForkStore {
         limits: &Limits,
         budget: &Budget,
     ) -> Result<RecalcReport> {
+        let start = std::time::Instant::now();
+        let r = self.recalculate_once(handle, backend, limits, budget);
+        let mut phase = crate::phase::Phase::ended(crate::phase::PhaseKind::Recalc, start);
+        match &r {
+            Ok(report) => {
+                phase.backend = Some(if report.backend == Backend::Libreoffice.as_str() {
+                    Backend::Libreoffice.as_str()
+                } else {
+                    Backend::InProcess.as_str()
+                });
+                phase.cells = Some(report.formulas as u64);
+            }
+            Err(e) => phase.error = Some(crate::phase::error_kind(e)),
+        }
+        budget.stages().record_phase(phase);
+        r
+    }
+
+    fn recalculate_once(
+        &self,
+        handle: &ForkHandle,
+        backend: Backend,
+        limits: &Limits,
+        budget: &Budget,
+    ) -> Result<RecalcReport> {
         let _turn = handle.recalc_turn(budget)?;
         let _running = handle.register(budget)?;
         let take_engine = backend == Backend::InProcess;

@@ -13,6 +13,7 @@ use crate::forks::persist::{self, Checkpoint, now_unix};
 use crate::forks::recalc::RecalcReport;
 use crate::forks::{ForkStats, ForkStore};
 use crate::limits::Budget;
+use crate::phase::{Phase, PhaseKind, error_kind};
 use crate::workspace::resolve_inside;
 
 fn when(unix: u64) -> Option<String> {
@@ -257,18 +258,28 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
     let (path, is_original) = save_target(engine, &f, &target_rel)?;
     // Steps: the file built (sheet loads inside it are part of the step), then written.
     budget.progress_begin(|| format!("saving {} to {target_rel}", f.meta.id), "steps", 2);
-    let t = Instant::now();
-    let (bytes, parts) = f.render(true, budget)?;
-    let build_ms = t.elapsed().as_secs_f64() * 1e3;
-    budget.progress(1);
-    budget.check()?;
-    let t = Instant::now();
-    persist::write_atomic(&path, &bytes, cfg.save_pause).map_err(|e| {
-        SheetsError::Workspace(format!(
-            "could not write '{target_rel}' ({e}); nothing was changed on disk and the fork is intact — free space or pick another path, then save again"
-        ))
-    })?;
-    let write_ms = t.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let written = (|| {
+        let (bytes, parts) = f.render(true, budget)?;
+        let build_ms = started.elapsed().as_secs_f64() * 1e3;
+        budget.progress(1);
+        budget.check()?;
+        let t = Instant::now();
+        persist::write_atomic(&path, &bytes, cfg.save_pause).map_err(|e| {
+            SheetsError::Workspace(format!(
+                "could not write '{target_rel}' ({e}); nothing was changed on disk and the fork is intact — free space or pick another path, then save again"
+            ))
+        })?;
+        Ok((bytes, parts, build_ms, t.elapsed().as_secs_f64() * 1e3))
+    })();
+    // The build and the write, told to the embedder as one phase.
+    let mut phase = Phase::ended(PhaseKind::Save, started);
+    match &written {
+        Ok((bytes, ..)) => phase.bytes = Some(bytes.len() as u64),
+        Err(e) => phase.error = Some(error_kind(e)),
+    }
+    budget.stages().record_phase(phase);
+    let (bytes, parts, build_ms, write_ms) = written?;
     budget.progress(2);
     if is_original {
         if let Ok(id) = crate::workspace::FileIdentity::of(&path) {

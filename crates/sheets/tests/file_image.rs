@@ -93,3 +93,52 @@ fn a_file_changed_since_the_load_is_refused_and_the_next_call_loads_it_again() {
     let second = engine.sheet(&wb2, Some("Second"), &budget).unwrap();
     assert_eq!(text_at(&second, 2_500, 0), "v2-Second-2500");
 }
+
+/// The parts of an xlsx file, inflated.
+fn zip_parts(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let mut z = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    (0..z.len())
+        .map(|i| {
+            let mut f = z.by_index(i).unwrap();
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).unwrap();
+            (f.name().unwrap().to_string(), buf)
+        })
+        .collect()
+}
+
+#[test]
+fn a_fork_saves_from_the_bytes_it_was_made_from_after_the_original_changes() {
+    use sheets::forks::ForkConfig;
+    use sheets::tools::forks::{CreateForkParams, SaveForkParams, create_fork, save_fork};
+    let dir = tempdir("fork");
+    let (ws, state) = (dir.join("ws"), dir.join("state"));
+    std::fs::create_dir_all(ws.join("out")).unwrap();
+    let path = ws.join("two.xlsx");
+    write_book(&path, 1_500, "v1");
+    let loaded = ws.join("out").join("loaded-copy.xlsx");
+    std::fs::copy(&path, &loaded).unwrap();
+    let forks = ForkConfig { dir: state, ..Default::default() };
+    let engine = Engine::new(&ws, EngineConfig { forks, ..Default::default() }).unwrap();
+    let id = id_of(&engine, "two.xlsx");
+    let b = Budget::unlimited();
+    let fork = create_fork(&engine, CreateForkParams { workbook_id: id, label: None }, &b).unwrap().fork_id;
+    let wb = engine.workbook(&fork, &b).unwrap();
+    engine.sheet(&wb, Some("First"), &b).unwrap();
+    assert!(!wb.file_image_in_memory());
+    // Someone saves another version over the original: the fork keeps its own.
+    write_book(&path, 900, "v2");
+    let saved = save_fork(
+        &engine,
+        SaveForkParams { fork_id: fork, target_path: "out/saved.xlsx".into(), recalculate: Some(false) },
+        &b,
+    )
+    .unwrap();
+    assert!(saved.bytes > 0);
+    // No edits: every part is the loaded version's (workbook-level parts may be rewritten).
+    let (want, got) = (zip_parts(&loaded), zip_parts(&ws.join("out").join("saved.xlsx")));
+    for part in ["xl/worksheets/sheet1.xml", "xl/worksheets/sheet2.xml", "xl/sharedStrings.xml"] {
+        assert!(want[part] == got[part], "{part} differs from the version the fork was made from");
+    }
+}

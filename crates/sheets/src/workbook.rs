@@ -299,15 +299,16 @@ impl LoadJob {
             }
             Err(e) => tracing::debug!(workbook = %self.id, sheet = %self.meta.name, "sheet load failed: {e}"),
         }
-        held.bytes.fetch_sub(self.estimate.min(held.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
-        held.loading.lock()[self.index] = None;
-        load.finish(r.clone());
-        // This load's hold on the readers first, so what the workbook lets go is freed.
+        // Before anyone waiting is answered, so the memory they see is what stays: this load's
+        // hold on the readers first, so what the workbook lets go is freed.
         self.readers = Readers::default();
         self.source.settle(&held, &self.sheets);
         if r.as_ref().is_ok_and(|s| s.heap_bytes() >= TRIM_AFTER_BYTES) {
             give_back_freed_memory();
         }
+        held.bytes.fetch_sub(self.estimate.min(held.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        held.loading.lock()[self.index] = None;
+        load.finish(r.clone());
         r
     }
 }

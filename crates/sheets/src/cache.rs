@@ -171,7 +171,7 @@ impl WorkbookCache {
 
     fn judge(&self, e: &CacheEntry, identity: &FileIdentity) -> Found {
         match e.slot.get() {
-            Some(Ok(wb)) if wb.identity == *identity => Found::Keep,
+            Some(Ok(wb)) if wb.identity == *identity && !wb.changed_on_disk() => Found::Keep,
             Some(Ok(_)) => Found::Replace(0),
             Some(Err(_)) if e.slot.identity != *identity => Found::Replace(0),
             Some(Err(_)) if e.slot.started.elapsed() >= backoff(e.failures, self.retry_first) => {

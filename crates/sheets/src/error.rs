@@ -47,6 +47,11 @@ pub enum SheetsError {
     #[error("workbook {workbook_id} could not be read: {reason}")]
     Unreadable { workbook_id: String, reason: String },
 
+    #[error(
+        "workbook {workbook_id} changed on disk since it was loaded ({what}); call again: the next call loads the file as it is now"
+    )]
+    ChangedOnDisk { workbook_id: String, what: String },
+
     #[error("workbook {workbook_id} exceeds a limit: {detail}")]
     LimitExceeded { workbook_id: String, detail: String },
 
@@ -75,6 +80,7 @@ impl SheetsError {
             Self::Encrypted { .. }
             | Self::Unsupported { .. }
             | Self::Unreadable { .. }
+            | Self::ChangedOnDisk { .. }
             | Self::LimitExceeded { .. } => ErrorClass::Workbook,
             Self::Workspace(_) | Self::Internal(_) => ErrorClass::Internal,
         }

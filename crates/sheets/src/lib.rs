@@ -6,6 +6,7 @@ pub mod address;
 pub mod cache;
 pub mod cfb;
 pub mod error;
+pub mod file_image;
 pub mod forks;
 pub mod formula;
 pub mod limits;

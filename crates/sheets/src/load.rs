@@ -267,8 +267,12 @@ fn sniff_zip(id: &str, bytes: &[u8], limits: &Limits) -> Result<Format> {
 
 /// Open a workbook from its bytes: metadata only, sheets load later.
 pub fn open(id: &str, bytes: Vec<u8>, limits: &Limits) -> Result<Opened> {
+    open_image(id, Arc::from(bytes), limits)
+}
+
+/// [`open`] over an image already shared (a workbook's file read again).
+pub fn open_image(id: &str, bytes: Arc<[u8]>, limits: &Limits) -> Result<Opened> {
     let format = sniff(id, &bytes, limits)?;
-    let bytes: Arc<[u8]> = Arc::from(bytes);
     guarded(id, "opening the workbook", || {
         let map = |e: &dyn std::fmt::Display| {
             let text = e.to_string();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{Result, SheetsError, closest, short_list};
+use crate::file_image::FileImage;
 use crate::limits::{Budget, Canceller, Limits};
 use crate::load::{self, Book, Format, SheetMeta, TableInfo};
 use crate::sheet::Sheet;
@@ -34,10 +35,68 @@ const MODEL_PER_XML_BYTE: f64 = 0.2;
 
 /// Where sheets not yet in memory come from.
 enum Source {
-    /// The file image: calamine's reader over it, and the streaming reader for xlsx.
-    File { book: Arc<Mutex<Book>>, file: Arc<[u8]>, fast: Option<Arc<XlsxBook>> },
+    /// The workbook's file, and the readers over it while loads may need them.
+    File(Arc<FileSource>),
     /// Another workbook (a fork's view: changed sheets are held here, the rest come from the base).
     Overlay { base: Arc<Workbook> },
+}
+
+/// A workbook's file and its readers. Once a load ends, what later loads do not need is let
+/// go: the file image always (the streaming reader then reads just the parts it needs from
+/// the file, checked to be the same file), calamine's reader for xlsx the streaming reader
+/// reads (built again from the file for a sheet it hands back, or for tables), and every
+/// reader once all worksheets are in memory. Formats read only by calamine keep their
+/// reader (and with it the image) until then: reopening them would parse them again.
+struct FileSource {
+    image: Arc<FileImage>,
+    readers: Mutex<Readers>,
+}
+
+#[derive(Default, Clone)]
+struct Readers {
+    /// calamine's reader over the file image.
+    book: Option<Arc<Mutex<Book>>>,
+    /// The streaming reader (xlsx).
+    fast: Option<Arc<XlsxBook>>,
+}
+
+impl FileSource {
+    /// Bytes held: the image while pinned or calamine's reader (which holds it) is kept, and
+    /// the streaming reader's strings.
+    fn bytes(&self) -> usize {
+        let r = self.readers.lock();
+        let image = if r.book.is_some() || self.image.is_pinned() { self.image.len() as usize } else { 0 };
+        image + r.fast.as_ref().map_or(0, |f| f.heap_bytes())
+    }
+
+    /// After a load ends: let go of what no later load needs (see [`FileSource`]).
+    fn settle(&self, held: &Held, sheets: &[SheetMeta]) {
+        let all_loaded = {
+            let loaded = held.loaded.read();
+            sheets.iter().zip(loaded.iter()).all(|(m, s)| m.kind != "worksheet" || s.is_some())
+        };
+        let mut r = self.readers.lock();
+        if all_loaded {
+            *r = Readers::default();
+        } else if let Some(fast) = &r.fast {
+            fast.release_image(self.image.clone());
+            r.book = None;
+        } else {
+            return;
+        }
+        drop(r);
+        self.image.release();
+    }
+
+    /// calamine's reader: the one held, or one opened again over the file (checked to be the
+    /// file loaded).
+    fn book(&self, id: &str, book: Option<Arc<Mutex<Book>>>, limits: &Limits) -> Result<Arc<Mutex<Book>>> {
+        if let Some(b) = book {
+            return Ok(b);
+        }
+        let opened = load::open_image(id, self.image.whole()?, limits)?;
+        Ok(Arc::new(Mutex::new(opened.book)))
+    }
 }
 
 /// After loading a sheet of at least this many bytes, freed memory is handed back to the
@@ -188,9 +247,10 @@ struct LoadJob {
     id: String,
     index: usize,
     meta: SheetMeta,
-    book: Arc<Mutex<Book>>,
-    file: Arc<[u8]>,
-    fast: Option<Arc<XlsxBook>>,
+    /// Every sheet of the workbook (to know when all are in memory).
+    sheets: Arc<[SheetMeta]>,
+    source: Arc<FileSource>,
+    readers: Readers,
     date1904: bool,
     limits: Limits,
     held: Arc<Held>,
@@ -207,38 +267,44 @@ impl LoadJob {
             // Chart and macro sheets have no cell grid to read.
             return Ok(Sheet::empty(&self.meta.name));
         }
-        if let Some(fast) = &self.fast
+        if let Some(fast) = &self.readers.fast
             && let Some(s) =
                 load::load_sheet_fast(&self.id, fast, self.index, &self.meta.name, &self.limits, budget, progress)?
         {
             return Ok(s);
         }
+        let book = self.source.book(&self.id, self.readers.book.clone(), &self.limits)?;
+        let file = self.source.image.whole()?;
         // calamine's reader is one per workbook: one sheet at a time through it.
-        let mut book = match self.book.try_lock() {
+        let mut book = match book.try_lock() {
             Some(b) => b,
             None => {
                 let wait = budget.load_remaining().unwrap_or(Duration::from_secs(3600));
-                budget.while_waiting(|| self.book.try_lock_for(wait))?.ok_or_else(|| budget.load_timeout_error())?
+                budget.while_waiting(|| book.try_lock_for(wait))?.ok_or_else(|| budget.load_timeout_error())?
             }
         };
-        load::load_sheet(&self.id, &mut book, &self.file, &self.meta.name, self.date1904, &self.limits, budget)
+        load::load_sheet(&self.id, &mut book, &file, &self.meta.name, self.date1904, &self.limits, budget)
     }
 
     /// Run the load and hand its result to the workbook and to everyone waiting.
-    fn run(&self, load: &SheetLoad, budget: &Budget) -> Result<Arc<Sheet>> {
+    fn run(mut self, load: &SheetLoad, budget: &Budget) -> Result<Arc<Sheet>> {
         let r = self.read(budget, load).map(Arc::new);
-        let held = &self.held;
+        let held = self.held.clone();
         match &r {
             Ok(sheet) => {
-                if sheet.heap_bytes() >= TRIM_AFTER_BYTES {
-                    give_back_freed_memory();
-                }
                 held.bytes.fetch_add(sheet.heap_bytes(), Ordering::Relaxed);
                 self.stats.sheets_loaded.fetch_add(1, Ordering::Relaxed);
                 self.stats.cells_loaded.fetch_add(sheet.cell_count() as u64, Ordering::Relaxed);
                 held.loaded.write()[self.index] = Some(sheet.clone());
             }
             Err(e) => tracing::debug!(workbook = %self.id, sheet = %self.meta.name, "sheet load failed: {e}"),
+        }
+        // Before anyone waiting is answered, so the memory they see is what stays: this load's
+        // hold on the readers first, so what the workbook lets go is freed.
+        self.readers = Readers::default();
+        self.source.settle(&held, &self.sheets);
+        if r.as_ref().is_ok_and(|s| s.heap_bytes() >= TRIM_AFTER_BYTES) {
+            give_back_freed_memory();
         }
         held.bytes.fetch_sub(self.estimate.min(held.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         held.loading.lock()[self.index] = None;
@@ -252,6 +318,8 @@ pub struct Workbook {
     pub identity: FileIdentity,
     pub format: Format,
     pub sheets: Vec<SheetMeta>,
+    /// The same, shared with loads running on threads of their own.
+    all_sheets: Arc<[SheetMeta]>,
     pub defined_names: Vec<(String, String)>,
     pub date1904: bool,
     pub has_vba: bool,
@@ -285,9 +353,8 @@ impl Workbook {
         stats: Arc<crate::cache::CacheStats>,
     ) -> Result<Self> {
         let bytes = load::read_file(&entry.id, &entry.abs_path, limits)?;
-        let file_bytes = bytes.len();
-        // The file image stays in memory for lazy sheet loads: count it.
         let opened = load::open(&entry.id, bytes, limits)?;
+        let image = Arc::new(FileImage::new(&entry.id, &entry.abs_path, identity.clone(), opened.bytes.clone()));
         let n = opened.sheets.len();
         let fast = match opened.format {
             Format::Xlsx => {
@@ -302,20 +369,25 @@ impl Workbook {
             }
             _ => None,
         };
+        // The streaming reader reads xlsx sheets: calamine's reader (its shared strings and
+        // styles parsed again) is built only for a sheet it hands back.
+        let book = fast.is_none().then(|| Arc::new(Mutex::new(opened.book)));
+        let source = FileSource { image, readers: Mutex::new(Readers { book, fast }) };
         Ok(Self {
             entry,
             identity,
             format: opened.format,
+            all_sheets: opened.sheets.clone().into(),
             sheets: opened.sheets,
             defined_names: opened.defined_names,
             date1904: opened.date1904,
             has_vba: opened.has_vba,
             limits: limits.clone(),
-            source: Source::File { book: Arc::new(Mutex::new(opened.book)), file: opened.bytes, fast },
+            source: Source::File(Arc::new(source)),
             held: Arc::new(Held {
                 loaded: RwLock::new(vec![None; n]),
                 loading: Mutex::new(vec![None; n]),
-                bytes: AtomicUsize::new(file_bytes + 4096),
+                bytes: AtomicUsize::new(4096),
             }),
             tables: Mutex::new(None),
             stats,
@@ -334,6 +406,7 @@ impl Workbook {
             identity: base.identity.clone(),
             format: base.format,
             sheets: base.sheets.clone(),
+            all_sheets: base.all_sheets.clone(),
             defined_names: base.defined_names.clone(),
             date1904: base.date1904,
             has_vba: base.has_vba,
@@ -349,11 +422,40 @@ impl Workbook {
         }
     }
 
-    /// The file image a workbook was read from (a view answers with its base's).
-    pub fn file_bytes(&self) -> Arc<[u8]> {
+    /// The file image a workbook was read from (a view answers with its base's): held no
+    /// longer than loads need it, so usually read again from the file, checked to be the
+    /// same file ([`SheetsError::ChangedOnDisk`] when it is not).
+    pub fn file_bytes(&self) -> Result<Arc<[u8]>> {
         match &self.source {
-            Source::File { file, .. } => file.clone(),
+            Source::File(f) => f.image.whole(),
             Source::Overlay { base } => base.file_bytes(),
+        }
+    }
+
+    /// [`Workbook::file_bytes`] from a copy of the file (a fork's base copy) when it holds the
+    /// same bytes, so a change to the original after the copy was made does not matter.
+    pub fn file_bytes_from_copy(&self, copy: &std::path::Path) -> Result<Arc<[u8]>> {
+        match &self.source {
+            Source::File(f) => f.image.whole_from_copy(copy),
+            Source::Overlay { base } => base.file_bytes_from_copy(copy),
+        }
+    }
+
+    /// Whether its file's whole image is in memory (a view answers for its base): true from
+    /// the open until the first sheet loads (for xlsx) or all sheets are loaded.
+    pub fn file_image_in_memory(&self) -> bool {
+        match &self.source {
+            Source::File(f) => f.image.in_memory(),
+            Source::Overlay { base } => base.file_image_in_memory(),
+        }
+    }
+
+    /// Whether a read of its file found it changed since the load (the cache then loads it
+    /// again even when its size and modification time look the same).
+    pub fn changed_on_disk(&self) -> bool {
+        match &self.source {
+            Source::File(f) => f.image.has_changed(),
+            Source::Overlay { base } => base.changed_on_disk(),
         }
     }
 
@@ -361,14 +463,14 @@ impl Workbook {
         &self.entry.id
     }
 
-    /// Bytes held (file image plus loaded sheets, and an estimate for sheets loading), for
-    /// the cache's accounting.
+    /// Bytes held (loaded sheets, an estimate for sheets loading, and the file image and
+    /// readers while kept), for the cache's accounting.
     pub fn bytes(&self) -> usize {
-        let fast = match &self.source {
-            Source::File { fast: Some(f), .. } => f.heap_bytes(),
-            _ => 0,
+        let source = match &self.source {
+            Source::File(f) => f.bytes(),
+            Source::Overlay { .. } => 0,
         };
-        self.held.bytes.load(Ordering::Relaxed) + fast
+        self.held.bytes.load(Ordering::Relaxed) + source
     }
 
     pub fn sheet_names(&self) -> Vec<&str> {
@@ -437,8 +539,8 @@ impl Workbook {
             return Ok(SheetView::Full(s));
         }
         let meta = self.sheets.get(i).ok_or_else(|| SheetsError::Internal(format!("sheet index {i} out of range")))?;
-        let (book, file, fast) = match &self.source {
-            Source::File { book, file, fast } => (book, file, fast),
+        let source = match &self.source {
+            Source::File(f) => f,
             Source::Overlay { base } => {
                 return match rows {
                     Some(r) => base.sheet_prefix_at(i, r, budget),
@@ -455,7 +557,8 @@ impl Workbook {
             match &loading[i] {
                 Some(l) => (l.clone(), None),
                 None => {
-                    let xml = fast.as_ref().and_then(|f| f.sheet_xml_bytes(i)).unwrap_or(0);
+                    let readers = source.readers.lock().clone();
+                    let xml = readers.fast.as_ref().and_then(|f| f.sheet_xml_bytes(i)).unwrap_or(0);
                     let background = meta.kind == "worksheet" && xml >= BACKGROUND_XML_BYTES;
                     // A background load outlives the call that starts it: its own cancel
                     // flag (the workbook's drop), the caller's load deadline.
@@ -472,9 +575,9 @@ impl Workbook {
                         id: self.entry.id.clone(),
                         index: i,
                         meta: meta.clone(),
-                        book: book.clone(),
-                        file: file.clone(),
-                        fast: fast.clone(),
+                        sheets: self.all_sheets.clone(),
+                        source: source.clone(),
+                        readers,
                         date1904: self.date1904,
                         limits: self.limits.clone(),
                         held: self.held.clone(),
@@ -494,8 +597,9 @@ impl Workbook {
                 let l = load.clone();
                 let spawned = std::thread::Builder::new().name("gemba-sheet-load".into()).spawn(move || {
                     let t = Instant::now();
+                    let (id, sheet) = (job.id.clone(), job.meta.name.clone());
                     let r = job.run(&l, &job_budget);
-                    tracing::debug!(workbook = %job.id, sheet = %job.meta.name, ok = r.is_ok(), "background load took {:?}", t.elapsed());
+                    tracing::debug!(workbook = %id, sheet = %sheet, ok = r.is_ok(), "background load took {:?}", t.elapsed());
                 });
                 if let Err(e) = spawned {
                     let err = SheetsError::Internal(format!("cannot start a sheet load: {e}"));
@@ -560,7 +664,12 @@ impl Workbook {
             return Ok(t.clone());
         }
         let loaded = match &self.source {
-            Source::File { book, .. } => Arc::new(load::load_tables(&self.entry.id, &mut book.lock())?),
+            Source::File(f) => {
+                let held = f.readers.lock().book.clone();
+                let book = f.book(&self.entry.id, held, &self.limits)?;
+                let mut book = book.lock();
+                Arc::new(load::load_tables(&self.entry.id, &mut book)?)
+            }
             Source::Overlay { base } => base.tables()?,
         };
         *t = Some(loaded.clone());

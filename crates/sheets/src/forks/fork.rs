@@ -70,6 +70,9 @@ pub struct Snapshot {
     pub(super) epoch: u32,
     pub(super) stale: bool,
     pub(super) base: Arc<Workbook>,
+    /// The fork's own copy of the base's file (read instead of the original, which may have
+    /// changed since).
+    pub(super) base_copy: std::path::PathBuf,
     pub(super) edits: Layer<Input>,
     pub(super) computed: Layer<Scalar>,
     pub(super) styles: Layer<StyleSpec>,
@@ -388,6 +391,7 @@ impl Fork {
             epoch: self.meta.epoch,
             stale: self.stale,
             base: self.base.clone(),
+            base_copy: self.dir.base_for(self.meta.epoch),
             edits: self.edits.clone(),
             computed: self.computed.clone(),
             styles: self.styles.clone(),
@@ -455,7 +459,7 @@ impl Snapshot {
                 indices.push(i);
             }
         }
-        let bytes = self.base.file_bytes();
+        let bytes = self.base.file_bytes_from_copy(&self.base_copy)?;
         let styled: Vec<(String, &CellMap<StyleSpec>)> = indices
             .iter()
             .filter(|&&i| !self.styles[i].is_empty())

@@ -265,7 +265,7 @@ impl ForkStore {
         // The base is the very image the cache loaded; keep a copy so the fork survives a
         // restart even if the original changes.
         let result = (|| {
-            persist::write_atomic(&dir.base(), &original.file_bytes(), None)
+            persist::write_atomic(&dir.base(), &original.file_bytes()?, None)
                 .map_err(|e| SheetsError::Workspace(format!("cannot copy the workbook into the fork: {e}")))?;
             // The fork's own directory entry, so a crash cannot lose the whole fork.
             persist::sync_dir(&self.cfg.dir)

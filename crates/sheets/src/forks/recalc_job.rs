@@ -127,7 +127,7 @@ impl RecalcJob {
         let names: Vec<String> = snap.base.sheets.iter().map(|s| s.name.clone()).collect();
         let session = self.session.take();
         let fresh = session.is_none();
-        let bytes = fresh.then(|| snap.base.file_bytes());
+        let bytes = if fresh { Some(snap.base.file_bytes_from_copy(&snap.base_copy)?) } else { None };
         let date1904 = snap.base.date1904;
         let pending = std::mem::take(&mut self.pending);
         let id = snap.id.clone();

@@ -15,7 +15,9 @@ mod numfmt;
 mod package;
 mod text;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use quick_xml::events::BytesStart;
 
@@ -118,14 +120,29 @@ impl Sst {
     }
 }
 
+/// Where a book whose file image was let go gets the compressed bytes of a part.
+pub trait PartSource: Send + Sync {
+    /// `len` bytes at offset `start` of the file: a buffer holding them and where in it they
+    /// begin. Fails (e.g. [`SheetsError::ChangedOnDisk`]) when the file is not the one opened.
+    fn part(&self, start: usize, len: usize) -> crate::Result<(Arc<[u8]>, usize)>;
+}
+
+/// Where the book reads parts from: the file image, or (once it is let go) a [`PartSource`].
+enum Bytes {
+    Image(Arc<[u8]>),
+    Parts(Arc<dyn PartSource>),
+}
+
 /// What the fast reader keeps per workbook: where each sheet's XML is, the cell formats that
-/// make dates, and (read on first use) the shared strings.
+/// make dates, (read on first use) the shared strings, and the file image until it is let go
+/// ([`XlsxBook::release_image`]).
 pub struct XlsxBook {
-    image: Arc<[u8]>,
+    bytes: RwLock<Bytes>,
     package: Package,
     formats: Vec<numfmt::NumKind>,
     date1904: bool,
-    strings: OnceLock<Result<Arc<Sst>, Bail>>,
+    /// Read on first use; a failure to get the bytes is not kept (the next load tries again).
+    strings: Mutex<Option<Result<Arc<Sst>, Bail>>>,
 }
 
 impl std::fmt::Debug for XlsxBook {
@@ -153,7 +170,13 @@ impl XlsxBook {
             },
             None => Vec::new(),
         };
-        Ok(Self { image, package, formats, date1904, strings: OnceLock::new() })
+        Ok(Self { bytes: RwLock::new(Bytes::Image(image)), package, formats, date1904, strings: Mutex::new(None) })
+    }
+
+    /// Let go of the file image: later loads read the compressed bytes of the parts they need
+    /// from `parts` (the image is freed once no load in flight holds it).
+    pub fn release_image(&self, parts: Arc<dyn PartSource>) {
+        *self.bytes.write() = Bytes::Parts(parts);
     }
 
     /// Uncompressed size of a sheet's XML (for reservations and progress), if known.
@@ -162,27 +185,55 @@ impl XlsxBook {
         self.package.entry(path).map(|e| e.size)
     }
 
-    /// Heap bytes held (the shared strings once read).
+    /// Heap bytes held (the shared strings once read; not the file image).
     pub fn heap_bytes(&self) -> usize {
-        let strings = match self.strings.get() {
+        let strings = match &*self.strings.lock() {
             Some(Ok(s)) => s.heap_bytes(),
             _ => 0,
         };
         strings + self.formats.capacity()
     }
 
-    fn strings(&self) -> Result<Arc<Sst>, Bail> {
-        self.strings
-            .get_or_init(|| {
-                let Some(path) = self.package.part_path_of("sharedStrings.xml") else {
-                    return Ok(Arc::new(Sst::default()));
-                };
-                match self.package.read_small(&self.image, &path)? {
-                    Some(bytes) => text::read_shared_strings(&bytes).map(Arc::new),
-                    None => Ok(Arc::new(Sst::default())),
-                }
-            })
-            .clone()
+    /// The compressed bytes of entry `e`: a buffer and where in it they begin.
+    fn compressed(&self, e: &package::Entry) -> Result<(Arc<[u8]>, usize), Failure> {
+        let parts = match &*self.bytes.read() {
+            Bytes::Image(image) => return Ok((image.clone(), e.data_start)),
+            Bytes::Parts(p) => p.clone(),
+        };
+        let (buf, at) = parts.part(e.data_start, e.compressed)?;
+        if at.checked_add(e.compressed).is_none_or(|end| end > buf.len()) {
+            return Err(Failure::Error(SheetsError::Internal("a part read came back short".into())));
+        }
+        Ok((buf, at))
+    }
+
+    fn strings(&self) -> Result<Arc<Sst>, Failure> {
+        let mut slot = self.strings.lock();
+        if let Some(r) = &*slot {
+            return r.clone().map_err(Failure::Bail);
+        }
+        let read = || -> Result<Arc<Sst>, Failure> {
+            let Some(path) = self.package.part_path_of("sharedStrings.xml") else {
+                return Ok(Arc::new(Sst::default()));
+            };
+            let Some(e) = self.package.small_entry(&path)? else {
+                return Ok(Arc::new(Sst::default()));
+            };
+            let (buf, at) = self.compressed(e)?;
+            let bytes = package::inflate_small(&path, e, &buf[at..at + e.compressed])?;
+            Ok(Arc::new(text::read_shared_strings(&bytes)?))
+        };
+        match read() {
+            Ok(s) => {
+                *slot = Some(Ok(s.clone()));
+                Ok(s)
+            }
+            Err(Failure::Bail(b)) => {
+                *slot = Some(Err(b.clone()));
+                Err(Failure::Bail(b))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Load sheet `i` into the compact model, publishing prefixes to `progress` as rows arrive.
@@ -198,7 +249,9 @@ impl XlsxBook {
         let strings = self.strings()?;
         let threaded = entry.size >= THREADED_PART_BYTES
             && std::thread::available_parallelism().map(|n| n.get() > 1).unwrap_or(false);
-        let mut source = inflate::Source::new(self.image.clone(), &entry, threaded)?;
+        let (buf, at) = self.compressed(&entry)?;
+        let entry = package::Entry { data_start: at, ..entry };
+        let mut source = inflate::Source::new(buf, &entry, threaded)?;
         let ctx = cells::Context {
             strings: &strings,
             formats: &self.formats,

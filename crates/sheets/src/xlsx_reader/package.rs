@@ -105,28 +105,39 @@ impl Package {
 
     /// A whole part, inflated (`None` when the zip has no such entry).
     pub fn read_small(&self, image: &[u8], path: &str) -> Result<Option<Vec<u8>>, Bail> {
+        let Some(e) = self.small_entry(path)? else { return Ok(None) };
+        inflate_small(path, e, &image[e.data_start..e.data_start + e.compressed]).map(Some)
+    }
+
+    /// The entry of a part to be read whole (`None` when the zip has no such entry); a method
+    /// the fast reader does not handle, or a part too large to read whole, is a [`Bail`].
+    pub fn small_entry(&self, path: &str) -> Result<Option<&Entry>, Bail> {
         let Some(e) = self.entries.get(&path.to_ascii_lowercase()) else { return Ok(None) };
         let e =
             e.as_ref().ok_or_else(|| Bail::new(format!("{path}: a zip method the fast reader leaves to calamine")))?;
         if e.size > MAX_SMALL_PART {
             return Err(Bail::new(format!("{path} is too large to read whole")));
         }
-        let data = &image[e.data_start..e.data_start + e.compressed];
-        let mut out = Vec::with_capacity(e.size as usize);
-        match e.method {
-            Method::Stored => out.extend_from_slice(data),
-            Method::Deflated => {
-                flate2::read::DeflateDecoder::new(data)
-                    .take(e.size + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|err| Bail::new(format!("{path}: inflate: {err}")))?;
-            }
-        }
-        if out.len() as u64 != e.size || crc32fast::hash(&out) != e.crc32 {
-            return Err(Bail::new(format!("{path}: size or checksum differs from the zip directory")));
-        }
-        Ok(Some(out))
+        Ok(Some(e))
     }
+}
+
+/// A whole part inflated from its compressed bytes (`data`), checked against the directory.
+pub fn inflate_small(path: &str, e: &Entry, data: &[u8]) -> Result<Vec<u8>, Bail> {
+    let mut out = Vec::with_capacity(e.size as usize);
+    match e.method {
+        Method::Stored => out.extend_from_slice(data),
+        Method::Deflated => {
+            flate2::read::DeflateDecoder::new(data)
+                .take(e.size + 1)
+                .read_to_end(&mut out)
+                .map_err(|err| Bail::new(format!("{path}: inflate: {err}")))?;
+        }
+    }
+    if out.len() as u64 != e.size || crc32fast::hash(&out) != e.crc32 {
+        return Err(Bail::new(format!("{path}: size or checksum differs from the zip directory")));
+    }
+    Ok(out)
 }
 
 /// Relationship id → (target, type).

@@ -23,12 +23,13 @@ pub enum CallError {
 fn call<P: DeserializeOwned, O: Serialize>(
     f: fn(&Engine, P, &Budget) -> sheets::Result<O>,
     engine: &Engine,
-    args: Value,
+    args: &Value,
     budget: &Budget,
 ) -> Result<(Value, std::time::Duration), CallError> {
-    // Also returns the time spent decoding the arguments (the "validate" stage).
+    // Also returns the time spent decoding the arguments (the "validate" stage). Decoded from
+    // a borrow: a call tried inline and sent to the blocking pool decodes them again.
     let t = std::time::Instant::now();
-    let params: P = serde_json::from_value(args).map_err(|e| CallError::InvalidParams(e.to_string()))?;
+    let params = <P as serde::Deserialize>::deserialize(args).map_err(|e| CallError::InvalidParams(e.to_string()))?;
     let validate = t.elapsed();
     let out = f(engine, params, budget).map_err(|e| {
         // A load refused by a limit is worth telling the client about (surface::logging).
@@ -115,7 +116,7 @@ macro_rules! catalog {
         }
 
         /// Run tool `name`; `None` when no tool has that name.
-        pub fn dispatch(name: &str, engine: &Engine, args: Value, budget: &Budget) -> Option<Result<(Value, std::time::Duration), CallError>> {
+        pub fn dispatch(name: &str, engine: &Engine, args: &Value, budget: &Budget) -> Option<Result<(Value, std::time::Duration), CallError>> {
             match name {
                 $( stringify!($name) => Some(call::<$P, $O>($module::$name, engine, args, budget)), )*
                 _ => None,

@@ -63,6 +63,17 @@ mod enabled {
             }
         }
 
+        /// Whether a fault is planted on `tool` (its calls then always run on the blocking pool).
+        pub fn touches(&self, tool: &str) -> bool {
+            [
+                &self.slow_tool.as_ref().map(|t| &t.0),
+                &self.panic_tool.as_ref().map(|t| &t.0),
+                &self.burn_tool.as_ref().map(|t| &t.0),
+            ]
+            .iter()
+            .any(|t| t.is_some_and(|t| t == tool))
+        }
+
         /// Before the tool runs: the planted delay (stopped by the budget) and panic.
         pub fn before(&self, tool: &str, budget: &Budget) -> Result<(), SheetsError> {
             if let Some((t, delay)) = &self.slow_tool
@@ -129,6 +140,11 @@ impl Faults {
             );
         }
         Self
+    }
+
+    #[inline(always)]
+    pub fn touches(&self, _tool: &str) -> bool {
+        false
     }
 
     #[inline(always)]

@@ -16,6 +16,7 @@ mod experiments;
 mod faults;
 mod http;
 mod incidents;
+mod inline;
 mod loadtest;
 mod measure;
 mod operational;

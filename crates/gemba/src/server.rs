@@ -59,6 +59,13 @@ pub struct State {
     pub gate: crate::admission::Gate,
     /// Prompts, completion, logging, progress, resources and subscriptions (process-wide part).
     pub surface: surface::Shared,
+    /// Which warm reads run inline on the runtime thread (see `inline`).
+    pub inline: crate::inline::InlineRule,
+    /// Calls run inline, and calls tried inline that needed a load and went to the pool.
+    pub inline_calls: std::sync::atomic::AtomicU64,
+    pub inline_fallbacks: std::sync::atomic::AtomicU64,
+    /// A rescan of the workspace listing ahead of its end is under way.
+    pub refreshing_listing: std::sync::atomic::AtomicBool,
 }
 
 pub use crate::admission::Admission;
@@ -92,6 +99,10 @@ impl GembaServer {
                 faults: crate::faults::Faults::from_env(),
                 gate: crate::admission::Gate::new(admission),
                 surface: shared,
+                inline: crate::inline::InlineRule::from_env(),
+                inline_calls: Default::default(),
+                inline_fallbacks: Default::default(),
+                refreshing_listing: Default::default(),
             }),
             session,
         }
@@ -111,6 +122,11 @@ impl GembaServer {
     /// Calls waiting for an admission slot now.
     pub fn queued_calls(&self) -> usize {
         self.state.gate.queued()
+    }
+
+    /// Tool calls run inline on the runtime thread, and those tried inline that needed a load.
+    pub fn inline_figures(&self) -> (u64, u64) {
+        (self.state.inline_calls.load(Ordering::Relaxed), self.state.inline_fallbacks.load(Ordering::Relaxed))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -159,33 +175,56 @@ impl GembaServer {
             budget = budget.observed_by(o);
         }
         let canceller = budget.canceller();
-        let name_owned = name.to_string();
-        let queued = Instant::now();
-        let b = budget.clone();
-        let work = tokio::task::spawn_blocking(move || {
-            let _ticket = ticket;
-            let queue = queued.elapsed();
-            if let Err(e) = state.faults.before(&name_owned, &b) {
-                return (queue, Duration::ZERO, Some(Err(CallError::Tool(e))));
-            }
-            let t = Instant::now();
-            let r = catalog::dispatch(&name_owned, &state.engine, args, &b);
-            state.faults.after(&name_owned);
-            (queue, t.elapsed(), r)
-        });
         let backstop = timeout.max(self.state.load_timeout) + Duration::from_millis(250);
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(backstop, work) => r,
-            _ = ct.cancelled() => {
-                // The client gave up (a cancel notification, or it went away): stop the work.
-                canceller.cancel();
-                note.set_outcome(Outcome::Cancelled);
-                return tool_error(format!("{name} was cancelled by the client"));
+        // A warm read of bounded size runs here, on the runtime thread (see `inline`); one
+        // that turns out to need a load runs on the blocking pool like any other.
+        refresh_listing_ahead(&state);
+        let inline = if !budget.bypasses_cache()
+            && !state.faults.touches(name)
+            && state.inline.admits(&state.engine, name, &args)
+        {
+            run_inline(&state, name, &args, &budget)
+        } else {
+            None
+        };
+        let outcome = match inline {
+            Some(done) => {
+                drop(ticket);
+                Ok(done)
+            }
+            None => {
+                let name_owned = name.to_string();
+                let queued = Instant::now();
+                let b = budget.clone();
+                let state = state.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    let _ticket = ticket;
+                    let queue = queued.elapsed();
+                    if let Err(e) = state.faults.before(&name_owned, &b) {
+                        return (queue, Duration::ZERO, Some(Err(CallError::Tool(e))));
+                    }
+                    let t = Instant::now();
+                    let r = catalog::dispatch(&name_owned, &state.engine, &args, &b);
+                    state.faults.after(&name_owned);
+                    (queue, t.elapsed(), r)
+                });
+                tokio::select! {
+                    r = tokio::time::timeout(backstop, work) => match r {
+                        Err(_) => Err(()),
+                        Ok(r) => Ok(r.map_err(|join| join.to_string())),
+                    },
+                    _ = ct.cancelled() => {
+                        // The client gave up (a cancel notification, or it went away): stop the work.
+                        canceller.cancel();
+                        note.set_outcome(Outcome::Cancelled);
+                        return tool_error(format!("{name} was cancelled by the client"));
+                    }
+                }
             }
         };
         let stages = budget.stages();
         let result = match outcome {
-            Err(_) => {
+            Err(()) => {
                 // The work checks its budget and stops; tell the agent now.
                 canceller.cancel();
                 note.set_outcome(Outcome::Timeout);
@@ -194,8 +233,8 @@ impl GembaServer {
                     backstop.as_millis()
                 ))
             }
-            Ok(Err(join)) => {
-                tracing::error!(tool = name, "tool panicked: {join}");
+            Ok(Err(panic)) => {
+                tracing::error!(tool = name, "tool panicked: {panic}");
                 note.set_outcome(Outcome::Internal);
                 note.set_error("system", "tool panicked");
                 tool_error(format!(
@@ -259,6 +298,53 @@ impl GembaServer {
             t.finish(name, note, &result);
         }
         result
+    }
+}
+
+/// A finished call: time waiting for a thread, time working, and the tool's answer.
+type Done = (Duration, Duration, Option<Result<(Value, Duration), CallError>>);
+
+/// The workspace listing is rescanned when it is a second old; a call that finds it expired
+/// would scan, so it cannot run inline. Rescan it ahead, on the blocking pool, one scan at a
+/// time, so warm calls keep finding a fresh listing instead of going to the pool in a burst
+/// once a second.
+fn refresh_listing_ahead(state: &Arc<State>) {
+    if state.inline.max_cells == 0
+        || !state.engine.workspace.listing_ends_soon()
+        || state.refreshing_listing.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || {
+        s.engine.workspace.refresh();
+        s.refreshing_listing.store(false, Ordering::Release);
+    });
+}
+
+/// Run `name` inline on this (runtime) thread under an inline budget: `None` when it would
+/// have to load or wait (run it on the blocking pool then), the panic's message if it panicked.
+fn run_inline(state: &State, name: &str, args: &Value, budget: &Budget) -> Option<Result<Done, String>> {
+    let b = budget.clone().inline();
+    let t = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| catalog::dispatch(name, &state.engine, args, &b)));
+    match r {
+        Ok(Some(Err(CallError::Tool(sheets::SheetsError::WouldBlock)))) => {
+            state.inline_fallbacks.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Ok(r) => {
+            state.inline_calls.fetch_add(1, Ordering::Relaxed);
+            Some(Ok((Duration::ZERO, t.elapsed(), r)))
+        }
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Some(Err(msg))
+        }
     }
 }
 

@@ -335,6 +335,19 @@ fn set_samples(cfg: &ServeConfig, server: &GembaServer, kaizen: &Arc<Kaizen>) {
             Kind::Gauge,
             s.queued_calls() as f64,
         ));
+        let (inline, fallbacks) = s.inline_figures();
+        out.push(Sample::new(
+            "gemba_calls_inline",
+            "Tool calls run inline on the runtime thread (warm reads of bounded size).",
+            Kind::Counter,
+            inline as f64,
+        ));
+        out.push(Sample::new(
+            "gemba_calls_inline_fallbacks",
+            "Tool calls tried inline that needed a load and ran on the blocking pool.",
+            Kind::Counter,
+            fallbacks as f64,
+        ));
         k.sli.samples(now_secs(), out);
         if let Some(i) = &k.incidents {
             i.samples(out);

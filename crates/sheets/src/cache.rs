@@ -195,6 +195,9 @@ impl WorkbookCache {
             query: entry.id.clone(),
             suggestion: format!(" ('{}' cannot be read: {e})", entry.rel_path),
         })?;
+        if budget.is_inline() {
+            return self.get_warm(entry, &identity);
+        }
         let (slot, owner) = {
             let mut g = self.inner.lock();
             g.1 += 1;
@@ -253,6 +256,34 @@ impl WorkbookCache {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The workbook for `entry` when it is in the cache, loaded and current (or its load failed
+    /// recently and the failure is kept); [`SheetsError::WouldBlock`] when getting it would
+    /// mean loading it or waiting for a load. Claims nothing: the cache is left as it was but
+    /// for the entry's recency. For calls run where they must not block.
+    fn get_warm(&self, entry: &Entry, identity: &FileIdentity) -> Result<(Arc<Workbook>, Lookup)> {
+        let mut g = self.inner.lock();
+        g.1 += 1;
+        let tick = g.1;
+        let found = match g.0.get_mut(&entry.id) {
+            Some(e) if matches!(self.judge(e, identity), Found::Keep) => e,
+            _ => return Err(SheetsError::WouldBlock),
+        };
+        let r = found.slot.get().ok_or(SheetsError::WouldBlock)?;
+        found.last_used = tick;
+        found.accesses += 1;
+        drop(g);
+        let wb = r?;
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Ok((wb, Lookup::Hit))
+    }
+
+    /// The workbook `id` when it is loaded in the cache now, without checking its file (for a
+    /// quick look at what a call would find; the call itself checks).
+    pub fn peek(&self, id: &str) -> Option<Arc<Workbook>> {
+        let slot = self.inner.lock().0.get(id).map(|e| e.slot.clone());
+        slot.and_then(|s| s.loaded())
     }
 
     /// The workbook for `entry` read fresh from its file, outside the cache (neither found in
@@ -432,6 +463,40 @@ mod tests {
         let r = cache.get(&e, &Limits::default(), &Budget::unlimited());
         assert!(matches!(&r, Err(SheetsError::Internal(m)) if m.contains("cannot read bad")), "{r:?}");
         assert_eq!(calls(&e.id), before + 1);
+    }
+
+    #[test]
+    fn an_inline_call_never_loads_nor_waits() {
+        let dir = tempdir("inline");
+        let e = entry(&dir, "i.xlsx");
+        change(&e.abs_path, "hang");
+        let cache = Arc::new(WorkbookCache::with_loader(1 << 20, fussy, Duration::from_secs(3600)));
+        let inline = Budget::with_timeout(Duration::from_secs(30)).inline();
+        // Not cached: refused at once, and nothing claimed (no load started, no entry left).
+        assert!(matches!(cache.get(&e, &Limits::default(), &inline), Err(SheetsError::WouldBlock)));
+        assert_eq!(calls(&e.id), 0);
+        assert_eq!(cache.entries(), 0);
+        // Another call's load in flight: refused at once instead of waiting for it.
+        let (c, e2) = (cache.clone(), e.clone());
+        let loading = std::thread::spawn(move || c.get(&e2, &Limits::default(), &Budget::unlimited()));
+        while calls(&e.id) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t = Instant::now();
+        assert!(matches!(cache.get(&e, &Limits::default(), &inline), Err(SheetsError::WouldBlock)));
+        assert!(t.elapsed() < Duration::from_secs(5), "it did not wait for the load");
+        // The file changes, which ends that load: a reload is due, and an inline call refuses it.
+        change(&e.abs_path, "bad");
+        assert!(loading.join().unwrap().is_err());
+        assert!(matches!(cache.get(&e, &Limits::default(), &inline), Err(SheetsError::WouldBlock)));
+        assert_eq!(calls(&e.id), 1, "no load from an inline call");
+        // A failure kept for its back-off is what an inline call gets, as it is.
+        assert!(cache.get(&e, &Limits::default(), &Budget::unlimited()).is_err());
+        let r = cache.get(&e, &Limits::default(), &inline);
+        assert!(matches!(&r, Err(SheetsError::Internal(m)) if m.contains("cannot read bad")), "{r:?}");
+        assert_eq!(calls(&e.id), 2);
+        // And the inline budget refuses a wait that the embedder would lend its slot for.
+        assert!(matches!(inline.while_waiting(|| ()), Err(SheetsError::WouldBlock)));
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub enum SheetsError {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// The call runs where it must not block (an async runtime thread) and needs a load or a
+    /// wait: the embedder runs it again on a thread that may block. Never shown to a client.
+    #[error("this call needs a workbook or sheet load; run it on a thread that may block")]
+    WouldBlock,
 }
 
 impl SheetsError {
@@ -82,7 +87,7 @@ impl SheetsError {
             | Self::Unreadable { .. }
             | Self::ChangedOnDisk { .. }
             | Self::LimitExceeded { .. } => ErrorClass::Workbook,
-            Self::Workspace(_) | Self::Internal(_) => ErrorClass::Internal,
+            Self::Workspace(_) | Self::Internal(_) | Self::WouldBlock => ErrorClass::Internal,
         }
     }
 

@@ -92,6 +92,10 @@ impl Engine {
         if id.trim().is_empty() {
             return Err(SheetsError::invalid("workbook_id", "is empty; call list_workbooks to get an id"));
         }
+        if budget.is_inline() && (budget.bypasses_cache() || forks::ForkStore::is_fork_id(id)) {
+            // A fork's view may be rebuilt, and a bypass reads the file: both may block.
+            return Err(SheetsError::WouldBlock);
+        }
         let t = std::time::Instant::now();
         if forks::ForkStore::is_fork_id(id) {
             let view = self.forks.view(id, budget);
@@ -118,12 +122,41 @@ impl Engine {
         r
     }
 
+    /// The cells a read of workbook `id` could touch if it ran now without loading anything:
+    /// those of sheet `sheet` (every sheet when `None`), or `None` when the workbook is not
+    /// cached, the workspace listing would have to be rescanned to find it, or a sheet it
+    /// could read is not in memory yet. A cheap look (no file is opened) for deciding whether
+    /// a call may run inline ([`Budget::inline`]); the call itself checks again as it runs.
+    pub fn warm_cells(&self, id: &str, sheet: Option<&str>) -> Option<u64> {
+        let id = id.trim();
+        if id.is_empty() || forks::ForkStore::is_fork_id(id) {
+            return None;
+        }
+        let entry_id = self.workspace.listed_id(id)?;
+        let wb = self.cache.peek(&entry_id)?;
+        // A loaded sheet stays loaded while the workbook lives: reading it cannot load.
+        let inline = Budget::unlimited().inline();
+        let cells = |i: usize| -> Option<u64> {
+            if !wb.is_loaded(i) {
+                return None;
+            }
+            wb.sheet_at(i, &inline).ok().map(|s| s.cell_count() as u64)
+        };
+        match sheet {
+            Some(name) => cells(wb.sheet_index(Some(name)).ok()?),
+            None => (0..wb.sheets.len()).try_fold(0u64, |sum, i| Some(sum + cells(i)?)),
+        }
+    }
+
     /// Sheet `name`, or its first `rows` rows (0-based, exclusive) when it is still loading in
     /// the background and they are in: for reads that need only the top of a sheet.
     pub fn sheet_view(&self, wb: &Workbook, name: Option<&str>, rows: u32, budget: &Budget) -> Result<SheetView> {
         let i = wb.sheet_index(name)?;
         if wb.is_loaded(i) {
             return wb.sheet_at(i, budget).map(SheetView::Full);
+        }
+        if budget.is_inline() {
+            return Err(SheetsError::WouldBlock);
         }
         let t = std::time::Instant::now();
         let v = wb.sheet_prefix_at(i, rows, budget)?;
@@ -139,6 +172,9 @@ impl Engine {
         let fresh = !wb.is_loaded(i);
         if !fresh {
             return wb.sheet_at(i, budget);
+        }
+        if budget.is_inline() {
+            return Err(SheetsError::WouldBlock);
         }
         let t = std::time::Instant::now();
         let s = wb.sheet_at(i, budget)?;

@@ -63,6 +63,8 @@ pub struct Budget {
     bypass_cache: bool,
     /// Who watches this call's progress and notices (none unless the embedder asked).
     observer: Option<Arc<Observer>>,
+    /// The call runs on a thread that must not block (see [`Budget::inline`]).
+    inline: bool,
 }
 
 impl std::fmt::Debug for Budget {
@@ -146,7 +148,22 @@ impl Budget {
             waiting: None,
             bypass_cache: false,
             observer: None,
+            inline: false,
         }
+    }
+
+    /// This budget for a call run inline on a thread that must not block (an async runtime's
+    /// worker): anything that would load a workbook or sheet, or wait for another call's load,
+    /// fails with [`SheetsError::WouldBlock`] instead of doing it, and the embedder runs the
+    /// call again on a thread that may block. Only warm reads of bounded size should run so.
+    pub fn inline(mut self) -> Self {
+        self.inline = true;
+        self
+    }
+
+    /// Whether the call runs inline (it must not load or wait).
+    pub fn is_inline(&self) -> bool {
+        self.inline
     }
 
     /// Tell `w` whenever this call waits for another call's work.
@@ -158,6 +175,9 @@ impl Budget {
     /// Run `wait` (a blocking wait for another call's work) with the call's share of the server
     /// lent out meanwhile; an error if it cannot be had back within the load budget.
     pub fn while_waiting<T>(&self, wait: impl FnOnce() -> T) -> Result<T> {
+        if self.inline {
+            return Err(SheetsError::WouldBlock);
+        }
         let Some(w) = &self.waiting else { return Ok(wait()) };
         w.begin();
         let r = wait();
@@ -185,6 +205,7 @@ impl Budget {
             waiting: None,
             bypass_cache: false,
             observer: None,
+            inline: false,
         }
     }
 
@@ -258,6 +279,7 @@ impl Budget {
             waiting: None,
             observer: None,
             bypass_cache: false,
+            inline: false,
         }
     }
 

@@ -17,6 +17,8 @@ const MAX_FILES: usize = 20_000;
 const MAX_DEPTH: usize = 12;
 /// How long a directory scan is reused before the next call rescans.
 const LISTING_TTL: Duration = Duration::from_millis(1000);
+/// A listing this close to its end is refreshed ahead (`listing_ends_soon`).
+const LISTING_MARGIN: Duration = Duration::from_millis(100);
 /// An id that is not in the listing rescans the workspace at most this often: agents that guess
 /// ids must not turn every miss into a scan of up to 20,000 files.
 const MISS_RESCAN_INTERVAL: Duration = Duration::from_secs(2);
@@ -115,6 +117,38 @@ impl Workspace {
         let l = self.scan_and_swap();
         drop(gate);
         l
+    }
+
+    /// The id of the workbook `query` names (its id or path, as `resolve` matches them first)
+    /// in the current listing, if that listing is still fresh: `None` where resolving it
+    /// would mean a scan. A quick look, no file system access.
+    pub fn listed_id(&self, query: &str) -> Option<String> {
+        let l = self.current()?;
+        if l.started.elapsed() >= LISTING_TTL {
+            return None;
+        }
+        l.entries.iter().find(|e| e.id == query || e.rel_path == query).map(|e| e.id.clone())
+    }
+
+    /// How many workbooks the current listing holds, if it is still fresh (listing it needs
+    /// no scan).
+    pub fn fresh_listing_len(&self) -> Option<usize> {
+        let l = self.current()?;
+        (l.started.elapsed() < LISTING_TTL).then(|| l.entries.len())
+    }
+
+    /// Whether the current listing is gone or ends within a short margin: time to `refresh` it
+    /// ahead, off the request path, so that calls keep finding a fresh one.
+    pub fn listing_ends_soon(&self) -> bool {
+        self.current().is_none_or(|l| l.started.elapsed() + LISTING_MARGIN >= LISTING_TTL)
+    }
+
+    /// Scan now, unless a scan is running already (it will do). Blocks for the scan.
+    pub fn refresh(&self) {
+        if let Some(gate) = self.scanning.try_lock() {
+            self.scan_and_swap();
+            drop(gate);
+        }
     }
 
     /// How many times the workspace was scanned (for tests and metrics).

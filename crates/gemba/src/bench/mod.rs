@@ -4,6 +4,7 @@
 
 mod forks;
 mod gate;
+mod http;
 mod loads;
 mod profile;
 mod proxy;
@@ -55,7 +56,8 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
     /// Which part to run: reads, loads (the cold path of 100k- and 500k-row sheets), kaizen,
     /// forks, report, proxy, traces (OTLP export on vs off), profile (the cost of a CPU
-    /// profile), or all.
+    /// profile), http (the HTTP throughput bar: open loop at 5,000/s and closed loop, both
+    /// lifecycles), or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Regression gate: instructions per call, counted under valgrind, compared with this
@@ -463,7 +465,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     // The report benchmark needs no workbooks, only a request log.
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if args.only != "report" && !dir.join("many").join("book_39.xlsx").exists() {
+    // Nor does the HTTP one (it writes the example workspace it needs).
+    if args.only != "report" && args.only != "http" && !dir.join("many").join("book_39.xlsx").exists() {
         eprintln!("generating workloads into {} ...", dir.display());
         let t = Instant::now();
         workloads::write_bench(dir)?;
@@ -492,6 +495,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.only == "all" || args.only == "traces" {
         bars.extend(traces::traces_overhead(&dir, &mut report).await?);
+    }
+    if args.only == "all" || args.only == "http" {
+        bars.extend(http::http_throughput(&dir, &mut report)?);
     }
     if args.only == "all" || args.only == "profile" {
         bars.extend(profile::profile_overhead(&dir, &mut report).await?);

@@ -80,10 +80,12 @@ pub fn error_kind(e: &SheetsError) -> &'static str {
         SheetsError::Encrypted { .. } => "encrypted",
         SheetsError::Unsupported { .. } => "unsupported",
         SheetsError::Unreadable { .. } => "unreadable",
+        SheetsError::ChangedOnDisk { .. } => "changed_on_disk",
         SheetsError::LimitExceeded { .. } => "limit_exceeded",
         SheetsError::Timeout { .. } => "timeout",
         SheetsError::Cancelled => "cancelled",
         SheetsError::Workspace(_) => "workspace",
         SheetsError::Internal(_) => "internal",
+        SheetsError::WouldBlock => "would_block",
     }
 }

@@ -28,6 +28,7 @@ pub mod naming;
 pub mod operational;
 pub mod outcome;
 pub mod process;
+pub mod queue;
 pub mod recorder;
 pub mod sli;
 pub mod slo;

@@ -3,7 +3,9 @@
 //! thread that keeps the HDR percentile windows and feeds the request log.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::TrySendError;
+
+use crate::queue::{Receiver, Sender, bounded};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -159,11 +161,11 @@ pub struct Recorder {
     histograms: Vec<(String, String, Buckets)>,
     stage_names: Vec<String>,
     ops: Vec<OpStats>,
-    tx: SyncSender<Finished>,
+    tx: Sender<Finished>,
     pub dropped_events: AtomicU64,
     pub dropped_log_rows: AtomicU64,
     windows: Arc<Mutex<Vec<OpWindows>>>,
-    log: Arc<OnceLock<SyncSender<Row>>>,
+    log: Arc<OnceLock<Sender<Row>>>,
     rx: Arc<Mutex<Receiver<Finished>>>,
     started: Instant,
     enabled: bool,
@@ -197,10 +199,10 @@ impl Recorder {
         enabled: bool,
     ) -> Arc<Self> {
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        let (tx, rx) = sync_channel(EVENT_QUEUE);
+        let (tx, rx) = bounded(EVENT_QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let windows = Arc::new(Mutex::new((0..names.len()).map(|_| OpWindows::default()).collect()));
-        let log: Arc<OnceLock<SyncSender<Row>>> = Arc::new(OnceLock::new());
+        let log: Arc<OnceLock<Sender<Row>>> = Arc::new(OnceLock::new());
         let (protocols, transports) = (naming.protocol_count(), naming.transport_count());
         let r = Arc::new(Self {
             ops: (0..names.len()).map(|_| OpStats::new(protocols, transports)).collect(),
@@ -231,7 +233,7 @@ impl Recorder {
     }
 
     /// Send completed requests to a request log from now on.
-    pub fn attach_log(&self, tx: SyncSender<Row>) {
+    pub fn attach_log(&self, tx: Sender<Row>) {
         let _ = self.log.set(tx);
     }
 
@@ -427,7 +429,7 @@ impl Drop for Timer {
 fn aggregate(
     rx: Arc<Mutex<Receiver<Finished>>>,
     windows: Arc<Mutex<Vec<OpWindows>>>,
-    log: Arc<OnceLock<SyncSender<Row>>>,
+    log: Arc<OnceLock<Sender<Row>>>,
     recorder: std::sync::Weak<Recorder>,
 ) {
     // Poll on a timer rather than blocking on the channel: a blocked receiver would make every
@@ -445,7 +447,7 @@ fn aggregate(
 fn drain(
     rx: &Mutex<Receiver<Finished>>,
     windows: &Mutex<Vec<OpWindows>>,
-    log: &OnceLock<SyncSender<Row>>,
+    log: &OnceLock<Sender<Row>>,
     recorder: &std::sync::Weak<Recorder>,
 ) {
     let batch: Vec<Finished> = {
@@ -562,7 +564,7 @@ mod tests {
     fn completions_reach_the_request_log_with_key_and_excerpt() {
         let spec = OpSpec { name: "read".into(), method: "tools/call".into(), target: Some("read".into()) };
         let r = Recorder::new(Naming::plain("test"), vec![spec], vec![], true);
-        let (tx, rx) = sync_channel(16);
+        let (tx, rx) = bounded(16);
         r.attach_log(tx);
         let op = r.op("read").unwrap();
         r.start(op).finish(Completion {

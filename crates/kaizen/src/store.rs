@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
+
+use crate::queue::{Receiver, Sender, bounded};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, params};
@@ -131,7 +133,7 @@ pub struct StoreHealth {
 pub struct Store {
     pub path: PathBuf,
     pub health: Arc<StoreHealth>,
-    tx: SyncSender<Row>,
+    tx: Sender<Row>,
 }
 
 /// Queue between the aggregator and the writer.
@@ -139,27 +141,6 @@ const LOG_QUEUE: usize = 16_384;
 /// A row with this tool name asks the writer to acknowledge once everything before it is written.
 const FLUSH_MARKER: &str = "\u{0}flush";
 static FLUSH_ACK: parking_lot::Mutex<Option<SyncSender<()>>> = parking_lot::Mutex::new(None);
-
-trait SendTimeout<T> {
-    fn send_timeout_compat(&self, v: T, timeout: Duration) -> Result<(), ()>;
-}
-
-impl<T> SendTimeout<T> for SyncSender<T> {
-    /// Retry a full queue until the timeout, without blocking forever.
-    fn send_timeout_compat(&self, mut v: T, timeout: Duration) -> Result<(), ()> {
-        let t = Instant::now();
-        loop {
-            match self.try_send(v) {
-                Ok(()) => return Ok(()),
-                Err(std::sync::mpsc::TrySendError::Full(back)) if t.elapsed() < timeout => {
-                    v = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return Err(()),
-            }
-        }
-    }
-}
 
 impl Store {
     /// Open (creating) `<dir>/gemba.db` and start its writer thread.
@@ -169,7 +150,7 @@ impl Store {
         let conn = open_rw(&path)?;
         let health = Arc::new(StoreHealth::default());
         health.writable.store(true, Ordering::Relaxed);
-        let (tx, rx) = sync_channel(LOG_QUEUE);
+        let (tx, rx) = bounded(LOG_QUEUE);
         let h = health.clone();
         std::thread::Builder::new()
             .name("kaizen-store".into())
@@ -178,7 +159,7 @@ impl Store {
         Ok(Self { path, health, tx })
     }
 
-    pub fn sender(&self) -> SyncSender<Row> {
+    pub fn sender(&self) -> Sender<Row> {
         self.tx.clone()
     }
 
@@ -207,7 +188,7 @@ impl Store {
             args_excerpt: None,
         };
         *FLUSH_ACK.lock() = Some(done_tx);
-        if self.tx.send_timeout_compat(marker, timeout).is_ok() {
+        if self.tx.send_timeout(marker, timeout).is_ok() {
             let _ = done_rx.recv_timeout(timeout.saturating_sub(t.elapsed()));
         }
     }

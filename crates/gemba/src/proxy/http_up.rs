@@ -88,9 +88,18 @@ impl HttpTarget {
             (_, None) => format!("gemba proxy sent no token; give the upstream's token with {}", self.token_source),
             (_, Some(_)) => format!("it refused the token gemba proxy sent; check {}", self.token_source),
         };
-        let body = quote(body);
+        let body = quote(&self.redact(body));
         let said = if body.is_empty() { String::new() } else { format!(" ({body})") };
         format!("the upstream MCP server at {} answered HTTP {status}{said}: {what}", self.url)
+    }
+
+    /// `s` with the token replaced: an upstream that echoes the token in an error body must not
+    /// have it quoted to clients or logs.
+    pub fn redact(&self, s: &str) -> String {
+        match &self.token {
+            Some(t) if s.contains(t.as_str()) => s.replace(t.as_str(), "[token]"),
+            _ => s.to_string(),
+        }
     }
 
     fn request(
@@ -503,7 +512,11 @@ impl Shared {
             }
         }
         if !ids.is_empty() {
-            self.fail(ids, format!("the upstream MCP server answered HTTP {status}: {}", quote(&body))).await;
+            self.fail(
+                ids,
+                format!("the upstream MCP server answered HTTP {status}: {}", quote(&self.target.redact(&body))),
+            )
+            .await;
         }
     }
 
@@ -678,5 +691,14 @@ mod tests {
             ),
             vec!["1".to_string(), "\"x\"".to_string()]
         );
+    }
+
+    #[test]
+    fn a_token_echoed_by_the_upstream_is_not_quoted() {
+        let t = HttpTarget::new("http://127.0.0.1:1/mcp", Some("s3cret-abc".into())).unwrap();
+        let said = t.refused(reqwest::StatusCode::UNAUTHORIZED, "bad token s3cret-abc for this server");
+        assert!(!said.contains("s3cret-abc"), "{said}");
+        assert!(said.contains("bad token [token] for this server"), "{said}");
+        assert!(said.contains("HTTP 401"), "{said}");
     }
 }

@@ -142,11 +142,21 @@ fn span_cost(port: u16) -> Result<(f64, f64)> {
     let mut cfg = ExportConfig::new(ep, res);
     cfg.queue_capacity = 1 << 20;
     let exporter = Exporter::start(cfg)?;
-    let tid = std::fs::read_dir("/proc/self/task")?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|t| std::fs::read_to_string(format!("/proc/self/task/{t}/comm")).is_ok_and(|c| c.trim() == "kaizen-otlp"))
-        .context("cannot find the exporter thread in /proc/self/task")?;
+    // The thread names itself once it runs: look for it for up to 2 s.
+    let find = || {
+        std::fs::read_dir("/proc/self/task").ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).find(
+            |t| std::fs::read_to_string(format!("/proc/self/task/{t}/comm")).is_ok_and(|c| c.trim() == "kaizen-otlp"),
+        )
+    };
+    let mut tid = find();
+    for _ in 0..200 {
+        if tid.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        tid = find();
+    }
+    let tid = tid.context("cannot find the exporter thread (kaizen-otlp) in /proc/self/task")?;
     let (caller0, exporter0) = (thread_cpu_secs(None), thread_cpu_secs(Some(&tid)));
     for i in 0..SPAN_CALLS {
         let (trace, id) = (TraceId::random(), SpanId::random());

@@ -7,8 +7,10 @@
 //! each in both lifecycles (legacy sessions with event streams; the 2026-07-28 era, stateless,
 //! JSON answers), rounds interleaved so the machine's drift falls on all of them; the medians
 //! are reported with the load average seen before each run (other work on the machine shows
-//! there). Bar, per lifecycle: the open loop delivers ≥ 99 % of 5,000/s with p99 ≤ 20 ms and
-//! ≤ 1 % errors.
+//! there). Bars, per lifecycle: the closed loop (capacity) reaches ≥ 5,000 calls/s with p99 ≤ 20 ms
+//! and ≤ 1 % errors (the bar: calls/s with their p99); the open loop, the stricter check
+//! of the same claim, delivers ≥ 99 % of 5,000/s with p99 ≤ 20 ms and ≤ 1 % errors, so the tail
+//! at exactly the bar's rate is judged too.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -183,8 +185,13 @@ pub fn http_throughput(dir: &Path, report: &mut serde_json::Map<String, Value>) 
         );
         figures.push(json!({"config": c.name(), "closed": c.closed, "lifecycle": c.lifecycle, "calls_per_s": rate,
             "p50_ms": p50, "p99_ms": p99, "error_rate": errors, "load_average": load}));
-        if !c.closed {
-            let era = if c.lifecycle == "discover" { "2026-07-28 era" } else { "legacy sessions" };
+        let era = if c.lifecycle == "discover" { "2026-07-28 era" } else { "legacy sessions" };
+        if c.closed {
+            bars.push((
+                format!("HTTP closed loop, 8 workers ({era}): >= 5,000 calls/s, p99 <= 20 ms, errors <= 1 %"),
+                rate >= RATE && p99 <= MAX_P99_MS && errors <= MAX_ERRORS,
+            ));
+        } else {
             bars.push((
                 format!("HTTP open loop at 5,000 calls/s ({era}): delivered, p99 <= 20 ms, errors <= 1 %"),
                 rate >= RATE * MIN_DELIVERED && p99 <= MAX_P99_MS && errors <= MAX_ERRORS,

@@ -12,9 +12,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import xml.dom.minidom
 import zipfile
 
+import anyio
 import openpyxl
 import pytest
 from openpyxl.utils.datetime import CALENDAR_MAC_1904
@@ -55,6 +57,19 @@ RECALC_ALWAYS = """<?xml version="1.0" encoding="UTF-8"?>
 <item oor:path="/org.openoffice.Office.Calc/Formula/Load"><prop oor:name="OOXMLRecalcMode" oor:op="fuse"><value>0</value></prop></item>
 </oor:items>
 """
+
+
+async def listed(client, path, within_s=5.0):
+    """The id of `path` once list_workbooks shows it: the server reuses a workspace listing for up
+    to a second (rescanning it ahead of time under load), so a file written by another program a
+    moment ago may take that long to appear."""
+    deadline = time.monotonic() + within_s
+    while True:
+        found = (await ids(client)).get(path)
+        if found or time.monotonic() > deadline:
+            assert found, f"{path} not listed within {within_s} s"
+            return found
+        await anyio.sleep(0.2)
 
 
 def libreoffice_to_xlsx(src, out_dir, recalculate=False):
@@ -135,7 +150,7 @@ async def test_forbidden_characters_round_trip_through_every_reader(tmp_path):
             for recalc in (False, True):
                 out = libreoffice_to_xlsx(saved, ws / f"lo-{recalc}", recalculate=recalc)
                 assert_every_part_is_well_formed(out)
-                lo = (await ids(c))[f"lo-{recalc}/saved.xlsx"]
+                lo = await listed(c, f"lo-{recalc}/saved.xlsx")
                 got = await ok(c, "range_values", {"workbook_id": lo, "sheet_name": "S",
                                                    "ranges": [f"A2:B{n + 1}", "B1"], "format": "values"})
                 assert [row[0] for row in got["ranges"][0]["values"]] == as_lo

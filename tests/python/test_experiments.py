@@ -105,9 +105,10 @@ async def test_a_worse_canary_is_rolled_back_within_its_predicted_samples(worksp
         assert [t["metric"] for t in broken] == ["latency"], st["tests"]
         guard = broken[0]
         # Rolled back by the sequential test (no gross rule on latency), with the evidence, within
-        # the variant samples its power analysis predicts.
+        # the variant samples its power analysis predicts, give or take the calls of one
+        # evaluation (a big effect predicts just the minimum, 20, which arrives between ticks).
         assert not guard.get("gross") and guard["z"] >= guard["bound"], guard
-        assert guard["variant_samples"] <= guard["predicted_samples"], guard
+        assert guard["variant_samples"] <= guard["predicted_samples"] + one_evaluation(40, 0.1), guard
         assert st["predicted_samples"] == guard["predicted_samples"] and st["metric"] == "latency"
         assert guard["effect"] > 0.3 and guard["ci"][0] > 0.1, guard  # fresh reads are much slower
         variants = {v["name"]: v for v in st["variants"]}

@@ -134,13 +134,15 @@ pub struct Store {
     pub path: PathBuf,
     pub health: Arc<StoreHealth>,
     tx: Sender<Row>,
+    flush_ack: FlushAck,
 }
 
 /// Queue between the aggregator and the writer.
 const LOG_QUEUE: usize = 16_384;
 /// A row with this tool name asks the writer to acknowledge once everything before it is written.
 const FLUSH_MARKER: &str = "\u{0}flush";
-static FLUSH_ACK: parking_lot::Mutex<Option<SyncSender<()>>> = parking_lot::Mutex::new(None);
+/// Where a store's writer acknowledges a flush: one per store (a process may hold several).
+type FlushAck = Arc<parking_lot::Mutex<Option<SyncSender<()>>>>;
 
 impl Store {
     /// Open (creating) `<dir>/gemba.db` and start its writer thread.
@@ -152,11 +154,15 @@ impl Store {
         health.writable.store(true, Ordering::Relaxed);
         let (tx, rx) = bounded(LOG_QUEUE);
         let h = health.clone();
+        let flush_ack = FlushAck::default();
         std::thread::Builder::new()
             .name("kaizen-store".into())
-            .spawn(move || writer(conn, rx, h, retention))
+            .spawn({
+                let ack = flush_ack.clone();
+                move || writer(conn, rx, h, retention, ack)
+            })
             .map_err(|e| StoreError::Dir { path: dir.to_path_buf(), source: e })?;
-        Ok(Self { path, health, tx })
+        Ok(Self { path, health, tx, flush_ack })
     }
 
     pub fn sender(&self) -> Sender<Row> {
@@ -187,7 +193,7 @@ impl Store {
             truncated: false,
             args_excerpt: None,
         };
-        *FLUSH_ACK.lock() = Some(done_tx);
+        *self.flush_ack.lock() = Some(done_tx);
         if self.tx.send_timeout(marker, timeout).is_ok() {
             let _ = done_rx.recv_timeout(timeout.saturating_sub(t.elapsed()));
         }
@@ -332,7 +338,13 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &[Row]) -> rusqlite::Res
     tx.commit()
 }
 
-fn writer(mut conn: Connection, rx: Receiver<Row>, health: Arc<StoreHealth>, retention: Retention) {
+fn writer(
+    mut conn: Connection,
+    rx: Receiver<Row>,
+    health: Arc<StoreHealth>,
+    retention: Retention,
+    flush_ack: FlushAck,
+) {
     let _ = apply_retention(&conn, &retention);
     let mut last_retention = Instant::now();
     let mut batch: Vec<Row> = Vec::with_capacity(1024);
@@ -368,7 +380,7 @@ fn writer(mut conn: Connection, rx: Receiver<Row>, health: Arc<StoreHealth>, ret
             }
             batch.clear();
         }
-        if flush_requested && let Some(ack) = FLUSH_ACK.lock().take() {
+        if flush_requested && let Some(ack) = flush_ack.lock().take() {
             let _ = ack.try_send(());
         }
         if last_retention.elapsed() > Duration::from_secs(300) {

@@ -27,6 +27,7 @@ mod schema;
 mod server;
 mod slo;
 mod stats;
+mod stdio_pipes;
 mod surface;
 mod traces;
 mod wiring;
@@ -109,7 +110,7 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
 async fn serve_stdio(server: measure::Measured<GembaServer>, cfg: &ServeConfig) -> Result<()> {
     tracing::info!("gemba serving MCP on stdio (workspace {})", cfg.workspace.display());
     let mcp_out = mcp_stream().context("cannot set up the MCP stream on stdout")?;
-    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(tokio::io::stdin(), mcp_out);
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(stdio_pipes::mcp_reader(), mcp_out);
     // A client that stops reading its answers pauses the reading of its requests.
     let transport = backpressure::Backpressured::new(transport, backpressure::MAX_OWED);
     let running = server.serve(transport).await.context("MCP stdio session failed to start")?;
@@ -123,13 +124,13 @@ async fn serve_stdio(server: measure::Measured<GembaServer>, cfg: &ServeConfig) 
 /// The MCP stream: a private handle on stdout, with fd 1 itself pointed at stderr so nothing
 /// else in the process can write to the client.
 #[cfg(unix)]
-fn mcp_stream() -> std::io::Result<tokio::fs::File> {
-    backpressure::private_stdout()
+fn mcp_stream() -> std::io::Result<stdio_pipes::McpWriter> {
+    backpressure::private_stdout().map(stdio_pipes::mcp_writer)
 }
 
 #[cfg(not(unix))]
-fn mcp_stream() -> std::io::Result<tokio::io::Stdout> {
-    Ok(tokio::io::stdout())
+fn mcp_stream() -> std::io::Result<stdio_pipes::McpWriter> {
+    Ok(Box::pin(tokio::io::stdout()))
 }
 
 /// `gemba proxy` runs its tasks on one thread: every message crosses several of them, and on one

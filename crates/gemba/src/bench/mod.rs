@@ -95,7 +95,11 @@ async fn start(dir: &Path) -> Result<(Client, u32)> {
 /// Start `gemba serve --stdio` on `dir` with extra flags; its request log goes to a temp dir.
 async fn start_with(dir: &Path, extra: &[&str]) -> Result<(Client, u32)> {
     let exe = server_exe()?;
-    let state = std::env::temp_dir().join(format!("gemba-bench-state-{}", std::process::id()));
+    // A state directory per server: two servers measured side by side must not share (and
+    // contend for) one request log.
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let state = std::env::temp_dir().join(format!("gemba-bench-state-{}-{n}", std::process::id()));
     let cmd = tokio::process::Command::new(exe).configure(|c| {
         c.arg("serve").arg("--stdio").arg("--workspace").arg(dir).arg("--state-dir").arg(&state);
         c.args(extra);

@@ -2,7 +2,8 @@
 //! clients start servers) they are read and written through the runtime's own event loop, so
 //! a message costs a system call on a runtime thread; otherwise (a terminal, a file, a socket)
 //! through tokio's blocking pool, where every read and every write is a hop to another thread
-//! and back (two wake-ups, which cost more than a small call itself: see docs/stdio.md).
+//! and back (two wake-ups each: with both gone, a `list_sheets` call at 2,000 calls/s costs
+//! ~150 µs of CPU instead of ~185 µs; docs/traces.md#cost).
 
 use std::pin::Pin;
 

@@ -121,3 +121,63 @@ def test_hundreds_of_notifications_never_stall_the_reader(tmp_path, workspace):
         print(f"ping answered {(time.monotonic() - t) * 1000:.0f} ms after 600 notifications")
     finally:
         s.close()
+
+
+def test_an_answer_larger_than_the_pipe_arrives_whole_to_a_slow_reader(tmp_path, workspace):
+    """stdout is written without blocking when it is a pipe: an answer bigger than the pipe's
+    buffer (64 KiB) must wait for a reader that is slow to drain it, and arrive whole."""
+    s = RawStdio(workspace, tmp_path / "state")
+    try:
+        s.initialize()
+        # Requests back to back, then nothing read for a while: the answers fill the pipe.
+        for _ in range(40):
+            s.send({"jsonrpc": "2.0", "id": s.next_id, "method": "tools/list", "params": {}})
+            s.next_id += 1
+        time.sleep(1.5)
+        answers = [json.loads(s.read_line()) for _ in range(40)]
+        assert all("result" in a and a["result"]["tools"] for a in answers), answers[0]
+        total = sum(len(line) for line in s.lines)
+        assert total > 4 * 65536, f"only {total} bytes: the pipe never filled"
+        # The stream is still in step afterwards.
+        assert s.call("list_workbooks", {})["workbooks"]
+    finally:
+        s.close()
+
+
+def test_stdio_on_a_socket_instead_of_a_pipe(tmp_path, workspace):
+    """A client may hand the server a socket (or a file) rather than pipes: the stream is then
+    read and written through the blocking pool, and works the same."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [BIN, "serve", "--stdio", "--workspace", str(workspace), "--state-dir", str(tmp_path / "state")],
+        stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.DEVNULL)
+    theirs.close()
+    ours.settimeout(60)
+    reader = ours.makefile("rb")
+
+    def request(rid, method, params):
+        ours.sendall((json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}) + "\n").encode())
+        while True:
+            line = reader.readline()
+            assert line, "the server closed the socket"
+            msg = json.loads(line)
+            if msg.get("id") == rid:
+                return msg
+
+    try:
+        r = request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                      "clientInfo": {"name": "socket", "version": "1"}})
+        assert "result" in r, r
+        ours.sendall(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        r = request(2, "tools/call", {"name": "list_workbooks", "arguments": {}})
+        assert r["result"]["structuredContent"]["workbooks"], r
+    finally:
+        ours.shutdown(socket.SHUT_WR)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        ours.close()

@@ -141,6 +141,9 @@ pub struct Store {
 const LOG_QUEUE: usize = 16_384;
 /// A row with this tool name asks the writer to acknowledge once everything before it is written.
 const FLUSH_MARKER: &str = "\u{0}flush";
+/// How long the writer gathers rows after the first before writing them in one transaction
+/// (at most this much later in the log; a flush is not delayed).
+const LINGER: Duration = Duration::from_millis(50);
 /// Where a store's writer acknowledges a flush: one per store (a process may hold several).
 type FlushAck = Arc<parking_lot::Mutex<Option<SyncSender<()>>>>;
 
@@ -351,6 +354,12 @@ fn writer(
     loop {
         let disconnected = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(r) => {
+                // Rows that arrive together are written together: one transaction (a WAL
+                // append and its locks) per call would cost more than the call's own work at
+                // thousands of calls a second. A flush is written at once.
+                if r.tool != FLUSH_MARKER {
+                    std::thread::sleep(LINGER);
+                }
                 batch.push(r);
                 while batch.len() < 4096 {
                     match rx.try_recv() {

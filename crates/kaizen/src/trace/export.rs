@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::otlp::{Resource, encode_request_into};
+use super::otlp::{Resource, encode_spans_into, frame_request_into};
 use super::span::Span;
 
 /// Why a trace export cannot be set up.
@@ -163,7 +163,12 @@ impl ExportStats {
 /// exporter is closing. Callers append under a short lock; the thread swaps the vector out.
 #[derive(Debug, Default)]
 struct Pending {
-    spans: Vec<Span>,
+    /// The queued calls' spans, already encoded by the threads that made them.
+    encoded: Vec<u8>,
+    /// Per queued call: where its spans end in `encoded`, and how many there are.
+    calls: Vec<(usize, usize)>,
+    /// Spans queued (the queue's bound counts spans).
+    spans: usize,
     flushes: Vec<SyncSender<()>>,
     closed: bool,
 }
@@ -199,24 +204,39 @@ impl Exporter {
     }
 
     /// Queues one call's spans; never blocks on the exporter (a full queue drops them, counted).
-    pub fn submit(&self, mut spans: Vec<Span>) {
+    /// The spans are encoded here, on the caller's thread, and dropped here: memory allocated by
+    /// one thread and freed by another is the slow path of the C allocator, and it cost the
+    /// calls more than the encoding does.
+    pub fn submit(&self, spans: Vec<Span>) {
+        thread_local! {
+            static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         if spans.is_empty() {
             return;
         }
         let n = spans.len();
-        let mut p = self.shared.pending.lock();
-        if p.closed || p.spans.len() + n > self.queue_capacity {
+        ENCODED.with_borrow_mut(|buf| {
+            buf.clear();
+            encode_spans_into(&spans, buf);
+            let mut p = self.shared.pending.lock();
+            if p.closed || p.spans + n > self.queue_capacity {
+                drop(p);
+                self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
+                return;
+            }
+            let before = p.spans;
+            p.encoded.extend_from_slice(buf);
+            let end = p.encoded.len();
+            p.calls.push((end, n));
+            p.spans += n;
+            let full = before < self.max_batch_spans && p.spans >= self.max_batch_spans;
             drop(p);
-            self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
-            return;
-        }
-        let before = p.spans.len();
-        p.spans.append(&mut spans);
-        let full = before < self.max_batch_spans && p.spans.len() >= self.max_batch_spans;
-        drop(p);
-        if full {
-            self.shared.wake.notify_one();
-        }
+            if full {
+                self.shared.wake.notify_one();
+            }
+            // A burst's buffer is not kept.
+            buf.shrink_to(64 * 1024);
+        });
     }
 
     /// Exports everything queued so far, waiting at most `timeout` (at shutdown, say).
@@ -249,8 +269,9 @@ impl Drop for Exporter {
 }
 
 fn run(cfg: ExportConfig, shared: &Shared, stats: &ExportStats) {
-    // Both buffers are reused: the batch swapped out of the queue and the encoded body.
-    let mut batch: Vec<Span> = Vec::new();
+    // The buffers are reused: the batch swapped out of the queue and the encoded body.
+    let mut encoded: Vec<u8> = Vec::new();
+    let mut calls: Vec<(usize, usize)> = Vec::new();
     let mut body: Vec<u8> = Vec::new();
     let mut backoff = Duration::ZERO;
     let mut paused_until: Option<Instant> = None;
@@ -259,25 +280,27 @@ fn run(cfg: ExportConfig, shared: &Shared, stats: &ExportStats) {
     loop {
         let (flushes, closed) = {
             let mut p = shared.pending.lock();
-            while p.spans.len() < max_batch && p.flushes.is_empty() && !p.closed {
+            while p.spans < max_batch && p.flushes.is_empty() && !p.closed {
                 if shared.wake.wait_until(&mut p, deadline).timed_out() {
                     break;
                 }
             }
-            std::mem::swap(&mut batch, &mut p.spans);
+            std::mem::swap(&mut encoded, &mut p.encoded);
+            std::mem::swap(&mut calls, &mut p.calls);
+            p.spans = 0;
             (std::mem::take(&mut p.flushes), p.closed)
         };
         if Instant::now() >= deadline {
             deadline = Instant::now() + cfg.flush_interval;
         }
-        for chunk in batch.chunks(max_batch) {
-            let n = chunk.len() as u64;
+        for (from, to, n) in chunks(&calls, max_batch) {
+            let n = n as u64;
             if paused_until.is_some_and(|t| Instant::now() < t) {
                 stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
                 continue;
             }
             body.clear();
-            encode_request_into(&cfg.resource, chunk, &mut body);
+            frame_request_into(&cfg.resource, &encoded[from..to], &mut body);
             match post(&cfg, &body) {
                 Ok(()) => {
                     stats.exported.fetch_add(n, Ordering::Relaxed);
@@ -293,9 +316,11 @@ fn run(cfg: ExportConfig, shared: &Shared, stats: &ExportStats) {
                 }
             }
         }
-        batch.clear();
+        encoded.clear();
+        calls.clear();
         // Keep the reused buffers bounded (a burst may have grown them).
-        batch.shrink_to(cfg.queue_capacity.min(4 * max_batch));
+        encoded.shrink_to(1 << 22);
+        calls.shrink_to(cfg.queue_capacity.min(4 * max_batch));
         body.shrink_to(1 << 22);
         for ack in flushes {
             let _ = ack.try_send(());
@@ -304,6 +329,25 @@ fn run(cfg: ExportConfig, shared: &Shared, stats: &ExportStats) {
             return;
         }
     }
+}
+
+/// The queued calls split into POSTs of at most `max_spans` spans each (a call with more goes
+/// alone): (start, end) in the encoded bytes and the spans between them.
+fn chunks(calls: &[(usize, usize)], max_spans: usize) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    let (mut start, mut end, mut n) = (0, 0, 0);
+    for &(call_end, call_spans) in calls {
+        if n > 0 && n + call_spans > max_spans {
+            out.push((start, end, n));
+            (start, n) = (end, 0);
+        }
+        end = call_end;
+        n += call_spans;
+    }
+    if n > 0 {
+        out.push((start, end, n));
+    }
+    out
 }
 
 /// Most bytes of a response read (the status line is all that matters).
@@ -363,6 +407,15 @@ fn post(cfg: &ExportConfig, body: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn posts_split_between_calls_and_hold_at_most_the_batch() {
+        // Calls of 3, 4, 2 and 9 spans ending at these byte offsets.
+        let calls = [(30, 3), (70, 4), (90, 2), (180, 9)];
+        assert_eq!(chunks(&calls, 7), vec![(0, 70, 7), (70, 90, 2), (90, 180, 9)]);
+        assert_eq!(chunks(&calls, 100), vec![(0, 180, 18)]);
+        assert_eq!(chunks(&[], 5), vec![]);
+    }
     use crate::trace::context::TraceId;
     use std::net::TcpListener;
 

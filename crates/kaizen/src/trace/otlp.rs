@@ -156,28 +156,40 @@ pub fn encode_request(resource: &Resource, spans: &[Span]) -> Vec<u8> {
     out
 }
 
-/// [`encode_request`] appending to `out` (the exporter reuses one buffer).
-pub fn encode_request_into(resource: &Resource, spans: &[Span], out: &mut Vec<u8>) {
+/// Appends `spans` as encoded `Span` messages (the `spans` field of a `ScopeSpans`), to be
+/// framed later by [`frame_request_into`]: callers encode their own spans, so the exporter
+/// thread never touches (nor frees) memory another thread allocated.
+pub fn encode_spans_into(spans: &[Span], out: &mut Vec<u8>) {
     let mut pb = Pb(out);
-    // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1 }
+    for s in spans {
+        span(&mut pb, s);
+    }
+}
+
+/// An `ExportTraceServiceRequest` around spans already encoded by [`encode_spans_into`].
+pub fn frame_request_into(resource: &Resource, encoded_spans: &[u8], out: &mut Vec<u8>) {
+    let mut pb = Pb(out);
     pb.message(1, |rs| {
-        // ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2 }
         rs.message(1, |r| {
             for (k, v) in &resource.attributes {
                 key_value(r, 1, k, v);
             }
         });
         rs.message(2, |ss| {
-            // ScopeSpans { InstrumentationScope scope = 1; repeated Span spans = 2 }
             ss.message(1, |sc| {
                 sc.string(1, &resource.scope_name);
                 sc.string(2, &resource.scope_version);
             });
-            for s in spans {
-                span(ss, s);
-            }
+            ss.0.extend_from_slice(encoded_spans);
         });
     });
+}
+
+/// An `ExportTraceServiceRequest` of `spans` (resource, scope, spans) appended to `out`.
+pub fn encode_request_into(resource: &Resource, spans: &[Span], out: &mut Vec<u8>) {
+    let mut encoded = Vec::with_capacity(spans.len() * 256);
+    encode_spans_into(spans, &mut encoded);
+    frame_request_into(resource, &encoded, out);
 }
 
 #[cfg(test)]

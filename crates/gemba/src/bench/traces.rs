@@ -242,7 +242,7 @@ pub async fn traces_overhead(dir: &Path, report: &mut serde_json::Map<String, Va
     let read = json!({"workbook_id": id, "sheet_name": "Sales", "limit": 100});
     let (caller_us, exporter_us) = tokio::task::spawn_blocking(move || span_cost(port)).await??;
     outln!(
-        "tracing code alone, {SPAN_CALLS} calls of 5 spans: {caller_us:.2} µs CPU per call building and queueing them, {exporter_us:.2} µs on the exporter thread (encoding and POSTing)"
+        "tracing code alone, {SPAN_CALLS} calls of 5 spans: {caller_us:.2} µs CPU per call building, encoding and queueing them, {exporter_us:.2} µs on the exporter thread (framing and POSTing)"
     );
     let mut figures = Vec::new();
     let mut loss_cheap = f64::NAN;

@@ -1,5 +1,5 @@
-//! stdin and stdout as the MCP stream of `gemba serve --stdio`. When they are pipes (how MCP
-//! clients start servers) they are read and written through the runtime's own event loop, so
+//! stdin and stdout as the MCP stream of `gemba serve --stdio` (and of `gemba proxy`). When
+//! they are pipes (how MCP clients start servers) they are read and written through the runtime's own event loop, so
 //! a message costs a system call on a runtime thread; otherwise (a terminal, a file, a socket)
 //! through tokio's blocking pool, where every read and every write is a hop to another thread
 //! and back (two wake-ups each: with both gone, a `list_sheets` call at 2,000 calls/s costs

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 use super::Proxy;
 use super::child::{LineRead, read_bounded_line};
 use super::link::ClientCtx;
+#[cfg(unix)]
+use crate::stdio_pipes::{pipe_sender, stdin_pipe};
 
 /// Messages waiting for stdout; when full, the upstream's output waits (and so the upstream).
 const OUT_QUEUE: usize = 1_024;
@@ -100,36 +102,6 @@ impl Output {
             Self::Thread(t) => {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
             }
-        }
-    }
-}
-
-/// A duplicate of stdin as an async pipe, when it is one.
-#[cfg(unix)]
-fn stdin_pipe() -> Option<tokio::net::unix::pipe::Receiver> {
-    use std::os::fd::{AsFd, OwnedFd};
-    use std::os::unix::fs::FileTypeExt;
-    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
-    let file = std::fs::File::from(fd);
-    if !file.metadata().ok()?.file_type().is_fifo() {
-        return None;
-    }
-    tokio::net::unix::pipe::Receiver::from_file(file).ok()
-}
-
-/// The private stdout as an async pipe, or the file back when it is not a pipe.
-#[cfg(unix)]
-fn pipe_sender(out: std::fs::File) -> std::result::Result<tokio::net::unix::pipe::Sender, std::fs::File> {
-    use std::os::unix::fs::FileTypeExt;
-    if !out.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
-        return Err(out);
-    }
-    let Ok(dup) = out.try_clone() else { return Err(out) };
-    match tokio::net::unix::pipe::Sender::from_file(dup) {
-        Ok(pipe) => Ok(pipe),
-        Err(e) => {
-            tracing::debug!("stdout as an async pipe: {e}; writing it from a thread");
-            Err(out)
         }
     }
 }

@@ -346,13 +346,26 @@ RAW_SESSION = [
 ]
 
 
+@contextlib.contextmanager
+def stdio_process(cmd, env=None, text=True):
+    """A server process on pipes; on the way out its input is closed and it is waited for."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=text, env={**os.environ, "GEMBA_LOG": "warn", **(env or {})})
+    try:
+        yield p
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def raw_exchange(cmd, lines, env=None):
     """Send JSON-RPC lines one at a time (each answered before the next) and return every line
     the server wrote, as text."""
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         text=True, env={**os.environ, "GEMBA_LOG": "warn", **(env or {})})
     out = []
-    try:
+    with stdio_process(cmd, env) as p:
         for msg in lines:
             p.stdin.write(json.dumps(msg) + "\n")
             p.stdin.flush()
@@ -364,12 +377,6 @@ def raw_exchange(cmd, lines, env=None):
                     m = json.loads(line)
                     if m.get("id") == msg["id"] and "method" not in m:
                         break
-    finally:
-        p.stdin.close()
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
     return out
 
 
@@ -379,6 +386,52 @@ async def test_fastmcp_answers_are_forwarded_byte_for_byte(scripts, tmp_path):
     got = raw_exchange([BIN, *proxy_args(upstream, tmp_path / "state")], RAW_SESSION)
     assert got == want
     assert len(got) >= len([m for m in RAW_SESSION if "id" in m])
+
+
+def pipelined_exchange(cmd, lines, env=None):
+    """Write every line at once (from a thread, so neither side's pipe fills and stalls the
+    other) and read until each request is answered; every line the server wrote, as bytes."""
+    import threading
+    blob = b"".join(json.dumps(m, ensure_ascii=False).encode() + b"\n" for m in lines)
+    waiting = {m["id"] for m in lines if "id" in m}
+    out = []
+    with stdio_process(cmd, env, text=False) as p:
+        writer = threading.Thread(target=lambda: (p.stdin.write(blob), p.stdin.flush()), daemon=True)
+        writer.start()
+        while waiting:
+            line = p.stdout.readline()
+            assert line, f"the server closed its output with {sorted(waiting)} unanswered"
+            out.append(line)
+            m = json.loads(line)
+            if "method" not in m:
+                waiting.discard(m.get("id"))
+        writer.join(timeout=30)
+    return out
+
+
+async def test_large_and_back_to_back_messages_pass_whole_and_in_order(scripts, tmp_path):
+    # Sizes around the proxy's 64 KiB reads and far past them, small ones between (so several
+    # share one read), multi-byte UTF-8 throughout: each answer must arrive byte for byte as
+    # the server wrote it, in the server's order.
+    upstream = [PY, str(scripts / "crashy.py")]
+    env = {"CRASHY_LOG": str(tmp_path / "crashy.log")}
+    sizes = [10, 70_000, 3, 300_000, 65_535, 7, 1_500_000, 16_384, 1]
+    session = [
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ] + [
+        {"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+         "params": {"name": "echo", "arguments": {"n": i, "text": ("é€x" * n)[:n]}}}
+        for i, n in enumerate(sizes)
+    ]
+    want = pipelined_exchange(upstream, session, env)
+    got = pipelined_exchange([BIN, *proxy_args(upstream, tmp_path / "state")], session, env)
+    assert len(got) == len(want) == len(sizes) + 1
+    for g, w in zip(got, want):
+        assert g == w, (len(g), len(w), g[:80], w[:80])
+    texts = [json.loads(json.loads(line)["result"]["content"][0]["text"])["text"] for line in got[1:]]
+    assert [len(t) for t in texts] == sizes
 
 
 async def test_fastmcp_calls_are_measured_by_tool_with_slo_tiers_by_pattern(scripts, tmp_path):

@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// compare before and after in one run on the same machine state).
     #[arg(long, value_name = "FILE")]
     pub server: Option<PathBuf>,
+    /// With --only proxy: an A/A control. The "proxied" side is a second direct server, so
+    /// the figures show how much two processes of one build differ with no proxy at all.
+    #[arg(long)]
+    pub control: bool,
 }
 
 /// The binary started as the server (`--server`, or this one).
@@ -495,7 +499,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bars.extend(crate::report::bench::bench(&dir, &mut report)?);
     }
     if args.only == "all" || args.only == "proxy" {
-        bars.extend(proxy::proxy_overhead(&dir, args.warm, &mut report).await?);
+        bars.extend(proxy::proxy_overhead(&dir, args.warm, args.control, &mut report).await?);
     }
     if args.only == "all" || args.only == "traces" {
         bars.extend(traces::traces_overhead(&dir, &mut report).await?);

@@ -1,10 +1,13 @@
 //! `gemba bench --only proxy`: what `gemba proxy` costs. The same upstream (`gemba serve
 //! --stdio` on the bench workloads) is driven direct and through `gemba proxy` (measurement
 //! on) in one run: per-call latency (alternating calls, so drift falls on both) and throughput
-//! (eight callers for a fixed time, rounds alternating direct/proxied and which goes first, the
-//! median of each side) of a near-free call and of a typical read, with the CPU time the proxy
-//! process spends per call (from /proc, so where its cost goes can be followed across
-//! changes). Bars: ≤ 100 µs per call at p50 and ≤ 5 % of the typical read's throughput.
+//! (eight callers for a fixed time, rounds alternating direct/proxied and which goes first,
+//! every side's calls over its time) of a near-free call and of a typical read, with the CPU
+//! time and context switches the proxy process spends per call (from /proc, so where its
+//! cost goes can be followed across changes). Eight fresh pairs of processes are measured in
+//! turn and pooled: two processes of one build differ by up to ±6 % in throughput
+//! (`--control` runs the same bench with a second direct server in the proxy's place).
+//! Bars: ≤ 100 µs per call at p50 and ≤ 5 % of the typical read's throughput.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,16 +26,24 @@ use super::{Client, call, id_of, median, ms, start_with};
 const CALLERS: usize = 8;
 /// Length of one throughput round.
 const ROUND: Duration = Duration::from_secs(2);
-/// Throughput rounds per side.
-const ROUNDS: usize = 5;
+/// Throughput rounds per side and pair of processes: for the near-free call (shown, not
+/// judged) and for the typical read (judged).
+const ROUNDS: [usize; 2] = [2, 4];
+/// Fresh pairs of processes (a direct server, a proxied one) measured in turn. Two processes
+/// of one build differ by up to ±6 % in throughput, steadily for their lifetime (`--control`),
+/// so one pair judges the proxy by the luck of the draw; eight pooled narrow that to about ±2 %.
+const PAIRS: usize = 8;
 
 /// `gemba proxy -- gemba serve --stdio --workspace dir`, with its request log in a temp dir.
 async fn start_proxied(dir: &Path) -> Result<(Client, u32)> {
     let exe = std::env::current_exe().context("cannot find the gemba binary")?;
-    let base = std::env::temp_dir().join(format!("gemba-bench-proxy-{}", std::process::id()));
+    let server = super::server_exe()?;
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("gemba-bench-proxy-{}-{n}", std::process::id()));
     let cmd = tokio::process::Command::new(&exe).configure(|c| {
         c.arg("proxy").arg("--state-dir").arg(base.join("proxy")).arg("--name").arg("bench").arg("--");
-        c.arg(&exe).arg("serve").arg("--stdio").arg("--workspace").arg(dir).arg("--state-dir").arg(base.join("up"));
+        c.arg(&server).arg("serve").arg("--stdio").arg("--workspace").arg(dir).arg("--state-dir").arg(base.join("up"));
         c.env("GEMBA_LOG", "warn");
     });
     let transport = TokioChildProcess::new(cmd).context("cannot start gemba proxy")?;
@@ -49,6 +60,24 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// Context switches (voluntary and not) of every thread of a process so far: each is a sleep
+/// and a wake-up, the kernel's share of what a message costs (Linux; `None` elsewhere).
+fn switches(pid: u32) -> Option<u64> {
+    let mut n = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                n += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(n)
 }
 
 /// Calls per second completed by `CALLERS` callers in `ROUND`, and the calls.
@@ -81,85 +110,143 @@ pub(super) async fn throughput(client: &Client, tool: &str, args: &Value) -> (f6
     (n as f64 / secs, n)
 }
 
+/// What one side (direct or proxied) did over a set of rounds.
+#[derive(Default, Clone, Copy)]
+struct Side {
+    calls: u64,
+    secs: f64,
+    /// CPU seconds of the measured process (the direct server; the proxy process itself).
+    cpu: f64,
+    /// CPU seconds of the bench process (the client's side of the calls).
+    client_cpu: f64,
+    switches: u64,
+}
+
+impl Side {
+    fn add(&mut self, o: Side) {
+        self.calls += o.calls;
+        self.secs += o.secs;
+        self.cpu += o.cpu;
+        self.client_cpu += o.client_cpu;
+        self.switches += o.switches;
+    }
+
+    fn rate(&self) -> f64 {
+        if self.secs > 0.0 { self.calls as f64 / self.secs } else { f64::NAN }
+    }
+
+    fn per_call(&self, x: f64) -> f64 {
+        if self.calls == 0 { f64::NAN } else { x / self.calls as f64 }
+    }
+}
+
+/// `n` rounds per side of `tool`, alternating sides and which goes first.
+async fn rounds(sides: [(&Client, u32); 2], tool: &str, args: &Value, n: usize) -> [Side; 2] {
+    let mut out = [Side::default(); 2];
+    for round in 0..n {
+        for i in [round % 2, 1 - round % 2] {
+            let (client, pid) = sides[i];
+            let me = std::process::id();
+            let (cpu0, own0, sw0) = (cpu_secs(pid), cpu_secs(me), switches(pid));
+            let t = Instant::now();
+            let (_, n) = throughput(client, tool, args).await;
+            let secs = t.elapsed().as_secs_f64();
+            let cpu = cpu0.zip(cpu_secs(pid)).map_or(0.0, |(b, a)| a - b);
+            let client_cpu = own0.zip(cpu_secs(me)).map_or(0.0, |(b, a)| a - b);
+            let switched = sw0.zip(switches(pid)).map_or(0, |(b, a)| a.saturating_sub(b));
+            out[i].add(Side { calls: n, secs, cpu, client_cpu, switches: switched });
+        }
+    }
+    out
+}
+
 pub async fn proxy_overhead(
     dir: &Path,
     warm: usize,
+    control: bool,
     report: &mut serde_json::Map<String, Value>,
 ) -> Result<Vec<(String, bool)>> {
-    let (direct, direct_pid) = start_with(dir, &[]).await?;
-    let (proxied, proxy_pid) = start_proxied(dir).await?;
-    let id = id_of(&direct, "sales_100k.xlsx").await?;
-    // A cheap call (the workbook's sheets, cached after the first), so the proxy's share shows.
+    // A cheap call (the workbook's sheets, cached after the first), so the proxy's share shows
+    // at its largest, and a typical read (100 rows of a table).
     let tool = "list_sheets";
-    let args = json!({"workbook_id": id});
-    for c in [&direct, &proxied] {
-        for _ in 0..20 {
-            call(c, tool, &args).await?;
-        }
-    }
-    let rounds = (warm * 25).max(500);
-    let (mut d, mut p) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
-    for i in 0..rounds {
-        if i % 2 == 0 {
-            d.push(ms(call(&direct, tool, &args).await?.0));
-            p.push(ms(call(&proxied, tool, &args).await?.0));
+    let latency_calls = (warm * 25).max(500).div_ceil(PAIRS);
+    let (mut d, mut p) = (Vec::new(), Vec::new());
+    // Per tool: both sides summed over every pair, and each pair's loss.
+    let mut totals = [[Side::default(); 2]; 2];
+    let mut pair_losses: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let names = [tool, "read_table"];
+    for pair in 0..PAIRS {
+        // Fresh processes for every pair, started in turn first and second.
+        let start_other = async || if control { start_with(dir, &[]).await } else { start_proxied(dir).await };
+        let ((direct, direct_pid), (proxied, proxy_pid)) = if pair % 2 == 0 {
+            let d = start_with(dir, &[]).await?;
+            (d, start_other().await?)
         } else {
-            p.push(ms(call(&proxied, tool, &args).await?.0));
-            d.push(ms(call(&direct, tool, &args).await?.0));
+            let p = start_other().await?;
+            (start_with(dir, &[]).await?, p)
+        };
+        let id = id_of(&direct, "sales_100k.xlsx").await?;
+        let args = json!({"workbook_id": id});
+        let read_args = json!({"workbook_id": id, "sheet_name": "Sales", "limit": 100});
+        for c in [&direct, &proxied] {
+            for _ in 0..20 {
+                call(c, tool, &args).await?;
+            }
+            call(c, "read_table", &read_args).await?;
         }
+        for i in 0..latency_calls {
+            if i % 2 == 0 {
+                d.push(ms(call(&direct, tool, &args).await?.0));
+                p.push(ms(call(&proxied, tool, &args).await?.0));
+            } else {
+                p.push(ms(call(&proxied, tool, &args).await?.0));
+                d.push(ms(call(&direct, tool, &args).await?.0));
+            }
+        }
+        for (k, a) in [&args, &read_args].into_iter().enumerate() {
+            let [sd, sp] = rounds([(&direct, direct_pid), (&proxied, proxy_pid)], names[k], a, ROUNDS[k]).await;
+            pair_losses[k].push(1.0 - sp.rate() / sd.rate());
+            totals[k][0].add(sd);
+            totals[k][1].add(sp);
+        }
+        direct.cancel().await.ok();
+        proxied.cancel().await.ok();
     }
+    let side = if control { "a second direct server (control)" } else { "through gemba proxy" };
+    let calls = d.len();
     let (md, mp) = (median(d), median(p));
     let extra_us = (mp - md) * 1000.0;
     outln!(
-        "{tool} over stdio, {rounds} alternating calls each: direct p50 {md:.3} ms, through gemba proxy {mp:.3} ms; {extra_us:+.1} µs per call"
+        "{tool} over stdio, {calls} alternating calls each ({PAIRS} pairs of processes): direct p50 {md:.3} ms, {side} {mp:.3} ms; {extra_us:+.1} µs per call"
     );
-    // Throughput of a near-free call (the proxy's share at its largest: on a machine whose
-    // cores the server already fills, every µs of the proxy's CPU is a call less) and of a
-    // typical read (100 rows of a table), each with every core busy.
-    let read_args = json!({"workbook_id": id, "sheet_name": "Sales", "limit": 100});
     let mut figures = Vec::new();
-    for (name, args) in [(tool, &args), ("read_table", &read_args)] {
-        for c in [&direct, &proxied] {
-            call(c, name, args).await?;
-        }
-        let (mut td, mut tp) = (Vec::new(), Vec::new());
-        // CPU seconds and calls: the direct server's, and the proxy process's own.
-        let (mut server_cpu, mut server_calls, mut proxy_cpu, mut proxy_calls) = (0.0, 0u64, 0.0, 0u64);
-        for round in 0..ROUNDS {
-            for side in [round % 2, 1 - round % 2] {
-                let (client, pid) = if side == 0 { (&direct, direct_pid) } else { (&proxied, proxy_pid) };
-                let before = cpu_secs(pid);
-                let (rate, n) = throughput(client, name, args).await;
-                let used = before.zip(cpu_secs(pid)).map_or(0.0, |(b, a)| a - b);
-                if side == 0 {
-                    td.push(rate);
-                    (server_cpu, server_calls) = (server_cpu + used, server_calls + n);
-                } else {
-                    tp.push(rate);
-                    (proxy_cpu, proxy_calls) = (proxy_cpu + used, proxy_calls + n);
-                }
-            }
-        }
-        let (rd, rp) = (median(td), median(tp));
+    for k in 0..2 {
+        let [sd, sp] = totals[k];
+        let (rd, rp) = (sd.rate(), sp.rate());
         let loss = 1.0 - rp / rd;
-        let per_call = |cpu: f64, n: u64| if n == 0 { f64::NAN } else { cpu * 1e6 / n as f64 };
-        let (server_us, proxy_us) = (per_call(server_cpu, server_calls), per_call(proxy_cpu, proxy_calls));
+        let (server_us, proxy_us) = (sd.per_call(sd.cpu * 1e6), sp.per_call(sp.cpu * 1e6));
+        let client_us = sd.per_call(sd.client_cpu * 1e6);
+        let (server_sw, proxy_sw) = (sd.per_call(sd.switches as f64), sp.per_call(sp.switches as f64));
+        let pairs = pair_losses[k].iter().map(|l| format!("{:.1}", l * 100.0)).collect::<Vec<_>>().join(", ");
         outln!(
-            "{name} throughput, {CALLERS} callers, {ROUNDS} alternating rounds of {:.0} s: direct {rd:.0}/s, through gemba proxy {rp:.0}/s; {:.1} % lower (CPU per call: server {server_us:.1} µs, proxy {proxy_us:.1} µs)",
+            "{} throughput, {CALLERS} callers, {PAIRS} fresh pairs x {} alternating rounds of {:.0} s per side: direct {rd:.0}/s, {side} {rp:.0}/s; {:.1} % lower (per pair: {pairs} %) (CPU per call: client {client_us:.1} µs, server {server_us:.1} µs, {} {proxy_us:.1} µs; context switches per call: {server_sw:.2}, {proxy_sw:.2})",
+            names[k],
+            ROUNDS[k],
             ROUND.as_secs_f64(),
-            loss * 100.0
+            loss * 100.0,
+            if control { "second server" } else { "proxy" },
         );
-        figures.push(json!({"tool": name, "direct_per_s": rd, "proxied_per_s": rp, "throughput_loss": loss,
-                           "server_cpu_us_per_call": server_us, "proxy_cpu_us_per_call": proxy_us}));
+        figures.push(json!({"tool": names[k], "direct_per_s": rd, "proxied_per_s": rp, "throughput_loss": loss,
+                           "pair_losses": pair_losses[k], "client_cpu_us_per_call": client_us, "server_cpu_us_per_call": server_us,
+                           "proxy_cpu_us_per_call": proxy_us, "server_switches_per_call": server_sw,
+                           "proxy_switches_per_call": proxy_sw}));
     }
     let loss = figures.last().and_then(|f| f["throughput_loss"].as_f64()).unwrap_or(f64::NAN);
     report.insert(
         "proxy".into(),
-        json!({"tool": tool, "direct_p50_ms": md, "proxied_p50_ms": mp, "overhead_us": extra_us,
-               "calls": rounds, "throughput": figures}),
+        json!({"tool": tool, "control": control, "direct_p50_ms": md, "proxied_p50_ms": mp, "overhead_us": extra_us,
+               "calls": calls, "pairs": PAIRS, "throughput": figures}),
     );
-    direct.cancel().await.ok();
-    proxied.cancel().await.ok();
     Ok(vec![
         ("gemba proxy adds <= 100 µs per call at p50".to_string(), extra_us <= 100.0),
         ("gemba proxy costs <= 5 % of read_table throughput".to_string(), loss <= 0.05),

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::lines::{Line, LineReader, into_text};
 use super::message::{self, Kind};
 use super::upstream::{Health, Replay, UpEvent};
 
@@ -339,32 +340,27 @@ async fn write_loop(
 /// Read the process's stdout line by line (each line at most `max_line` bytes; longer ones are
 /// skipped with a warning) and hand the messages on, except answers the supervisor awaits.
 async fn read_lines(stdout: ChildStdout, events: mpsc::Sender<UpEvent>, swallow: Swallow, max_line: usize) {
-    let mut r = BufReader::with_capacity(64 * 1024, stdout);
-    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut lines = LineReader::new(stdout, max_line);
     loop {
-        buf.clear();
-        match read_bounded_line(&mut r, &mut buf, max_line).await {
-            Ok(LineRead::Eof) => return,
-            Ok(LineRead::TooLong(n)) => {
-                tracing::warn!("upstream wrote a message of more than {max_line} bytes ({n} so far); skipped");
+        let mut line = match lines.next().await {
+            Ok(Line::Eof) => return,
+            Ok(Line::TooLong(n)) => {
+                tracing::warn!("upstream wrote a message of more than {max_line} bytes ({n}); skipped");
                 continue;
             }
-            Ok(LineRead::Line) => {}
+            Ok(Line::Message(line)) => line,
             Err(e) => {
                 tracing::warn!("cannot read the upstream's output: {e}");
                 return;
             }
+        };
+        if line.last() == Some(&b'\r') {
+            line.pop();
         }
-        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            buf.pop();
-        }
-        if buf.iter().all(u8::is_ascii_whitespace) {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let text = match String::from_utf8(std::mem::take(&mut buf)) {
-            Ok(t) => t,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        };
+        let text = into_text(line);
         if !swallow.lock().is_empty() {
             let m = message::peek(&text);
             if m.kind == Kind::Response
@@ -380,68 +376,9 @@ async fn read_lines(stdout: ChildStdout, events: mpsc::Sender<UpEvent>, swallow:
     }
 }
 
-pub(crate) enum LineRead {
-    Line,
-    Eof,
-    /// The line was longer than allowed and was skipped (this many bytes of it).
-    TooLong(usize),
-}
-
-/// One line into `buf` (with its newline), reading at most `max` bytes of it.
-pub(crate) async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
-    r: &mut R,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> std::io::Result<LineRead> {
-    let mut skipped = 0usize;
-    loop {
-        let chunk = r.fill_buf().await?;
-        if chunk.is_empty() {
-            return Ok(if skipped > 0 {
-                LineRead::TooLong(skipped)
-            } else if buf.is_empty() {
-                LineRead::Eof
-            } else {
-                LineRead::Line
-            });
-        }
-        let (take, done) = match memchr::memchr(b'\n', chunk) {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        if skipped > 0 || buf.len() + take > max {
-            skipped += take + buf.len();
-            buf.clear();
-        } else {
-            buf.extend_from_slice(&chunk[..take]);
-        }
-        r.consume(take);
-        if done {
-            return Ok(if skipped > 0 { LineRead::TooLong(skipped) } else { LineRead::Line });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn lines_are_bounded() {
-        let input = format!("short\n{}\nnext\nlast-without-newline", "x".repeat(100));
-        let mut r = BufReader::with_capacity(7, input.as_bytes());
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match read_bounded_line(&mut r, &mut buf, 20).await.unwrap() {
-                LineRead::Eof => break,
-                LineRead::TooLong(n) => out.push(format!("too long {n}")),
-                LineRead::Line => out.push(String::from_utf8(buf.clone()).unwrap()),
-            }
-        }
-        assert_eq!(out, vec!["short\n", "too long 101", "next\n", "last-without-newline"]);
-    }
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets_after_a_stable_run() {

@@ -321,16 +321,20 @@ impl Link {
     fn register(&self, m: &Msg, text: &str, seq: u64, ctx: &ClientCtx, rewritten: Option<Rewritten>) -> Vec<String> {
         let Some(client_id) = m.id_text() else { return Vec::new() };
         let method = m.method();
-        let tool = if method == "tools/call" { message::tool_call(m.params) } else { None };
-        let op = self.ops.of(method, tool.as_ref().map(|(n, _)| n.as_ref()));
+        let parts = message::request_parts(method, m.params);
+        let tool = parts.tool.as_deref();
+        let op = self.ops.of(method, tool);
         let timer = self.recorder.start(op);
-        let args_text = tool.as_ref().and_then(|(_, a)| *a).unwrap_or("");
-        let args_hash = tool.as_ref().map_or(0, |(n, _)| fnv(n.as_bytes()) ^ fnv(args_text.as_bytes()));
-        let args = tool.as_ref().map(|_| {
+        let args_text = parts.arguments.unwrap_or("");
+        let args_hash = tool.map_or(0, |n| fnv(n.as_bytes()) ^ fnv(args_text.as_bytes()));
+        // Kept as sent (capped) and made fit for the log only if the call fails.
+        let args = tool.map(|_| {
             let end = args_text.char_indices().nth(MAX_ARGS).map_or(args_text.len(), |(i, _)| i);
-            log_message(&args_text[..end])
+            args_text[..end].to_string()
         });
-        let version = message::meta_protocol_version(m.params)
+        let version = parts
+            .protocol_version
+            .map(std::borrow::Cow::into_owned)
             .or_else(|| if method == "initialize" { message::protocol_version(m.params) } else { None })
             .or_else(|| ctx.protocol.clone());
         let naming = self.recorder.naming();
@@ -360,7 +364,7 @@ impl Link {
         }
         if let Some((_, up_tok)) = &token {
             st.tokens.insert(up_tok.clone(), up_id.clone());
-        } else if let Some(tok) = message::progress_token(m.params) {
+        } else if let Some(tok) = parts.progress_token {
             st.tokens.insert(tok.to_string(), up_id.clone());
         }
         let p = Pending {
@@ -723,7 +727,7 @@ impl Link {
             args_hash: p.args_hash,
             protocol: p.protocol,
             transport: self.transport,
-            args_excerpt: if outcome == Outcome::Ok { None } else { p.args },
+            args_excerpt: if outcome == Outcome::Ok { None } else { p.args.as_deref().map(log_message) },
             error,
             ..Default::default()
         };

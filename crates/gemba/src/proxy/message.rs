@@ -130,18 +130,41 @@ pub fn batch(text: &str) -> Option<Vec<&RawValue>> {
     serde_json::from_str::<Vec<&RawValue>>(text).ok()
 }
 
-#[derive(Deserialize)]
-struct CallParams<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    arguments: Option<&'a RawValue>,
+/// What the proxy reads of a request's params, in one pass over them: the tool a `tools/call`
+/// names and its arguments' text, and from `_meta` the protocol version and progress token.
+#[derive(Debug, Default)]
+pub struct RequestParts<'a> {
+    pub tool: Option<Cow<'a, str>>,
+    pub arguments: Option<&'a str>,
+    pub protocol_version: Option<Cow<'a, str>>,
+    pub progress_token: Option<&'a str>,
 }
 
-/// A `tools/call`'s tool name and its arguments' text.
-pub fn tool_call(params: Option<&str>) -> Option<(Cow<'_, str>, Option<&str>)> {
-    let p: CallParams = serde_json::from_str(params?).ok()?;
-    Some((p.name, p.arguments.map(RawValue::get)))
+#[derive(Deserialize)]
+struct AnyParams<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<&'a RawValue>,
+}
+
+/// A request's params read once (`tool` only for `tools/call`).
+pub fn request_parts<'a>(method: &str, params: Option<&'a str>) -> RequestParts<'a> {
+    let Some(p) = params.and_then(|p| serde_json::from_str::<AnyParams>(p).ok()) else {
+        return RequestParts::default();
+    };
+    let meta = p.meta.and_then(|m| serde_json::from_str::<Meta>(m.get()).ok());
+    let (protocol_version, progress_token) =
+        meta.map_or((None, None), |m| (m.protocol_version, m.progress_token.map(RawValue::get)));
+    let call = method == "tools/call";
+    RequestParts {
+        tool: p.name.filter(|_| call),
+        arguments: p.arguments.filter(|_| call).map(RawValue::get),
+        protocol_version,
+        progress_token,
+    }
 }
 
 #[derive(Deserialize)]
@@ -222,18 +245,38 @@ struct TextBlock<'a> {
 /// to see whether it is the top-level one.
 pub fn is_tool_error(result: Option<&str>) -> bool {
     let Some(r) = result else { return false };
+    if let Some(said) = trailing_is_error(r) {
+        return said;
+    }
     if !may_say_is_error_true(r) {
         return false;
     }
     serde_json::from_str::<ToolResult>(r).ok().is_some_and(|r| r.is_error == Some(true))
 }
 
+/// `isError` when it is the result's last member, which is where the SDKs write it (rmcp, the
+/// Python and TypeScript SDKs): read from the end, so a large result is not scanned. In valid
+/// JSON, text ending `,"isError":false}` (or `{…`, any whitespace) can only be the object's own
+/// last member: anywhere else, a string would be left open. `None` when it does not end so.
+fn trailing_is_error(result: &str) -> Option<bool> {
+    let body = result.trim_end().strip_suffix('}')?.trim_end();
+    let (body, said) = match body.strip_suffix("false") {
+        Some(b) => (b, false),
+        None => (body.strip_suffix("true")?, true),
+    };
+    let body = body.trim_end().strip_suffix(':')?.trim_end().strip_suffix("\"isError\"")?;
+    body.trim_end().ends_with([',', '{']).then_some(said)
+}
+
 /// Whether `"isError"` appears as a key (its closing quote not escaped, so not inside a string)
 /// with the value `true`. False means no object in `text` has `isError: true`.
 fn may_say_is_error_true(text: &str) -> bool {
     const KEY: &str = "\"isError\"";
+    // Built once: building a searcher costs about as much as searching a small answer.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
     let mut rest = text;
-    while let Some(i) = memchr::memmem::find(rest.as_bytes(), KEY.as_bytes()) {
+    while let Some(i) = FINDER.find(rest.as_bytes()) {
         rest = &rest[i + KEY.len()..];
         let after = rest.trim_start();
         if let Some(value) = after.strip_prefix(':')
@@ -332,8 +375,8 @@ mod tests {
         assert_eq!(m.kind, Kind::Request);
         assert_eq!(m.id_text(), Some("7"));
         assert_eq!(m.method(), "tools/call");
-        let (name, args) = tool_call(m.params).unwrap();
-        assert_eq!((name.as_ref(), args), ("echo", Some(r#"{"message":"hi"}"#)));
+        let parts = request_parts(m.method(), m.params);
+        assert_eq!((parts.tool.as_deref(), parts.arguments), (Some("echo"), Some(r#"{"message":"hi"}"#)));
         assert_eq!(progress_token(m.params), Some(r#""p1""#));
 
         let note = peek(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a-1"}}"#);
@@ -353,6 +396,14 @@ mod tests {
             (r#"{"structuredContent":{"isError":true},"isError":false}"#, false),
             (r#"{"isError" :  true,"content":[]}"#, true),
             (r#"{"content":[{"type":"text","text":"x"}],"isError":true}"#, true),
+            // Read from the end when isError is the last member; anything else is searched.
+            (r#"{"content":[{"type":"text","text":"a,\"isError\":true}"}],"isError":false}"#, false),
+            (r#"{"content":[] , "isError" : true }"#, true),
+            (r#"{"isError":true}"#, true),
+            (r#"{"structuredContent":{"isError":true}}"#, false),
+            (r#"{"content":[],"isError":true,"_meta":{"k":1}}"#, true),
+            (r#"{"content":[],"isError":false,"_meta":{"k":1}}"#, false),
+            (r#"{"content":[{"type":"text","text":"ends \"isError\":true"}]}"#, false),
         ] {
             let text = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
             assert_eq!(is_tool_error(peek(&text).result), is_error, "{result}");
@@ -367,6 +418,25 @@ mod tests {
         for bad in ["", "not json", "[1,2]", "{}", r#"{"jsonrpc":"2.0","id":1}"#] {
             assert_eq!(peek(bad).kind, Kind::Invalid, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_requests_params_are_read_in_one_pass() {
+        let call = peek(
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"_meta":{"progressToken":"t9","io.modelcontextprotocol/protocolVersion":"2026-07-28"},"name":"read_table","arguments":{"limit":5}}}"#,
+        );
+        let parts = request_parts(call.method(), call.params);
+        assert_eq!(parts.tool.as_deref(), Some("read_table"));
+        assert_eq!(parts.arguments, Some(r#"{"limit":5}"#));
+        assert_eq!(parts.protocol_version.as_deref(), Some("2026-07-28"));
+        assert_eq!(parts.progress_token, Some(r#""t9""#));
+        // Only a tools/call names a tool; params without _meta have no version or token.
+        let prompt = peek(r#"{"jsonrpc":"2.0","id":5,"method":"prompts/get","params":{"name":"p","arguments":{}}}"#);
+        let parts = request_parts(prompt.method(), prompt.params);
+        assert!(parts.tool.is_none() && parts.arguments.is_none());
+        assert!(parts.protocol_version.is_none() && parts.progress_token.is_none());
+        assert!(request_parts("tools/call", None).tool.is_none());
+        assert!(request_parts("tools/call", Some("[1]")).tool.is_none());
     }
 
     #[test]

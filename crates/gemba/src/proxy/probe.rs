@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::child::{ChildSpec, LineRead, read_bounded_line};
+use super::child::ChildSpec;
 use super::http_up::{HttpTarget, post_once};
+use super::lines::{Line, LineReader};
 
 /// Most pages of `tools/list` followed.
 const MAX_PAGES: usize = 20;
@@ -79,7 +80,7 @@ fn collect_headers(schema: &Value, path: &mut Vec<String>, out: &mut Vec<(Vec<St
 /// any request of the server's with "not supported" so it does not wait on the probe).
 struct ProbeSession {
     stdin: tokio::process::ChildStdin,
-    stdout: BufReader<tokio::process::ChildStdout>,
+    stdout: LineReader<tokio::process::ChildStdout>,
 }
 
 impl ProbeSession {
@@ -88,14 +89,12 @@ impl ProbeSession {
         let mut line = req.to_string();
         line.push('\n');
         self.stdin.write_all(line.as_bytes()).await.context("cannot write to the upstream")?;
-        let mut buf = Vec::new();
         loop {
-            buf.clear();
-            match read_bounded_line(&mut self.stdout, &mut buf, 64 << 20).await? {
-                LineRead::Eof => bail!("the upstream closed its output (did it exit?)"),
-                LineRead::TooLong(_) => continue,
-                LineRead::Line => {}
-            }
+            let buf = match self.stdout.next().await? {
+                Line::Eof => bail!("the upstream closed its output (did it exit?)"),
+                Line::TooLong(_) => continue,
+                Line::Message(m) => m,
+            };
             let Ok(v) = serde_json::from_slice::<Value>(&buf) else { continue };
             if v.get("method").is_some() {
                 if let Some(rid) = v.get("id") {
@@ -148,7 +147,7 @@ pub async fn child_tools(spec: &ChildSpec, timeout: Duration) -> Result<Vec<Tool
         }
         String::from_utf8_lossy(&all).trim().to_string()
     });
-    let mut s = ProbeSession { stdin, stdout: BufReader::new(stdout) };
+    let mut s = ProbeSession { stdin, stdout: LineReader::new(stdout, 64 << 20) };
     let listing = tokio::time::timeout(timeout, async {
         let init = s.call(init_request(1)).await?;
         let modern = init.get("error").is_some();

@@ -9,11 +9,11 @@ use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::Proxy;
-use super::child::{LineRead, read_bounded_line};
+use super::lines::{Line, LineReader, into_text};
 use super::link::ClientCtx;
 #[cfg(unix)]
 use crate::stdio_pipes::{pipe_sender, stdin_pipe};
@@ -35,7 +35,7 @@ fn client_out() -> std::io::Result<std::fs::File> {
 /// Where client messages come from: stdin as an async pipe, or a thread reading it.
 enum Input {
     #[cfg(unix)]
-    Pipe(BufReader<tokio::net::unix::pipe::Receiver>, Vec<u8>),
+    Pipe(LineReader<tokio::net::unix::pipe::Receiver>),
     Thread(mpsc::Receiver<String>),
 }
 
@@ -43,7 +43,7 @@ impl Input {
     fn open(max: usize) -> Result<Self> {
         #[cfg(unix)]
         if let Some(pipe) = stdin_pipe() {
-            return Ok(Self::Pipe(BufReader::with_capacity(64 * 1024, pipe), Vec::with_capacity(8 * 1024)));
+            return Ok(Self::Pipe(LineReader::new(pipe, max)));
         }
         let (in_tx, in_rx) = mpsc::channel::<String>(64);
         std::thread::Builder::new().name("proxy-stdin".into()).spawn(move || read_in(in_tx, max))?;
@@ -54,15 +54,14 @@ impl Input {
     async fn next(&mut self, max: usize) -> Option<String> {
         match self {
             #[cfg(unix)]
-            Self::Pipe(r, buf) => loop {
-                buf.clear();
-                match read_bounded_line(r, buf, max).await {
-                    Ok(LineRead::Eof) => return None,
-                    Ok(LineRead::TooLong(_)) => {
+            Self::Pipe(lines) => loop {
+                match lines.next().await {
+                    Ok(Line::Eof) => return None,
+                    Ok(Line::TooLong(_)) => {
                         tracing::warn!("a client message longer than {max} bytes was skipped (raise --max-message-mb)");
                     }
-                    Ok(LineRead::Line) => {
-                        if let Some(line) = message_of(buf) {
+                    Ok(Line::Message(mut line)) => {
+                        if let Some(line) = message_of(&mut line) {
                             return Some(line);
                         }
                     }
@@ -137,22 +136,50 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     Ok(())
 }
 
-/// Write what is queued, then flush once.
+/// Write what is queued: a message alone straight from its own buffer (the newline goes in the
+/// spare byte the reader left), several in one vectored write.
 #[cfg(unix)]
-async fn write_out_async(out: tokio::net::unix::pipe::Sender, mut rx: mpsc::Receiver<String>) {
-    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, out);
+async fn write_out_async(mut out: tokio::net::unix::pipe::Sender, mut rx: mpsc::Receiver<String>) {
+    let mut queued: Vec<String> = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut m = Some(first);
-        while let Some(msg) = m {
-            if w.write_all(msg.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err() {
-                return;
-            }
-            m = rx.try_recv().ok();
+        queued.push(first);
+        let mut bytes = queued[0].len();
+        while bytes < MAX_WRITE
+            && let Ok(next) = rx.try_recv()
+        {
+            bytes += next.len() + 1;
+            queued.push(next);
         }
-        if w.flush().await.is_err() {
+        for m in &mut queued {
+            m.push('\n');
+        }
+        if write_all_vectored(&mut out, &queued).await.is_err() {
             return;
         }
+        queued.clear();
     }
+}
+
+/// Bytes gathered into one write to stdout.
+#[cfg(unix)]
+const MAX_WRITE: usize = 256 * 1024;
+
+/// Write every message, in order, in as few system calls as the pipe allows.
+#[cfg(unix)]
+async fn write_all_vectored(out: &mut tokio::net::unix::pipe::Sender, messages: &[String]) -> std::io::Result<()> {
+    if let [one] = messages {
+        return out.write_all(one.as_bytes()).await;
+    }
+    let mut slices: Vec<std::io::IoSlice> = messages.iter().map(|m| std::io::IoSlice::new(m.as_bytes())).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = out.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 /// A line read (its newline still on) as a message: `None` when blank.
@@ -163,10 +190,7 @@ fn message_of(buf: &mut Vec<u8>) -> Option<String> {
     if buf.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    Some(match String::from_utf8(std::mem::take(buf)) {
-        Ok(t) => t,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    })
+    Some(into_text(std::mem::take(buf)))
 }
 
 fn write_out(out: std::fs::File, mut rx: mpsc::Receiver<String>) {

@@ -544,9 +544,7 @@ async def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(script
     log = tmp_path / "dead.log"
     port = free_port()
     args = proxy_args([PY, str(dead)], tmp_path / "state", port, extra=["--name", "dead", "--hold-ms", "1500"])
-    p = subprocess.Popen([BIN, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env={**os.environ, "GEMBA_LOG": "warn", "DEAD_LOG": str(log)})
-    try:
+    with stdio_process([BIN, *args], {"DEAD_LOG": str(log)}) as p:
         def ready_status():
             try:
                 return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
@@ -585,12 +583,6 @@ async def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(script
         starts = len(log.read_text().splitlines())
         assert 3 <= starts <= 12, starts
         assert 1 <= exits <= starts, (exits, starts)
-    finally:
-        p.stdin.close()
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 # ---------------------------------------------------------------------------------------------

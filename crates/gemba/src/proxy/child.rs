@@ -16,7 +16,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::lines::{Line, LineReader, into_text};
+use super::lines::{Line, LineReader, message_text};
 use super::message::{self, Kind};
 use super::upstream::{Health, Replay, UpEvent};
 
@@ -342,7 +342,7 @@ async fn write_loop(
 async fn read_lines(stdout: ChildStdout, events: mpsc::Sender<UpEvent>, swallow: Swallow, max_line: usize) {
     let mut lines = LineReader::new(stdout, max_line);
     loop {
-        let mut line = match lines.next().await {
+        let line = match lines.next().await {
             Ok(Line::Eof) => return,
             Ok(Line::TooLong(n)) => {
                 tracing::warn!("upstream wrote a message of more than {max_line} bytes ({n}); skipped");
@@ -354,13 +354,7 @@ async fn read_lines(stdout: ChildStdout, events: mpsc::Sender<UpEvent>, swallow:
                 return;
             }
         };
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let text = into_text(line);
+        let Some(text) = message_text(line) else { continue };
         if !swallow.lock().is_empty() {
             let m = message::peek(&text);
             if m.kind == Kind::Response

@@ -123,10 +123,21 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
+/// A line as a message: its line ending (and a `\r` before it) dropped, `None` when blank.
+pub(crate) fn message_text(mut line: Vec<u8>) -> Option<String> {
+    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        line.pop();
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(into_text(line))
+}
+
 /// A message's bytes as text. The check that they are UTF-8 is most of what a large answer
 /// costs the proxy in user space, so it is done with SIMD (several times std's speed); bytes
 /// that are not UTF-8 are passed on lossily, as before.
-pub(crate) fn into_text(bytes: Vec<u8>) -> String {
+fn into_text(bytes: Vec<u8>) -> String {
     if simdutf8::basic::from_utf8(&bytes).is_ok() {
         // SAFETY: `bytes` was checked to be UTF-8 just above.
         unsafe { String::from_utf8_unchecked(bytes) }
@@ -200,6 +211,8 @@ mod tests {
         assert_eq!(into_text(b"ab\xffcd".to_vec()), "ab\u{fffd}cd");
         let long = "ü".repeat(5_000) + "x";
         assert_eq!(into_text(long.as_bytes().to_vec()), long);
+        assert_eq!(message_text(b"{\"a\":1}\r\n".to_vec()).as_deref(), Some("{\"a\":1}"));
+        assert_eq!(message_text(b" \t\r\n".to_vec()), None);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::Proxy;
-use super::lines::{Line, LineReader, into_text};
+use super::lines::{Line, LineReader, message_text};
 use super::link::ClientCtx;
 #[cfg(unix)]
 use crate::stdio_pipes::{pipe_sender, stdin_pipe};
@@ -60,8 +60,8 @@ impl Input {
                     Ok(Line::TooLong(_)) => {
                         tracing::warn!("a client message longer than {max} bytes was skipped (raise --max-message-mb)");
                     }
-                    Ok(Line::Message(mut line)) => {
-                        if let Some(line) = message_of(&mut line) {
+                    Ok(Line::Message(line)) => {
+                        if let Some(line) = message_text(line) {
                             return Some(line);
                         }
                     }
@@ -182,17 +182,6 @@ async fn write_all_vectored(out: &mut tokio::net::unix::pipe::Sender, messages: 
     Ok(())
 }
 
-/// A line read (its newline still on) as a message: `None` when blank.
-fn message_of(buf: &mut Vec<u8>) -> Option<String> {
-    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        buf.pop();
-    }
-    if buf.iter().all(u8::is_ascii_whitespace) {
-        return None;
-    }
-    Some(into_text(std::mem::take(buf)))
-}
-
 fn write_out(out: std::fs::File, mut rx: mpsc::Receiver<String>) {
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
     while let Some(first) = rx.blocking_recv() {
@@ -228,7 +217,7 @@ fn read_in(tx: mpsc::Sender<String>, max: usize) {
                 return;
             }
         }
-        let Some(line) = message_of(&mut buf) else { continue };
+        let Some(line) = message_text(std::mem::take(&mut buf)) else { continue };
         if tx.blocking_send(line).is_err() {
             return;
         }

@@ -142,7 +142,8 @@ const LOG_QUEUE: usize = 16_384;
 /// A row with this tool name asks the writer to acknowledge once everything before it is written.
 const FLUSH_MARKER: &str = "\u{0}flush";
 /// How long the writer gathers rows after the first before writing them in one transaction
-/// (at most this much later in the log; a flush is not delayed).
+/// (rows reach the log at most this much later; a flush that finds the writer idle is written
+/// at once, one that arrives while it gathers waits for the end of the gathering).
 const LINGER: Duration = Duration::from_millis(50);
 /// Where a store's writer acknowledges a flush: one per store (a process may hold several).
 type FlushAck = Arc<parking_lot::Mutex<Option<SyncSender<()>>>>;

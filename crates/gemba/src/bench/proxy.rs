@@ -196,9 +196,10 @@ async fn rounds(sides: [(&Client, u32); 2], tool: &str, args: &Value, n: usize) 
             let child_switches = || kids.iter().filter_map(|k| switches(*k)).sum::<u64>();
             let (cpu0, own0, sw0) = (cpu_secs(pid), cpu_secs(me), switches(pid));
             let (kids0, kids_sw0) = (cpu_of(&kids), child_switches());
-            let t = Instant::now();
-            let (_, n) = throughput(client, tool, args).await;
-            let secs = t.elapsed().as_secs_f64();
+            // The round's own window (callers stopped, calls counted), not the wait for the
+            // calls still in flight at its end.
+            let (rate, n) = throughput(client, tool, args).await;
+            let secs = if rate > 0.0 { n as f64 / rate } else { 0.0 };
             let cpu = cpu0.zip(cpu_secs(pid)).map_or(0.0, |(b, a)| a - b);
             let client_cpu = own0.zip(cpu_secs(me)).map_or(0.0, |(b, a)| a - b);
             let child_cpu = kids0.zip(cpu_of(&kids)).map_or(0.0, |(b, a)| a - b);

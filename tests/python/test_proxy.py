@@ -474,6 +474,45 @@ async def test_fastmcp_calls_are_measured_by_tool_with_slo_tiers_by_pattern(scri
     assert s["add"]["count"] == 4 and s["fail"]["errors"] == 1, s
 
 
+# `gemba bench --only proxy` in front of a server named on its command line: how anyone
+# measures what the proxy costs their own server.
+
+def test_the_overhead_bench_measures_the_proxy_in_front_of_a_named_server(scripts, tmp_path):
+    """One pair of processes of the FastMCP server, its `forecast` tool called direct and through
+    the proxy: the report names the upstream, both sides answered at a real rate, and the CPU
+    per call was spent by the proxy and by the server behind it (so the calls went through)."""
+    out = tmp_path / "bench.json"
+    cmd = [BIN, "bench", "--only", "proxy", "--pairs", "1", "--dir", str(tmp_path / "w"), "--json", str(out),
+           "--tool", "forecast", "--arguments", '{"city": "Oslo"}', "--", PY, str(scripts / "weather_server.py")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "GEMBA_LOG": "warn"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    proxy = report["proxy"]
+    assert proxy["upstream"] == f"{PY} {scripts / 'weather_server.py'}", proxy["upstream"]
+    assert (proxy["middle"], proxy["pairs"], proxy["tool"]) == ("proxy", 1, "forecast"), proxy
+    [fig] = proxy["throughput"]
+    assert fig["tool"] == "forecast", fig
+    assert fig["direct_per_s"] > 20 and fig["proxied_per_s"] > 20, fig
+    assert fig["proxy_cpu_us_per_call"] > 0 and fig["upstream_cpu_us_per_call"] > 0, fig
+    assert len(fig["pair_losses"]) == 1 and abs(fig["pair_losses"][0] - fig["throughput_loss"]) < 1e-9, fig
+    assert 0 < proxy["direct_p50_ms"] < 1_000 and 0 < proxy["proxied_p50_ms"] < 1_000, proxy
+    bars = [b["bar"] for b in report["bars"]]
+    assert "gemba proxy costs <= 5 % of forecast throughput" in bars, bars
+    assert "upstream: " in r.stdout and "forecast throughput" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--", "python3", "x.py"], "--tool"),
+    (["--tool", "echo"], "after `--`"),
+    (["--tool", "echo", "--arguments", "[1]", "--", "python3", "x.py"], "JSON object"),
+    (["--tool", "echo", "--arguments", "{nope", "--", "python3", "x.py"], "not JSON"),
+])
+def test_the_overhead_bench_says_what_is_wrong_with_its_upstream(args, says, tmp_path):
+    r = subprocess.run([BIN, "bench", "--only", "proxy", "--dir", str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and says in r.stderr, (r.returncode, r.stderr)
+
+
 # ---------------------------------------------------------------------------------------------
 # A server that crashes in the middle of a call.
 

@@ -76,8 +76,25 @@ pub struct BenchArgs {
     pub server: Option<PathBuf>,
     /// With --only proxy: an A/A control. The "proxied" side is a second direct server, so
     /// the figures show how much two processes of one build differ with no proxy at all.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bare_relay")]
     pub control: bool,
+    /// With --only proxy: two `cat` processes, one each way, in the proxy's place, so the
+    /// figures show the least any relay process costs on this machine.
+    #[arg(long)]
+    pub bare_relay: bool,
+    /// With --only proxy: fresh pairs of processes (direct, proxied) measured and pooled.
+    #[arg(long, default_value_t = proxy::PAIRS, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub pairs: u16,
+    /// With --only proxy and an upstream command: the tool to call.
+    #[arg(long, value_name = "NAME")]
+    pub tool: Option<String>,
+    /// With --tool: its arguments, as a JSON object.
+    #[arg(long, value_name = "JSON", default_value = "{}", requires = "tool")]
+    pub arguments: String,
+    /// With --only proxy: measure the proxy in front of this MCP server (a stdio command,
+    /// after `--`) instead of `gemba serve` on the bench workloads; needs --tool.
+    #[arg(last = true, value_name = "UPSTREAM")]
+    pub upstream: Vec<String>,
 }
 
 /// The binary started as the server (`--server`, or this one).
@@ -458,6 +475,7 @@ async fn reads(
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     let dir = &args.dir;
+    let upstream = proxy::Upstream::from_args(&args)?;
     if let Some(server) = &args.server {
         let server = server.canonicalize().with_context(|| format!("no server binary at {}", server.display()))?;
         let _ = SERVER.set(server);
@@ -474,7 +492,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     // The report benchmark needs no workbooks, only a request log.
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // Nor does the HTTP one (it writes the example workspace it needs).
-    if args.only != "report" && args.only != "http" && !dir.join("many").join("book_39.xlsx").exists() {
+    let needs_workloads = !matches!(args.only.as_str(), "report" | "http")
+        && (args.only != "proxy" || matches!(upstream, proxy::Upstream::Gemba));
+    if needs_workloads && !dir.join("many").join("book_39.xlsx").exists() {
         eprintln!("generating workloads into {} ...", dir.display());
         let t = Instant::now();
         workloads::write_bench(dir)?;
@@ -499,7 +519,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bars.extend(crate::report::bench::bench(&dir, &mut report)?);
     }
     if args.only == "all" || args.only == "proxy" {
-        bars.extend(proxy::proxy_overhead(&dir, args.warm, args.control, &mut report).await?);
+        bars.extend(proxy::proxy_overhead(&dir, &upstream, &proxy::Setup::from_args(&args), &mut report).await?);
     }
     if args.only == "all" || args.only == "traces" {
         bars.extend(traces::traces_overhead(&dir, &mut report).await?);

@@ -483,6 +483,7 @@ def test_the_overhead_bench_measures_the_proxy_in_front_of_a_named_server(script
     per call was spent by the proxy and by the server behind it (so the calls went through)."""
     out = tmp_path / "bench.json"
     cmd = [BIN, "bench", "--only", "proxy", "--pairs", "1", "--dir", str(tmp_path / "w"), "--json", str(out),
+           "--proxy-arg=--name", "--proxy-arg=weather",
            "--tool", "forecast", "--arguments", '{"city": "Oslo"}', "--", PY, str(scripts / "weather_server.py")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "GEMBA_LOG": "warn"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -490,6 +491,7 @@ def test_the_overhead_bench_measures_the_proxy_in_front_of_a_named_server(script
     proxy = report["proxy"]
     assert proxy["upstream"] == f"{PY} {scripts / 'weather_server.py'}", proxy["upstream"]
     assert (proxy["middle"], proxy["pairs"], proxy["tool"]) == ("proxy", 1, "forecast"), proxy
+    assert proxy["proxy_args"] == ["--name", "weather"], proxy
     [fig] = proxy["throughput"]
     assert fig["tool"] == "forecast", fig
     assert fig["direct_per_s"] > 20 and fig["proxied_per_s"] > 20, fig
@@ -508,9 +510,20 @@ def test_the_overhead_bench_measures_the_proxy_in_front_of_a_named_server(script
     (["--tool", "echo", "--arguments", "{nope", "--", "python3", "x.py"], "not JSON"),
 ])
 def test_the_overhead_bench_says_what_is_wrong_with_its_upstream(args, says, tmp_path):
+    """Usage errors are caught before anything starts, and say what to do."""
     r = subprocess.run([BIN, "bench", "--only", "proxy", "--dir", str(tmp_path), *args],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and says in r.stderr, (r.returncode, r.stderr)
+
+
+def test_the_overhead_bench_passes_proxy_args_on(scripts, tmp_path):
+    """`--proxy-arg` reaches `gemba proxy`: an argument it does not know stops the bench with the
+    proxy's own complaint rather than a figure measured without it."""
+    r = subprocess.run([BIN, "bench", "--only", "proxy", "--pairs", "1", "--dir", str(tmp_path),
+                        "--proxy-arg=--no-such-flag", "--tool", "forecast", "--arguments", '{"city": "Oslo"}',
+                        "--", PY, str(scripts / "weather_server.py")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0, r.stdout
+    assert "--no-such-flag" in r.stderr and "gemba proxy" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------

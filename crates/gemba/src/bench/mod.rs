@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// figures show the least any relay process costs on this machine.
     #[arg(long)]
     pub bare_relay: bool,
+    /// With --only proxy: one more argument for `gemba proxy` (repeatable), e.g.
+    /// `--proxy-arg=--no-kaizen` to see what its measurement costs.
+    #[arg(long = "proxy-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub proxy_args: Vec<String>,
     /// With --only proxy: fresh pairs of processes (direct, proxied) measured and pooled.
     #[arg(long, default_value_t = proxy::PAIRS, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pairs: u16,

@@ -136,6 +136,8 @@ impl Middle {
 /// How the bench runs.
 pub struct Setup {
     pub middle: Middle,
+    /// More arguments for `gemba proxy`.
+    pub proxy_args: Vec<String>,
     pub pairs: usize,
     pub warm: usize,
 }
@@ -149,12 +151,12 @@ impl Setup {
         } else {
             Middle::Proxy
         };
-        Self { middle, pairs: usize::from(args.pairs), warm: args.warm }
+        Self { middle, proxy_args: args.proxy_args.clone(), pairs: usize::from(args.pairs), warm: args.warm }
     }
 }
 
 /// Start `argv` with `middle` in front of it (direct when `None`).
-async fn start(argv: Vec<OsString>, middle: Option<Middle>) -> Result<(Client, u32)> {
+async fn start(argv: Vec<OsString>, middle: Option<Middle>, proxy_args: &[String]) -> Result<(Client, u32)> {
     let (program, what) = match middle {
         None | Some(Middle::Control) => (argv[0].clone(), "the upstream"),
         Some(Middle::Proxy) => {
@@ -171,7 +173,11 @@ async fn start(argv: Vec<OsString>, middle: Option<Middle>) -> Result<(Client, u
                 static STARTED: AtomicU64 = AtomicU64::new(0);
                 let n = STARTED.fetch_add(1, Ordering::Relaxed);
                 let state = std::env::temp_dir().join(format!("gemba-bench-proxy-{}-{n}", std::process::id()));
-                c.arg("proxy").arg("--state-dir").arg(state).arg("--name").arg("bench").arg("--").args(&argv);
+                c.arg("proxy").args(proxy_args).arg("--state-dir").arg(state);
+                if !proxy_args.iter().any(|a| a == "--name" || a.starts_with("--name=")) {
+                    c.arg("--name").arg("bench");
+                }
+                c.arg("--").args(&argv);
             }
             Some(Middle::BareRelay) => {
                 c.arg("-c").arg("cat | \"$@\" | cat").arg("sh").args(&argv);
@@ -363,8 +369,8 @@ pub async fn proxy_overhead(
     let (mut pinned, mut pinned_losses) = ([Side::default(); 2], Vec::new());
     for pair in 0..pairs {
         // Fresh processes for every pair, started in turn first and second.
-        let start_direct = async || start(upstream.argv(dir)?, None).await;
-        let start_other = async || start(upstream.argv(dir)?, Some(middle)).await;
+        let start_direct = async || start(upstream.argv(dir)?, None, &[]).await;
+        let start_other = async || start(upstream.argv(dir)?, Some(middle), &setup.proxy_args).await;
         let ((direct, direct_pid), (proxied, proxy_pid)) = if pair % 2 == 0 {
             let d = start_direct().await?;
             (d, start_other().await?)
@@ -438,7 +444,12 @@ pub async fn proxy_overhead(
     let (md, mp) = (median(d), median(p));
     let extra_us = (mp - md) * 1000.0;
     let upstream_name = upstream.name();
-    outln!("upstream: {upstream_name}");
+    let flags = if setup.proxy_args.is_empty() {
+        String::new()
+    } else {
+        format!("; gemba proxy {}", setup.proxy_args.join(" "))
+    };
+    outln!("upstream: {upstream_name}{flags}");
     outln!(
         "{} over stdio, {calls} alternating calls each ({pairs} pairs of processes): direct p50 {md:.3} ms, {side} {mp:.3} ms; {extra_us:+.1} µs per call",
         names[0]
@@ -487,7 +498,7 @@ pub async fn proxy_overhead(
     };
     report.insert(
         "proxy".into(),
-        json!({"upstream": upstream_name, "middle": middle_name, "tool": names[0], "control": middle == Middle::Control,
+        json!({"upstream": upstream_name, "middle": middle_name, "proxy_args": setup.proxy_args, "tool": names[0], "control": middle == Middle::Control,
                "direct_p50_ms": md, "proxied_p50_ms": mp, "overhead_us": extra_us,
                "calls": calls, "pairs": pairs, "throughput": figures,
                "server_on_own_core": {"tool": judged, "direct_per_s": pinned[0].rate(), "proxied_per_s": pinned[1].rate(),

@@ -21,11 +21,20 @@ import openpyxl
 import pytest
 from openpyxl.utils.datetime import CALENDAR_MAC_1904
 
-from conftest import err, ids, ok, stdio
+from conftest import STRICT, err, ids, ok, stdio
 
 pytestmark = pytest.mark.anyio
 
 HAS_LIBREOFFICE = shutil.which("soffice") is not None
+
+
+def libreoffice_checks() -> bool:
+    """Whether the LibreOffice part of a test runs: when it is installed, and always under
+    GEMBA_STRICT=1 (scripts/test.sh, CI), where a missing install fails instead of passing
+    with that part quietly left out."""
+    if STRICT:
+        assert HAS_LIBREOFFICE, "LibreOffice (soffice) is needed for this check; scripts/test.sh installs it"
+    return HAS_LIBREOFFICE
 
 # Every code point U+0001-U+001F (TAB, LF and CR included), the two non-characters XML forbids,
 # and text that looks like an escape and must read back literally.
@@ -145,7 +154,7 @@ async def test_forbidden_characters_round_trip_through_every_reader(tmp_path):
         # the stored result of a formula (`<v>` of t="str", which Excel and calamine read), so
         # formula cells are checked with LibreOffice recalculating them, as Gemba's
         # LibreOffice backend runs it.
-        if HAS_LIBREOFFICE:
+        if libreoffice_checks():
             as_lo = [t.replace("\r\n", "\n") for t in TEXTS]
             for recalc in (False, True):
                 out = libreoffice_to_xlsx(saved, ws / f"lo-{recalc}", recalculate=recalc)
@@ -312,7 +321,7 @@ async def test_1904_workbook_recalculates_in_process_with_dates_right_when_saved
         got = await ok(c, "range_values", {"workbook_id": again, "sheet_name": "Dates",
                                            "ranges": ["A1:J1"], "format": "values"})
         assert got["ranges"][0]["values"][0] == expected
-        if HAS_LIBREOFFICE:
+        if libreoffice_checks():
             # LibreOffice knows the 1904 system natively: its values are the same.
             lo = await ok(c, "recalculate", {"fork_id": again, "backend": "libreoffice"})
             assert lo["backend"] == "libreoffice" and lo["changed"] == r["changed"], (lo, r)

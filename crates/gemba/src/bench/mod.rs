@@ -11,6 +11,7 @@ mod proxy;
 mod traces;
 pub mod workloads;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -119,20 +120,33 @@ async fn start(dir: &Path) -> Result<(Client, u32)> {
 
 /// Start `gemba serve --stdio` on `dir` with extra flags; its request log goes to a temp dir.
 async fn start_with(dir: &Path, extra: &[&str]) -> Result<(Client, u32)> {
-    let exe = server_exe()?;
-    // A state directory per server: two servers measured side by side must not share (and
-    // contend for) one request log.
+    let mut argv = serve_argv(dir)?;
+    argv.extend(extra.iter().map(OsString::from));
+    connect(&argv, "gemba serve").await
+}
+
+/// The command line of a fresh `gemba serve --stdio` on `dir`, with a state directory of its
+/// own: two servers measured side by side must not share (and contend for) one request log.
+fn serve_argv(dir: &Path) -> Result<Vec<OsString>> {
     static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let state = std::env::temp_dir().join(format!("gemba-bench-state-{}-{n}", std::process::id()));
-    let cmd = tokio::process::Command::new(exe).configure(|c| {
-        c.arg("serve").arg("--stdio").arg("--workspace").arg(dir).arg("--state-dir").arg(&state);
-        c.args(extra);
-        c.env("GEMBA_LOG", "warn");
+    let mut argv: Vec<OsString> = vec![server_exe()?.into(), "serve".into(), "--stdio".into(), "--workspace".into()];
+    argv.extend([dir.into(), "--state-dir".into(), state.into()]);
+    Ok(argv)
+}
+
+/// Start `argv` (logging warnings only) and connect the rmcp client over its stdio; `what`
+/// names it in errors.
+async fn connect(argv: &[OsString], what: &str) -> Result<(Client, u32)> {
+    let (program, args) = argv.split_first().context("an empty command line")?;
+    let cmd = tokio::process::Command::new(program).configure(|c| {
+        c.args(args).env("GEMBA_LOG", "warn");
     });
-    let transport = TokioChildProcess::new(cmd).context("cannot start gemba serve")?;
+    let transport =
+        TokioChildProcess::new(cmd).with_context(|| format!("cannot start {what} ({})", program.to_string_lossy()))?;
     let pid = transport.id().unwrap_or(0);
-    let client = ().serve(transport).await.context("MCP handshake with gemba failed")?;
+    let client = ().serve(transport).await.with_context(|| format!("MCP handshake with {what} failed"))?;
     Ok((client, pid))
 }
 

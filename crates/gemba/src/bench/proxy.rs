@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use serde_json::{Value, json};
 
 use super::{Client, call, id_of, median, ms};
@@ -73,25 +71,10 @@ impl Upstream {
         Ok(Self::Command { argv: args.upstream.clone(), tool, arguments })
     }
 
-    /// The command line of one fresh server (gemba's with a state directory of its own: two
-    /// servers measured side by side must not share, and contend for, one request log).
+    /// The command line of one fresh server.
     fn argv(&self, dir: &Path) -> Result<Vec<OsString>> {
         match self {
-            Self::Gemba => {
-                static STARTED: AtomicU64 = AtomicU64::new(0);
-                let n = STARTED.fetch_add(1, Ordering::Relaxed);
-                let state = std::env::temp_dir().join(format!("gemba-bench-proxy-up-{}-{n}", std::process::id()));
-                let server = super::server_exe()?.into_os_string();
-                Ok(vec![
-                    server,
-                    "serve".into(),
-                    "--stdio".into(),
-                    "--workspace".into(),
-                    dir.into(),
-                    "--state-dir".into(),
-                    state.into(),
-                ])
-            }
+            Self::Gemba => super::serve_argv(dir),
             Self::Command { argv, .. } => Ok(argv.iter().map(OsString::from).collect()),
         }
     }
@@ -157,39 +140,27 @@ impl Setup {
 
 /// Start `argv` with `middle` in front of it (direct when `None`).
 async fn start(argv: Vec<OsString>, middle: Option<Middle>, proxy_args: &[String]) -> Result<(Client, u32)> {
-    let (program, what) = match middle {
-        None | Some(Middle::Control) => (argv[0].clone(), "the upstream"),
+    let (front, what): (Vec<OsString>, &str) = match middle {
+        None | Some(Middle::Control) => (Vec::new(), "the upstream"),
         Some(Middle::Proxy) => {
-            (std::env::current_exe().context("cannot find the gemba binary")?.into_os_string(), "gemba proxy")
+            static STARTED: AtomicU64 = AtomicU64::new(0);
+            let n = STARTED.fetch_add(1, Ordering::Relaxed);
+            let state = std::env::temp_dir().join(format!("gemba-bench-proxy-{}-{n}", std::process::id()));
+            let exe = std::env::current_exe().context("cannot find the gemba binary")?;
+            let mut front: Vec<OsString> = vec![exe.into(), "proxy".into()];
+            front.extend(proxy_args.iter().map(OsString::from));
+            front.extend(["--state-dir".into(), state.into()]);
+            if !proxy_args.iter().any(|a| a == "--name" || a.starts_with("--name=")) {
+                front.extend(["--name".into(), "bench".into()]);
+            }
+            front.push("--".into());
+            (front, "gemba proxy")
         }
-        Some(Middle::BareRelay) => ("sh".into(), "sh -c 'cat | upstream | cat'"),
+        Some(Middle::BareRelay) => {
+            (["sh", "-c", "cat | \"$@\" | cat", "sh"].map(OsString::from).to_vec(), "sh -c 'cat | upstream | cat'")
+        }
     };
-    let cmd = tokio::process::Command::new(&program).configure(|c| {
-        match middle {
-            None | Some(Middle::Control) => {
-                c.args(&argv[1..]);
-            }
-            Some(Middle::Proxy) => {
-                static STARTED: AtomicU64 = AtomicU64::new(0);
-                let n = STARTED.fetch_add(1, Ordering::Relaxed);
-                let state = std::env::temp_dir().join(format!("gemba-bench-proxy-{}-{n}", std::process::id()));
-                c.arg("proxy").args(proxy_args).arg("--state-dir").arg(state);
-                if !proxy_args.iter().any(|a| a == "--name" || a.starts_with("--name=")) {
-                    c.arg("--name").arg("bench");
-                }
-                c.arg("--").args(&argv);
-            }
-            Some(Middle::BareRelay) => {
-                c.arg("-c").arg("cat | \"$@\" | cat").arg("sh").args(&argv);
-            }
-        }
-        c.env("GEMBA_LOG", "warn");
-    });
-    let transport =
-        TokioChildProcess::new(cmd).with_context(|| format!("cannot start {what} ({})", program.to_string_lossy()))?;
-    let pid = transport.id().unwrap_or(0);
-    let client = ().serve(transport).await.with_context(|| format!("MCP handshake with {what} failed"))?;
-    Ok((client, pid))
+    super::connect(&[front, argv].concat(), what).await
 }
 
 /// CPU time (user + system) a process has used so far, in seconds (Linux; `None` elsewhere).
@@ -360,9 +331,9 @@ pub async fn proxy_overhead(
     let (middle, pairs) = (setup.middle, setup.pairs);
     let latency_calls = (setup.warm * 25).max(500).div_ceil(pairs);
     let (mut d, mut p) = (Vec::new(), Vec::new());
-    // Per call measured: its name, both sides summed over every pair, and each pair's loss.
-    // The last is judged.
-    let mut names: Vec<String> = Vec::new();
+    // Per call measured: its name and rounds, both sides summed over every pair, and each
+    // pair's loss. The last is judged.
+    let mut names: Vec<(String, usize)> = Vec::new();
     let mut totals: Vec<[Side; 2]> = Vec::new();
     let mut pair_losses: Vec<Vec<f64>> = Vec::new();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -392,7 +363,7 @@ pub async fn proxy_overhead(
             Upstream::Command { tool, arguments, .. } => vec![(tool.clone(), arguments.clone(), ROUNDS[1])],
         };
         if names.is_empty() {
-            names = calls.iter().map(|c| c.0.clone()).collect();
+            names = calls.iter().map(|c| (c.0.clone(), c.2)).collect();
             totals = vec![[Side::default(); 2]; calls.len()];
             pair_losses = vec![Vec::new(); calls.len()];
         }
@@ -452,10 +423,10 @@ pub async fn proxy_overhead(
     outln!("upstream: {upstream_name}{flags}");
     outln!(
         "{} over stdio, {calls} alternating calls each ({pairs} pairs of processes): direct p50 {md:.3} ms, {side} {mp:.3} ms; {extra_us:+.1} µs per call",
-        names[0]
+        names[0].0
     );
     let mut figures = Vec::new();
-    for (k, name) in names.iter().enumerate() {
+    for (k, (name, rounds)) in names.iter().enumerate() {
         let [sd, sp] = totals[k];
         let (rd, rp) = (sd.rate(), sp.rate());
         let loss = 1.0 - rp / rd;
@@ -464,7 +435,6 @@ pub async fn proxy_overhead(
         let (upstream_us, upstream_sw) = (sp.per_call(sp.child_cpu * 1e6), sp.per_call(sp.child_switches as f64));
         let (server_sw, proxy_sw) = (sd.per_call(sd.switches as f64), sp.per_call(sp.switches as f64));
         let per_pair = pair_losses[k].iter().map(|l| format!("{:.1}", l * 100.0)).collect::<Vec<_>>().join(", ");
-        let rounds = if names.len() == 1 { ROUNDS[1] } else { ROUNDS[k] };
         outln!(
             "{name} throughput, {CALLERS} callers, {pairs} fresh pairs x {rounds} alternating rounds of {:.0} s per side: direct {rd:.0}/s, {side} {rp:.0}/s; {:.1} % lower (per pair: {per_pair} %) (CPU per call: client {client_us:.1} µs, server {server_us:.1} µs, {} {proxy_us:.1} µs, server behind it {upstream_us:.1} µs; context switches per call: {server_sw:.2}, {proxy_sw:.2}, {upstream_sw:.2})",
             ROUND.as_secs_f64(),
@@ -477,7 +447,7 @@ pub async fn proxy_overhead(
                            "upstream_switches_per_call": upstream_sw, "server_switches_per_call": server_sw,
                            "proxy_switches_per_call": proxy_sw}));
     }
-    let judged = &names[names.len() - 1];
+    let judged = &names[names.len() - 1].0;
     let pinned_loss = 1.0 - pinned[1].rate() / pinned[0].rate();
     if !pinned_losses.is_empty() {
         let per_pair = pinned_losses.iter().map(|l| format!("{:.1}", l * 100.0)).collect::<Vec<_>>().join(", ");
@@ -498,7 +468,7 @@ pub async fn proxy_overhead(
     };
     report.insert(
         "proxy".into(),
-        json!({"upstream": upstream_name, "middle": middle_name, "proxy_args": setup.proxy_args, "tool": names[0], "control": middle == Middle::Control,
+        json!({"upstream": upstream_name, "middle": middle_name, "proxy_args": setup.proxy_args, "tool": names[0].0, "control": middle == Middle::Control,
                "direct_p50_ms": md, "proxied_p50_ms": mp, "overhead_us": extra_us,
                "calls": calls, "pairs": pairs, "throughput": figures,
                "server_on_own_core": {"tool": judged, "direct_per_s": pinned[0].rate(), "proxied_per_s": pinned[1].rate(),

@@ -249,3 +249,26 @@ fn read_line_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn many_queued_messages_go_out_whole_and_in_order() {
+        // More messages than one writev may carry (IOV_MAX is 1,024 on Linux), and one large.
+        let mut messages: Vec<String> = (0..3_000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        messages.push(format!("{}\n", "z".repeat(300_000)));
+        let (mut tx, mut rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = String::new();
+            rx.read_to_string(&mut got).await.unwrap();
+            got
+        });
+        write_all_vectored(&mut tx, &messages).await.unwrap();
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), messages.concat());
+    }
+}

@@ -208,6 +208,11 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// A process's command name (`/proc/<pid>/comm`).
+fn command_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+}
+
 /// CPU seconds of several processes together (`None` if any cannot be read).
 fn cpu_of(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|p| cpu_secs(*p)).sum()
@@ -393,14 +398,18 @@ pub async fn proxy_overhead(
         // The servers on one core, the client and the proxy on another: what the proxy costs
         // a server whose core it does not share (shown, not judged).
         let me = std::process::id();
-        let behind = if middle == Middle::Control { vec![proxy_pid] } else { children(proxy_pid) };
-        let servers = [vec![direct_pid], behind].concat();
-        let others = [me, if middle == Middle::Proxy { proxy_pid } else { 0 }];
+        let (servers, others) = match middle {
+            Middle::Proxy => ([vec![direct_pid], children(proxy_pid)].concat(), vec![me, proxy_pid]),
+            Middle::Control => (vec![direct_pid, proxy_pid], vec![me]),
+            // `sh`'s children: the two `cat`s go with the client, the server with the servers.
+            Middle::BareRelay => {
+                let (cats, behind): (Vec<u32>, Vec<u32>) =
+                    children(proxy_pid).into_iter().partition(|p| command_name(*p).as_deref() == Some("cat"));
+                ([vec![direct_pid], behind].concat(), [vec![me], cats].concat())
+            }
+        };
         let (tool, args, _) = &calls[calls.len() - 1];
-        if cpus >= 2
-            && servers.iter().all(|s| pin(*s, &[1]))
-            && others.iter().filter(|p| **p != 0).all(|p| pin(*p, &[0]))
-        {
+        if cpus >= 2 && servers.iter().all(|s| pin(*s, &[1])) && others.iter().all(|p| pin(*p, &[0])) {
             let [sd, sp] = rounds([(&direct, direct_pid), (&proxied, proxy_pid)], tool, args, 2).await;
             pinned_losses.push(1.0 - sp.rate() / sd.rate());
             pinned[0].add(sd);

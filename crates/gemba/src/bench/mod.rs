@@ -125,12 +125,17 @@ async fn start_with(dir: &Path, extra: &[&str]) -> Result<(Client, u32)> {
     connect(&argv, "gemba serve").await
 }
 
-/// The command line of a fresh `gemba serve --stdio` on `dir`, with a state directory of its
-/// own: two servers measured side by side must not share (and contend for) one request log.
-fn serve_argv(dir: &Path) -> Result<Vec<OsString>> {
+/// A state directory of its own for one process the bench starts (`kind` names it): two
+/// processes measured side by side must not share (and contend for) one request log.
+fn fresh_state_dir(kind: &str) -> PathBuf {
     static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let state = std::env::temp_dir().join(format!("gemba-bench-state-{}-{n}", std::process::id()));
+    std::env::temp_dir().join(format!("gemba-bench-{kind}-{}-{n}", std::process::id()))
+}
+
+/// The command line of a fresh `gemba serve --stdio` on `dir`, with a state directory of its own.
+fn serve_argv(dir: &Path) -> Result<Vec<OsString>> {
+    let state = fresh_state_dir("state");
     let mut argv: Vec<OsString> = vec![server_exe()?.into(), "serve".into(), "--stdio".into(), "--workspace".into()];
     argv.extend([dir.into(), "--state-dir".into(), state.into()]);
     Ok(argv)

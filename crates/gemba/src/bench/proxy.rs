@@ -143,9 +143,7 @@ async fn start(argv: Vec<OsString>, middle: Option<Middle>, proxy_args: &[String
     let (front, what): (Vec<OsString>, &str) = match middle {
         None | Some(Middle::Control) => (Vec::new(), "the upstream"),
         Some(Middle::Proxy) => {
-            static STARTED: AtomicU64 = AtomicU64::new(0);
-            let n = STARTED.fetch_add(1, Ordering::Relaxed);
-            let state = std::env::temp_dir().join(format!("gemba-bench-proxy-{}-{n}", std::process::id()));
+            let state = super::fresh_state_dir("proxy");
             let exe = std::env::current_exe().context("cannot find the gemba binary")?;
             let mut front: Vec<OsString> = vec![exe.into(), "proxy".into()];
             front.extend(proxy_args.iter().map(OsString::from));

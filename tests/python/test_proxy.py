@@ -588,6 +588,53 @@ async def test_a_crash_mid_call_is_answered_clearly_survived_and_visible(scripts
     assert s["crash"]["errors"] == 1 and s["slow"]["errors"] == 1, s
 
 
+async def test_a_message_over_the_size_limit_is_answered_at_once_not_left_waiting(scripts, tmp_path):
+    """A message longer than --max-message-mb is not passed on, either way; the request it was
+    (or answered) gets an error that names the size and the flag, at once, it is measured, and
+    the session goes on."""
+    log = tmp_path / "crashy.log"
+    upstream = [PY, str(scripts / "crashy.py")]
+    port = free_port()
+    state = tmp_path / "state"
+    extra = ["--name", "crashy", "--max-message-mb", "1"]
+    async with proxied(upstream, state, port, env={"CRASHY_LOG": str(log)}, extra=extra) as c:
+        # The answer is too long (~1.2 MB: each `"` is escaped twice on its way back, once in the
+        # echoed JSON and once in the answer), the request that asked for it (~0.6 MB) is not.
+        with anyio.fail_after(30):
+            with pytest.raises(Exception) as answer:
+                await c.call_tool("echo", {"q": '"' * 300_000})
+        said = str(answer.value)
+        assert "answered with 1.1 MiB" in said and "--max-message-mb" in said and "crashy" in said, said
+
+        # The request is too long (~1.4 MB): answered by the proxy, never given to the server.
+        with anyio.fail_after(30):
+            with pytest.raises(Exception) as request:
+                await c.call_tool("echo", {"big": "x" * 1_500_000})
+        said = str(request.value)
+        assert "this request is 1.4 MiB" in said and "--max-message-mb" in said, said
+
+        # The session goes on, on the same server process.
+        r = await c.call_tool("echo", {"after": "too long"})
+        assert json.loads(r.content[0].text) == {"after": "too long"}
+
+        def counted():
+            t = scrape(port)
+            done = series(t, "gemba_tool_requests_total", tool="echo", upstream="crashy")
+            return t if done >= 3 else None
+        text = wait_for(counted)
+        assert text, scrape(port)
+        assert series(text, "gemba_tool_requests_total", tool="echo", outcome="internal", upstream="crashy") == 1
+        assert series(text, "gemba_tool_requests_total", tool="echo", outcome="invalid_params", upstream="crashy") == 1
+        assert series(text, "gemba_tool_requests_total", tool="echo", outcome="ok", upstream="crashy") == 1
+        assert series(text, "gemba_proxy_upstream_dropped_messages_total", upstream="crashy") == 1
+        assert series(text, "gemba_proxy_upstream_exits_total", upstream="crashy") == 0
+
+    # The server saw the two calls that fit, both in one process (the first process the log shows
+    # is the proxy's probe of the server's tools).
+    calls = [l.split()[0] for l in log.read_text().splitlines() if l.endswith(" tools/call")]
+    assert len(calls) == 2 and len(set(calls)) == 1, log.read_text()
+
+
 async def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(scripts, tmp_path):
     """A server that dies at once every time: the proxy keeps retrying with backoff (not in a
     tight loop), reports itself not ready, and answers held requests with an error in time."""

@@ -344,8 +344,17 @@ async fn read_lines(stdout: ChildStdout, events: mpsc::Sender<UpEvent>, swallow:
     loop {
         let line = match lines.next().await {
             Ok(Line::Eof) => return,
-            Ok(Line::TooLong(n)) => {
-                tracing::warn!("upstream wrote a message of more than {max_line} bytes ({n}); skipped");
+            Ok(Line::TooLong(skipped)) => {
+                let glimpse = skipped.glimpse();
+                tracing::warn!(
+                    "upstream wrote a message of more than {max_line} bytes ({}, id {}); not passed on",
+                    skipped.bytes,
+                    glimpse.id.as_deref().unwrap_or("unknown")
+                );
+                let event = UpEvent::TooLong { glimpse, bytes: skipped.bytes, limit: max_line };
+                if events.send(event).await.is_err() {
+                    return;
+                }
                 continue;
             }
             Ok(Line::Message(line)) => line,

@@ -14,10 +14,54 @@ const READ_SIZE: usize = 64 * 1024;
 pub(crate) enum Line {
     /// One message, without its newline.
     Message(Vec<u8>),
-    /// A message longer than allowed was skipped: this many bytes of it (newline included).
-    TooLong(usize),
+    /// A message longer than allowed was skipped; what is kept of it says whom it was for.
+    TooLong(Skipped),
     /// The input ended.
     Eof,
+}
+
+/// What is kept of a message too long to pass: its size and its two ends, enough to tell what
+/// it was (a request, an answer) and its id, so the side waiting for it can be told.
+#[derive(Debug, Default)]
+pub(crate) struct Skipped {
+    /// Bytes of it, newline included.
+    pub bytes: usize,
+    /// Its first bytes (up to `KEPT_HEAD`).
+    pub head: Vec<u8>,
+    /// Its last bytes before the newline (up to `KEPT_TAIL`).
+    pub tail: Vec<u8>,
+}
+
+/// Bytes kept of each end of a skipped message.
+const KEPT_HEAD: usize = 1024;
+const KEPT_TAIL: usize = 256;
+
+impl Skipped {
+    /// Note `part` (the next bytes of the message, in order).
+    pub(crate) fn add(&mut self, part: &[u8]) {
+        self.bytes += part.len();
+        if self.head.len() < KEPT_HEAD {
+            let n = (KEPT_HEAD - self.head.len()).min(part.len());
+            self.head.extend_from_slice(&part[..n]);
+        }
+        let keep = part.len().min(KEPT_TAIL);
+        self.tail.extend_from_slice(&part[part.len() - keep..]);
+        if self.tail.len() > KEPT_TAIL {
+            self.tail.drain(..self.tail.len() - KEPT_TAIL);
+        }
+    }
+
+    /// What its ends show of the message.
+    pub fn glimpse(&self) -> super::message::Glimpse {
+        super::message::glimpse(&String::from_utf8_lossy(&self.head), &String::from_utf8_lossy(&self.tail))
+    }
+
+    /// The last part of the message (`line`, its newline not included) and the newline's byte.
+    fn finish(mut self, line: &[u8], newline: usize) -> Self {
+        self.add(line);
+        self.bytes += newline;
+        self
+    }
 }
 
 pub(crate) struct LineReader<R> {
@@ -27,8 +71,8 @@ pub(crate) struct LineReader<R> {
     start: usize,
     /// Bytes after `start` already searched for a newline (so none is searched twice).
     searched: usize,
-    /// Bytes dropped so far of a message longer than `max` (0 when not in one).
-    skipping: usize,
+    /// What was dropped so far of a message longer than `max` (`None` when not in one).
+    skipping: Option<Skipped>,
     max: usize,
     eof: bool,
 }
@@ -36,7 +80,7 @@ pub(crate) struct LineReader<R> {
 impl<R: AsyncRead + Unpin> LineReader<R> {
     /// A reader of messages of at most `max` bytes each (longer ones are skipped, and told).
     pub(crate) fn new(src: R, max: usize) -> Self {
-        Self { src, buf: Vec::with_capacity(READ_SIZE), start: 0, searched: 0, skipping: 0, max, eof: false }
+        Self { src, buf: Vec::with_capacity(READ_SIZE), start: 0, searched: 0, skipping: None, max, eof: false }
     }
 
     /// The next message; the last one may lack its newline.
@@ -48,8 +92,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 let begin = self.start;
                 self.start = end + 1;
                 self.searched = 0;
-                if self.skipping > 0 || end - begin > self.max {
-                    let skipped = std::mem::take(&mut self.skipping) + (end + 1 - begin);
+                if self.skipping.is_some() || end - begin > self.max {
+                    let skipped = self.skipping.take().unwrap_or_default().finish(&self.buf[begin..end], 1);
                     self.compact_if_drained();
                     return Ok(Line::TooLong(skipped));
                 }
@@ -60,8 +104,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 let (begin, end) = (self.start, self.buf.len());
                 self.start = end;
                 self.searched = 0;
-                if self.skipping > 0 || end - begin > self.max {
-                    let skipped = std::mem::take(&mut self.skipping) + (end - begin);
+                if self.skipping.is_some() || end - begin > self.max {
+                    let skipped = self.skipping.take().unwrap_or_default().finish(&self.buf[begin..end], 0);
                     self.compact_if_drained();
                     return Ok(Line::TooLong(skipped));
                 }
@@ -70,9 +114,10 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 }
                 return Ok(Line::Message(self.take(begin, end)));
             }
-            if self.skipping > 0 || self.searched > self.max {
-                // Too long already: drop what is buffered of it and go on dropping to its end.
-                self.skipping += self.searched;
+            if self.skipping.is_some() || self.searched > self.max {
+                // Too long already: drop what is buffered of it (keeping its ends) and go on
+                // dropping to its end.
+                self.skipping.get_or_insert_default().add(&self.buf[self.start..]);
                 self.buf.clear();
                 (self.start, self.searched) = (0, 0);
             } else if self.start > 0 {
@@ -163,7 +208,7 @@ mod tests {
         loop {
             match lines.next().await.unwrap() {
                 Line::Eof => break,
-                Line::TooLong(n) => out.push(format!("too long {n}")),
+                Line::TooLong(s) => out.push(format!("too long {}", s.bytes)),
                 Line::Message(m) => {
                     assert!(m.capacity() > m.len(), "room for the newline");
                     out.push(String::from_utf8(m).unwrap());
@@ -203,6 +248,39 @@ mod tests {
             assert_eq!(m.len(), n, "message {i}");
             assert!(m.bytes().all(|b| b == b'a' + i as u8), "message {i} is its own bytes");
         }
+    }
+
+    #[tokio::test]
+    async fn a_skipped_message_keeps_its_ends_across_reads() {
+        let body = "y".repeat(5_000);
+        let long = format!(r#"{{"jsonrpc":"2.0","id":41,"result":{{"text":"{body}"}},"z":1}}"#);
+        let input = format!("{long}\nnext\n{long}");
+        // A reader of 7 bytes per read: the message is dropped piece by piece.
+        let (mut w, r) = tokio::io::duplex(7);
+        let data = input.into_bytes();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            w.write_all(&data).await.unwrap();
+        });
+        let mut lines = LineReader::new(r, 100);
+        for newline in [1, 0] {
+            let Line::TooLong(s) = lines.next().await.unwrap() else { panic!("skipped") };
+            assert_eq!(s.bytes, long.len() + newline);
+            assert_eq!(s.head, long.as_bytes()[..KEPT_HEAD]);
+            assert_eq!(s.tail, long.as_bytes()[long.len() - KEPT_TAIL..]);
+            let g = s.glimpse();
+            assert_eq!((g.kind, g.id.as_deref()), (Some(super::super::message::Kind::Response), Some("41")));
+            if newline == 1 {
+                assert!(matches!(lines.next().await.unwrap(), Line::Message(m) if m == b"next"));
+            }
+        }
+        // Held whole in one read: the same ends.
+        let mut lines = LineReader::new(long.as_bytes(), 100);
+        let Line::TooLong(s) = lines.next().await.unwrap() else { panic!("skipped") };
+        assert_eq!(
+            (s.bytes, &s.head[..], &s.tail[..]),
+            (long.len(), &long.as_bytes()[..KEPT_HEAD], &long.as_bytes()[long.len() - KEPT_TAIL..])
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use kaizen::{Completion, OpId, Outcome, Recorder, Timer};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::message::{self, Kind, Msg, codes};
+use super::message::{self, Glimpse, Kind, Msg, codes};
 use super::ops::{self, Ops};
 use super::upstream::{Forwarded, MAX_REPLAYED_SUBSCRIPTIONS, Replay, UpEvent, Upstream};
 use crate::measure::{error_class, log_message};
@@ -432,9 +432,7 @@ impl Link {
             let note = format!(
                 r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"the client closed its response stream"}}}}"#
             );
-            let _order = self.send_order.lock().await;
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-            let _ = self.upstream.send(seq, note, None).await;
+            self.answer_upstream(note).await;
         }
     }
 
@@ -465,10 +463,99 @@ impl Link {
                     self.fail(p, &why).await;
                 }
             }
+            UpEvent::TooLong { glimpse, bytes, limit } => self.on_upstream_too_long(glimpse, bytes, limit).await,
             UpEvent::Restarted => {
                 tracing::info!("upstream {} is serving again", self.upstream_name);
             }
         }
+    }
+
+    /// The upstream wrote a message too long to pass. An answer fails the request it answers,
+    /// at once (the client would otherwise wait for it forever); a request of the server's is
+    /// answered with an error for the same reason.
+    async fn on_upstream_too_long(&self, g: Glimpse, bytes: usize, limit: usize) {
+        self.upstream.health().dropped_messages.fetch_add(1, Ordering::Relaxed);
+        let Some(id) = g.id else { return };
+        match g.kind {
+            Some(Kind::Response) => {
+                let p = {
+                    let mut st = self.state.lock();
+                    let p = st.pending.remove(&id);
+                    if let Some((_, up_tok)) = p.as_ref().and_then(|p| p.token.as_ref()) {
+                        st.tokens.remove(up_tok);
+                    }
+                    p
+                };
+                if let Some(p) = p {
+                    let why = format!(
+                        "the upstream MCP server ({}) answered with {}, more than gemba proxy passes ({}); ask for less (a smaller page or range) or start the proxy with a larger --max-message-mb",
+                        self.upstream_name,
+                        size(bytes),
+                        size(limit)
+                    );
+                    self.fail(p, &why).await;
+                }
+            }
+            Some(Kind::Request) => {
+                let why = format!(
+                    "gemba proxy: this request was {}, more than the proxy passes to its client ({}; --max-message-mb)",
+                    size(bytes),
+                    size(limit)
+                );
+                self.answer_upstream(message::error_response(&id, codes::INTERNAL_ERROR, &why)).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// The client wrote a message too long to pass (`bytes`, over `limit`). A request is
+    /// answered at once with an error that says so, and measured as refused for its arguments;
+    /// an answer to a request of the server's is replaced by an error, so the server does not
+    /// wait for it.
+    pub async fn on_client_too_long(&self, g: Glimpse, bytes: usize, limit: usize, ctx: &ClientCtx) {
+        let Some(id) = g.id else {
+            tracing::warn!("a client message of {} (over {}) was not passed on", size(bytes), size(limit));
+            return;
+        };
+        match g.kind {
+            Some(Kind::Request) => {
+                let op = self.ops.of(g.method.as_deref().unwrap_or(""), g.tool.as_deref());
+                let why = format!(
+                    "gemba proxy: this request is {}, more than it passes to the upstream MCP server ({}); send less, or start the proxy with a larger --max-message-mb",
+                    size(bytes),
+                    size(limit)
+                );
+                let protocol = self.state.lock().protocol.unwrap_or(self.recorder.naming().other_protocol());
+                let outcome = Outcome::InvalidParams;
+                self.recorder.start(op).finish(Completion {
+                    outcome: Some(outcome),
+                    request_bytes: bytes as u64,
+                    session: ctx.session,
+                    protocol,
+                    transport: self.transport,
+                    error: Some((error_class(outcome).to_string(), log_message(&why))),
+                    ..Default::default()
+                });
+                let _ = ctx.reply.send(message::error_response(&id, codes::INVALID_REQUEST, &why)).await;
+            }
+            Some(Kind::Response) => {
+                let why = format!(
+                    "gemba proxy: the client's answer was {}, more than the proxy passes ({}; --max-message-mb)",
+                    size(bytes),
+                    size(limit)
+                );
+                self.answer_upstream(message::error_response(&id, codes::INTERNAL_ERROR, &why)).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Send a message of the proxy's own to the upstream, in turn with the client's (numbered
+    /// like theirs).
+    async fn answer_upstream(&self, text: String) {
+        let _order = self.send_order.lock().await;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = self.upstream.send(seq, text, None).await;
     }
 
     /// Answer a request with an error of the proxy's own (the upstream could not).
@@ -633,9 +720,7 @@ impl Link {
                                     codes::INVALID_REQUEST,
                                     "gemba proxy: no client can answer this request (stateless clients share this upstream)",
                                 );
-                                let _order = self.send_order.lock().await;
-                                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-                                let _ = self.upstream.send(seq, answer, None).await;
+                                self.answer_upstream(answer).await;
                             }
                             self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
                         }
@@ -778,6 +863,12 @@ fn uri_of(params: Option<&str>) -> Option<String> {
         uri: String,
     }
     serde_json::from_str::<P>(params?).ok().map(|p| p.uri)
+}
+
+/// A message size for people: "1.4 MiB", "900 KiB".
+fn size(bytes: usize) -> String {
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    if mib >= 1.0 { format!("{mib:.1} MiB") } else { format!("{} KiB", bytes.div_ceil(1024)) }
 }
 
 pub fn fnv(bytes: &[u8]) -> u64 {

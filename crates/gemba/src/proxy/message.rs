@@ -322,6 +322,147 @@ pub fn protocol_version(part: Option<&str>) -> Option<String> {
     serde_json::from_str::<InitResult>(part?).ok()?.protocol_version.map(Cow::into_owned)
 }
 
+/// What can be told of a message from its two ends alone (one too long to pass, of which only
+/// its first and last bytes were kept): whether it asks or answers, its id, and for a request its
+/// method and tool. Each part is `None` when the ends do not show it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Glimpse {
+    /// `Request` (or `Notification`, without an id) when a `method` or `params` member was seen,
+    /// `Response` for `result` or `error`.
+    pub kind: Option<Kind>,
+    /// The id as its JSON text, as `Msg::id` gives it.
+    pub id: Option<String>,
+    pub method: Option<String>,
+    /// `params.name`, when it comes before anything too long.
+    pub tool: Option<String>,
+}
+
+/// Read what `head` (a message's first bytes) and `tail` (its last bytes) show of it. The head
+/// is read member by member until a value runs past its end; the tail gives an id written last
+/// (`…,"id":7}`), which, in valid JSON, can only be the message's own.
+pub fn glimpse(head: &str, tail: &str) -> Glimpse {
+    let mut g = Glimpse::default();
+    glimpse_head(head, &mut g);
+    if g.id.is_none() {
+        g.id = trailing_id(tail).map(str::to_string);
+    }
+    if g.kind == Some(Kind::Request) && g.id.is_none() {
+        g.kind = Some(Kind::Notification);
+    }
+    g
+}
+
+fn glimpse_head(head: &str, g: &mut Glimpse) -> Option<()> {
+    let mut r = head.trim_start().strip_prefix('{')?;
+    loop {
+        let (key, rest) = plain_string(r.trim_start())?;
+        r = rest.trim_start().strip_prefix(':')?.trim_start();
+        match key {
+            "id" => {
+                let end = skip_value(r)?;
+                g.id = Some(r[..end].trim_end().to_string());
+                r = &r[end..];
+            }
+            "method" => {
+                g.kind.get_or_insert(Kind::Request);
+                let (m, rest) = plain_string(r)?;
+                g.method = Some(m.to_string());
+                r = rest;
+            }
+            "result" | "error" => {
+                g.kind = Some(Kind::Response);
+                r = &r[skip_value(r)?..];
+            }
+            "params" => {
+                g.kind.get_or_insert(Kind::Request);
+                g.tool = params_name(r).map(str::to_string);
+                r = &r[skip_value(r)?..];
+            }
+            _ => r = &r[skip_value(r)?..],
+        }
+        r = r.trim_start();
+        r = r.strip_prefix(',')?;
+    }
+}
+
+/// `name` of a params object, when it is a plain string met before any value that runs on.
+fn params_name(r: &str) -> Option<&str> {
+    let mut r = r.strip_prefix('{')?;
+    loop {
+        let (key, rest) = plain_string(r.trim_start())?;
+        r = rest.trim_start().strip_prefix(':')?.trim_start();
+        if key == "name" {
+            return plain_string(r).map(|(n, _)| n);
+        }
+        r = r[skip_value(r)?..].trim_start().strip_prefix(',')?;
+    }
+}
+
+/// A string without escapes at the start of `r`: its content and what follows it.
+fn plain_string(r: &str) -> Option<(&str, &str)> {
+    let s = r.strip_prefix('"')?;
+    let end = s.find(['"', '\\'])?;
+    (s.as_bytes()[end] == b'"').then(|| (&s[..end], &s[end + 1..]))
+}
+
+/// The length of the JSON value at the start of `r` (objects, arrays and strings followed to
+/// their end; a scalar to the next delimiter), or `None` when `r` ends first.
+fn skip_value(r: &str) -> Option<usize> {
+    let b = r.as_bytes();
+    let (mut depth, mut i, mut in_string) = (0usize, 0usize, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => {
+                    in_string = false;
+                    if depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        } else {
+            match c {
+                b'"' => in_string = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => return Some(i),
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                b',' if depth == 0 => return Some(i),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The id of a message whose last member is `"id"` (its JSON text), read from the message's end.
+fn trailing_id(tail: &str) -> Option<&str> {
+    let body = tail.trim_end().strip_suffix('}')?.trim_end();
+    let value_start = if let Some(inner) = body.strip_suffix('"') {
+        let open = inner.rfind('"')?;
+        if inner[open + 1..].contains('\\') || inner[..open].ends_with('\\') {
+            return None;
+        }
+        open
+    } else {
+        body.rfind(|c: char| !(c.is_ascii_digit() || c == '-'))? + 1
+    };
+    let value = &body[value_start..];
+    if value.is_empty() || value == "-" {
+        return None;
+    }
+    let before = body[..value_start].trim_end().strip_suffix(':')?.trim_end().strip_suffix("\"id\"")?;
+    before.trim_end().ends_with([',', '{']).then_some(value)
+}
+
 /// Where `part` (a slice borrowed from `text`) sits in `text`.
 fn span(text: &str, part: &str) -> Option<std::ops::Range<usize>> {
     let start = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
@@ -504,5 +645,44 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"x","_meta":{"io.modelcontextprotocol/subscriptionId":"listen-1"}}}"#,
         );
         assert_eq!(subscription_id(n.params), Some(r#""listen-1""#));
+    }
+
+    #[test]
+    fn a_glimpse_of_a_message_from_its_ends() {
+        let big = "x".repeat(5_000);
+        let answer = format!(
+            r#"{{"jsonrpc": "2.0", "id": 12, "result": {{"content": [{{"type": "text", "text": "{big}"}}]}}}}"#
+        );
+        let (head, tail) = (&answer[..200], &answer[answer.len() - 50..]);
+        let g = glimpse(head, tail);
+        assert_eq!((g.kind, g.id.as_deref(), g.method), (Some(Kind::Response), Some("12"), None));
+
+        let request = format!(
+            r#"{{"jsonrpc":"2.0","id":"r-1","method":"tools/call","params":{{"name":"echo","arguments":{{"s":"{big}"}}}}}}"#
+        );
+        let g = glimpse(&request[..300], &request[request.len() - 40..]);
+        assert_eq!(g.kind, Some(Kind::Request));
+        assert_eq!(g.id.as_deref(), Some(r#""r-1""#));
+        assert_eq!((g.method.as_deref(), g.tool.as_deref()), (Some("tools/call"), Some("echo")));
+
+        // The id written last is read from the end; members before it that fit are skipped whole.
+        let late = format!(r#"{{"result":{{"a":[1,{{"b":"}}"}}],"text":"{big}"}},"jsonrpc":"2.0","id":"q\"x"}}"#);
+        let g = glimpse(&late[..100], &late[late.len() - 60..]);
+        assert_eq!((g.kind, g.id), (Some(Kind::Response), None), "an escaped id is not guessed at");
+        let late = late.replace(r#""q\"x""#, "-7");
+        let g = glimpse(&late[..100], &late[late.len() - 60..]);
+        assert_eq!((g.kind, g.id.as_deref()), (Some(Kind::Response), Some("-7")));
+        let small = r#"{"jsonrpc":"2.0","error":{"code":-1,"message":"m"},"id":4}"#;
+        assert_eq!(glimpse(small, small).id.as_deref(), Some("4"));
+
+        // An "id" inside the result is not the message's, at either end.
+        let nested = format!(r#"{{"jsonrpc":"2.0","result":{{"text":"{big}","id":9}}}}"#);
+        assert_eq!(glimpse(&nested[..80], &nested[nested.len() - 30..]).id, None);
+        let nested = format!(r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"data":"{big}"}}}}"#);
+        let g = glimpse(&nested[..120], &nested[nested.len() - 30..]);
+        assert_eq!((g.kind, g.id, g.tool), (Some(Kind::Notification), None, None));
+
+        // Not JSON at all: nothing is told.
+        assert_eq!(glimpse("ab\"c", "}"), Glimpse::default());
     }
 }

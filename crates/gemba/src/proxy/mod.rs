@@ -162,15 +162,15 @@ pub struct UpstreamDef {
     pub recorder: Arc<Recorder>,
     links: Mutex<Vec<Weak<Link>>>,
     /// Counters of links that are gone.
-    retired: [AtomicU64; 4],
+    retired: [AtomicU64; 5],
     /// Sessions (and stateless requests) the experiments gave this upstream.
     assigned: AtomicU64,
     shared: OnceCell<Arc<Link>>,
 }
 
 /// The counters `UpstreamDef::totals` sums, in its order.
-fn health_counts(h: &upstream::Health) -> [u64; 4] {
-    [&h.exits, &h.restarts, &h.failed_requests, &h.refusals].map(|c| c.load(Ordering::Relaxed))
+fn health_counts(h: &upstream::Health) -> [u64; 5] {
+    [&h.exits, &h.restarts, &h.failed_requests, &h.refusals, &h.dropped_messages].map(|c| c.load(Ordering::Relaxed))
 }
 
 impl UpstreamDef {
@@ -189,8 +189,8 @@ impl UpstreamDef {
 
     /// (exits, restarts, requests answered by the proxy, refusals of its token), over every
     /// link there has been.
-    fn totals(&self) -> [u64; 4] {
-        let mut t: [u64; 4] = std::array::from_fn(|i| self.retired[i].load(Ordering::Relaxed));
+    fn totals(&self) -> [u64; 5] {
+        let mut t: [u64; 5] = std::array::from_fn(|i| self.retired[i].load(Ordering::Relaxed));
         for link in self.live() {
             for (sum, n) in t.iter_mut().zip(health_counts(link.upstream.health())) {
                 *sum += n;
@@ -671,7 +671,7 @@ fn set_samples(proxy: &Arc<Proxy>, kaizen: &Arc<Kaizen>) {
         for d in &p.upstreams {
             let live = d.live();
             let up = live.iter().filter(|l| l.upstream.health().is_up()).count();
-            let [exits, restarts, failed, refusals] = d.totals();
+            let [exits, restarts, failed, refusals, dropped] = d.totals();
             let l = |s: Sample| s.label("upstream", &d.label);
             out.push(l(Sample::new(
                 "gemba_proxy_upstream_up",
@@ -708,6 +708,12 @@ fn set_samples(proxy: &Arc<Proxy>, kaizen: &Arc<Kaizen>) {
                 "HTTP 401/403 answers from the upstream: it refused the proxy's token (or its lack of one).",
                 Kind::Counter,
                 refusals as f64,
+            )));
+            out.push(l(Sample::new(
+                "gemba_proxy_upstream_dropped_messages",
+                "Messages from the upstream not passed on: longer than --max-message-mb (the request they answered is failed at once), or not readable.",
+                Kind::Counter,
+                dropped as f64,
             )));
         }
         out.push(Sample::new(

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::Proxy;
-use super::lines::{Line, LineReader, message_text};
+use super::lines::{Line, LineReader, Skipped, message_text};
 use super::link::ClientCtx;
 #[cfg(unix)]
 use crate::stdio_pipes::{pipe_sender, stdin_pipe};
@@ -36,7 +36,13 @@ fn client_out() -> std::io::Result<std::fs::File> {
 enum Input {
     #[cfg(unix)]
     Pipe(LineReader<tokio::net::unix::pipe::Receiver>),
-    Thread(mpsc::Receiver<String>),
+    Thread(mpsc::Receiver<Incoming>),
+}
+
+/// What the client sent: a message, or one too long to pass (what is kept of it).
+enum Incoming {
+    Message(String),
+    TooLong(Skipped),
 }
 
 impl Input {
@@ -45,24 +51,22 @@ impl Input {
         if let Some(pipe) = stdin_pipe() {
             return Ok(Self::Pipe(LineReader::new(pipe, max)));
         }
-        let (in_tx, in_rx) = mpsc::channel::<String>(64);
+        let (in_tx, in_rx) = mpsc::channel::<Incoming>(64);
         std::thread::Builder::new().name("proxy-stdin".into()).spawn(move || read_in(in_tx, max))?;
         Ok(Self::Thread(in_rx))
     }
 
     /// The next message (`None` at the end of input).
-    async fn next(&mut self, max: usize) -> Option<String> {
+    async fn next(&mut self) -> Option<Incoming> {
         match self {
             #[cfg(unix)]
             Self::Pipe(lines) => loop {
                 match lines.next().await {
                     Ok(Line::Eof) => return None,
-                    Ok(Line::TooLong(_)) => {
-                        tracing::warn!("a client message longer than {max} bytes was skipped (raise --max-message-mb)");
-                    }
+                    Ok(Line::TooLong(skipped)) => return Some(Incoming::TooLong(skipped)),
                     Ok(Line::Message(line)) => {
                         if let Some(line) = message_text(line) {
-                            return Some(line);
+                            return Some(Incoming::Message(line));
                         }
                     }
                     Err(e) => {
@@ -121,8 +125,11 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            line = input.next(max) => match line {
-                Some(line) => link.on_client_message(line, &ctx).await,
+            line = input.next() => match line {
+                Some(Incoming::Message(line)) => link.on_client_message(line, &ctx).await,
+                Some(Incoming::TooLong(skipped)) => {
+                    link.on_client_too_long(skipped.glimpse(), skipped.bytes, max, &ctx).await;
+                }
                 None => break,
             },
             _ = &mut shutdown => break,
@@ -199,53 +206,57 @@ fn write_out(out: std::fs::File, mut rx: mpsc::Receiver<String>) {
     }
 }
 
-fn read_in(tx: mpsc::Sender<String>, max: usize) {
+fn read_in(tx: mpsc::Sender<Incoming>, max: usize) {
     let stdin = std::io::stdin();
     let mut r = stdin.lock();
     let mut buf = Vec::with_capacity(8 * 1024);
     loop {
         buf.clear();
-        match read_line_bounded(&mut r, &mut buf, max) {
+        let incoming = match read_line_bounded(&mut r, &mut buf, max) {
             Ok(None) => return,
-            Ok(Some(false)) => {
-                tracing::warn!("a client message longer than {max} bytes was skipped (raise --max-message-mb)");
-                continue;
-            }
-            Ok(Some(true)) => {}
+            Ok(Some(Some(skipped))) => Incoming::TooLong(skipped),
+            Ok(Some(None)) => match message_text(std::mem::take(&mut buf)) {
+                Some(line) => Incoming::Message(line),
+                None => continue,
+            },
             Err(e) => {
                 tracing::warn!("cannot read stdin: {e}");
                 return;
             }
-        }
-        let Some(line) = message_text(std::mem::take(&mut buf)) else { continue };
-        if tx.blocking_send(line).is_err() {
+        };
+        if tx.blocking_send(incoming).is_err() {
             return;
         }
     }
 }
 
-/// One line of at most `max` bytes: `None` at end of input, `Some(false)` when it was longer
-/// (and skipped), `Some(true)` otherwise.
-fn read_line_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<bool>> {
-    let mut too_long = false;
+/// One line of at most `max` bytes into `buf`: `None` at end of input, `Some(Some(skipped))`
+/// when it was longer (and skipped, its ends kept), `Some(None)` otherwise.
+fn read_line_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<Option<Skipped>>> {
+    let mut skipped: Option<Skipped> = None;
     loop {
         let chunk = r.fill_buf()?;
         if chunk.is_empty() {
-            return Ok(if buf.is_empty() && !too_long { None } else { Some(!too_long) });
+            return Ok(if buf.is_empty() && skipped.is_none() { None } else { Some(skipped) });
         }
         let (take, done) = match chunk.iter().position(|c| *c == b'\n') {
             Some(i) => (i + 1, true),
             None => (chunk.len(), false),
         };
-        if too_long || buf.len() + take > max {
-            too_long = true;
+        if skipped.is_none() && buf.len() + take > max {
+            // Too long: what was gathered of it so far is kept as its head.
+            let mut s = Skipped::default();
+            s.add(buf);
             buf.clear();
-        } else {
-            buf.extend_from_slice(&chunk[..take]);
+            skipped = Some(s);
+        }
+        match &mut skipped {
+            Some(s) => s.add(&chunk[..take]),
+            None => buf.extend_from_slice(&chunk[..take]),
         }
         r.consume(take);
         if done {
-            return Ok(Some(!too_long));
+            return Ok(Some(skipped));
         }
     }
 }
@@ -255,6 +266,33 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    #[test]
+    fn a_line_too_long_from_a_blocking_reader_is_skipped_with_its_ends_kept() {
+        let long = format!(
+            r#"{{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{{"name":"echo","arguments":{{"s":"{}"}}}}}}"#,
+            "q".repeat(3_000)
+        );
+        let input = format!("short\n{long}\nafter");
+        // A buffer of 64 bytes, so the long line spans many fills.
+        let mut r = std::io::BufReader::with_capacity(64, input.as_bytes());
+        let mut buf = Vec::new();
+        assert!(matches!(read_line_bounded(&mut r, &mut buf, 100).unwrap(), Some(None)));
+        assert_eq!(buf, b"short\n");
+        buf.clear();
+        let Some(Some(skipped)) = read_line_bounded(&mut r, &mut buf, 100).unwrap() else { panic!("skipped") };
+        assert_eq!(skipped.bytes, long.len() + 1);
+        let g = skipped.glimpse();
+        assert_eq!(
+            (g.id.as_deref(), g.method.as_deref(), g.tool.as_deref()),
+            (Some(r#""a""#), Some("tools/call"), Some("echo"))
+        );
+        assert!(buf.is_empty());
+        assert!(matches!(read_line_bounded(&mut r, &mut buf, 100).unwrap(), Some(None)));
+        assert_eq!(buf, b"after");
+        buf.clear();
+        assert!(read_line_bounded(&mut r, &mut buf, 100).unwrap().is_none());
+    }
 
     #[tokio::test]
     async fn many_queued_messages_go_out_whole_and_in_order() {

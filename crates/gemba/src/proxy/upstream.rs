@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use super::child::ChildUpstream;
 use super::http_up::HttpUpstream;
+use super::message::Glimpse;
 
 /// What happens upstream, in the order it happened.
 #[derive(Debug)]
@@ -19,6 +20,9 @@ pub enum UpEvent {
     Message { text: String, via: Option<String> },
     /// These requests (upstream ids) cannot be answered by the upstream: answer them with this.
     Failed { ids: Vec<String>, reason: String },
+    /// A message longer than the proxy passes (`limit` bytes) was dropped: what its ends showed,
+    /// so whoever waits for it can be told.
+    TooLong { glimpse: Glimpse, bytes: usize, limit: usize },
     /// The upstream process exited: every message numbered up to `written` went with it.
     Exited { written: u64, reason: String },
     /// The upstream serves again (restarted, and the client's session replayed to it).

@@ -181,3 +181,41 @@ def test_stdio_on_a_socket_instead_of_a_pipe(tmp_path, workspace):
             proc.kill()
             proc.wait(timeout=10)
         ours.close()
+
+
+def test_a_request_longer_than_the_stdio_bound_is_answered_with_an_error(tmp_path, workspace):
+    """rmcp drops a line over its 16 MiB bound unanswered; gemba serve answers it instead, at
+    once, with an error saying how long it was and what to do, whether the id comes first (as
+    the Python SDK writes it) or last (the TypeScript SDK), counts it as a failed call of its
+    tool, and goes on reading."""
+    s = RawStdio(workspace, tmp_path / "state")
+    try:
+        s.initialize()
+        pad = "x" * (17 * 1024 * 1024)
+        t = time.monotonic()
+        r = s.request("tools/call", {"name": "list_workbooks", "arguments": {"pad": pad}}, timeout=30)
+        assert r["error"]["code"] == -32600, r
+        said = r["error"]["message"]
+        assert "17.0 MiB, more than gemba serve reads from stdio (16.0 MiB)" in said, said
+        assert "send less" in said, said
+        answered_in = time.monotonic() - t
+
+        # The id last, after the long params.
+        late = {"method": "tools/call", "params": {"name": "list_workbooks", "arguments": {"pad": pad}},
+                "jsonrpc": "2.0", "id": "late-1"}
+        s.send(late)
+        msg = json.loads(s.read_line(timeout=30))
+        assert msg["id"] == "late-1" and msg["error"]["code"] == -32600, msg
+
+        # Still in step: the next call is answered, by the same process.
+        assert s.call("list_workbooks", {})["workbooks"]
+        assert s.proc.poll() is None
+    finally:
+        stderr = s.close()
+    assert "was not read: request 2 is answered with an error" in stderr, stderr[-2000:]
+    out = subprocess.run([BIN, "stats", "--state-dir", str(tmp_path / "state"), "--since", "1h", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    stats = {row["tool"]: row for row in json.loads(out.stdout)}
+    assert stats["list_workbooks"]["count"] == 3 and stats["list_workbooks"]["errors"] == 2, stats["list_workbooks"]
+    print(f"a 17 MiB request answered with its error in {answered_in * 1000:.0f} ms")

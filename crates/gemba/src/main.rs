@@ -27,6 +27,7 @@ mod schema;
 mod server;
 mod slo;
 mod stats;
+mod stdio_limit;
 mod stdio_pipes;
 mod surface;
 mod traces;
@@ -110,7 +111,10 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
 async fn serve_stdio(server: measure::Measured<GembaServer>, cfg: &ServeConfig) -> Result<()> {
     tracing::info!("gemba serving MCP on stdio (workspace {})", cfg.workspace.display());
     let mcp_out = mcp_stream().context("cannot set up the MCP stream on stdout")?;
-    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(stdio_pipes::mcp_reader(), mcp_out);
+    // A request longer than the bound is answered with an error rather than dropped unanswered.
+    let requests = stdio_limit::BoundedLines::new(stdio_pipes::mcp_reader(), stdio_limit::MAX_LINE);
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(requests, mcp_out)
+        .with_max_line_length(stdio_limit::MAX_LINE + 16);
     // A client that stops reading its answers pauses the reading of its requests.
     let transport = backpressure::Backpressured::new(transport, backpressure::MAX_OWED);
     let running = server.serve(transport).await.context("MCP stdio session failed to start")?;

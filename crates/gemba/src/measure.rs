@@ -449,6 +449,33 @@ impl<H: ServerHandler + SessionScoped> ServerHandler for Measured<H> {
         request: CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
+        if request.method == crate::stdio_limit::TOO_LONG_METHOD
+            && let Ok(Some(too_long)) = request.params_as::<crate::stdio_limit::TooLong>()
+        {
+            // A request too long to read (stdio_limit), measured as a call of its tool.
+            let protocol = self.protocol(&context);
+            let op = self.op(too_long.operation());
+            let method = if too_long.tool.is_some() { "tools/call" } else { "unknown" };
+            let (session, transport) = (self.session.id, self.transport);
+            let trace = crate::traces::begin(
+                &context,
+                None,
+                method,
+                too_long.tool.as_deref(),
+                op.0 as usize,
+                session,
+                transport,
+            );
+            let timer = self.recorder.start(op);
+            let r = Err(ErrorData::invalid_request(too_long.message(), None));
+            let mut c = self.completion(&r, protocol);
+            c.request_bytes = too_long.bytes as u64;
+            timer.finish(c);
+            if let Some(t) = trace {
+                t.finish(crate::traces::error_type(&r, false, None), None);
+            }
+            return r;
+        }
         measured!(self, context, "unknown", self.inner.on_custom_request(request, context))
     }
 

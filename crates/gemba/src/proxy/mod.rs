@@ -15,7 +15,7 @@ pub mod ab;
 pub mod child;
 pub mod http_down;
 pub mod http_up;
-mod lines;
+pub(crate) mod lines;
 pub mod link;
 pub mod message;
 pub mod ops;

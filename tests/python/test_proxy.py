@@ -635,6 +635,23 @@ async def test_a_message_over_the_size_limit_is_answered_at_once_not_left_waitin
     assert len(calls) == 2 and len(set(calls)) == 1, log.read_text()
 
 
+def test_an_upstream_command_that_cannot_run_stops_the_proxy_with_a_clear_error(tmp_path):
+    """A server that dies is restarted; a command that cannot run at all (no such program, or a
+    file that is not executable) is a mistake no restart mends: the proxy says so and exits,
+    instead of leaving the client's handshake waiting."""
+    not_executable = tmp_path / "server.sh"
+    not_executable.write_text("#!/bin/sh\nexit 0\n")
+    for command, why in [(str(tmp_path / "no-such-server"), "No such file"),
+                         (str(not_executable), "Permission denied")]:
+        t = time.monotonic()
+        out = subprocess.run([BIN, *proxy_args([command, "--flag"], tmp_path / "state")], input="",
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "GEMBA_LOG": "warn"})
+        assert out.returncode != 0, out
+        assert f"cannot start the upstream `{command} --flag`" in out.stderr, out.stderr
+        assert why in out.stderr and "check the upstream's command after `--`" in out.stderr, out.stderr
+        assert time.monotonic() - t < 20
+
+
 async def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(scripts, tmp_path):
     """A server that dies at once every time: the proxy keeps retrying with backoff (not in a
     tight loop), reports itself not ready, and answers held requests with an error in time."""

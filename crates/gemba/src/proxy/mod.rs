@@ -206,6 +206,13 @@ impl UpstreamDef {
     }
 }
 
+/// Whether `e` says a command could not be run at all: no such program, or not allowed to run.
+fn cannot_run(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied))
+}
+
 /// The running proxy: upstreams, operations, experiments.
 pub struct Proxy {
     pub cfg: ProxyConfig,
@@ -377,6 +384,11 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
                     }
                 }
                 tools.extend(t.into_iter().map(|t| t.name));
+            }
+            Err(e) if matches!(kind, UpstreamKind::Command(_)) && cannot_run(&e) => {
+                // Not a server that died (that one is restarted): a command that cannot run at
+                // all, which no restart will mend.
+                bail!("{e:#}; check the upstream's command after `--` (gemba proxy [OPTIONS] -- COMMAND ARGS…)");
             }
             Err(e) => {
                 eprintln!("gemba proxy: could not list the tools of upstream {label}: {e:#}");

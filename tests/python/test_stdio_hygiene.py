@@ -2,13 +2,16 @@
 prints, and a long session of notifications never stalls the reader."""
 
 import json
+import os
 import subprocess
 import time
 
 import openpyxl
+import pytest
+from mcp import Client, StdioServerParameters
 from openpyxl.styles import Font
 
-from conftest import BIN
+from conftest import BIN, TIMEOUT
 
 
 class RawStdio:
@@ -219,3 +222,20 @@ def test_a_request_longer_than_the_stdio_bound_is_answered_with_an_error(tmp_pat
     stats = {row["tool"]: row for row in json.loads(out.stdout)}
     assert stats["list_workbooks"]["count"] == 3 and stats["list_workbooks"]["errors"] == 2, stats["list_workbooks"]
     print(f"a 17 MiB request answered with its error in {answered_in * 1000:.0f} ms")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_the_sdk_is_told_its_request_is_too_long_in_either_protocol_era(mode, tmp_path, workspace):
+    """The official SDK in both eras: a 2026-era request carries its protocol version in
+    `params._meta` (which the Python SDK writes after the arguments), so the stand-in keeps it,
+    or the server would answer with a complaint about a missing `_meta` instead."""
+    params = StdioServerParameters(command=BIN, args=["serve", "--stdio", "--workspace", str(workspace),
+                                                      "--state-dir", str(tmp_path / "state")],
+                                   env={"PATH": os.environ["PATH"], "GEMBA_LOG": "warn"})
+    async with Client(params, mode=mode, read_timeout_seconds=TIMEOUT, cache=None) as c:
+        with pytest.raises(Exception) as e:
+            await c.call_tool("list_workbooks", {"pad": "x" * (17 * 1024 * 1024)})
+        assert "more than gemba serve reads from stdio (16.0 MiB)" in str(e.value), str(e.value)
+        r = await c.call_tool("list_workbooks", {})
+        assert not r.is_error

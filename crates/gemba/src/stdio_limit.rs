@@ -38,6 +38,9 @@ pub struct TooLong {
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// The request's own `_meta` (a 2026-era request's protocol version is in it).
+    #[serde(default, rename = "_meta", skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl TooLong {
@@ -168,7 +171,8 @@ fn stand_in(skipped: &Skipped, limit: usize) -> Vec<u8> {
         }
     );
     let (Some(Kind::Request), Some(id)) = (g.kind, g.id) else { return Vec::new() };
-    let params = TooLong { bytes: skipped.bytes, limit, method: g.method, tool: g.tool };
+    let meta = g.meta.and_then(|m| serde_json::value::RawValue::from_string(m).ok());
+    let params = TooLong { bytes: skipped.bytes, limit, method: g.method, tool: g.tool, meta };
     let Ok(params) = serde_json::to_string(&params) else { return Vec::new() };
     format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"{TOO_LONG_METHOD}\",\"params\":{params}}}\n").into_bytes()
 }

@@ -34,7 +34,7 @@ pub(crate) struct Skipped {
 
 /// Bytes kept of each end of a skipped message.
 const KEPT_HEAD: usize = 1024;
-const KEPT_TAIL: usize = 256;
+const KEPT_TAIL: usize = 1024;
 
 impl Skipped {
     /// Note `part` (the next bytes of the message, in order).

@@ -335,6 +335,9 @@ pub struct Glimpse {
     pub method: Option<String>,
     /// `params.name`, when it comes before anything too long.
     pub tool: Option<String>,
+    /// `params._meta` (its JSON text), when one end holds it whole: what a 2026-era request
+    /// carries its protocol version in.
+    pub meta: Option<String>,
 }
 
 /// Read what `head` (a message's first bytes) and `tail` (its last bytes) show of it. The head
@@ -345,6 +348,9 @@ pub fn glimpse(head: &str, tail: &str) -> Glimpse {
     glimpse_head(head, &mut g);
     if g.id.is_none() {
         g.id = trailing_id(tail).map(str::to_string);
+    }
+    if g.meta.is_none() && g.kind == Some(Kind::Request) {
+        g.meta = trailing_meta(tail).map(str::to_string);
     }
     if g.kind == Some(Kind::Request) && g.id.is_none() {
         g.kind = Some(Kind::Notification);
@@ -375,7 +381,7 @@ fn glimpse_head(head: &str, g: &mut Glimpse) -> Option<()> {
             }
             "params" => {
                 g.kind.get_or_insert(Kind::Request);
-                g.tool = params_name(r).map(str::to_string);
+                params_members(r, g);
                 r = &r[skip_value(r)?..];
             }
             _ => r = &r[skip_value(r)?..],
@@ -385,17 +391,39 @@ fn glimpse_head(head: &str, g: &mut Glimpse) -> Option<()> {
     }
 }
 
-/// `name` of a params object, when it is a plain string met before any value that runs on.
-fn params_name(r: &str) -> Option<&str> {
+/// `name` and `_meta` of a params object, those met whole before any value that runs on.
+fn params_members(r: &str, g: &mut Glimpse) -> Option<()> {
     let mut r = r.strip_prefix('{')?;
     loop {
         let (key, rest) = plain_string(r.trim_start())?;
         r = rest.trim_start().strip_prefix(':')?.trim_start();
-        if key == "name" {
-            return plain_string(r).map(|(n, _)| n);
+        let end = skip_value(r)?;
+        match key {
+            "name" => g.tool = plain_string(r).map(|(n, _)| n.to_string()),
+            "_meta" if r.starts_with('{') => g.meta = Some(r[..end].to_string()),
+            _ => {}
         }
-        r = r[skip_value(r)?..].trim_start().strip_prefix(',')?;
+        r = r[end..].trim_start().strip_prefix(',')?;
     }
+}
+
+/// `params._meta` of a request whose params end with it, read from the request's end: the
+/// object after the last `"_meta":` must close params, after which the message ends or goes on
+/// with top-level members (`…"_meta":{…}},"id":7}`); one more brace would mean it sat deeper.
+fn trailing_meta(tail: &str) -> Option<&str> {
+    let at = tail.rfind("\"_meta\":")?;
+    let value = tail[at + "\"_meta\":".len()..].trim_start();
+    if !value.starts_with('{') {
+        return None;
+    }
+    let end = skip_value(value)?;
+    let after = value[end..].trim_start().strip_prefix('}')?.trim_start();
+    let closes_message = after.strip_prefix('}').is_some_and(|rest| rest.trim().is_empty());
+    if !(closes_message || after.starts_with(',')) {
+        return None;
+    }
+    let meta = &value[..end];
+    serde_json::from_str::<&RawValue>(meta).ok().map(|_| meta)
 }
 
 /// A string without escapes at the start of `r`: its content and what follows it.
@@ -681,6 +709,32 @@ mod tests {
         let nested = format!(r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"data":"{big}"}}}}"#);
         let g = glimpse(&nested[..120], &nested[nested.len() - 30..]);
         assert_eq!((g.kind, g.id, g.tool), (Some(Kind::Notification), None, None));
+
+        // `_meta` from either end, when it closes params; not one deeper.
+        let meta = r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","x":{"y":"}"}}"#;
+        let first = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"_meta":{meta},"name":"t","arguments":{{"s":"{big}"}}}}}}"#
+        );
+        assert_eq!(glimpse(&first[..400], "").meta.as_deref(), Some(meta));
+        let last = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"s":"{big}"}},"_meta":{meta}}}}}"#
+        );
+        let g = glimpse(&last[..100], &last[last.len() - 200..]);
+        assert_eq!((g.tool.as_deref(), g.meta.as_deref()), (Some("t"), Some(meta)));
+        let id_last =
+            last.replacen(r#""jsonrpc":"2.0","id":1,"#, "", 1).replace("}}}", r#"}}},"jsonrpc":"2.0","id":1}"#);
+        let id_last = &id_last[..id_last.len() - 1];
+        let g = glimpse(&id_last[..100], &id_last[id_last.len() - 200..]);
+        assert_eq!(
+            (g.id.as_deref(), g.meta.as_deref()),
+            (Some("1"), Some(meta)),
+            "{}",
+            &id_last[id_last.len() - 200..]
+        );
+        let deeper = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"s":"{big}","_meta":{meta}}}}}}}"#
+        );
+        assert_eq!(glimpse(&deeper[..100], &deeper[deeper.len() - 200..]).meta, None);
 
         // Not JSON at all: nothing is told.
         assert_eq!(glimpse("ab\"c", "}"), Glimpse::default());

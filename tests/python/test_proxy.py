@@ -1283,6 +1283,11 @@ VAULT_SERVER = textwrap.dedent('''
         """A secret, for callers with the token."""
         return f"the {name} is safe"
 
+    @mcp.tool()
+    def big(n: int) -> str:
+        """n bytes of text."""
+        return "x" * n
+
     app = mcp.streamable_http_app()
     expected = ("Bearer " + os.environ["VAULT_TOKEN"]).encode()
 
@@ -1377,3 +1382,30 @@ async def test_an_upstream_that_demands_a_token(scripts, tmp_path):
         for f in tmp_path.rglob("*"):
             if f.is_file():
                 assert t.encode() not in f.read_bytes(), f
+
+
+async def test_an_http_upstream_answer_over_the_size_limit_fails_its_request_at_once(scripts, tmp_path):
+    """--max-message-mb bounds an HTTP upstream's answers too (an SSE event here): one longer
+    fails its request at once with an error that says so, and the next call is served."""
+    token = "tok-" + os.urandom(12).hex()
+    with vault_server(scripts, token) as up:
+        port = free_port()
+        params = StdioServerParameters(
+            command=BIN, args=["proxy", "--upstream", up, "--name", "vault", "--max-message-mb", "1",
+                               "--state-dir", str(tmp_path / "state"), "--admin", f"127.0.0.1:{port}"],
+            env={"GEMBA_LOG": "warn", "PATH": os.environ["PATH"], "GEMBA_UPSTREAM_TOKEN": token})
+        async with Client(params, mode="legacy", read_timeout_seconds=TIMEOUT, cache=None) as c:
+            with anyio.fail_after(30):
+                with pytest.raises(Exception) as e:
+                    await c.call_tool("big", {"n": 2_000_000})
+            said = str(e.value)
+            assert f"the upstream MCP server at {up} answered with an event of more than 1 MiB" in said, said
+            assert "--max-message-mb" in said, said
+            r = await c.call_tool("big", {"n": 10})
+            assert r.content[0].text == "x" * 10
+            text = wait_for(lambda: (t := scrape(port)) and series(
+                t, "gemba_tool_requests_total", tool="big", upstream="vault") == 2 and t)
+            assert text, scrape(port)
+            assert series(text, "gemba_tool_requests_total", tool="big", outcome="internal", upstream="vault") == 1
+            assert series(text, "gemba_proxy_upstream_dropped_messages_total", upstream="vault") == 1
+            assert series(text, "gemba_proxy_failed_requests_total", upstream="vault") == 1

@@ -244,6 +244,29 @@ pub async fn post_once(
     bail!("{} closed the stream without answering", target.url)
 }
 
+/// A response's body as text, read chunk by chunk and given up (`None`) once it passes `max`
+/// bytes, so a body of any size costs at most `max` of memory. A body cut short by the
+/// connection is what arrived.
+async fn read_bounded(resp: &mut reqwest::Response, max: usize) -> Option<String> {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("upstream body broke: {e}");
+                break;
+            }
+        }
+    }
+    Some(String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
 /// The upstream refused the proxy itself (its token), not the request.
 fn is_refusal(status: reqwest::StatusCode) -> bool {
     status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
@@ -274,6 +297,8 @@ struct Shared {
     /// In-flight request POSTs by upstream id (2026: a cancel aborts the POST).
     posts: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The longest message passed on (`--max-message-mb`): an event or a JSON body.
+    max_message: usize,
     stop: CancellationToken,
     get_started: Mutex<bool>,
     reopening: tokio::sync::Mutex<()>,
@@ -285,7 +310,12 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(target: Arc<HttpTarget>, events: mpsc::Sender<UpEvent>, replay: Arc<Mutex<Replay>>) -> Self {
+    pub fn new(
+        target: Arc<HttpTarget>,
+        events: mpsc::Sender<UpEvent>,
+        replay: Arc<Mutex<Replay>>,
+        max_message: usize,
+    ) -> Self {
         let health = Arc::new(Health::default());
         health.set_up();
         let shared = Arc::new(Shared {
@@ -297,6 +327,7 @@ impl HttpUpstream {
             version: Mutex::new(None),
             posts: Mutex::new(HashMap::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_POSTS)),
+            max_message,
             stop: CancellationToken::new(),
             get_started: Mutex::new(false),
             reopening: tokio::sync::Mutex::new(()),
@@ -457,8 +488,9 @@ impl Shared {
         }
         let ct = content_type(&resp);
         if ct.starts_with("text/event-stream") {
-            let mut reader = sse::Reader::new(MAX_EVENT);
+            let mut reader = sse::Reader::new(self.max_message);
             let mut answered = 0;
+            let mut too_long = None;
             loop {
                 let chunk = match resp.chunk().await {
                     Ok(Some(c)) => c,
@@ -473,6 +505,7 @@ impl Shared {
                     Err(sse::ReadError::TooLarge(n)) => {
                         self.health.dropped_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!("upstream sent an event of more than {n} bytes; stream dropped");
+                        too_long = Some(self.too_long("an event"));
                         break;
                     }
                 };
@@ -483,20 +516,31 @@ impl Shared {
                     break;
                 }
             }
-            if let Some(e) = reader.finish() {
+            // A stream dropped for a long event leaves part of it behind: not a message.
+            if too_long.is_none()
+                && let Some(e) = reader.finish()
+            {
                 answered += self.deliver(e.data, via.clone(), initialize).await;
             }
             self.posts_done(&ids);
             if answered < ids.len() {
-                self.fail(
-                    ids,
-                    "the upstream MCP server closed the response stream without answering; retry the request".into(),
-                )
-                .await;
+                let why = too_long.unwrap_or_else(|| {
+                    "the upstream MCP server closed the response stream without answering; retry the request".into()
+                });
+                self.fail(ids, why).await;
             }
             return;
         }
-        let body = resp.text().await.unwrap_or_default();
+        let body = match self.bounded_body(&mut resp).await {
+            Ok(body) => body,
+            Err(why) => {
+                self.posts_done(&ids);
+                self.health.dropped_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("{why}");
+                self.fail(ids, why).await;
+                return;
+            }
+        };
         self.posts_done(&ids);
         if ct.starts_with("application/json") && !body.trim().is_empty() {
             let m = message::peek(&body);
@@ -518,6 +562,20 @@ impl Shared {
             )
             .await;
         }
+    }
+
+    /// A JSON answer's body, read up to the bound (`Err` with the reason past it).
+    async fn bounded_body(&self, resp: &mut reqwest::Response) -> Result<String, String> {
+        read_bounded(resp, self.max_message).await.ok_or_else(|| self.too_long("a body"))
+    }
+
+    /// Why a request failed whose answer (`what`: an event, a body) ran past the bound.
+    fn too_long(&self, what: &str) -> String {
+        format!(
+            "the upstream MCP server at {} answered with {what} of more than {} MiB, more than gemba proxy passes; ask for less (a smaller page or range) or start the proxy with a larger --max-message-mb",
+            self.target.url,
+            self.max_message >> 20
+        )
     }
 
     fn posts_done(&self, ids: &[String]) {
@@ -627,7 +685,7 @@ impl Shared {
                 match resp {
                     Ok(mut r) if r.status().is_success() => {
                         failures = 0;
-                        let mut reader = sse::Reader::new(MAX_EVENT);
+                        let mut reader = sse::Reader::new(s.max_message);
                         loop {
                             let chunk = tokio::select! {
                                 c = r.chunk() => c,
@@ -700,5 +758,14 @@ mod tests {
         assert!(!said.contains("s3cret-abc"), "{said}");
         assert!(said.contains("bad token [token] for this server"), "{said}");
         assert!(said.contains("HTTP 401"), "{said}");
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_up_to_the_bound_and_no_further() {
+        let response = |body: &str| reqwest::Response::from(axum::http::Response::new(body.to_string()));
+        let json = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        assert_eq!(read_bounded(&mut response(json), json.len()).await.as_deref(), Some(json));
+        assert_eq!(read_bounded(&mut response(json), json.len() - 1).await, None);
+        assert_eq!(read_bounded(&mut response(""), 0).await.as_deref(), Some(""));
     }
 }

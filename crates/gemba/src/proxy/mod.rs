@@ -562,7 +562,9 @@ impl Proxy {
             UpstreamKind::Command(spec) => {
                 Upstream::Child(ChildUpstream::start(spec.clone(), tx, replay.clone(), self.cfg.max_message_bytes))
             }
-            UpstreamKind::Http(t) => Upstream::Http(HttpUpstream::new(t.clone(), tx, replay.clone())),
+            UpstreamKind::Http(t) => {
+                Upstream::Http(HttpUpstream::new(t.clone(), tx, replay.clone(), self.cfg.max_message_bytes))
+            }
         };
         let link = Link::start(
             LinkSetup {

@@ -55,3 +55,4 @@ async def test_http_host_origin_and_body_limits(workspace):
             big = {**INIT, "params": {**INIT["params"], "pad": "x" * 100_000}}
             r = await http.post(srv.url, json=big, headers=HEADERS)
             assert r.status_code == 413
+            assert "over 65536 bytes" in r.text and "--max-body-bytes" in r.text, r.text

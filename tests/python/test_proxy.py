@@ -1409,3 +1409,15 @@ async def test_an_http_upstream_answer_over_the_size_limit_fails_its_request_at_
             assert series(text, "gemba_tool_requests_total", tool="big", outcome="internal", upstream="vault") == 1
             assert series(text, "gemba_proxy_upstream_dropped_messages_total", upstream="vault") == 1
             assert series(text, "gemba_proxy_failed_requests_total", upstream="vault") == 1
+
+
+def test_the_http_front_says_which_body_limit_a_request_passed(scripts, tmp_path):
+    upstream = [PY, str(scripts / "weather_server.py")]
+    with proxy_http(["--max-body-bytes", "65536", "--", *upstream], tmp_path / "state", free_port()) as url:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"pad": "x" * 100_000}})
+        req = urllib.request.Request(url, data=body.encode(), headers={
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        said = e.value.read().decode()
+        assert e.value.code == 413 and "over 65536 bytes" in said and "--max-body-bytes" in said, said

@@ -45,6 +45,18 @@ async fn require_token(token: Arc<str>, req: Request, next: Next) -> Response {
     r
 }
 
+/// A 413 says which limit, and how to get past it (the transport's own text names neither);
+/// `who` is the program (`gemba serve`, `gemba proxy`).
+pub async fn too_large_says_why(r: Response, who: &'static str, max: usize) -> Response {
+    if r.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return r;
+    }
+    let why = format!(
+        "the request body is over {max} bytes, the most {who} reads in one request (--max-body-bytes); send less, or start it with a larger --max-body-bytes\n"
+    );
+    (StatusCode::PAYLOAD_TOO_LARGE, why).into_response()
+}
+
 pub fn router(server: Measured<GembaServer>, cfg: &ServeConfig, ct: CancellationToken) -> Router {
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|s| s.to_string()).collect();
     hosts.extend(cfg.allowed_hosts.iter().cloned());
@@ -64,7 +76,10 @@ pub fn router(server: Measured<GembaServer>, cfg: &ServeConfig, ct: Cancellation
         Arc::new(LocalSessionManager::default()),
         http_cfg,
     );
-    let mut app = Router::new().nest_service("/mcp", service);
+    let max = cfg.max_body_bytes;
+    let mut app = Router::new()
+        .nest_service("/mcp", service)
+        .layer(middleware::map_response(move |r: Response| too_large_says_why(r, "gemba serve", max)));
     if let Some(t) = &cfg.token {
         let token: Arc<str> = Arc::from(t.as_str());
         app = app.layer(middleware::from_fn(move |req, next| require_token(token.clone(), req, next)));

@@ -367,7 +367,13 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
     let st =
         Arc::new(HttpState { proxy, sessions: Mutex::new(HashMap::new()), hosts, origins, streams: AtomicU64::new(0) });
     tokio::spawn(reap_idle(st.clone()));
-    Router::new().route("/mcp", axum::routing::any(handle)).layer(DefaultBodyLimit::max(limit)).with_state(st)
+    Router::new()
+        .route("/mcp", axum::routing::any(handle))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(move |r: axum::response::Response| {
+            crate::http::too_large_says_why(r, "gemba proxy", limit)
+        }))
+        .with_state(st)
 }
 
 pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {

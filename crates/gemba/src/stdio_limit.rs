@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::proxy::lines::Skipped;
+use crate::proxy::link::size;
 use crate::proxy::message::Kind;
 
 /// The stand-in request's method: it carries what is known of a message too long to read.
@@ -48,8 +49,8 @@ impl TooLong {
     pub fn message(&self) -> String {
         format!(
             "this request is {}, more than gemba serve reads from stdio ({}); send less (edit in smaller parts), or use the HTTP transport with a larger --max-body-bytes",
-            mib(self.bytes),
-            mib(self.limit)
+            size(self.bytes),
+            size(self.limit)
         )
     }
 
@@ -57,10 +58,6 @@ impl TooLong {
     pub fn operation(&self) -> &str {
         self.tool.as_deref().or(self.method.as_deref()).unwrap_or("unknown")
     }
-}
-
-fn mib(bytes: usize) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// stdin with a bound on each line (see the module's documentation).

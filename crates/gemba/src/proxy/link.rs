@@ -92,6 +92,19 @@ struct State {
 }
 
 impl State {
+    /// The request `id` (an upstream id) is answered: out of the table, with the progress
+    /// tokens that pointed at it.
+    fn take_pending(&mut self, id: &str) -> Option<Pending> {
+        let p = self.pending.remove(id)?;
+        match &p.token {
+            Some((_, up_tok)) => {
+                self.tokens.remove(up_tok);
+            }
+            None => self.tokens.retain(|_, v| v != id),
+        }
+        Some(p)
+    }
+
     fn remember_answered(&mut self, id: String) {
         if self.answered.insert(id.clone()) {
             self.answered_order.push_back(id);
@@ -478,14 +491,7 @@ impl Link {
         let Some(id) = g.id else { return };
         match g.kind {
             Some(Kind::Response) => {
-                let p = {
-                    let mut st = self.state.lock();
-                    let p = st.pending.remove(&id);
-                    if let Some((_, up_tok)) = p.as_ref().and_then(|p| p.token.as_ref()) {
-                        st.tokens.remove(up_tok);
-                    }
-                    p
-                };
+                let p = self.state.lock().take_pending(&id);
                 if let Some(p) = p {
                     let why = format!(
                         "the upstream MCP server ({}) answered with {}, more than gemba proxy passes ({}); ask for less (a smaller page or range) or start the proxy with a larger --max-message-mb",
@@ -636,15 +642,7 @@ impl Link {
                 };
                 let (p, answered) = {
                     let mut st = self.state.lock();
-                    let p = st.pending.remove(id);
-                    if let Some(p) = &p {
-                        if let Some((_, up_tok)) = &p.token {
-                            st.tokens.remove(up_tok);
-                        }
-                        if p.token.is_none() {
-                            st.tokens.retain(|_, v| v != id);
-                        }
-                    }
+                    let p = st.take_pending(id);
                     let answered = p.is_none() && st.answered.remove(id);
                     (p, answered)
                 };
@@ -866,7 +864,7 @@ fn uri_of(params: Option<&str>) -> Option<String> {
 }
 
 /// A message size for people: "1.4 MiB", "900 KiB".
-fn size(bytes: usize) -> String {
+pub fn size(bytes: usize) -> String {
     let mib = bytes as f64 / (1024.0 * 1024.0);
     if mib >= 1.0 { format!("{mib:.1} MiB") } else { format!("{} KiB", bytes.div_ceil(1024)) }
 }

@@ -1273,7 +1273,7 @@ VAULT_SERVER = textwrap.dedent('''
     """FastMCP over streamable HTTP behind a bearer-token check."""
     import os, sys, warnings
     import uvicorn
-    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver import Context, MCPServer
 
     warnings.simplefilter("ignore")
     mcp = MCPServer("vault")
@@ -1287,6 +1287,12 @@ VAULT_SERVER = textwrap.dedent('''
     def big(n: int) -> str:
         """n bytes of text."""
         return "x" * n
+
+    @mcp.tool()
+    async def chatty(n: int, ctx: Context) -> str:
+        """Logs n bytes of text to the client before it answers."""
+        await ctx.info("y" * n)
+        return "said it"
 
     app = mcp.streamable_http_app()
     expected = ("Bearer " + os.environ["VAULT_TOKEN"]).encode()
@@ -1386,7 +1392,9 @@ async def test_an_upstream_that_demands_a_token(scripts, tmp_path):
 
 async def test_an_http_upstream_answer_over_the_size_limit_fails_its_request_at_once(scripts, tmp_path):
     """--max-message-mb bounds an HTTP upstream's answers too (an SSE event here): one longer
-    fails its request at once with an error that says so, and the next call is served."""
+    fails its request at once with an error that says so, and the next call is served. A long
+    notification on a request's stream is dropped and the stream read on: its request is
+    answered."""
     token = "tok-" + os.urandom(12).hex()
     with vault_server(scripts, token) as up:
         port = free_port()
@@ -1399,15 +1407,21 @@ async def test_an_http_upstream_answer_over_the_size_limit_fails_its_request_at_
                 with pytest.raises(Exception) as e:
                     await c.call_tool("big", {"n": 2_000_000})
             said = str(e.value)
-            assert f"the upstream MCP server at {up} answered with an event of more than 1 MiB" in said, said
-            assert "--max-message-mb" in said, said
+            # (the SDK writes the text twice: as content and as structured content)
+            assert re.search(r"the upstream MCP server \(vault\) answered with [34]\.\d MiB", said), said
+            assert "more than gemba proxy passes (1.0 MiB)" in said and "--max-message-mb" in said, said
             r = await c.call_tool("big", {"n": 10})
             assert r.content[0].text == "x" * 10
+            with anyio.fail_after(30):
+                r = await c.call_tool("chatty", {"n": 2_000_000})
+            assert not r.is_error and r.content[0].text == "said it", r
             text = wait_for(lambda: (t := scrape(port)) and series(
-                t, "gemba_tool_requests_total", tool="big", upstream="vault") == 2 and t)
+                t, "gemba_tool_requests_total", tool="chatty", upstream="vault") == 1 and t)
             assert text, scrape(port)
             assert series(text, "gemba_tool_requests_total", tool="big", outcome="internal", upstream="vault") == 1
-            assert series(text, "gemba_proxy_upstream_dropped_messages_total", upstream="vault") == 1
+            assert series(text, "gemba_tool_requests_total", tool="big", outcome="ok", upstream="vault") == 1
+            assert series(text, "gemba_tool_requests_total", tool="chatty", outcome="ok", upstream="vault") == 1
+            assert series(text, "gemba_proxy_upstream_dropped_messages_total", upstream="vault") == 2
             assert series(text, "gemba_proxy_failed_requests_total", upstream="vault") == 1
 
 

@@ -232,7 +232,8 @@ pub async fn post_once(
     }
     let mut reader = sse::Reader::new(MAX_EVENT);
     while let Some(chunk) = resp.chunk().await? {
-        for e in reader.feed(&chunk).map_err(|_| anyhow::anyhow!("an event from {} is too large", target.url))? {
+        for item in reader.feed(&chunk) {
+            let sse::Item::Event(e) = item else { bail!("an event from {} is too large", target.url) };
             if let Ok(v) = serde_json::from_str::<Value>(&e.data)
                 && v.get("id") == req.get("id")
                 && v.get("method").is_none()
@@ -490,6 +491,7 @@ impl Shared {
         if ct.starts_with("text/event-stream") {
             let mut reader = sse::Reader::new(self.max_message);
             let mut answered = 0;
+            // Why requests left unanswered were: an event too long that named no request.
             let mut too_long = None;
             loop {
                 let chunk = match resp.chunk().await {
@@ -500,26 +502,23 @@ impl Shared {
                         break;
                     }
                 };
-                let events = match reader.feed(&chunk) {
-                    Ok(ev) => ev,
-                    Err(sse::ReadError::TooLarge(n)) => {
-                        self.health.dropped_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!("upstream sent an event of more than {n} bytes; stream dropped");
-                        too_long = Some(self.too_long("an event"));
-                        break;
-                    }
-                };
-                for e in events {
-                    answered += self.deliver(e.data, via.clone(), initialize).await;
+                for item in reader.feed(&chunk) {
+                    answered += match item {
+                        sse::Item::Event(e) => self.deliver(e.data, via.clone(), initialize).await,
+                        sse::Item::TooLong(t) => {
+                            let answers = self.event_too_long(t).await;
+                            if answers.is_none() {
+                                too_long = Some(self.too_long("an event"));
+                            }
+                            answers.unwrap_or(0)
+                        }
+                    };
                 }
                 if !ids.is_empty() && answered >= ids.len() {
                     break;
                 }
             }
-            // A stream dropped for a long event leaves part of it behind: not a message.
-            if too_long.is_none()
-                && let Some(e) = reader.finish()
-            {
+            if let Some(e) = reader.finish() {
                 answered += self.deliver(e.data, via.clone(), initialize).await;
             }
             self.posts_done(&ids);
@@ -576,6 +575,31 @@ impl Shared {
             self.target.url,
             self.max_message >> 20
         )
+    }
+
+    /// An event too long to pass was dropped: counted, and told to the link, which fails the
+    /// request it answers or answers the upstream's request it was. Returns how many of this
+    /// stream's requests it answered (`None` when its ends named no message).
+    async fn event_too_long(&self, t: sse::TooLong) -> Option<usize> {
+        let glimpse = t.glimpse();
+        tracing::warn!(
+            "the upstream MCP server at {} sent an event of {} bytes, over --max-message-mb; dropped (id {})",
+            self.target.url,
+            t.bytes(),
+            glimpse.id.as_deref().unwrap_or("unknown")
+        );
+        let answers = match (glimpse.kind, &glimpse.id) {
+            (Some(Kind::Response), Some(_)) => Some(1),
+            (Some(_), _) => Some(0),
+            (None, _) => None,
+        };
+        if glimpse.kind.is_none() {
+            self.health.dropped_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            // The link counts it as it is told.
+            let _ = self.events.send(UpEvent::TooLong { glimpse, bytes: t.bytes(), limit: self.max_message }).await;
+        }
+        answers
     }
 
     fn posts_done(&self, ids: &[String]) {
@@ -692,9 +716,15 @@ impl Shared {
                                 _ = s.stop.cancelled() => return,
                             };
                             let Ok(Some(chunk)) = chunk else { break };
-                            let Ok(events) = reader.feed(&chunk) else { break };
-                            for e in events {
-                                s.deliver(e.data, None, false).await;
+                            for item in reader.feed(&chunk) {
+                                match item {
+                                    sse::Item::Event(e) => {
+                                        s.deliver(e.data, None, false).await;
+                                    }
+                                    sse::Item::TooLong(t) => {
+                                        s.event_too_long(t).await;
+                                    }
+                                }
                             }
                         }
                     }

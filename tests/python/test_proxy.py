@@ -892,12 +892,21 @@ def conformance_checks(node, cli, url, scenario, out):
                                   for c in checks)
 
 
-def test_the_conformance_suite_gives_the_same_results_through_the_proxy(workspace, tmp_path):
+@pytest.mark.parametrize("upstream_kind", ["stdio", "http"])
+def test_the_conformance_suite_gives_the_same_results_through_the_proxy(upstream_kind, workspace, tmp_path):
+    """The suite against `gemba serve` over HTTP, direct and through the proxy's HTTP front, with
+    the proxy's upstream `gemba serve --stdio` (a command) or the direct server itself (a URL)."""
     from conftest import http_server
     from test_conformance import SCENARIOS
     node, cli = conformance_suite()
-    upstream = [BIN, "serve", "--stdio", "--workspace", str(workspace), "--state-dir", str(tmp_path / "up")]
-    with http_server(workspace) as direct_srv, proxy_http(["--", *upstream], tmp_path / "px", free_port()) as url:
+    with contextlib.ExitStack() as stack:
+        direct_srv = stack.enter_context(http_server(workspace))
+        if upstream_kind == "http":
+            upstream = ["--upstream", direct_srv.url]
+        else:
+            upstream = ["--", BIN, "serve", "--stdio", "--workspace", str(workspace),
+                        "--state-dir", str(tmp_path / "up")]
+        url = stack.enter_context(proxy_http(upstream, tmp_path / "px", free_port()))
         for scenario in SCENARIOS:
             want = conformance_checks(node, cli, direct_srv.url, scenario, tmp_path / "d" / scenario)
             got = conformance_checks(node, cli, url, scenario, tmp_path / "p" / scenario)

@@ -224,6 +224,48 @@ def test_a_request_longer_than_the_stdio_bound_is_answered_with_an_error(tmp_pat
     print(f"a 17 MiB request answered with its error in {answered_in * 1000:.0f} ms")
 
 
+def test_a_request_that_is_not_json_is_answered_with_a_parse_error(tmp_path, workspace):
+    """rmcp skips a line that is not JSON, unanswered; gemba serve answers its request (when its
+    id can be read) with a parse error saying where the JSON broke, in either era, counts it as
+    a failed call of its tool, and goes on reading."""
+    s = RawStdio(workspace, tmp_path / "state")
+    try:
+        # The 2026 era: no handshake, the protocol version in each request's _meta.
+        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}}
+        line = json.dumps({"jsonrpc": "2.0", "id": "n-1", "method": "tools/call",
+                           "params": {"_meta": meta, "name": "list_workbooks", "arguments": {}}})
+        s.proc.stdin.write((line[:-2] + "\n").encode())  # the last two braces missing
+        s.proc.stdin.flush()
+        msg = json.loads(s.read_line(timeout=30))
+        assert msg["id"] == "n-1" and msg["error"]["code"] == -32700, msg
+        said = msg["error"]["message"]
+        assert "this request is not JSON (EOF while parsing an object at line 1 column" in said, said
+        assert "one line of UTF-8 JSON" in said, said
+    finally:
+        s.close()
+
+    # The legacy era, after the handshake.
+    s = RawStdio(workspace, tmp_path / "state")
+    try:
+        s.initialize()
+        s.proc.stdin.write(b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"list_workbooks",}}\n')
+        s.proc.stdin.flush()
+        msg = json.loads(s.read_line(timeout=30))
+        assert msg["id"] == 7 and msg["error"]["code"] == -32700, msg
+        assert "(key must be a string at line 1 column 81)" in msg["error"]["message"], msg
+        assert s.call("list_workbooks", {})["workbooks"]
+        assert s.proc.poll() is None
+    finally:
+        stderr = s.close()
+    assert "is not JSON" in stderr and "request 7 is answered with a parse error" in stderr, stderr[-2000:]
+    out = subprocess.run([BIN, "stats", "--state-dir", str(tmp_path / "state"), "--since", "1h", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    stats = {row["tool"]: row for row in json.loads(out.stdout)}
+    assert stats["list_workbooks"]["count"] == 3 and stats["list_workbooks"]["errors"] == 2, stats["list_workbooks"]
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_the_sdk_is_told_its_request_is_too_long_in_either_protocol_era(mode, tmp_path, workspace):

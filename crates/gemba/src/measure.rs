@@ -449,27 +449,23 @@ impl<H: ServerHandler + SessionScoped> ServerHandler for Measured<H> {
         request: CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
-        if request.method == crate::stdio_limit::TOO_LONG_METHOD
-            && let Ok(Some(too_long)) = request.params_as::<crate::stdio_limit::TooLong>()
+        if (request.method == crate::stdio_limit::TOO_LONG_METHOD
+            || request.method == crate::stdio_limit::NOT_JSON_METHOD)
+            && let Ok(Some(unread)) = request.params_as::<crate::stdio_limit::Unread>()
         {
-            // A request too long to read (stdio_limit), measured as a call of its tool.
+            // A request too long to read, or not JSON (stdio_limit), measured as a call of its
+            // tool.
             let protocol = self.protocol(&context);
-            let op = self.op(too_long.operation());
-            let method = if too_long.tool.is_some() { "tools/call" } else { "unknown" };
+            let op = self.op(unread.operation());
+            let method = if unread.tool.is_some() { "tools/call" } else { "unknown" };
             let (session, transport) = (self.session.id, self.transport);
-            let trace = crate::traces::begin(
-                &context,
-                None,
-                method,
-                too_long.tool.as_deref(),
-                op.0 as usize,
-                session,
-                transport,
-            );
+            let trace =
+                crate::traces::begin(&context, None, method, unread.tool.as_deref(), op.0 as usize, session, transport);
             let timer = self.recorder.start(op);
-            let r = Err(ErrorData::invalid_request(too_long.message(), None));
+            let code = if unread.not_json.is_some() { ErrorCode::PARSE_ERROR } else { ErrorCode::INVALID_REQUEST };
+            let r = Err(ErrorData::new(code, unread.message(), None));
             let mut c = self.completion(&r, protocol);
-            c.request_bytes = too_long.bytes as u64;
+            c.request_bytes = unread.bytes as u64;
             timer.finish(c);
             if let Some(t) = trace {
                 t.finish(crate::traces::error_type(&r, false, None), None);

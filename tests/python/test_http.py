@@ -56,3 +56,30 @@ async def test_http_host_origin_and_body_limits(workspace):
             r = await http.post(srv.url, json=big, headers=HEADERS)
             assert r.status_code == 413
             assert "over 65536 bytes" in r.text and "--max-body-bytes" in r.text, r.text
+
+
+async def test_a_body_that_is_not_json_rpc_gets_a_json_rpc_error_that_says_so(workspace):
+    """rmcp answers a body it cannot read with 415 and plain text (as if the media type were
+    wrong); gemba serve answers 400 with the JSON-RPC error the specifications name: -32700
+    for text that is not JSON, -32600 for JSON that is no JSON-RPC message, each saying what
+    was wrong. A wrong media type is still 415."""
+    with http_server(workspace) as srv:
+        async with httpx2.AsyncClient() as http:
+            r = await http.post(srv.url, content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}',
+                                headers=HEADERS)
+            assert r.status_code == 400, (r.status_code, r.text)
+            err = r.json()
+            assert err["jsonrpc"] == "2.0" and err["id"] is None and err["error"]["code"] == -32700, err
+            said = err["error"]["message"]
+            assert "not JSON (EOF while parsing an object at line 1 column 57)" in said, said
+
+            r = await http.post(srv.url, json={"id": 2, "params": {}}, headers=HEADERS)
+            assert r.status_code == 400, (r.status_code, r.text)
+            err = r.json()
+            assert err["error"]["code"] == -32600 and "no JSON-RPC message" in err["error"]["message"], err
+
+            r = await http.post(srv.url, content=b'{"jsonrpc":"2.0"}', headers={**HEADERS, "Content-Type": "text/plain"})
+            assert r.status_code == 415 and "Content-Type must be application/json" in r.text, r.text
+
+            r = await http.post(srv.url, json=INIT, headers=HEADERS)
+            assert r.status_code == 200

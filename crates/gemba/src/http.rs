@@ -57,6 +57,48 @@ pub async fn too_large_says_why(r: Response, who: &'static str, max: usize) -> R
     (StatusCode::PAYLOAD_TOO_LARGE, why).into_response()
 }
 
+/// What rmcp's transport answers a body it cannot read as a JSON-RPC message with: 415 and this
+/// text before serde's error (as if the media type were wrong, which has a text of its own).
+const UNREADABLE_BODY: &str = "fail to deserialize request body ";
+
+/// A body that is not JSON, or JSON that is no JSON-RPC message, gets what the JSON-RPC and MCP
+/// specifications say: 400, with a JSON-RPC error (-32700, or -32600) that says what was wrong,
+/// where rmcp answers 415 with plain text.
+pub async fn unreadable_body_says_why(r: Response) -> Response {
+    if r.status() != StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (parts.status, "the request body cannot be read\n").into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let Some(error) = text.strip_prefix(UNREADABLE_BODY) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let shape = [
+        "missing field",
+        "unknown variant",
+        "invalid type",
+        "invalid value",
+        "unknown field",
+        "did not match",
+        "JSON-RPC message",
+    ];
+    let (code, message) = if shape.iter().any(|s| error.contains(s)) {
+        (
+            -32600,
+            format!(
+                "Invalid Request: the body is JSON but no JSON-RPC message ({error}); send one object with \"jsonrpc\": \"2.0\", a \"method\" and, for a request, an \"id\""
+            ),
+        )
+    } else {
+        (-32700, format!("Parse error: the body is not JSON ({error}); send one JSON-RPC message as UTF-8 JSON"))
+    };
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
 pub fn router(server: Measured<GembaServer>, cfg: &ServeConfig, ct: CancellationToken) -> Router {
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|s| s.to_string()).collect();
     hosts.extend(cfg.allowed_hosts.iter().cloned());
@@ -79,7 +121,8 @@ pub fn router(server: Measured<GembaServer>, cfg: &ServeConfig, ct: Cancellation
     let max = cfg.max_body_bytes;
     let mut app = Router::new()
         .nest_service("/mcp", service)
-        .layer(middleware::map_response(move |r: Response| too_large_says_why(r, "gemba serve", max)));
+        .layer(middleware::map_response(move |r: Response| too_large_says_why(r, "gemba serve", max)))
+        .layer(middleware::map_response(unreadable_body_says_why));
     if let Some(t) = &cfg.token {
         let token: Arc<str> = Arc::from(t.as_str());
         app = app.layer(middleware::from_fn(move |req, next| require_token(token.clone(), req, next)));

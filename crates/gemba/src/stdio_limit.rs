@@ -8,7 +8,9 @@
 //! the size and the limit (`measure::Measured::on_custom_request`), measured as a failed call of
 //! the same tool. A line of up to `CHECKED_LINE` bytes that is not JSON is passed on (rmcp skips
 //! it) and followed by a stand-in the same way, answered with a parse error (-32700) that says
-//! where the JSON broke.
+//! where the JSON broke. Only a line that shows a request's `method` and `id` is answered: rmcp
+//! and the other SDKs answer no unparsable input, so that a peer echoing answers back as more
+//! bad input cannot start an error storm (rust-sdk#938), and an answer, echoed, shows no method.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};

@@ -785,6 +785,20 @@ async def test_http_front_answers_the_same_as_direct(tmp_path):
         node.wait(timeout=15)
 
 
+def listening_on(port) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def proxy_to_url(url, name, state_dir, admin_port) -> StdioServerParameters:
+    """`gemba proxy --upstream URL` over stdio, as an SDK client starts it."""
+    return StdioServerParameters(
+        command=BIN, args=["proxy", "--upstream", url, "--name", name, "--state-dir", str(state_dir),
+                           "--admin", f"127.0.0.1:{admin_port}"],
+        env={"GEMBA_LOG": "warn", "PATH": os.environ["PATH"]})
+
+
 async def test_an_http_upstream_is_proxied_to_a_stdio_client(tmp_path):
     need_everything()
     up_port = free_port()
@@ -796,10 +810,7 @@ async def test_an_http_upstream_is_proxied_to_a_stdio_client(tmp_path):
                 break
         threading.Thread(target=lambda: [None for _ in node.stderr], daemon=True).start()
         port = free_port()
-        params = StdioServerParameters(
-            command=BIN, args=["proxy", "--upstream", f"http://127.0.0.1:{up_port}/mcp", "--name", "remote",
-                               "--state-dir", str(tmp_path / "state"), "--admin", f"127.0.0.1:{port}"],
-            env={"GEMBA_LOG": "warn", "PATH": os.environ["PATH"]})
+        params = proxy_to_url(f"http://127.0.0.1:{up_port}/mcp", "remote", tmp_path / "state", port)
         progress = []
 
         async def on_progress(p, total, message):
@@ -1326,11 +1337,8 @@ def vault_server(scripts, token):
     p = subprocess.Popen([PY, str(scripts / "vault.py"), str(port)], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env={**os.environ, "VAULT_TOKEN": token})
 
-    def listening():
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
     try:
-        assert wait_for(listening, timeout=30), "the vault server did not start"
+        assert wait_for(lambda: listening_on(port), timeout=30), "the vault server did not start"
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         p.terminate()
@@ -1432,6 +1440,84 @@ async def test_an_http_upstream_answer_over_the_size_limit_fails_its_request_at_
             assert series(text, "gemba_tool_requests_total", tool="chatty", outcome="ok", upstream="vault") == 1
             assert series(text, "gemba_proxy_upstream_dropped_messages_total", upstream="vault") == 2
             assert series(text, "gemba_proxy_failed_requests_total", upstream="vault") == 1
+
+
+POLLED_SERVER = textwrap.dedent('''
+    """FastMCP over streamable HTTP with an event store: it primes each response stream, and a
+    long call closes its stream on purpose, for the client to resume it (Last-Event-ID)."""
+    import sys, warnings
+    import anyio, uvicorn
+    from mcp.server.mcpserver import Context, MCPServer
+    from mcp.server.streamable_http import EventMessage, EventStore
+
+    warnings.simplefilter("ignore")
+
+    class Store(EventStore):
+        def __init__(self):
+            self.events = []
+
+        async def store_event(self, stream_id, message):
+            self.events.append((str(len(self.events) + 1), stream_id, message))
+            return self.events[-1][0]
+
+        async def replay_events_after(self, last_event_id, send_callback):
+            at = next((i for i, e in enumerate(self.events) if e[0] == last_event_id), None)
+            if at is None:
+                return None
+            stream = self.events[at][1]
+            for event_id, stream_id, message in self.events[at + 1:]:
+                if stream_id == stream and message is not None:
+                    await send_callback(EventMessage(message, event_id))
+            return stream
+
+    mcp = MCPServer("polled")
+
+    @mcp.tool()
+    async def patient(ctx: Context) -> str:
+        """Closes its stream, works on, then answers."""
+        await ctx.info("closing the stream; poll me")
+        await ctx.close_sse_stream()
+        await anyio.sleep(0.5)
+        await ctx.info("still working")
+        return "done after a poll"
+
+    app = mcp.streamable_http_app(event_store=Store(), retry_interval=100)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+''')
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_stream_the_upstream_closes_to_be_polled_is_resumed(mode, scripts, tmp_path):
+    """A server with an event store primes its response streams and may close one during a long
+    call, for the client to resume it with Last-Event-ID: the proxy resumes it, and the call is
+    answered (it used to fail at once: "closed the response stream without answering")."""
+    (scripts / "polled.py").write_text(POLLED_SERVER)
+    up_port = free_port()
+    server = subprocess.Popen([PY, str(scripts / "polled.py"), str(up_port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    try:
+        assert wait_for(lambda: listening_on(up_port), timeout=30), "the polled server did not start"
+        port = free_port()
+        params = proxy_to_url(f"http://127.0.0.1:{up_port}/mcp", "polled", tmp_path / "state", port)
+        logged = []
+
+        async def on_log(params):
+            logged.append(params.data)
+        async with Client(params, mode=mode, read_timeout_seconds=TIMEOUT, cache=None,
+                          logging_callback=on_log) as c:
+            with anyio.fail_after(30):
+                r = await c.call_tool("patient", {})
+            assert not r.is_error and r.content[0].text == "done after a poll", r
+            if mode == "legacy":  # (a 2026-era client gets log messages only when it asks per request)
+                assert "closing the stream; poll me" in logged and "still working" in logged, logged
+            text = wait_for(lambda: (t := scrape(port)) and series(
+                t, "gemba_tool_requests_total", tool="patient", outcome="ok", upstream="polled") == 1 and t)
+            assert text, scrape(port)
+            assert series(text, "gemba_proxy_failed_requests_total", upstream="polled") == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
 
 
 def test_the_http_front_says_which_body_limit_a_request_passed(scripts, tmp_path):

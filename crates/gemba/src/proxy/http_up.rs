@@ -245,6 +245,38 @@ pub async fn post_once(
     bail!("{} closed the stream without answering", target.url)
 }
 
+/// Tries in a row to resume a response stream that bring nothing new, before its requests fail.
+const MAX_RESUMES: u32 = 3;
+/// The wait before resuming a stream when the server named none (`retry`), and the longest.
+const DEFAULT_RETRY_MS: u64 = 1_000;
+const MAX_RETRY_MS: u64 = 30_000;
+
+/// What a response stream has shown so far.
+#[derive(Default)]
+struct StreamState {
+    /// Its requests answered.
+    answered: usize,
+    /// Why the rest were not: an event too long that named no request.
+    too_long: Option<String>,
+    /// The last event id seen (where to resume), and the wait the server asked for.
+    last_id: Option<String>,
+    retry_ms: Option<u64>,
+    /// The stream was primed (an event with an id and no data): the server can resume it.
+    primed: bool,
+}
+
+impl StreamState {
+    fn note(&mut self, e: &sse::Event) {
+        if let Some(id) = &e.id {
+            self.last_id = Some(id.clone());
+            self.primed |= e.data.trim().is_empty();
+        }
+        if let Some(r) = e.retry {
+            self.retry_ms = Some(r);
+        }
+    }
+}
+
 /// A response's body as text, read chunk by chunk and given up (`None`) once it passes `max`
 /// bytes, so a body of any size costs at most `max` of memory. A body cut short by the
 /// connection is what arrived.
@@ -489,41 +521,12 @@ impl Shared {
         }
         let ct = content_type(&resp);
         if ct.starts_with("text/event-stream") {
-            let mut reader = sse::Reader::new(self.max_message);
-            let mut answered = 0;
-            // Why requests left unanswered were: an event too long that named no request.
-            let mut too_long = None;
-            loop {
-                let chunk = match resp.chunk().await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!("upstream stream broke: {e}");
-                        break;
-                    }
-                };
-                for item in reader.feed(&chunk) {
-                    answered += match item {
-                        sse::Item::Event(e) => self.deliver(e.data, via.clone(), initialize).await,
-                        sse::Item::TooLong(t) => {
-                            let answers = self.event_too_long(t).await;
-                            if answers.is_none() {
-                                too_long = Some(self.too_long("an event"));
-                            }
-                            answers.unwrap_or(0)
-                        }
-                    };
-                }
-                if !ids.is_empty() && answered >= ids.len() {
-                    break;
-                }
-            }
-            if let Some(e) = reader.finish() {
-                answered += self.deliver(e.data, via.clone(), initialize).await;
-            }
+            let mut stream = StreamState::default();
+            self.read_stream(resp, &ids, &via, initialize, &mut stream).await;
+            self.resume(&ids, &via, initialize, &mut stream).await;
             self.posts_done(&ids);
-            if answered < ids.len() {
-                let why = too_long.unwrap_or_else(|| {
+            if stream.answered < ids.len() {
+                let why = stream.too_long.unwrap_or_else(|| {
                     "the upstream MCP server closed the response stream without answering; retry the request".into()
                 });
                 self.fail(ids, why).await;
@@ -575,6 +578,91 @@ impl Shared {
             self.target.url,
             self.max_message >> 20
         )
+    }
+
+    /// Read a response stream of the requests `ids` until it ends or all are answered.
+    async fn read_stream(
+        &self,
+        mut resp: reqwest::Response,
+        ids: &[String],
+        via: &Option<String>,
+        initialize: bool,
+        state: &mut StreamState,
+    ) {
+        let mut reader = sse::Reader::new(self.max_message);
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("upstream stream broke: {e}");
+                    break;
+                }
+            };
+            for item in reader.feed(&chunk) {
+                match item {
+                    sse::Item::Event(e) => {
+                        state.note(&e);
+                        state.answered += self.deliver(e.data, via.clone(), initialize).await;
+                    }
+                    sse::Item::TooLong(t) => {
+                        let answers = self.event_too_long(t).await;
+                        if answers.is_none() {
+                            state.too_long = Some(self.too_long("an event"));
+                        }
+                        state.answered += answers.unwrap_or(0);
+                    }
+                }
+            }
+            if !ids.is_empty() && state.answered >= ids.len() {
+                return;
+            }
+        }
+        if let Some(e) = reader.finish() {
+            state.note(&e);
+            state.answered += self.deliver(e.data, via.clone(), initialize).await;
+        }
+    }
+
+    /// A response stream that ended before its answers, from a server that primed it (an event
+    /// id with no data, which says it can resume the stream): resumed with a GET carrying
+    /// `Last-Event-ID`, after the wait the server asked for (`retry`), as the streamable HTTP
+    /// transport says a client should (such a server may close a stream on purpose during a
+    /// long call, to be polled). Given up after `MAX_RESUMES` tries in a row that bring nothing
+    /// new. A stream that was not primed is not resumed: a GET to a server that cannot resume
+    /// it would open the session's own stream, which need never end.
+    async fn resume(&self, ids: &[String], via: &Option<String>, initialize: bool, state: &mut StreamState) {
+        let mut fruitless = 0;
+        while state.primed && state.answered < ids.len() && state.too_long.is_none() && fruitless < MAX_RESUMES {
+            let Some(last) = state.last_id.clone() else { return };
+            let wait = Duration::from_millis(state.retry_ms.unwrap_or(DEFAULT_RETRY_MS).min(MAX_RETRY_MS));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.cancelled() => return,
+            }
+            let session = self.session.lock().clone();
+            let version = self.version.lock().clone();
+            let req = self
+                .target
+                .request(reqwest::Method::GET, session.as_deref(), version.as_deref())
+                .header("Last-Event-ID", last.as_str());
+            match req.send().await {
+                Ok(r) if r.status().is_success() && content_type(&r).starts_with("text/event-stream") => {
+                    let before = state.answered;
+                    self.read_stream(r, ids, via, initialize, state).await;
+                    let progressed = state.answered > before || state.last_id.as_deref() != Some(last.as_str());
+                    fruitless = if progressed { 0 } else { fruitless + 1 };
+                }
+                Ok(r) => {
+                    tracing::debug!("the upstream did not resume its stream after event {last}: HTTP {}", r.status());
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!("the upstream's stream could not be resumed: {e}");
+                    fruitless += 1;
+                }
+            }
+        }
     }
 
     /// An event too long to pass was dropped: counted, and told to the link, which fails the

@@ -1481,6 +1481,20 @@ POLLED_SERVER = textwrap.dedent('''
         await ctx.info("still working")
         return "done after a poll"
 
+    @mcp.tool()
+    async def hello(ctx: Context) -> str:
+        """A log message on the session's own stream (related to no request)."""
+        await ctx.session.send_log_message("info", "hello on the session stream")
+        return "said hello"
+
+    @mcp.tool()
+    async def flap(ctx: Context) -> str:
+        """Closes the session's own stream, and logs on it while it is down."""
+        await ctx.close_standalone_sse_stream()
+        await anyio.sleep(0.1)
+        await ctx.session.send_log_message("info", "sent while the session stream was down")
+        return "flapped"
+
     app = mcp.streamable_http_app(event_store=Store(), retry_interval=100)
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 ''')
@@ -1511,6 +1525,18 @@ async def test_a_stream_the_upstream_closes_to_be_polled_is_resumed(mode, script
             assert not r.is_error and r.content[0].text == "done after a poll", r
             if mode == "legacy":  # (a 2026-era client gets log messages only when it asks per request)
                 assert "closing the stream; poll me" in logged and "still working" in logged, logged
+                # The session's own stream, closed by the server and resumed by the proxy: what
+                # the server sent while it was down arrives.
+                for _ in range(50):
+                    await c.call_tool("hello", {})
+                    if "hello on the session stream" in logged:
+                        break
+                    await anyio.sleep(0.1)
+                assert "hello on the session stream" in logged, logged
+                assert (await c.call_tool("flap", {})).content[0].text == "flapped"
+                with anyio.fail_after(20):
+                    while "sent while the session stream was down" not in logged:
+                        await anyio.sleep(0.05)
             text = wait_for(lambda: (t := scrape(port)) and series(
                 t, "gemba_tool_requests_total", tool="patient", outcome="ok", upstream="polled") == 1 and t)
             assert text, scrape(port)

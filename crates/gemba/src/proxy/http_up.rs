@@ -779,6 +779,8 @@ impl Shared {
         let s = self.clone();
         tokio::spawn(async move {
             let mut failures = 0u32;
+            // The last event id seen on this session's stream: a reconnection resumes after it.
+            let mut last: Option<(String, String)> = None;
             loop {
                 if s.stop.is_cancelled() {
                     return;
@@ -786,10 +788,15 @@ impl Shared {
                 let session = s.session.lock().clone();
                 let Some(session) = session else { return };
                 let version = s.version.lock().clone();
-                let req = s
+                let mut req = s
                     .target
                     .request(reqwest::Method::GET, Some(&session), version.as_deref())
                     .header("Accept", "text/event-stream");
+                // (event ids belong to their session: a new session starts afresh)
+                let resuming = last.as_ref().filter(|(of, _)| *of == session).map(|(_, id)| id.clone());
+                if let Some(id) = &resuming {
+                    req = req.header("Last-Event-ID", id.as_str());
+                }
                 let resp = tokio::select! {
                     r = req.send() => r,
                     _ = s.stop.cancelled() => return,
@@ -798,6 +805,8 @@ impl Shared {
                     Ok(mut r) if r.status().is_success() => {
                         failures = 0;
                         let mut reader = sse::Reader::new(s.max_message);
+                        let mut seen = resuming.clone();
+                        let mut delivered = false;
                         loop {
                             let chunk = tokio::select! {
                                 c = r.chunk() => c,
@@ -805,8 +814,12 @@ impl Shared {
                             };
                             let Ok(Some(chunk)) = chunk else { break };
                             for item in reader.feed(&chunk) {
+                                delivered = true;
                                 match item {
                                     sse::Item::Event(e) => {
+                                        if e.id.is_some() {
+                                            seen = e.id.clone();
+                                        }
                                         s.deliver(e.data, None, false).await;
                                     }
                                     sse::Item::TooLong(t) => {
@@ -815,6 +828,9 @@ impl Shared {
                                 }
                             }
                         }
+                        // A resumption that brought nothing may be one the server could not
+                        // serve (rmcp answers it with an empty stream): the next starts afresh.
+                        last = if delivered { seen.map(|id| (session.clone(), id)) } else { None };
                     }
                     Ok(r) if r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => return,
                     Ok(_) | Err(_) => failures += 1,

@@ -204,17 +204,12 @@ impl<R> BoundedLines<R> {
     }
 }
 
-/// The ends of `line`, as a skipped message is kept.
-fn ends_of(line: &[u8], bytes: usize) -> Skipped {
-    let head = line[..line.len().min(HEAD)].to_vec();
-    let tail = line[line.len().saturating_sub(HEAD)..].to_vec();
-    Skipped { bytes, head, tail }
-}
-
 /// The line that follows one that is not JSON: a stand-in request under its id, when it was a
 /// request whose id can be read (anything else is only logged).
 fn not_json_stand_in(line: &[u8], error: &serde_json::Error) -> Option<Vec<u8>> {
-    let ends = ends_of(line, line.len() + 1);
+    let mut ends = Skipped::default();
+    ends.add(line);
+    ends.bytes += 1; // its newline
     let g = ends.glimpse();
     let answered = matches!((&g.kind, &g.id), (Some(Kind::Request), Some(_)));
     tracing::warn!(

@@ -254,6 +254,8 @@ const MAX_RETRY_MS: u64 = 30_000;
 /// What a response stream has shown so far.
 #[derive(Default)]
 struct StreamState {
+    /// Events read (too long ones included).
+    items: usize,
     /// Its requests answered.
     answered: usize,
     /// Why the rest were not: an event too long that named no request.
@@ -580,7 +582,8 @@ impl Shared {
         )
     }
 
-    /// Read a response stream of the requests `ids` until it ends or all are answered.
+    /// Read a response stream of the requests `ids` until it ends or all are answered (the
+    /// session's own stream, with no `ids`, until it ends).
     async fn read_stream(
         &self,
         mut resp: reqwest::Response,
@@ -600,6 +603,7 @@ impl Shared {
                 }
             };
             for item in reader.feed(&chunk) {
+                state.items += 1;
                 match item {
                     sse::Item::Event(e) => {
                         state.note(&e);
@@ -619,6 +623,7 @@ impl Shared {
             }
         }
         if let Some(e) = reader.finish() {
+            state.items += 1;
             state.note(&e);
             state.answered += self.deliver(e.data, via.clone(), initialize).await;
         }
@@ -802,35 +807,16 @@ impl Shared {
                     _ = s.stop.cancelled() => return,
                 };
                 match resp {
-                    Ok(mut r) if r.status().is_success() => {
+                    Ok(r) if r.status().is_success() => {
                         failures = 0;
-                        let mut reader = sse::Reader::new(s.max_message);
-                        let mut seen = resuming.clone();
-                        let mut delivered = false;
-                        loop {
-                            let chunk = tokio::select! {
-                                c = r.chunk() => c,
-                                _ = s.stop.cancelled() => return,
-                            };
-                            let Ok(Some(chunk)) = chunk else { break };
-                            for item in reader.feed(&chunk) {
-                                delivered = true;
-                                match item {
-                                    sse::Item::Event(e) => {
-                                        if e.id.is_some() {
-                                            seen = e.id.clone();
-                                        }
-                                        s.deliver(e.data, None, false).await;
-                                    }
-                                    sse::Item::TooLong(t) => {
-                                        s.event_too_long(t).await;
-                                    }
-                                }
-                            }
+                        let mut stream = StreamState { last_id: resuming.clone(), ..Default::default() };
+                        tokio::select! {
+                            _ = s.read_stream(r, &[], &None, false, &mut stream) => {}
+                            _ = s.stop.cancelled() => return,
                         }
                         // A resumption that brought nothing may be one the server could not
                         // serve (rmcp answers it with an empty stream): the next starts afresh.
-                        last = if delivered { seen.map(|id| (session.clone(), id)) } else { None };
+                        last = if stream.items > 0 { stream.last_id.map(|id| (session.clone(), id)) } else { None };
                     }
                     Ok(r) if r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => return,
                     Ok(_) | Err(_) => failures += 1,

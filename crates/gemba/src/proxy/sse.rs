@@ -46,15 +46,12 @@ impl TooLong {
     /// What the ends of its `data` show of the message (kind, id, method).
     pub fn glimpse(&self) -> Glimpse {
         let head = String::from_utf8_lossy(&self.0.head);
-        let data = head
-            .split_inclusive('\n')
-            .scan(0, |at, line| {
-                let start = *at;
-                *at += line.len();
-                Some((start, line))
-            })
-            .find_map(|(start, line)| line.starts_with("data:").then_some(start + 5))
-            .map_or("", |at| head[at..].strip_prefix(' ').unwrap_or(&head[at..]));
+        // The first `data:` field: at the start, or after a newline.
+        let at = if head.starts_with("data:") { Some(0) } else { head.find("\ndata:").map(|i| i + 1) };
+        let data = at.map_or("", |at| {
+            let value = &head[at + "data:".len()..];
+            value.strip_prefix(' ').unwrap_or(value)
+        });
         let tail = String::from_utf8_lossy(&self.0.tail);
         let tail = tail.rsplit_once("\ndata:").map_or(&*tail, |(_, t)| t.strip_prefix(' ').unwrap_or(t));
         message::glimpse(data, tail.trim_end())

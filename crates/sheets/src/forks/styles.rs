@@ -333,6 +333,61 @@ fn escape(s: &str) -> String {
     super::xstring::escape_attr(s).into_owned()
 }
 
+/// styles.xml with its elements in the default namespace: some writers (Java's JAXB, for one)
+/// put SpreadsheetML under a prefix (`<ns2:styleSheet xmlns:ns2="…">`), and the entries a save
+/// adds are written unprefixed. Every element in the root's prefix loses it, and the root
+/// declares that namespace as the default; anything else is left byte for byte.
+fn unprefix_root_namespace(xml: &str) -> std::result::Result<std::borrow::Cow<'_, str>, String> {
+    let mut reader = Reader::from_str(xml);
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let mut prefix: Option<String> = None;
+    loop {
+        let start = reader.buffer_position() as usize;
+        let ev = reader.read_event().map_err(|e| e.to_string())?;
+        let (name, name_at) = match &ev {
+            Event::Start(e) | Event::Empty(e) => (e.name(), start + 1),
+            Event::End(e) => (e.name(), start + 2),
+            Event::Eof => break,
+            _ => continue,
+        };
+        let Some(p) = &prefix else {
+            // The root element decides.
+            let Some(p) = name.prefix() else { return Ok(xml.into()) };
+            let p = p.as_ref().to_string();
+            let (Event::Start(root) | Event::Empty(root)) = &ev else { return Ok(xml.into()) };
+            let declared = format!("xmlns:{p}");
+            let mut uri = None;
+            for a in root.attributes().flatten() {
+                if a.key.as_ref() == "xmlns" {
+                    return Err("styles.xml puts its root under a prefix and declares another default namespace; \
+                                this file's styles cannot be extended"
+                        .into());
+                }
+                if a.key.as_ref() == declared {
+                    // As written (already escaped for an attribute).
+                    uri = Some(a.value.to_string());
+                }
+            }
+            let Some(uri) = uri else {
+                return Err(format!("styles.xml does not declare its root's prefix ({declared})"));
+            };
+            let tag_end = reader.buffer_position() as usize - if matches!(ev, Event::Empty(_)) { 2 } else { 1 };
+            edits.push((name_at, name_at + p.len() + 1, String::new()));
+            edits.push((tag_end, tag_end, format!(" xmlns=\"{uri}\"")));
+            prefix = Some(p);
+            continue;
+        };
+        if name.prefix().is_some_and(|q| q.as_ref() == p.as_str()) {
+            edits.push((name_at, name_at + p.len() + 1, String::new()));
+        }
+    }
+    let mut out = xml.to_string();
+    for (a, b, text) in edits.into_iter().rev() {
+        out.replace_range(a..b, &text);
+    }
+    Ok(out.into())
+}
+
 /// New styles.xml with a cell format for each (base xf, spec) pair; returns the new xf index
 /// of each pair, in order.
 pub fn add_formats(xml: &str, wanted: &[(u32, StyleSpec)]) -> std::result::Result<(String, Vec<u32>), String> {
@@ -341,6 +396,8 @@ pub fn add_formats(xml: &str, wanted: &[(u32, StyleSpec)]) -> std::result::Resul
         let (out, ids) = add_formats(body, wanted)?;
         return Ok((format!("\u{feff}{out}"), ids));
     }
+    let unprefixed = unprefix_root_namespace(xml)?;
+    let xml: &str = &unprefixed;
     let st = scan(xml)?;
     let child = |s: &Section, i: usize| s.children.get(i).map(|&(a, b)| &st.xml[a..b]);
     let (mut new_fmts, mut new_fonts, mut new_fills, mut new_borders, mut new_xfs) =
@@ -552,6 +609,49 @@ mod tests {
         assert!(xml.contains(r#"<xf numFmtId="164" fontId="1" fillId="2" borderId="1" xfId="0" applyNumberFormat="1" applyFont="1" applyFill="1" applyBorder="1" applyAlignment="1"><alignment horizontal="left" wrapText="1"/></xf></cellXfs>"#), "{xml}");
         // The original entries are untouched.
         assert!(xml.contains(r#"<xf numFmtId="14" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"><alignment horizontal="left"/></xf>"#));
+    }
+
+    #[test]
+    fn a_prefixed_stylesheet_is_extended_in_the_default_namespace() {
+        // As JAXB writes it (PhpSpreadsheet's issue 3720 file): SpreadsheetML under `ns2:`.
+        let prefixed = STYLES
+            .replace("<styleSheet>", r#"<ns2:styleSheet xmlns:ns2="urn:main" xmlns:x="urn:x">"#)
+            .replace("</styleSheet>", "<x:ext/></ns2:styleSheet>");
+        let prefixed = regex_free_prefix(&prefixed);
+        let xml = format!(r#"<?xml version="1.0" standalone="yes"?>{prefixed}"#);
+        let spec = StyleSpec { font: Some(FontSpec { bold: Some(true), ..Default::default() }), ..Default::default() };
+        let (out, ids) = add_formats(&xml, &[(1, spec)]).unwrap();
+        assert_eq!(ids, vec![2]);
+        assert!(out.starts_with(r#"<?xml version="1.0" standalone="yes"?><styleSheet xmlns:ns2="urn:main" xmlns:x="urn:x" xmlns="urn:main"><fonts count="2">"#), "{out}");
+        assert!(
+            out.contains(r#"<cellXfs count="3">"#) && out.contains("<b/>") && out.ends_with("<x:ext/></styleSheet>"),
+            "{out}"
+        );
+        assert!(!out.contains("ns2:fo") && !out.contains("</ns2:"), "{out}");
+        // Well formed: every element closes in order.
+        let mut r = Reader::from_str(&out);
+        r.config_mut().check_end_names = true;
+        while !matches!(r.read_event().unwrap(), Event::Eof) {}
+    }
+
+    /// The test stylesheet with every SpreadsheetML element moved under `ns2:`.
+    fn regex_free_prefix(xml: &str) -> String {
+        let mut out = String::new();
+        let mut rest = xml;
+        while let Some(i) = rest.find('<') {
+            out.push_str(&rest[..=i]);
+            rest = &rest[i + 1..];
+            let close = rest.starts_with('/');
+            if close {
+                out.push('/');
+                rest = &rest[1..];
+            }
+            if !rest.starts_with("ns2:") && !rest.starts_with("x:") {
+                out.push_str("ns2:");
+            }
+        }
+        out.push_str(rest);
+        out
     }
 
     #[test]

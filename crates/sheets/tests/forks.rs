@@ -322,3 +322,38 @@ fn style_batch_adds_formats_and_saves_them() {
     let id = saved.workbook_id.unwrap();
     assert_eq!(cell(&e, &id, "Inputs", "B1"), "0.07");
 }
+
+#[test]
+fn a_change_staged_before_rows_moved_is_refused_not_applied_to_other_cells() {
+    use sheets::tools::restructure::{StructureBatchParams, structure_batch};
+    let (ws, state) = workspace("staged-layout");
+    let e = engine(&ws, &state, false);
+    let b = Budget::unlimited();
+    let fork = create_fork(&e, CreateForkParams { workbook_id: model_id(&e), label: None }, &b).unwrap().fork_id;
+    let b1 = cell(&e, &fork, "Inputs", "B1");
+    let b3 = cell(&e, &fork, "Inputs", "B3");
+    let staged = edit_batch(&e, edits(&fork, "Inputs", &["B3=999"], Mode::Preview), &b).unwrap().change_id.unwrap();
+    let kept = edit_batch(&e, edits(&fork, "Inputs", &["B1=0.5"], Mode::Preview), &b).unwrap().change_id.unwrap();
+    let insert: StructureBatchParams = serde_json::from_value(serde_json::json!({
+        "fork_id": fork, "ops": [{"op": "insert_rows", "sheet_name": "Inputs", "at": 2, "count": 3}]
+    }))
+    .unwrap();
+    structure_batch(&e, insert, &b).unwrap();
+    // B3's old value is now in B6, and the refused change wrote nowhere.
+    let err = apply_staged_change(&e, StagedChangeParams { fork_id: fork.clone(), change_id: staged.clone() }, &b)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("staged before rows") && err.contains("preview the change again"), "{err}");
+    assert_eq!(cell(&e, &fork, "Inputs", "B6"), b3);
+    assert_eq!(cell(&e, &fork, "Inputs", "B1"), b1);
+    // Still staged: it can be discarded, and so can the other one.
+    discard_staged_change(&e, StagedChangeParams { fork_id: fork.clone(), change_id: staged }, &b).unwrap();
+    let err = apply_staged_change(&e, StagedChangeParams { fork_id: fork.clone(), change_id: kept.clone() }, &b)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("staged before rows"), "{err}");
+    // Staged after the move: applies where it says.
+    let fresh = edit_batch(&e, edits(&fork, "Inputs", &["B6=999"], Mode::Preview), &b).unwrap().change_id.unwrap();
+    apply_staged_change(&e, StagedChangeParams { fork_id: fork.clone(), change_id: fresh }, &b).unwrap();
+    assert_eq!(cell(&e, &fork, "Inputs", "B6"), "999");
+}

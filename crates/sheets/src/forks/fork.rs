@@ -67,6 +67,8 @@ pub struct Fork {
 #[derive(Clone)]
 pub struct Snapshot {
     pub(super) id: String,
+    /// The id of the workbook the fork was made from.
+    pub(super) workbook_id: String,
     pub(super) epoch: u32,
     pub(super) stale: bool,
     pub(super) base: Arc<Workbook>,
@@ -191,6 +193,7 @@ impl Fork {
             styles,
             structure,
             created_unix: super::persist::now_unix(),
+            layout: Some(self.meta.layout),
         });
         if let Err(e) = self.save_meta() {
             // Not staged unless it is on disk.
@@ -388,6 +391,7 @@ impl Fork {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             id: self.meta.id.clone(),
+            workbook_id: self.meta.workbook_id.clone(),
             epoch: self.meta.epoch,
             stale: self.stale,
             base: self.base.clone(),

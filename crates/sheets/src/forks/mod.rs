@@ -283,6 +283,7 @@ impl ForkStore {
                 seq: 0,
                 epoch: 0,
                 structure: Vec::new(),
+                layout: 0,
             };
             dir.save_meta(&meta)?;
             Fork::new(meta, ForkDir::new(&self.cfg.dir, &id), original, Vec::new(), Vec::new())
@@ -479,6 +480,7 @@ impl ForkStore {
         let epoch = f.meta.epoch;
         let mut meta = f.meta.clone();
         meta.epoch = epoch + 1;
+        meta.layout += 1;
         meta.structure.extend(ops.iter().map(|op| persist::StructRecord { epoch: epoch + 1, op: op.clone() }));
         let dir = ForkDir::new(&self.cfg.dir, &meta.id).at_epoch(meta.epoch);
         // The new epoch's files first, then the fork's description: the commit point.
@@ -524,6 +526,7 @@ impl ForkStore {
         let mut meta = f.meta.clone();
         let from = meta.epoch;
         meta.epoch = cp.epoch;
+        meta.layout += 1;
         meta.structure.retain(|r| r.epoch <= cp.epoch);
         let base = open_base(&meta, &dir, limits, cache_stats)?;
         dir.rewrite_ops(&ops, &styles)?;

@@ -98,6 +98,9 @@ pub struct Staged {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub structure: Vec<super::structure::StructOp>,
     pub created_unix: u64,
+    /// The fork's `layout` when the change was staged (absent in forks staged before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<u64>,
 }
 
 /// The source file's identity, as stored.
@@ -143,6 +146,10 @@ pub struct ForkMeta {
     pub epoch: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub structure: Vec<StructRecord>,
+    /// Counts every change of where cells are (a structural edit, a rewind to another epoch):
+    /// a change staged under another layout would land on other cells.
+    #[serde(default)]
+    pub layout: u64,
 }
 
 pub fn now_unix() -> u64 {
@@ -611,6 +618,7 @@ mod tests {
             seq: 0,
             epoch,
             structure: Vec::new(),
+            layout: 0,
         }
     }
 

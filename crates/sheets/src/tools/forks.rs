@@ -429,7 +429,7 @@ pub struct StagedChangeOutput {
     pub applied: bool,
 }
 
-fn take_staged(f: &mut crate::forks::fork::Fork, change_id: &str) -> Result<persist::Staged> {
+fn take_staged(f: &mut crate::forks::fork::Fork, change_id: &str, to_apply: bool) -> Result<persist::Staged> {
     let id = change_id.trim();
     let Some(pos) = f.meta.staged.iter().position(|s| s.id == id) else {
         let ids: Vec<String> = f.meta.staged.iter().map(|s| s.id.clone()).collect();
@@ -441,13 +441,24 @@ fn take_staged(f: &mut crate::forks::fork::Fork, change_id: &str) -> Result<pers
             ),
         ));
     };
+    let staged = &f.meta.staged[pos];
+    if to_apply && staged.layout.is_some_and(|l| l != f.meta.layout) {
+        return Err(SheetsError::invalid(
+            "change_id",
+            format!(
+                "change '{id}' was staged before rows, columns or sheets of this fork moved (a structure_batch or a \
+                 restore_checkpoint since); its cell addresses no longer name the cells its preview showed. \
+                 Discard it (discard_staged_change) and preview the change again"
+            ),
+        ));
+    }
     Ok(f.meta.staged.remove(pos))
 }
 
 pub fn apply_staged_change(engine: &Engine, p: StagedChangeParams, budget: &Budget) -> Result<StagedChangeOutput> {
     let handle = engine.forks.get(&p.fork_id)?;
     let mut f = handle.lock();
-    let staged = take_staged(&mut f, &p.change_id)?;
+    let staged = take_staged(&mut f, &p.change_id, true)?;
     if !staged.structure.is_empty() {
         // A structural change rebases the fork: its staging entry goes first, then the edits.
         f.save_meta()?;
@@ -479,7 +490,7 @@ pub fn apply_staged_change(engine: &Engine, p: StagedChangeParams, budget: &Budg
 pub fn discard_staged_change(engine: &Engine, p: StagedChangeParams, _: &Budget) -> Result<StagedChangeOutput> {
     let handle = engine.forks.get(&p.fork_id)?;
     let mut f = handle.lock();
-    let staged = take_staged(&mut f, &p.change_id)?;
+    let staged = take_staged(&mut f, &p.change_id, false)?;
     f.save_meta()?;
     Ok(StagedChangeOutput { change_id: staged.id, cells: 0, applied: false })
 }

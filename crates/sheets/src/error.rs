@@ -58,6 +58,14 @@ pub enum SheetsError {
     #[error("the call took longer than its {}ms budget and was stopped; narrow it (a sheet_name, a range, a smaller limit) and call again", .budget.as_millis())]
     Timeout { budget: Duration },
 
+    /// The in-process engine ran past the call's budget. It cannot be interrupted, so it runs
+    /// on; the advice differs from a read's.
+    #[error(
+        "the in-process recalculation took longer than the call's {}ms budget; the engine cannot be stopped, so it finishes in the background and this workbook's next in-process recalculation is refused until it has. Recalculate with backend=\"libreoffice\" (stopped at its own timeout), or save_fork with recalculate=false to save without new values",
+        .budget.as_millis()
+    )]
+    RecalcTimeout { budget: Duration },
+
     #[error("the call was cancelled")]
     Cancelled,
 
@@ -81,7 +89,7 @@ impl SheetsError {
             | Self::UnknownRegion { .. }
             | Self::UnknownTable { .. }
             | Self::InvalidArgument { .. } => ErrorClass::User,
-            Self::Timeout { .. } | Self::Cancelled => ErrorClass::Timeout,
+            Self::Timeout { .. } | Self::RecalcTimeout { .. } | Self::Cancelled => ErrorClass::Timeout,
             Self::Encrypted { .. }
             | Self::Unsupported { .. }
             | Self::Unreadable { .. }

@@ -82,7 +82,7 @@ pub fn error_kind(e: &SheetsError) -> &'static str {
         SheetsError::Unreadable { .. } => "unreadable",
         SheetsError::ChangedOnDisk { .. } => "changed_on_disk",
         SheetsError::LimitExceeded { .. } => "limit_exceeded",
-        SheetsError::Timeout { .. } => "timeout",
+        SheetsError::Timeout { .. } | SheetsError::RecalcTimeout { .. } => "timeout",
         SheetsError::Cancelled => "cancelled",
         SheetsError::Workspace(_) => "workspace",
         SheetsError::Internal(_) => "internal",

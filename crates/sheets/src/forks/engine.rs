@@ -16,12 +16,70 @@ use crate::error::{Result, SheetsError};
 static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 const MAX_RUNNING: usize = 4;
 
-/// A place among the running in-process recalculations, given back when dropped.
-pub struct EngineSlot;
+/// Workbooks (by the id of the original a fork was made from) with a run whose caller gave up,
+/// and how many: another run of the same workbook would only take a second slot and run past
+/// its deadline too, so it is refused until they end. One slow workbook cannot take every slot.
+static ABANDONED: std::sync::Mutex<Vec<(String, usize, std::time::Instant)>> = std::sync::Mutex::new(Vec::new());
+
+fn abandoned() -> std::sync::MutexGuard<'static, Vec<(String, usize, std::time::Instant)>> {
+    ABANDONED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A place among the running in-process recalculations, given back when dropped (by the
+/// thread that runs the engine).
+pub struct EngineSlot {
+    workbook: String,
+    state: std::sync::Arc<SlotState>,
+}
+
+/// Whether the run ended and whether its caller gave up, both changed only under `ABANDONED`'s
+/// lock, so a run that ends as its caller gives up is counted exactly once or not at all.
+#[derive(Default)]
+pub struct SlotState {
+    ended: std::sync::atomic::AtomicBool,
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
+/// The caller's side of a slot: lets it give the run up.
+pub struct SlotWatch {
+    workbook: String,
+    state: std::sync::Arc<SlotState>,
+}
+
+impl SlotWatch {
+    /// The caller gave up on this run (deadline, cancel, discard): it runs on, and its
+    /// workbook's next runs are refused until it ends.
+    pub fn abandon(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut list = abandoned();
+        if self.state.ended.load(Relaxed) || self.state.abandoned.swap(true, Relaxed) {
+            return;
+        }
+        match list.iter_mut().find(|(w, _, _)| *w == self.workbook) {
+            Some(e) => e.1 += 1,
+            None => list.push((self.workbook.clone(), 1, std::time::Instant::now())),
+        }
+    }
+}
 
 impl EngineSlot {
-    pub fn take(id: &str) -> Result<Self> {
+    /// `id` names the fork in errors; `workbook` is the original it was made from.
+    pub fn take(id: &str, workbook: &str) -> Result<Self> {
         use std::sync::atomic::Ordering;
+        if let Some((_, n, since)) = abandoned().iter().find(|(w, _, _)| w == workbook) {
+            return Err(SheetsError::Unsupported {
+                workbook_id: id.to_string(),
+                reason: format!(
+                    "{} in-process recalculation{} of this workbook ran past {} deadline and {} still running ({} s so far; the engine cannot be stopped); use backend=\"libreoffice\", or try again when {} ended",
+                    n,
+                    if *n == 1 { "" } else { "s" },
+                    if *n == 1 { "its" } else { "their" },
+                    if *n == 1 { "is" } else { "are" },
+                    since.elapsed().as_secs(),
+                    if *n == 1 { "it has" } else { "they have" },
+                ),
+            });
+        }
         let n = RUNNING.fetch_add(1, Ordering::AcqRel);
         if n >= MAX_RUNNING {
             RUNNING.fetch_sub(1, Ordering::AcqRel);
@@ -32,7 +90,11 @@ impl EngineSlot {
                 ),
             });
         }
-        Ok(EngineSlot)
+        Ok(EngineSlot { workbook: workbook.to_string(), state: Default::default() })
+    }
+
+    pub fn watch(&self) -> SlotWatch {
+        SlotWatch { workbook: self.workbook.clone(), state: self.state.clone() }
     }
 
     pub fn running() -> usize {
@@ -42,9 +104,21 @@ impl EngineSlot {
 
 impl Drop for EngineSlot {
     fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
         RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let mut list = abandoned();
+        self.state.ended.store(true, Relaxed);
+        if self.state.abandoned.load(Relaxed)
+            && let Some(i) = list.iter().position(|(w, _, _)| *w == self.workbook)
+        {
+            list[i].1 -= 1;
+            if list[i].1 == 0 {
+                list.swap_remove(i);
+            }
+        }
     }
 }
+
 pub struct IronSession {
     model: Model<'static>,
     /// Our sheet index → the model's sheet index.
@@ -205,5 +279,32 @@ fn convert(v: &FormulaValue) -> (Scalar, Option<Issue>) {
             };
             (Scalar::Error(text), issue)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineSlot;
+
+    #[test]
+    fn a_run_given_up_on_holds_back_its_workbook_only_until_it_ends() {
+        let slot = EngineSlot::take("fork-1", "wb-slow").unwrap();
+        let watch = slot.watch();
+        // Running, not given up: another fork of the same workbook may run beside it.
+        drop(EngineSlot::take("fork-2", "wb-slow").unwrap());
+        watch.abandon();
+        watch.abandon();
+        let err = EngineSlot::take("fork-2", "wb-slow").err().unwrap().to_string();
+        assert!(err.contains("1 in-process recalculation of this workbook ran past its deadline"), "{err}");
+        assert!(err.contains("libreoffice"), "{err}");
+        drop(EngineSlot::take("fork-3", "wb-other").unwrap());
+        drop(slot);
+        drop(EngineSlot::take("fork-2", "wb-slow").unwrap());
+        // Given up on after it ended: nothing is held back.
+        let slot = EngineSlot::take("fork-1", "wb-slow").unwrap();
+        let watch = slot.watch();
+        drop(slot);
+        watch.abandon();
+        drop(EngineSlot::take("fork-2", "wb-slow").unwrap());
     }
 }

@@ -135,7 +135,8 @@ impl RecalcJob {
         // Load and evaluate on a thread of its own: the engine cannot be interrupted (a load
         // can take minutes on some files), so a caller past its budget, cancelled, or whose
         // fork was discarded returns at once and the thread's work is dropped when it ends.
-        let guard = EngineSlot::take(&id)?;
+        let guard = EngineSlot::take(&id, &snap.workbook_id)?;
+        let watch = guard.watch();
         type Outcome =
             std::result::Result<(IronSession, std::result::Result<Vec<Computed>, String>, Duration, Duration), Refusal>;
         let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
@@ -177,7 +178,17 @@ impl RecalcJob {
         let outcome = loop {
             match rx.recv_timeout(POLL) {
                 Ok(o) => break o,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => budget.check()?,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = budget.check() {
+                        // The thread runs on: its workbook's next runs wait for it.
+                        watch.abandon();
+                        return Err(match e {
+                            SheetsError::Timeout { budget } => SheetsError::RecalcTimeout { budget },
+                            e => e,
+                        }
+                        .into());
+                    }
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(SheetsError::Internal("the recalculation thread ended without a result".into()).into());
                 }

@@ -166,11 +166,11 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) -> Resu
     eprintln!("gemba: admin on http://{local}");
     eprintln!("gemba: dashboard on http://{local}/ (open it in a browser)");
     let dashboard_streams = admin.dashboard.shutdown.clone();
-    axum::serve(listener, router(admin))
-        .with_graceful_shutdown(async move {
-            crate::shutdown_signal().await;
-            dashboard_streams.cancel();
-        })
-        .await
-        .context("admin HTTP server failed")
+    let bounds = crate::listen::Bounds::new(crate::listen::ADMIN_MAX_CONNECTIONS);
+    crate::listen::serve(listener, router(admin), bounds, "the admin listener", async move {
+        crate::shutdown_signal().await;
+        dashboard_streams.cancel();
+    })
+    .await
+    .context("admin HTTP server failed")
 }

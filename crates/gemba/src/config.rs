@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "GEMBA_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most HTTP connections open at once; more wait until one closes [default: 1024].
+    #[arg(long, env = "GEMBA_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
     /// Workbook cache bound, in MiB.
     #[arg(long, env = "GEMBA_CACHE_MB")]
     pub cache_mb: Option<usize>,
@@ -178,6 +181,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: Option<usize>,
+    pub max_connections: Option<u32>,
     pub cache_mb: Option<usize>,
     pub timeout_ms: Option<u64>,
     pub max_file_mb: Option<u64>,
@@ -214,6 +218,7 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
+    pub max_connections: usize,
     pub cache_bytes: usize,
     /// One timeout for every tool, overriding the SLO tiers' (from --timeout-ms).
     pub timeout_ms: Option<u64>,
@@ -258,6 +263,20 @@ impl ServeArgs {
         let workspace = self.workspace.or(file.workspace).context(
             "no workspace: pass --workspace DIR (or set GEMBA_WORKSPACE, or `workspace` in the config file)",
         )?;
+        // Checked before anything is written under it (the state directory would create it):
+        // a mistyped path must not start a server with an empty workspace.
+        match std::fs::metadata(&workspace) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!(
+                "workspace '{}' is not a directory; pass the directory that holds the workbooks",
+                workspace.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "workspace '{}' does not exist; pass an existing directory of workbooks with --workspace (Gemba does not create it)",
+                workspace.display()
+            ),
+            Err(e) => bail!("workspace '{}' cannot be opened ({e})", workspace.display()),
+        }
         let mut allowed_hosts = file.allowed_hosts;
         allowed_hosts.extend(self.allowed_hosts);
         let mut allowed_origins = file.allowed_origins;
@@ -311,6 +330,10 @@ impl ServeArgs {
             allowed_hosts,
             allowed_origins,
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .map_or(crate::listen::DEFAULT_MAX_CONNECTIONS, |n| n.max(1) as usize),
             cache_bytes: self.cache_mb.or(file.cache_mb).unwrap_or(DEFAULT_CACHE_MB) * 1024 * 1024,
             timeout_ms: self.timeout_ms.or(file.timeout_ms),
             load_timeout_ms: self.load_timeout_ms.or(file.load_timeout_ms).unwrap_or(60_000),

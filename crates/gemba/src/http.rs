@@ -9,7 +9,6 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -134,26 +133,18 @@ pub async fn serve(server: Measured<GembaServer>, cfg: &ServeConfig) -> Result<(
     let addr = cfg.http.context("no HTTP address")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    // An answer is written in several small pieces (headers, event-stream frames, the last
-    // chunk): with Nagle's algorithm on, a kept-alive connection can hold the last piece until
-    // the client's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
-        }
-    });
     let ct = CancellationToken::new();
     let app = router(server, cfg, ct.clone());
     tracing::info!("gemba listening on http://{local}/mcp (workspace {})", cfg.workspace.display());
     // A line on stderr that scripts can wait for, with the real port (for --http 127.0.0.1:0).
     eprintln!("gemba: listening on http://{local}/mcp");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            crate::shutdown_signal().await;
-            ct.cancel();
-        })
-        .await
-        .context("HTTP server failed")
+    let bounds = crate::listen::Bounds::new(cfg.max_connections);
+    crate::listen::serve(listener, app, bounds, "MCP over HTTP", async move {
+        crate::shutdown_signal().await;
+        ct.cancel();
+    })
+    .await
+    .context("HTTP server failed")
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod faults;
 mod http;
 mod incidents;
 mod inline;
+mod listen;
 mod loadtest;
 mod measure;
 mod operational;

@@ -383,8 +383,8 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<()> {
     let names: Vec<&str> = proxy.upstreams.iter().map(|d| d.label.as_str()).collect();
     tracing::info!("gemba proxy listening on http://{local}/mcp (upstream {})", names.join(", "));
     eprintln!("gemba: listening on http://{local}/mcp");
-    axum::serve(listener, router(proxy))
-        .with_graceful_shutdown(crate::shutdown_signal())
+    let bounds = crate::listen::Bounds::new(proxy.cfg.max_connections);
+    crate::listen::serve(listener, router(proxy), bounds, "the proxy's MCP over HTTP", crate::shutdown_signal())
         .await
         .context("HTTP server failed")
 }

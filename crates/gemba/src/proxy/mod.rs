@@ -102,6 +102,9 @@ pub struct ProxyArgs {
     /// Largest HTTP request body, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most HTTP connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = crate::listen::DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Largest message either way, in MiB.
     #[arg(long, default_value_t = 32)]
     pub max_message_mb: usize,
@@ -149,6 +152,7 @@ pub struct ProxyConfig {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
+    pub max_connections: usize,
     pub max_message_bytes: usize,
     pub max_sessions: usize,
     pub session_idle: Duration,
@@ -448,6 +452,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         allowed_hosts: args.allowed_hosts.clone(),
         allowed_origins: args.allowed_origins.clone(),
         max_body_bytes: args.max_body_bytes,
+        max_connections: args.max_connections as usize,
         max_message_bytes: args.max_message_mb.max(1) << 20,
         max_sessions: args.max_sessions.max(1),
         session_idle: Duration::from_secs(args.session_idle_secs.max(1)),

@@ -86,6 +86,14 @@ pub fn run(args: StatsArgs) -> Result<()> {
         outln!("(no requests in the last {})", args.since);
         return Ok(());
     }
+    let cancelled: Vec<String> =
+        stats.iter().filter(|s| s.cancelled > 0).map(|s| format!("{} {}", s.tool, s.cancelled)).collect();
+    if !cancelled.is_empty() {
+        outln!(
+            "cancelled by their clients (in the count; not errors, not in the percentiles): {}",
+            cancelled.join(", ")
+        );
+    }
     outln!();
     outln!("where the time goes (value stream; share of total request time):");
     for s in stats.iter().filter(|s| !s.stages.is_empty()) {

@@ -459,8 +459,12 @@ pub fn load_runs(path: &Path, since_ms: i64) -> Result<Vec<Run>, StoreError> {
 pub struct ToolStats {
     pub tool: String,
     pub count: u64,
+    /// Failed calls: calls the client cancelled are not counted (see `cancelled`).
     pub errors: u64,
+    /// Errors over the calls not cancelled.
     pub error_rate: f64,
+    /// Calls the client withdrew: in `count`, not in `errors` nor in the percentiles.
+    pub cancelled: u64,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -473,6 +477,7 @@ pub struct ToolStats {
 
 #[derive(Default)]
 struct Acc {
+    cancelled: u64,
     queue: i64,
     stages: std::collections::BTreeMap<String, i64>,
 }
@@ -490,18 +495,23 @@ pub fn tool_stats(path: &Path, since_ms: i64, tool: Option<&str>) -> Result<Vec<
     let mut cur: Option<(String, Vec<i64>, u64, Acc)> = None;
     let flush = |cur: Option<(String, Vec<i64>, u64, Acc)>, out: &mut Vec<ToolStats>| {
         if let Some((tool, d, errors, acc)) = cur {
+            let cancelled = acc.cancelled;
             let total: i64 = d.iter().sum::<i64>().max(1);
             let mut stages: Vec<(String, f64)> =
                 acc.stages.into_iter().map(|(k, v)| (k, (v as f64 / total as f64 * 1000.0).round() / 1000.0)).collect();
             stages.sort_by(|a, b| b.1.total_cmp(&a.1));
             let q = |p: f64| {
+                if d.is_empty() {
+                    return 0.0;
+                }
                 let i = ((p * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1;
                 d[i] as f64 / 1000.0
             };
             out.push(ToolStats {
-                count: d.len() as u64,
+                count: d.len() as u64 + cancelled,
                 errors,
-                error_rate: errors as f64 / d.len() as f64,
+                error_rate: if d.is_empty() { 0.0 } else { errors as f64 / d.len() as f64 },
+                cancelled,
                 p50_ms: q(0.5),
                 p95_ms: q(0.95),
                 p99_ms: q(0.99),
@@ -524,6 +534,10 @@ pub fn tool_stats(path: &Path, since_ms: i64, tool: Option<&str>) -> Result<Vec<
             cur = Some((t, Vec::new(), 0, Acc::default()));
         }
         if let Some((_, v, e, acc)) = &mut cur {
+            if o == "cancelled" {
+                acc.cancelled += 1;
+                continue;
+            }
             v.push(d);
             *e += u64::from(is_err);
             acc.queue += q;
@@ -578,8 +592,11 @@ mod tests {
                 tx.send(row("read_table", i * 1000, if i % 10 == 0 { "tool_error" } else { "ok" })).unwrap();
             }
             tx.send(row("list_workbooks", 500, "ok")).unwrap();
+            // Withdrawn by their client, one of them slower than any answered call.
+            tx.send(row("read_table", 900_000, "cancelled")).unwrap();
+            tx.send(row("read_table", 2_000, "cancelled")).unwrap();
             for _ in 0..100 {
-                if store.health.rows_written.load(Ordering::Relaxed) == 101 {
+                if store.health.rows_written.load(Ordering::Relaxed) == 103 {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -588,7 +605,7 @@ mod tests {
         }
         let stats = tool_stats(&dir.join("gemba.db"), 0, None).unwrap();
         let rt = stats.iter().find(|s| s.tool == "read_table").unwrap();
-        assert_eq!((rt.count, rt.errors), (100, 10));
+        assert_eq!((rt.count, rt.errors, rt.cancelled, rt.error_rate), (102, 10, 2, 0.1));
         assert_eq!((rt.p50_ms, rt.p95_ms, rt.p99_ms, rt.max_ms), (50.0, 95.0, 99.0, 100.0));
         assert_eq!(rt.stages, vec![("load".to_string(), 0.5), ("extract".to_string(), 0.25)]);
         assert_eq!(rt.queue_share, 0.1);

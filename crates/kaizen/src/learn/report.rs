@@ -220,7 +220,7 @@ pub fn build(db_path: &Path, opts: &ReportOptions) -> Result<Report, LearnError>
         let tool = tool_id(&mut tools, row.tool);
         let key = row.key.and_then(|k| keys.id(k));
         let sig = sigs.observe(row, tool);
-        let ok = row.ok();
+        let ok = !row.failed();
         trend.observe(tool, row.at_ms, row.duration_us, ok);
         stream.observe(tool, row.duration_us, row.queue_us, row.stages_us);
         let key_bytes = row.key_bytes.max(0) as u64;

@@ -34,8 +34,10 @@ pub(crate) struct LogRow<'a> {
 }
 
 impl LogRow<'_> {
-    pub fn ok(&self) -> bool {
-        self.outcome == b"ok"
+    /// The call failed: neither answered nor withdrawn by its client (a cancelled call is no
+    /// error of the server's, as the SLIs already count it).
+    pub fn failed(&self) -> bool {
+        self.outcome != b"ok" && self.outcome != b"cancelled"
     }
 }
 
@@ -356,7 +358,7 @@ pub(crate) fn scan_light(
             at_ms,
             tool: capped(r.get_ref(1)?, 256).unwrap_or(b""),
             duration_us: int(r.get_ref(2)?),
-            ok: bytes(r.get_ref(3)?) == Some(b"ok"),
+            ok: matches!(bytes(r.get_ref(3)?), Some(b"ok" | b"cancelled")),
         });
         n += 1;
     }

@@ -441,9 +441,10 @@ pub(crate) fn key_hash(s: &str) -> u64 {
 }
 
 impl Signatures {
-    /// Count a row if it failed; returns its signature's index.
+    /// Count a row if it failed (a call its client cancelled did not); returns its signature's
+    /// index.
     pub fn observe(&mut self, row: &LogRow<'_>, tool: u16) -> Option<u32> {
-        if row.ok() {
+        if !row.failed() {
             return None;
         }
         let outcome = text(row.outcome);

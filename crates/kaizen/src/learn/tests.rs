@@ -73,6 +73,27 @@ fn the_planted_error_is_the_top_signature_with_its_category() {
     assert!(r.usage.truncation.iter().any(|t| t.tool == "read_table" && t.next_same_tool > 0.5));
 }
 
+#[test]
+fn calls_their_clients_cancelled_are_no_errors() {
+    let db = TempDb::new("cancelled");
+    let spec = SyntheticSpec::day(3, 5_000, UNTIL);
+    let s = generate(&db.0, &spec).unwrap();
+    let conn = Connection::open(&db.0).unwrap();
+    let n = conn
+        .execute(
+            "UPDATE requests SET outcome = 'cancelled', error_class = 'timeout', error_message = 'the call was cancelled' \
+             WHERE rowid IN (SELECT rowid FROM requests WHERE outcome = 'ok' LIMIT 400)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 400);
+    drop(conn);
+    let r = build(&db.0, &day_opts(None)).unwrap();
+    assert_eq!(r.requests, s.rows);
+    assert_eq!(r.errors.total, s.errors);
+    assert!(r.errors.top.iter().all(|t| !t.signature.contains("cancelled")), "{:?}", r.errors.top);
+}
+
 /// A plain byte-bounded LRU over (key, bytes, logged hit) accesses, written the obvious way (a
 /// scan for the least recently used entry) with the embedder's semantics: an entry's size is the
 /// largest logged since it was loaded; a resident entry that grows is a miss when it was logged

@@ -135,6 +135,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid_for_these_knobs() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/experiments.example.toml");
+        let e = crate::experiments::load_engine(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(e.plan().experiments.len(), 3);
+    }
+
+    #[test]
     fn experiments_are_checked_against_these_knobs() {
         let cfg: ExperimentsConfig = toml::from_str(
             "[[experiment]]\nname = \"x\"\nkind = \"flag\"\nknob = \"cache_mode\"\non = \"sometimes\"\nshare = 0.1\n\

@@ -20,19 +20,8 @@ use crate::server::GembaServer;
 const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
 
-fn tokens_match(expected: &[u8], given: &[u8]) -> bool {
-    // Constant time in the token's length: no early exit on the first differing byte.
-    expected.len() == given.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
 async fn require_token(token: Arc<str>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| tokens_match(token.as_bytes(), t.trim().as_bytes()));
-    if ok {
+    if crate::bearer::carries(req.headers(), &token) {
         return next.run(req).await;
     }
     let mut r = (
@@ -145,16 +134,4 @@ pub async fn serve(server: Measured<GembaServer>, cfg: &ServeConfig) -> Result<(
     })
     .await
     .context("HTTP server failed")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tokens_match;
-
-    #[test]
-    fn token_comparison() {
-        assert!(tokens_match(b"secret", b"secret"));
-        assert!(!tokens_match(b"secret", b"secreT"));
-        assert!(!tokens_match(b"secret", b"secret2"));
-    }
 }

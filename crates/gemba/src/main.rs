@@ -7,6 +7,7 @@ mod output;
 mod admin;
 mod admission;
 mod backpressure;
+mod bearer;
 mod bench;
 mod catalog;
 mod config;

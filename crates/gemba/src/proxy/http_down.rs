@@ -81,14 +81,7 @@ fn origin_allowed(headers: &HeaderMap, origins: &[String]) -> bool {
 }
 
 fn token_ok(headers: &HeaderMap, token: &str) -> bool {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    // Constant time in the token's length.
-    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    crate::bearer::carries(headers, token)
 }
 
 fn accepts(headers: &HeaderMap, what: &str) -> bool {

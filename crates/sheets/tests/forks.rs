@@ -357,3 +357,21 @@ fn a_change_staged_before_rows_moved_is_refused_not_applied_to_other_cells() {
     apply_staged_change(&e, StagedChangeParams { fork_id: fork.clone(), change_id: fresh }, &b).unwrap();
     assert_eq!(cell(&e, &fork, "Inputs", "B6"), "999");
 }
+
+#[test]
+fn a_save_into_the_forks_own_directory_or_with_a_control_character_is_refused() {
+    let (ws, _) = workspace("save-into-state");
+    // The default layout: the state directory inside the workspace.
+    let state = ws.join(".gemba");
+    let e = engine(&ws, &state, false);
+    let b = Budget::unlimited();
+    let fork = create_fork(&e, CreateForkParams { workbook_id: model_id(&e), label: None }, &b).unwrap().fork_id;
+    let save = |target: &str| {
+        save_fork(&e, SaveForkParams { fork_id: fork.clone(), target_path: target.into(), recalculate: None }, &b)
+    };
+    let err = save(&format!(".gemba/{fork}/new.xlsx")).unwrap_err().to_string();
+    assert!(err.contains("where Gemba keeps its forks") && err.contains("out/"), "{err}");
+    let err = save("out/a\u{0}b.xlsx").unwrap_err().to_string();
+    assert!(err.contains("control character U+0000"), "{err}");
+    assert_eq!(save("out/fine.xlsx").unwrap().path, "out/fine.xlsx");
+}

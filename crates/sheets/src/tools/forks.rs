@@ -177,6 +177,12 @@ fn check_target(engine: &Engine, source_rel: &str, target: &str) -> Result<(std:
             "is empty; pass a path relative to the workspace, e.g. \"out/model-v2.xlsx\"",
         ));
     }
+    if let Some(c) = target.chars().find(|c| c.is_control()) {
+        return Err(SheetsError::invalid(
+            "target_path",
+            format!("contains the control character U+{:04X}; pass a plain path, e.g. \"out/model-v2.xlsx\"", c as u32),
+        ));
+    }
     let ext = |p: &str| p.rsplit('.').next().map(str::to_ascii_lowercase).unwrap_or_default();
     let want = ext(source_rel);
     if ext(&target) != want {
@@ -192,7 +198,19 @@ fn check_target(engine: &Engine, source_rel: &str, target: &str) -> Result<(std:
             format!("the folder of '{target}' does not exist; save into an existing folder"),
         )
     })?;
-    let _ = parent;
+    // The forks' directory (their bases, logs and checkpoints) may lie inside the workspace
+    // (`.gemba/forks/` by default): a save there could overwrite a fork's own files.
+    let state = engine.forks.cfg.dir.canonicalize().ok();
+    if let (Some(state), Ok(parent)) = (state, parent.canonicalize())
+        && parent.starts_with(&state)
+    {
+        return Err(SheetsError::invalid(
+            "target_path",
+            format!(
+                "'{target}' is inside the directory where Gemba keeps its forks and their checkpoints; save elsewhere in the workspace, e.g. \"out/model-v2.xlsx\""
+            ),
+        ));
+    }
     let original = engine.workspace.root().join(source_rel);
     let is_original = original.canonicalize().ok().zip(path.canonicalize().ok()).is_some_and(|(a, b)| a == b);
     Ok((path, is_original))
@@ -244,7 +262,9 @@ pub fn save_fork(engine: &Engine, p: SaveForkParams, budget: &Budget) -> Result<
     if stale && p.recalculate.unwrap_or(true) {
         match engine.forks.recalculate(&handle, cfg.default_backend, &engine.limits, budget) {
             Ok(r) => recalc = Some(r),
-            Err(e @ (SheetsError::Timeout { .. } | SheetsError::Cancelled)) => return Err(e),
+            Err(e @ (SheetsError::Timeout { .. } | SheetsError::RecalcTimeout { .. } | SheetsError::Cancelled)) => {
+                return Err(e);
+            }
             Err(e) => recalc_error = Some(e.to_string()),
         }
     }

@@ -75,6 +75,9 @@ enum RunError {
     Cancelled,
     /// Not worth retrying (the program is missing).
     Permanent(String),
+    /// LibreOffice ran and said it cannot load this file: the file's problem, not the
+    /// backend's (not retried, and no failure for the breaker).
+    Rejected(String),
 }
 
 pub struct LibreOffice {
@@ -127,7 +130,7 @@ impl LibreOffice {
     }
 
     /// Let a call through, or refuse it at once while the breaker is open.
-    fn admit(&self) -> Result<bool> {
+    fn admit(&self, id: &str) -> Result<bool> {
         let mut b = self.breaker.lock();
         match b.state {
             BreakerState::Closed => Ok(false),
@@ -140,7 +143,7 @@ impl LibreOffice {
                 } else {
                     self.stats.count(&self.stats.rejected_open);
                     Err(SheetsError::Unsupported {
-                        workbook_id: String::new(),
+                        workbook_id: id.to_string(),
                         reason: format!(
                             "LibreOffice recalculation is paused after {} failures in a row (circuit open); it is tried again in {} s — use backend=\"in_process\" meanwhile",
                             b.failures,
@@ -152,7 +155,7 @@ impl LibreOffice {
             BreakerState::HalfOpen if b.trial_running => {
                 self.stats.count(&self.stats.rejected_open);
                 Err(SheetsError::Unsupported {
-                    workbook_id: String::new(),
+                    workbook_id: id.to_string(),
                     reason: "LibreOffice is being tried again after failures (circuit half-open); call again in a few seconds or use backend=\"in_process\"".into(),
                 })
             }
@@ -179,9 +182,10 @@ impl LibreOffice {
         }
     }
 
-    /// Recalculate an xlsx image; returns the recalculated file's bytes.
-    pub fn recalculate(&self, input: &[u8], budget: &Budget) -> Result<Vec<u8>> {
-        self.admit()?;
+    /// Recalculate an xlsx image (of the workbook or fork `id`, for errors); returns the
+    /// recalculated file's bytes.
+    pub fn recalculate(&self, id: &str, input: &[u8], budget: &Budget) -> Result<Vec<u8>> {
+        self.admit(id)?;
         let slot = match self.acquire(budget) {
             Ok(s) => s,
             Err(e) => {
@@ -209,6 +213,9 @@ impl LibreOffice {
                     )));
                 }
                 Err(RunError::Permanent(m)) => break Err(failed(m)),
+                Err(RunError::Rejected(m)) => {
+                    break Err(SheetsError::Unsupported { workbook_id: id.to_string(), reason: m });
+                }
                 Err(RunError::Transient(m)) if attempt < self.cfg.retries => {
                     attempt += 1;
                     self.stats.count(&self.stats.retries);
@@ -223,7 +230,8 @@ impl LibreOffice {
             }
         };
         match &outcome {
-            Ok(_) => self.record(true),
+            // A file LibreOffice ran on and refused shows the backend working.
+            Ok(_) | Err(SheetsError::Unsupported { .. }) => self.record(true),
             Err(SheetsError::Timeout { .. } | SheetsError::Cancelled) => self.breaker.lock().trial_running = false,
             Err(_) => {
                 self.stats.count(&self.stats.failures);
@@ -340,7 +348,17 @@ impl LibreOffice {
         }
         let read = std::fs::read(&out);
         phase(status.code(), read.is_err().then_some("no_output"));
-        read.map_err(|_| RunError::Transient(format!("LibreOffice wrote no output file: {}", tail())))
+        read.map_err(|_| {
+            let said = tail();
+            if said.contains("could not be loaded") {
+                RunError::Rejected(format!(
+                    "LibreOffice cannot open this workbook ({}); recalculate with backend=\"in_process\"",
+                    said.lines().last().unwrap_or("").trim()
+                ))
+            } else {
+                RunError::Transient(format!("LibreOffice wrote no output file: {said}"))
+            }
+        })
     }
 
     /// A profile per slot (LibreOffice locks its profile), set to recalculate on load.
@@ -464,15 +482,15 @@ mod tests {
         let lo = lo(&dir, "sleep 30");
         let budget = Budget::unlimited();
         let t = Instant::now();
-        let e = lo.recalculate(b"x", &budget).unwrap_err().to_string();
+        let e = lo.recalculate("fork-1", b"x", &budget).unwrap_err().to_string();
         assert!(e.contains("killed"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(3), "killed at the timeout, took {:?}", t.elapsed());
         assert_eq!(lo.breaker_state(), BreakerState::Closed);
-        lo.recalculate(b"x", &budget).unwrap_err();
+        lo.recalculate("fork-1", b"x", &budget).unwrap_err();
         assert_eq!(lo.breaker_state(), BreakerState::Open, "two failures open it");
         let t = Instant::now();
-        let e = lo.recalculate(b"x", &budget).unwrap_err().to_string();
-        assert!(e.contains("circuit open"), "{e}");
+        let e = lo.recalculate("fork-1", b"x", &budget).unwrap_err().to_string();
+        assert!(e.contains("circuit open") && e.contains("workbook fork-1 "), "{e}");
         assert!(t.elapsed() < Duration::from_millis(50), "fails fast while open");
         // LibreOffice "works" again: a script that copies its input to the output dir.
         script(
@@ -480,7 +498,7 @@ mod tests {
             r#"for a; do last="$a"; done; out=""; prev=""; for a; do [ "$prev" = "--outdir" ] && out="$a"; prev="$a"; done; cp "$last" "$out/""#,
         );
         std::thread::sleep(Duration::from_millis(350));
-        let bytes = lo.recalculate(b"payload", &budget).unwrap();
+        let bytes = lo.recalculate("fork-1", b"payload", &budget).unwrap();
         assert_eq!(bytes, b"payload");
         assert_eq!(lo.breaker_state(), BreakerState::Closed, "a good trial closes it");
         assert!(lo.stats.breaker_transitions.load(Ordering::Relaxed) >= 3);
@@ -492,9 +510,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gemba-lo-crash-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let lo = lo(&dir, "exit 3");
-        let e = lo.recalculate(b"x", &Budget::unlimited()).unwrap_err().to_string();
+        let e = lo.recalculate("fork-1", b"x", &Budget::unlimited()).unwrap_err().to_string();
         assert!(e.contains("after 2 attempts"), "{e}");
         assert_eq!(lo.stats.retries.load(Ordering::Relaxed), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_libreoffice_cannot_load_is_refused_at_once_and_does_not_open_the_breaker() {
+        let dir = std::env::temp_dir().join(format!("gemba-lo-reject-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // What soffice --convert-to does with a file it cannot read: says so, exits 0, writes nothing.
+        let lo = lo(&dir, "echo 'Error: source file could not be loaded' >&2; exit 0");
+        for _ in 0..3 {
+            let e = lo.recalculate("fork-7", b"x", &Budget::unlimited()).unwrap_err().to_string();
+            assert!(e.contains("workbook fork-7 ") && e.contains("cannot open this workbook"), "{e}");
+            assert!(e.contains("could not be loaded") && e.contains("in_process"), "{e}");
+        }
+        assert_eq!(lo.breaker_state(), BreakerState::Closed, "the file's fault, not the backend's");
+        assert_eq!(lo.stats.retries.load(Ordering::Relaxed), 0, "not retried");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

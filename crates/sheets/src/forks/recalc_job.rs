@@ -212,7 +212,7 @@ impl RecalcJob {
         let snap = &self.snap;
         let t = Instant::now();
         let (input, _) = snap.render(false, budget)?;
-        let out = lo.recalculate(&input, budget)?;
+        let out = lo.recalculate(&snap.id, &input, budget)?;
         let took = t.elapsed().as_secs_f64() * 1e3;
         let opened = crate::load::open(&snap.id, out, limits)?;
         let date1904 = opened.date1904;

@@ -256,3 +256,28 @@ async def test_libreoffice_hang_is_killed_and_breaker_fails_fast(scratch_workspa
             assert subprocess.run(["pgrep", "-f", f"{fake} --headless"], capture_output=True).returncode == 1
             r = await ok(c, "recalculate", {"fork_id": fork})
             assert r["backend"] == "in_process"
+
+
+async def test_a_write_into_the_hidden_cells_of_a_merged_range_is_refused(tmp_path):
+    import openpyxl
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    wb = openpyxl.Workbook()
+    sh = wb.active
+    sh.title = "Sheet1"
+    sh["B2"] = "title"
+    sh["F1"] = 1
+    sh.merge_cells("B2:D6")
+    wb.save(ws / "merged.xlsx")
+    async with stdio(ws) as c:
+        fork = (await ok(c, "create_fork", {"workbook_id": (await ids(c))["merged.xlsx"]}))["fork_id"]
+        msg = await err(c, "edit_batch", {"fork_id": fork, "sheet_name": "Sheet1", "edits": ["F1=2", "C4=hidden"]})
+        assert "Sheet1!C4 is inside the merged range B2:D6" in msg and "write to B2 instead" in msg, msg
+        # Nothing of the refused batch landed; the top-left cell and cells outside take writes.
+        assert (await ok(c, "list_forks", {}))["forks"][0]["cells_edited"] == 0
+        await ok(c, "edit_batch", {"fork_id": fork, "sheet_name": "Sheet1", "edits": ["B2=new title", "F1=2"]})
+        await ok(c, "save_fork", {"fork_id": fork, "target_path": "saved.xlsx"})
+    saved = openpyxl.load_workbook(ws / "saved.xlsx")["Sheet1"]
+    assert (saved["B2"].value, saved["F1"].value) == ("new title", 2)
+    assert [str(r) for r in saved.merged_cells.ranges] == ["B2:D6"]

@@ -148,7 +148,40 @@ pub fn edit_batch(engine: &Engine, p: EditBatchParams, budget: &Budget) -> Resul
         };
         ops.push(Op { s: sheet, r: e.at.row, c: e.at.col, i: e.input });
     }
+    refuse_hidden_cells(engine, &p.fork_id, &ops, budget)?;
     commit(engine, &p.fork_id, ops, p.mode.unwrap_or_default(), "edit_batch", budget)
+}
+
+/// A write to a cell a merged range covers (any but its top-left) would be kept in the file and
+/// never shown: Excel refuses it, openpyxl drops it. Refused here, naming the cell to write.
+fn refuse_hidden_cells(engine: &Engine, fork_id: &str, ops: &[Op], budget: &Budget) -> Result<()> {
+    let handle = engine.forks.get(fork_id)?;
+    let f = handle.lock();
+    let mut sheets: Vec<(&str, std::sync::Arc<Sheet>)> = Vec::new();
+    for op in ops {
+        let sheet = match sheets.iter().find(|(n, _)| *n == op.s) {
+            Some((_, s)) => s.clone(),
+            None => {
+                let s = f.base().sheet_at(f.base().sheet_index(Some(&op.s))?, budget)?;
+                sheets.push((&op.s, s.clone()));
+                s
+            }
+        };
+        if let Some(m) = sheet.merge_at(op.r, op.c)
+            && (m.top, m.left) != (op.r, op.c)
+        {
+            return Err(SheetsError::invalid(
+                "edits",
+                format!(
+                    "{}!{} is inside the merged range {m}, which shows only its top-left cell; write to {} instead",
+                    quote_sheet(&op.s),
+                    a1(CellRef::new(op.r, op.c)),
+                    m.top_left()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

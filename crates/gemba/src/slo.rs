@@ -206,11 +206,24 @@ pub fn load_with(path: Option<&PathBuf>, default: fn() -> SloConfig) -> Result<S
                     .with_context(|| format!("SLO file {}: the [operational] table is not valid", p.display()))?,
                 None => OperationalConfig::default(),
             };
+            let seed = default();
+            // A tier the default has may be given in part (`[tiers.data] p95_ms = 300`): the
+            // figures left out keep the default's.
+            if let Some(toml::Value::Table(tiers)) = table.get_mut("tiers") {
+                for (name, given) in tiers.iter_mut() {
+                    if let (toml::Value::Table(given), Some(base)) = (given, seed.tiers.get(name))
+                        && let Ok(toml::Value::Table(base)) = toml::Value::try_from(base)
+                    {
+                        for (k, v) in base {
+                            given.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
             let mut cfg: SloConfig = toml::Value::Table(table)
                 .try_into()
                 .with_context(|| format!("SLO file {} is not valid", p.display()))?;
             // Tiers not given in the file keep the seed's figures.
-            let seed = default();
             for (k, v) in seed.tiers {
                 cfg.tiers.entry(k).or_insert(v);
             }
@@ -315,5 +328,31 @@ mod tests {
         assert_eq!(cfg.timeout_ms("list_workbooks"), Some(1_000));
         assert_eq!(cfg.timeout_ms("read_table"), Some(5_000));
         assert_eq!(cfg.timeout_ms("scan_volatiles"), Some(60_000));
+    }
+
+    fn from_file(name: &str, text: &str) -> anyhow::Result<super::SloFile> {
+        let path = std::env::temp_dir().join(format!("gemba-slo-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let r = super::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn a_tier_may_be_given_in_part_and_impossible_figures_are_refused() {
+        let cfg = from_file("part", "[tiers.data]\np95_ms = 300.0\n").unwrap().slo;
+        let seed = super::seed();
+        let (given, base) = (&cfg.tiers["data"], &seed.tiers["data"]);
+        assert_eq!((given.p50_ms, given.p95_ms, given.p99_ms), (base.p50_ms, 300.0, base.p99_ms));
+        assert_eq!(given.timeout_ms, base.timeout_ms);
+        for (text, says) in [
+            ("[tiers.data]\np50_ms = -5.0\n", "tier data: p50_ms -5"),
+            ("[tiers.data]\np50_ms = 900.0\np95_ms = 100.0\n", "in order"),
+            ("[tiers.data]\ntimeout_ms = 0\n", "timeout_ms must be above 0"),
+            ("[tools.read_table]\np99_ms = 1.0\n", "tool read_table"),
+        ] {
+            let e = format!("{:#}", from_file("bad", text).err().unwrap());
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 }

@@ -229,8 +229,30 @@ impl SloConfig {
         format!("{}d", self.period_days)
     }
 
-    /// Check the config: every tool's tier exists, objectives are in (0, 1).
+    /// Check the config: every tool's tier exists, objectives are in (0, 1), latency figures
+    /// are positive and in order (p50 ≤ p95 ≤ p99), timeouts above zero.
     pub fn validate(&self) -> Result<(), String> {
+        let figures = |what: &str, t: &Tier| {
+            let ok = [t.p50_ms, t.p95_ms, t.p99_ms].iter().all(|v| v.is_finite() && *v > 0.0);
+            if !(ok && t.p50_ms <= t.p95_ms && t.p95_ms <= t.p99_ms) {
+                return Err(format!(
+                    "{what}: p50_ms {}, p95_ms {}, p99_ms {} must be above 0 and in order (p50 ≤ p95 ≤ p99), e.g. 50, 200, 500",
+                    t.p50_ms, t.p95_ms, t.p99_ms
+                ));
+            }
+            if t.timeout_ms == 0 {
+                return Err(format!("{what}: timeout_ms must be above 0, e.g. 5000"));
+            }
+            Ok(())
+        };
+        for (name, t) in &self.tiers {
+            figures(&format!("tier {name}"), t)?;
+        }
+        for tool in self.tools.keys() {
+            if let Some((_, t, _)) = self.figures(tool) {
+                figures(&format!("tool {tool} (with its tier's figures)"), &t)?;
+            }
+        }
         for (tool, o) in &self.tools {
             if let Some(t) = &o.tier
                 && !self.tiers.contains_key(t)

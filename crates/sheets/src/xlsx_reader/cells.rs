@@ -618,7 +618,11 @@ impl Scan<'_> {
                 if self.shared.len() <= si {
                     self.shared.resize_with(si + 1, || None);
                 }
-                self.shared[si] = Some(SharedFormula { text: text.to_string(), start: (range.top, range.left) });
+                // The master's text is written for its own cell, which need not be the range's
+                // top-left (Excel puts it at the first cell that uses it; POI's 51710 has it two
+                // columns in): members shift from the master. calamine shifts from the top-left.
+                let _ = range;
+                self.shared[si] = Some(SharedFormula { text: text.to_string(), start: pos });
                 Ok(Some(text.into_owned()))
             }
             None => match self.shared.get(si).and_then(Option::as_ref) {

@@ -158,6 +158,27 @@ fn formulas_including_shared_ones_agree() {
 }
 
 #[test]
+fn a_shared_formula_is_shifted_from_its_master_cell_not_its_ranges_top_left() {
+    // As POI's 51710.xlsx has it: the range starts at C60, the master (with the text) is E60.
+    let xml = r#"<sheetData>
+<row r="60"><c r="C60"><v>1</v></c><c r="E60"><f t="shared" ref="C60:M61" si="3">$A60*E$2</f><v>0</v></c><c r="F60"><f t="shared" si="3"/><v>0</v></c></row>
+<row r="61"><c r="D61"><f t="shared" si="3"/><v>0</v></c></row>
+</sheetData>"#;
+    let (a, b) = both(package(&[("S", xml)], &[], false), 0);
+    let a = a.unwrap_or_else(|e| panic!("streaming reader failed: {e:?}"));
+    let at = |r: u32, c: u32| {
+        a.formulas().iter().find(|f| (f.at.row, f.at.col) == (r, c)).map(|f| f.text.to_string()).unwrap_or_default()
+    };
+    assert_eq!(at(59, 4), "$A60*E$2");
+    assert_eq!(at(59, 5), "$A60*F$2");
+    assert_eq!(at(60, 3), "$A61*D$2");
+    // calamine shifts from C60: one of the reasons this reader is compared to it modulo anchors.
+    let b = b.unwrap();
+    let calamine_f60 = b.formulas().iter().find(|f| (f.at.row, f.at.col) == (59, 5)).map(|f| f.text.to_string());
+    assert_eq!(calamine_f60.as_deref(), Some("$A60*H$2"));
+}
+
+#[test]
 fn positions_without_references_merges_and_gaps_agree() {
     agree(
         r#"<sheetData><row><c><v>1</v></c><c><v>2</v></c></row><row r="5" spans="1:3"><c r="B5"><v>3</v></c><c><v>4</v></c></row><row/><row><c r="c7"><v>5</v></c></row></sheetData><mergeCells count="2"><mergeCell ref="A1:B1"/><mergeCell ref="C7"/></mergeCells><pageMargins left="0.7"/>"#,

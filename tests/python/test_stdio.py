@@ -119,6 +119,12 @@ async def test_every_tool_answers_and_validates(workspace, mode):
         b12, c2 = cells["cells"]
         assert b12["formula"] == "=SUM(B4:B9)" and b12["uncalculated"] is True and b12["value"] is None
         assert c2["merged_range"] == "B2:C2" and c2["value"] == "2024"
+        # A cell named with its own sheet is read there; one naming another sheet is refused,
+        # not read on this one.
+        same = await ok(c, "inspect_cells", {"workbook_id": budget, "sheet_name": "Budget", "cells": ["Budget!B12"]})
+        assert same["cells"][0]["formula"] == "=SUM(B4:B9)"
+        msg = await err(c, "inspect_cells", {"workbook_id": sales, "sheet_name": "Sales", "cells": ["Assumptions!B2"]})
+        assert "names sheet 'Assumptions'" in msg and "sheet_name" in msg, msg
 
         fv = await ok(c, "find_value", {"workbook_id": sales, "query": "FX EUR/USD", "mode": "label"})
         assert fv["matches"] == [{"sheet_name": "Assumptions", "cell": "B3", "value": 1.08,

@@ -91,7 +91,19 @@ fn from_region(r: &Region, include_totals: bool) -> Target {
 
 /// Parse a range argument against a sheet, with a clear error.
 pub fn parse_range_arg(sheet: &Sheet, field: &'static str, s: &str) -> Result<Rect> {
-    let (_, r) = split_sheet(s);
+    let (named, r) = split_sheet(s);
+    // A prefix naming another sheet would be read on this one: refused, not dropped.
+    if let Some(named) = named
+        && !named.trim().eq_ignore_ascii_case(sheet.name.trim())
+    {
+        return Err(SheetsError::invalid(
+            field,
+            format!(
+                "'{s}' names sheet '{named}', but this call reads sheet '{}'; pass sheet_name \"{named}\" (a call reads one sheet), or leave the prefix out",
+                sheet.name
+            ),
+        ));
+    }
     parse_range(r, sheet.used).ok_or_else(|| {
         SheetsError::invalid(
             field,

@@ -109,6 +109,12 @@ async def test_every_tool_answers_and_validates(workspace, mode):
         rv = await ok(c, "range_values", {"workbook_id": sales, "sheet_name": "Assumptions",
                                           "ranges": ["A1:B2"], "format": "values"})
         assert rv["ranges"][0]["values"] == [["Tax rate", 0.2], ["Growth", 0.05]]
+        # Ranges reaching past the used cells are cut at the last used row and column.
+        rv = await ok(c, "range_values", {"workbook_id": sales, "sheet_name": "Assumptions",
+                                          "ranges": ["A1:XFD2", "A1048570:B1048576"], "format": "values"})
+        wide, below = rv["ranges"]
+        assert wide["range"] == "A1:B2" and wide["values"] == [["Tax rate", 0.2], ["Growth", 0.05]], wide
+        assert below == {"range": "A1048570:B1048576"} and not rv.get("truncated"), rv
 
         page = await ok(c, "sheet_page", {"workbook_id": sales, "sheet_name": "Sales", "page_size": 3})
         assert page["csv"].splitlines()[0].startswith("row,A,B,C")

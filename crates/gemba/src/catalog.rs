@@ -143,7 +143,7 @@ catalog! {
     structure::table_profile(structure::TableProfileParams) -> structure::TableProfileOutput, Read,
         "Table profile", "Per-column type, fill, distinct count, min/max/mean and top values of a table.";
     reading::read_table(reading::ReadTableParams) -> reading::ReadTableOutput, Read,
-        "Read table", "Rows of a table (region_id, table or range) with header detection, column selection, filters, sampling and pagination. CSV by default.";
+        "Read table", "Rows of a table (region_id, table or range) with header detection, column selection, filters, sampling and pagination.";
     reading::range_values(reading::RangeValuesParams) -> reading::RangeValuesOutput, Read,
         "Range values", "Values of A1 ranges, as CSV or arrays.";
     reading::sheet_page(reading::SheetPageParams) -> reading::SheetPageOutput, Read,

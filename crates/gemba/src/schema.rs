@@ -12,9 +12,13 @@ use serde_json::Value;
 fn trim(v: &mut Value) {
     match v {
         Value::Object(m) => {
-            m.remove("$schema");
-            m.remove("title");
-            m.remove("format");
+            // Keywords only (their values are strings): a *property* named `format` or `title` is a
+            // schema object in a `properties` map, and stays (read_table's `format` was lost).
+            for keyword in ["$schema", "title", "format"] {
+                if matches!(m.get(keyword), Some(Value::String(_))) {
+                    m.remove(keyword);
+                }
+            }
             if m.get("minimum").and_then(Value::as_f64) == Some(0.0) {
                 m.remove("minimum");
             }
@@ -152,5 +156,35 @@ mod tests {
         assert_eq!(p["sample"], json!({"description": "How.", "oneOf": [{"const": "first"}]}));
         assert_eq!(p["nested"]["properties"]["x"]["type"], "number");
         assert_eq!(p["many"]["type"], json!(["string", "number", "null"]), "only a two-way union is simplified");
+    }
+
+    #[test]
+    fn a_property_named_like_a_keyword_is_kept() {
+        let mut v = json!({
+            "type": "object",
+            "title": "Params",
+            "properties": {
+                "format": {"description": "csv or json.", "enum": ["csv", "json"]},
+                "title": {"type": "string"},
+                "limit": {"type": "integer", "format": "uint32", "minimum": 0}
+            }
+        });
+        trim(&mut v);
+        assert_eq!(
+            v,
+            json!({"type": "object", "properties": {
+                "format": {"description": "csv or json.", "enum": ["csv", "json"]},
+                "title": {"type": "string"},
+                "limit": {"type": "integer"}
+            }})
+        );
+    }
+
+    #[test]
+    fn the_reading_tools_declare_their_format() {
+        for tool in ["read_table", "range_values", "sheet_page"] {
+            let t = crate::catalog::definitions().into_iter().find(|t| t.name == tool).unwrap();
+            assert!(t.input_schema.get("properties").and_then(|p| p.get("format")).is_some(), "{tool}");
+        }
     }
 }

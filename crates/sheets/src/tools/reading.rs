@@ -468,7 +468,6 @@ pub struct RangeValuesParams {
     pub sheet_name: Option<String>,
     /// A1 ranges, e.g. ["A1:C9", "Other!B2"].
     pub ranges: Vec<String>,
-    /// csv (default) or values.
     pub format: Option<Format>,
 }
 
@@ -526,7 +525,24 @@ pub fn range_values(engine: &Engine, p: RangeValuesParams, budget: &Budget) -> R
         if out.sheet_name.is_empty() {
             out.sheet_name = sheet.name.clone();
         }
-        let rect = parse_range_arg(&sheet, "ranges", spec)?;
+        let asked = parse_range_arg(&sheet, "ranges", spec)?;
+        // Rows below and columns right of the used range are empty: the range is cut there (its
+        // `range` says so), so "A1:XFD10" or "A1:B1048576" answer with the cells there are, not
+        // with a cap reached on empty ones.
+        let Some(rect) = sheet
+            .used
+            .filter(|u| asked.top <= u.bottom && asked.left <= u.right)
+            .map(|u| Rect::new(asked.top, asked.left, asked.bottom.min(u.bottom), asked.right.min(u.right)))
+        else {
+            out.ranges.push(RangeBlock {
+                range: asked.to_string(),
+                sheet_name: sheet_part.clone(),
+                csv: (format == Format::Csv).then(String::new),
+                values: Vec::new(),
+                truncated: false,
+            });
+            continue;
+        };
         let mut block = RangeBlock {
             range: rect.to_string(),
             sheet_name: sheet_part.clone(),
@@ -613,7 +629,6 @@ pub struct SheetPageParams {
     pub page_size: Option<u32>,
     /// Column span, e.g. "A:H" (default: used columns, at most 100).
     pub columns: Option<String>,
-    /// csv (default) or values.
     pub format: Option<Format>,
 }
 

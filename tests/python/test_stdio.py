@@ -86,6 +86,11 @@ async def test_every_tool_answers_and_validates(workspace, mode):
         r1, r2 = ov["regions"][0], ov["regions"][1]
         # Merged group headers over a header row that is not row 1, with a title above.
         assert r1["range"] == "A2:E9" and r1["header_row"] == 3 and r1["title"] == "Department budget"
+        # With a range and header_row 0, every row of the range is data: the title row too.
+        whole = await ok(c, "read_table", {"workbook_id": budget, "sheet_name": "Budget", "range": "A1:A9",
+                                           "header_row": 0, "format": "values"})
+        assert whole["range"] == "A1:A9" and whole["total_rows"] == 9, whole
+        assert whole["values"][0] == ["Department budget"] and whole["row_numbers"][0] == 1, whole
         assert r1["headers"] == ["Department", "2024 / Plan", "2024 / Actual", "2025 / Plan", "2025 / Actual"]
         # A second table beside the first.
         assert r2["range"] == "G3:H7" and r2["headers"] == ["Month", "Headcount"]

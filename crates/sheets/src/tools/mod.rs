@@ -159,7 +159,19 @@ pub fn select(sheet: &Sheet, sel: &Selection<'_>, budget: &crate::Budget) -> Res
         let Some(data) = target.data.or(target.header_row.map(|h| Rect::new(h, target.left, h, target.left))) else {
             return Ok(target);
         };
-        let full = Rect::new(target.header_row.unwrap_or(data.top).min(data.top), data.left, data.bottom, data.right);
+        // With an explicit range, the block is that range: region detection may have taken its
+        // first rows for a title, and the caller who names the header row says otherwise.
+        // (Cut at the last used row and column, as range_values does.)
+        let explicit = match (sel.range, sheet.used) {
+            (Some(range), Some(u)) => {
+                let r = parse_range_arg(sheet, "range", range)?;
+                Some(Rect::new(r.top, r.left, r.bottom.min(u.bottom).max(r.top), r.right.min(u.right).max(r.left)))
+            }
+            _ => None,
+        };
+        let full = explicit.unwrap_or_else(|| {
+            Rect::new(target.header_row.unwrap_or(data.top).min(data.top), data.left, data.bottom, data.right)
+        });
         if h == 0 {
             target.header_row = None;
             target.data = Some(full);

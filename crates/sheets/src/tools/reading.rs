@@ -527,22 +527,16 @@ pub fn range_values(engine: &Engine, p: RangeValuesParams, budget: &Budget) -> R
         }
         let asked = parse_range_arg(&sheet, "ranges", spec)?;
         // Rows below and columns right of the used range are empty: the range is cut there (its
-        // `range` says so), so "A1:XFD10" or "A1:B1048576" answer with the cells there are, not
-        // with a cap reached on empty ones.
-        let Some(rect) = sheet
-            .used
-            .filter(|u| asked.top <= u.bottom && asked.left <= u.right)
-            .map(|u| Rect::new(asked.top, asked.left, asked.bottom.min(u.bottom), asked.right.min(u.right)))
-        else {
-            out.ranges.push(RangeBlock {
-                range: asked.to_string(),
-                sheet_name: sheet_part.clone(),
-                csv: (format == Format::Csv).then(String::new),
-                values: Vec::new(),
-                truncated: false,
-            });
-            continue;
-        };
+        // `range` says so), never short of its own first row and column, so "A1:XFD10" or
+        // "A1:B1048576" answer with the cells there are, not with a cap reached on empty ones,
+        // and a cell past the data still answers as an empty cell.
+        let used = sheet.used.unwrap_or(Rect::new(0, 0, 0, 0));
+        let rect = Rect::new(
+            asked.top,
+            asked.left,
+            asked.bottom.min(used.bottom.max(asked.top)),
+            asked.right.min(used.right.max(asked.left)),
+        );
         let mut block = RangeBlock {
             range: rect.to_string(),
             sheet_name: sheet_part.clone(),

@@ -119,7 +119,7 @@ async def test_every_tool_answers_and_validates(workspace, mode):
                                           "ranges": ["A1:XFD2", "A1048570:B1048576"], "format": "values"})
         wide, below = rv["ranges"]
         assert wide["range"] == "A1:B2" and wide["values"] == [["Tax rate", 0.2], ["Growth", 0.05]], wide
-        assert below == {"range": "A1048570:B1048576"} and not rv.get("truncated"), rv
+        assert below == {"range": "A1048570:B1048570", "values": [[None, None]]} and not rv.get("truncated"), rv
 
         page = await ok(c, "sheet_page", {"workbook_id": sales, "sheet_name": "Sales", "page_size": 3})
         assert page["csv"].splitlines()[0].startswith("row,A,B,C")
@@ -293,3 +293,28 @@ async def test_large_workbook_reads_are_bounded(bench_workspace):
         assert len(json.dumps(wide)) < 250_000
         big = await ok(c, "find_value", {"workbook_id": book["sales_100k.xlsx"], "query": "North", "limit": 5})
         assert len(big["matches"]) == 5 and big["truncated"] is True and "hint" in big
+
+
+async def test_find_value_finds_booleans_errors_and_dates_as_other_tools_show_them(tmp_path):
+    import datetime
+
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    sh = wb.active
+    sh.title = "Data"
+    sh.append(["flag", "when", "check"])
+    sh.append([False, datetime.datetime(2016, 10, 20), "#REF!"])
+    sh.append([True, datetime.datetime(2017, 1, 2), 3])
+    wb.save(tmp_path / "kinds.xlsx")
+    async with stdio(tmp_path) as c:
+        wid = (await ids(c))["kinds.xlsx"]
+        shown = await ok(c, "range_values", {"workbook_id": wid, "sheet_name": "Data", "ranges": ["A2:C2"]})
+        assert shown["ranges"][0]["csv"].strip() == "FALSE,2016-10-20,#REF!", shown
+        for query, cell in [("FALSE", "A2"), ("2016-10-20", "B2"), ("#REF!", "C2"), ("true", "A3")]:
+            found = await ok(c, "find_value", {"workbook_id": wid, "query": query})
+            assert [m["cell"] for m in found["matches"]] == [cell], (query, found)
+        # Numbers and text are found as before, and a label search still looks at text only.
+        assert [m["cell"] for m in (await ok(c, "find_value", {"workbook_id": wid, "query": "3"}))["matches"]] == ["C3"]
+        label = await ok(c, "find_value", {"workbook_id": wid, "query": "FALSE", "mode": "label"})
+        assert label["matches"] == []

@@ -98,12 +98,22 @@ fn matching_strings(sheet: &Sheet, q: &str, exact: bool) -> Vec<bool> {
         .collect()
 }
 
-fn is_match(v: &Value, hits: &[bool], num: Option<f64>) -> bool {
+fn is_match(v: &Value, hits: &[bool], num: Option<f64>, shown: Option<&dyn Fn(&Value) -> bool>) -> bool {
     match v {
         Value::Text(i) => hits.get(*i as usize).copied().unwrap_or(false),
         Value::Number(n) => num.is_some_and(|q| (n - q).abs() <= 1e-9 * q.abs().max(1.0)),
+        Value::Bool(_) | Value::Error(_) | Value::Date(_) | Value::Duration(_) => shown.is_some_and(|f| f(v)),
         _ => false,
     }
+}
+
+/// The query could be how another tool shows a boolean, an error or a date ("FALSE", "#REF!",
+/// "2016-10-20"): those cells are then matched on that text too.
+fn may_name_other_kinds(q: &str) -> bool {
+    q == "true"
+        || q == "false"
+        || q.starts_with('#')
+        || (q.starts_with(|c: char| c.is_ascii_digit()) && q.contains(['-', ':']))
 }
 
 /// The first non-empty cell right of / below a label, within a short reach.
@@ -144,15 +154,22 @@ pub fn find_value(engine: &Engine, p: FindValueParams, budget: &Budget) -> Resul
         None => (0..wb.sheets.len()).map(|i| wb.sheet_at(i, budget)).collect::<Result<_>>()?,
     };
     let mut out = FindValueOutput { matches: Vec::new(), truncated: false, hint: None };
+    let other_kinds = mode == FindMode::Value && may_name_other_kinds(&q);
     'sheets: for sheet in &sheets {
         let hits = matching_strings(sheet, &q, exact);
         let any_text = hits.iter().any(|h| *h);
-        if !any_text && (num.is_none() || mode == FindMode::Label) {
+        let only_text = (num.is_none() && !other_kinds) || mode == FindMode::Label;
+        if !any_text && only_text {
             continue;
         }
-        // Without a number to find, only text cells can match: skip the rest undecoded, and
-        // the text cells whose string does not match before their position is worked out.
-        let cells: Box<dyn Iterator<Item = crate::sheet::Cell>> = if num.is_none() || mode == FindMode::Label {
+        let shown = |v: &Value| {
+            let t = sheet.text(v).to_lowercase();
+            if exact { t.trim() == q } else { t.contains(q.as_str()) }
+        };
+        // Without a number (or a boolean, error or date) to find, only text cells can match:
+        // skip the rest undecoded, and the text cells whose string does not match before their
+        // position is worked out.
+        let cells: Box<dyn Iterator<Item = crate::sheet::Cell>> = if only_text {
             let hits = &hits;
             let keep = move |s: u32| hits.get(s as usize).copied().unwrap_or(false);
             Box::new(sheet.text_cells(keep).map(|(at, s)| crate::sheet::Cell {
@@ -168,8 +185,10 @@ pub fn find_value(engine: &Engine, p: FindValueParams, budget: &Budget) -> Resul
                 budget.check()?;
             }
             let ok = match mode {
-                FindMode::Value => is_match(&c.value, &hits, num),
-                FindMode::Label => matches!(c.value, Value::Text(_)) && is_match(&c.value, &hits, None),
+                FindMode::Value => {
+                    is_match(&c.value, &hits, num, other_kinds.then_some(&shown as &dyn Fn(&Value) -> bool))
+                }
+                FindMode::Label => matches!(c.value, Value::Text(_)) && is_match(&c.value, &hits, None, None),
             };
             if !ok {
                 continue;

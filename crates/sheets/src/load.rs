@@ -540,7 +540,7 @@ fn load_sheet_calamine(
                 if area <= max as u64
                     && let Ok(fr) = x.worksheet_formula(name)
                 {
-                    push_formulas(&mut b, &fr);
+                    push_formulas(&mut b, &fr, &x.sheet_names());
                 }
                 Vec::new()
             }
@@ -548,7 +548,7 @@ fn load_sheet_calamine(
                 let range = x.worksheet_range(name).map_err(|e| err(&e))?;
                 push_range(&mut b, &range, shift, max, budget).map_err(|n| n.unwrap_or_else(|| over(max)))?;
                 if let Ok(fr) = x.worksheet_formula(name) {
-                    push_formulas(&mut b, &fr);
+                    push_formulas(&mut b, &fr, &x.sheet_names());
                 }
                 x.merge_cells_by_sheet_name(name).map(|v| v.iter().map(rect).collect()).unwrap_or_default()
             }
@@ -556,7 +556,7 @@ fn load_sheet_calamine(
                 let range = x.worksheet_range(name).map_err(|e| err(&e))?;
                 push_range(&mut b, &range, shift, max, budget).map_err(|n| n.unwrap_or_else(|| over(max)))?;
                 if let Ok(fr) = x.worksheet_formula(name) {
-                    push_formulas(&mut b, &fr);
+                    push_formulas(&mut b, &fr, &[]);
                 }
                 Vec::new()
             }
@@ -619,13 +619,52 @@ fn push_range(
     Ok(())
 }
 
-fn push_formulas(b: &mut SheetBuilder, fr: &calamine::Range<String>) {
+/// `sheets`: the workbook's sheet names, for formulas calamine decodes from binary records
+/// (xls, xlsb), which name a sheet without the quotes its name needs (see `quote_sheet_refs`).
+fn push_formulas(b: &mut SheetBuilder, fr: &calamine::Range<String>, sheets: &[String]) {
     let (r0, c0) = fr.start().unwrap_or((0, 0));
+    let mut needs: Vec<&str> =
+        sheets.iter().map(String::as_str).filter(|n| crate::address::quote_sheet(n) != *n).collect();
+    // Longer names first: "Orig Sched" before a sheet named "Sched".
+    needs.sort_by_key(|n| std::cmp::Reverse(n.len()));
     for (row, col, f) in fr.used_cells() {
         if !f.is_empty() {
-            b.push_formula(r0 + row as u32, c0 + col as u32, f);
+            b.push_formula(r0 + row as u32, c0 + col as u32, &quote_sheet_refs(f, &needs));
         }
     }
+}
+
+/// `Orig Sched!A1` → `'Orig Sched'!A1` for each sheet name that needs quotes, where the name
+/// is not quoted already and starts the reference (after an operator, a parenthesis, a comma
+/// or the formula's start), outside string literals.
+fn quote_sheet_refs<'a>(f: &'a str, needs: &[&str]) -> std::borrow::Cow<'a, str> {
+    if needs.is_empty() || !f.contains('!') {
+        return f.into();
+    }
+    let mut out = String::with_capacity(f.len() + 8);
+    let mut in_string = false;
+    let mut i = 0;
+    'scan: while i < f.len() {
+        let rest = &f[i..];
+        let ch = rest.chars().next().unwrap_or(' ');
+        if ch == '"' {
+            in_string = !in_string;
+        } else if !in_string {
+            let at_start = out.chars().last().is_none_or(|p| "=(,;+-*/^&<>: {".contains(p));
+            if at_start {
+                for n in needs {
+                    if rest.starts_with(n) && rest[n.len()..].starts_with('!') {
+                        out.push_str(&crate::address::quote_sheet(n));
+                        i += n.len();
+                        continue 'scan;
+                    }
+                }
+            }
+        }
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out.into()
 }
 
 /// Excel tables (ListObjects) of an xlsx workbook: (name, sheet, data rows, columns).
@@ -680,4 +719,22 @@ pub fn read_file(id: &str, path: &std::path::Path, limits: &Limits) -> Result<Ve
         return Err(limit(id, format!("file grew past the limit of {} bytes", limits.max_file_bytes)));
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::quote_sheet_refs;
+
+    #[test]
+    fn sheet_names_that_need_quotes_get_them_in_decoded_formulas() {
+        let needs = ["Summary Sched", "Orig Sched", "Q1-2"];
+        let q = |f: &str| quote_sheet_refs(f, &needs).into_owned();
+        assert_eq!(q("SUMIF(Orig Sched!$O$10:$AA$59,A1)"), "SUMIF('Orig Sched'!$O$10:$AA$59,A1)");
+        assert_eq!(q("Summary Sched!E13+Q1-2!A1"), "'Summary Sched'!E13+'Q1-2'!A1");
+        // Already quoted, inside a string, or part of a longer word: left as it is.
+        assert_eq!(q("'Orig Sched'!A1"), "'Orig Sched'!A1");
+        assert_eq!(q("\"Orig Sched!A1\"&B2"), "\"Orig Sched!A1\"&B2");
+        assert_eq!(q("XOrig Sched!A1"), "XOrig Sched!A1");
+        assert_eq!(q("Other!A1*2"), "Other!A1*2");
+    }
 }

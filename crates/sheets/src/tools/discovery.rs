@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{RegionInfo, clamp_limit, is_false};
-use crate::error::Result;
+use crate::error::{Result, SheetsError};
 use crate::limits::Budget;
 
 use crate::{Engine, value};
@@ -248,13 +248,25 @@ pub struct NamedRangesOutput {
     pub tables: Vec<TableItem>,
     #[serde(skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// Why `tables` is empty when the file's tables could not be read (the names still are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tables_error: Option<String>,
 }
 
 pub fn named_ranges(engine: &Engine, p: WorkbookParams, budget: &Budget) -> Result<NamedRangesOutput> {
     let wb = engine.workbook(&p.workbook_id, budget)?;
     let max = engine.caps.max_items;
-    let tables = wb.tables()?;
+    // A table part the reader cannot parse must not hide the defined names, which are read
+    // with the workbook itself.
+    let (tables, tables_error) = match wb.tables() {
+        Ok(t) => (t, None),
+        Err(e @ (SheetsError::Unreadable { .. } | SheetsError::Unsupported { .. })) => {
+            (Default::default(), Some(format!("{e}; the defined names above are complete")))
+        }
+        Err(e) => return Err(e),
+    };
     Ok(NamedRangesOutput {
+        tables_error,
         truncated: wb.defined_names.len() > max || tables.len() > max,
         defined_names: wb
             .defined_names

@@ -36,8 +36,17 @@ pub fn pprof_gzip(report: &pprof::Report) -> Result<Vec<u8>, ProfileError> {
 pub fn flamegraph_svg(report: &pprof::Report) -> Result<Vec<u8>, ProfileError> {
     let mut svg = Vec::new();
     report.flamegraph(&mut svg).map_err(|e| ProfileError::Profiler(e.to_string()))?;
+    if svg.is_empty() {
+        // inferno writes nothing for no samples: an empty file is no image, say why instead.
+        return Ok(NO_SAMPLES_SVG.as_bytes().to_vec());
+    }
     Ok(svg)
 }
+
+/// The flame graph of a profile with no samples: the server used no CPU while it ran.
+pub const NO_SAMPLES_SVG: &str = r#"<?xml version="1.0" standalone="no"?>
+<svg version="1.1" width="900" height="60" xmlns="http://www.w3.org/2000/svg"><text x="10" y="35" font-family="Verdana" font-size="14">No samples: the server used no CPU while it was profiled. Profile it while it works (under gemba loadtest, say).</text></svg>
+"#;
 
 /// Gzip `bytes` (the Content-Encoding-free body `go tool pprof` expects).
 pub fn gzip(bytes: &[u8]) -> Result<Vec<u8>, ProfileError> {

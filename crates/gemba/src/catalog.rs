@@ -147,7 +147,7 @@ catalog! {
     reading::range_values(reading::RangeValuesParams) -> reading::RangeValuesOutput, Read,
         "Range values", "Values of A1 ranges, as CSV or arrays.";
     reading::sheet_page(reading::SheetPageParams) -> reading::SheetPageOutput, Read,
-        "Sheet page", "A page of raw sheet rows with row numbers and column letters; continue with next_start_row.";
+        "Sheet page", "A page of raw sheet rows with row numbers and column letters; continue at next_start_row.";
     reading::inspect_cells(reading::InspectCellsParams) -> reading::InspectCellsOutput, Read,
         "Inspect cells", "Value, type, formula and merge info of specific cells.";
     search::find_value(search::FindValueParams) -> search::FindValueOutput, Read,
@@ -161,7 +161,7 @@ catalog! {
     formulas::sheet_formula_map(formulas::SheetFormulaMapParams) -> formulas::SheetFormulaMapOutput, Read,
         "Sheet formula map", "Formulas grouped by shape (copies of one formula share a group), largest first.";
     forks::create_fork(forks::CreateForkParams) -> forks::CreateForkOutput, Append,
-        "Create fork", "Start editing a workbook: writes go to the fork, the original is untouched until save_fork. Read tools take the fork_id as a workbook_id.";
+        "Create fork", "Start editing a workbook: writes go to the fork, the original is untouched until save_fork. Read tools take the fork_id as workbook_id.";
     forks::list_forks(forks::ListForksParams) -> forks::ListForksOutput, Read,
         "List forks", "Open forks: edits, checkpoints, staged changes, recalculation state.";
     editing::edit_batch(editing::EditBatchParams) -> editing::EditOutput, Write,
@@ -169,7 +169,7 @@ catalog! {
     editing::transform_batch(editing::TransformBatchParams) -> editing::EditOutput, Write,
         "Transform ranges", "Clear, fill, find/replace, write a matrix, copy or move ranges in a fork. mode=preview stages it.";
     restructure::structure_batch(restructure::StructureBatchParams) -> restructure::StructureOutput, Append,
-        "Restructure", "Insert/delete rows or columns (formulas everywhere follow) or create/rename/delete/copy sheets in a fork, all or none. mode=preview stages it.";
+        "Restructure", "Insert/delete rows or columns (formulas follow) or create/rename/delete/copy sheets in a fork, all or none. mode=preview stages it.";
     editing::style_batch(editing::StyleBatchParams) -> editing::StyleOutput, Write,
         "Format ranges", "Set number format, font, fill, borders or alignment of ranges in a fork. mode=preview stages it.";
     forks::apply_staged_change(forks::StagedChangeParams) -> forks::StagedChangeOutput, Write,
@@ -177,11 +177,11 @@ catalog! {
     forks::discard_staged_change(forks::StagedChangeParams) -> forks::StagedChangeOutput, Destructive,
         "Discard staged change", "Drop a change staged by a preview.";
     verify::recalculate(verify::RecalculateParams) -> verify::RecalculateOutput, Write,
-        "Recalculate", "Recalculate a fork (in process, or backend=libreoffice); reports changed cells, cycles and unsupported functions.";
+        "Recalculate", "Recalculate a fork (in process, or backend=libreoffice); reports changed cells, cycles, unsupported functions.";
     verify::get_changeset(verify::ChangesetParams) -> verify::ChangesetOutput, Read,
         "Changeset", "Cell-level diff of a fork against its original: edits, recalculated values, new errors.";
     verify::verify_workbook(verify::VerifyParams) -> verify::VerifyOutput, Read,
-        "Verify fork", "Check a fork before saving: target cells before/after, new and resolved errors, calculation issues.";
+        "Verify fork", "Check a fork before saving: cells before/after, new and resolved errors, calculation issues.";
     forks::checkpoint_fork(forks::CheckpointForkParams) -> forks::CheckpointInfo, Append,
         "Checkpoint fork", "Remember the fork's current state to return to with restore_checkpoint.";
     forks::list_checkpoints(forks::ForkParams) -> forks::ListCheckpointsOutput, Read,
@@ -189,7 +189,7 @@ catalog! {
     forks::restore_checkpoint(forks::RestoreCheckpointParams) -> forks::RestoreCheckpointOutput, Destructive,
         "Restore checkpoint", "Return a fork to a checkpoint; later edits and checkpoints are dropped.";
     forks::save_fork(forks::SaveForkParams) -> forks::SaveForkOutput, Destructive,
-        "Save fork", "Recalculate if needed, then save the fork atomically to a new workspace path; untouched parts kept byte for byte.";
+        "Save fork", "Recalculate if needed, then save the fork atomically to a new workspace path; untouched parts kept byte-exact.";
     forks::discard_fork(forks::ForkParams) -> forks::DiscardForkOutput, Destructive,
         "Discard fork", "Delete a fork and its edits.";
 }

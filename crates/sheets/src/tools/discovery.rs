@@ -248,7 +248,7 @@ pub struct NamedRangesOutput {
     pub tables: Vec<TableItem>,
     #[serde(skip_serializing_if = "is_false")]
     pub truncated: bool,
-    /// Why `tables` is empty when the file's tables could not be read (the names still are).
+    /// Why tables could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tables_error: Option<String>,
 }

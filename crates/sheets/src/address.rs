@@ -39,6 +39,18 @@ impl Rect {
     pub fn new(top: u32, left: u32, bottom: u32, right: u32) -> Self {
         Self { top: top.min(bottom), left: left.min(right), bottom: top.max(bottom), right: left.max(right) }
     }
+
+    /// Cut at the last row and column of `used` (the cells below and right of it are empty),
+    /// never short of its own first row and column.
+    pub fn cut_to(self, used: Option<Rect>) -> Rect {
+        let used = used.unwrap_or(Rect::new(0, 0, 0, 0));
+        Rect::new(
+            self.top,
+            self.left,
+            self.bottom.min(used.bottom.max(self.top)),
+            self.right.min(used.right.max(self.left)),
+        )
+    }
     pub fn cell(c: CellRef) -> Self {
         Self::new(c.row, c.col, c.row, c.col)
     }

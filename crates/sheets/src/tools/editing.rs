@@ -167,7 +167,9 @@ fn refuse_hidden_cells(engine: &Engine, fork_id: &str, ops: &[Op], budget: &Budg
                 s
             }
         };
-        if let Some(m) = sheet.merge_at(op.r, op.c)
+        // (Most sheets have no merged ranges: no lookup per write there.)
+        if !sheet.merged.is_empty()
+            && let Some(m) = sheet.merge_at(op.r, op.c)
             && (m.top, m.left) != (op.r, op.c)
         {
             return Err(SheetsError::invalid(

@@ -162,12 +162,9 @@ pub fn select(sheet: &Sheet, sel: &Selection<'_>, budget: &crate::Budget) -> Res
         // With an explicit range, the block is that range: region detection may have taken its
         // first rows for a title, and the caller who names the header row says otherwise.
         // (Cut at the last used row and column, as range_values does.)
-        let explicit = match (sel.range, sheet.used) {
-            (Some(range), Some(u)) => {
-                let r = parse_range_arg(sheet, "range", range)?;
-                Some(Rect::new(r.top, r.left, r.bottom.min(u.bottom).max(r.top), r.right.min(u.right).max(r.left)))
-            }
-            _ => None,
+        let explicit = match sel.range {
+            Some(range) => Some(parse_range_arg(sheet, "range", range)?.cut_to(sheet.used)),
+            None => None,
         };
         let full = explicit.unwrap_or_else(|| {
             Rect::new(target.header_row.unwrap_or(data.top).min(data.top), data.left, data.bottom, data.right)

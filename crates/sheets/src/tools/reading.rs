@@ -530,13 +530,7 @@ pub fn range_values(engine: &Engine, p: RangeValuesParams, budget: &Budget) -> R
         // `range` says so), never short of its own first row and column, so "A1:XFD10" or
         // "A1:B1048576" answer with the cells there are, not with a cap reached on empty ones,
         // and a cell past the data still answers as an empty cell.
-        let used = sheet.used.unwrap_or(Rect::new(0, 0, 0, 0));
-        let rect = Rect::new(
-            asked.top,
-            asked.left,
-            asked.bottom.min(used.bottom.max(asked.top)),
-            asked.right.min(used.right.max(asked.left)),
-        );
+        let rect = asked.cut_to(sheet.used);
         let mut block = RangeBlock {
             range: rect.to_string(),
             sheet_name: sheet_part.clone(),
